@@ -1,0 +1,198 @@
+//! Accounts and credentials: sign-up, log-in, refresh-token rotation with
+//! reuse detection, log-out, and access-token checks. Built on `storage`'s
+//! account tables; knows nothing of HTTP.
+
+pub mod password;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+pub use tokens::{Identity, Jwt};
+
+use crate::error::InternalError;
+use crate::protocol::{Username, time::now_ms};
+use crate::storage::{RefreshRecord, SpendOutcome, Store, UserRecord};
+
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The request is malformed (bad username or password shape).
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// The username is taken.
+    #[error("username is taken")]
+    Taken,
+    /// Unknown user, wrong password, or an invalid/spent/revoked refresh token.
+    #[error("invalid credentials")]
+    Unauthorized,
+    #[error(transparent)]
+    Internal(#[from] InternalError),
+}
+
+/// A successful sign-up, log-in or refresh: the user and fresh credentials.
+pub struct Session {
+    pub user: UserRecord,
+    pub access: String,
+    pub refresh: String,
+}
+
+#[derive(Clone)]
+pub struct Auth {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    jwt: Jwt,
+    cfg: AuthConfig,
+    /// Verified against for unknown users so both failures take the same time.
+    dummy_phc: String,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, InternalError> {
+    Ok(tokio::task::spawn_blocking(f).await?)
+}
+
+impl Auth {
+    pub fn new(store: Store, secret: &[u8], cfg: AuthConfig) -> Result<Self, InternalError> {
+        let dummy_phc = password::hash("not a real password, only for timing")?;
+        Ok(Auth {
+            inner: Arc::new(Inner {
+                store,
+                jwt: Jwt::new(secret),
+                cfg,
+                dummy_phc,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &AuthConfig {
+        &self.inner.cfg
+    }
+
+    pub async fn signup(&self, username: &str, pw: &str) -> Result<Session, AuthError> {
+        let username = Username::parse(username)
+            .ok_or(AuthError::Invalid("username must match ^[a-z0-9_]{3,32}$"))?;
+        if !password::acceptable(pw) {
+            return Err(AuthError::Invalid("password must be 8 to 128 bytes"));
+        }
+        if self.inner.store.user_exists(&username)? {
+            return Err(AuthError::Taken);
+        }
+        let pw = pw.to_owned();
+        let phc = blocking(move || password::hash(&pw)).await??;
+        let user = UserRecord {
+            id: Uuid::now_v7(),
+            username,
+            created_ms: now_ms(),
+            phc,
+            disabled: false,
+        };
+        if !self.inner.store.create_user(&user)? {
+            return Err(AuthError::Taken);
+        }
+        let session = self.start_session(user, Uuid::new_v4())?;
+        self.inner.store.flush().await?;
+        Ok(session)
+    }
+
+    pub async fn login(&self, username: &str, pw: &str) -> Result<Session, AuthError> {
+        let user = match Username::parse(username) {
+            Some(name) => self.inner.store.user(&name)?,
+            None => None,
+        };
+        let phc = user
+            .as_ref()
+            .map_or_else(|| self.inner.dummy_phc.clone(), |u| u.phc.clone());
+        let pw = pw.to_owned();
+        let ok = blocking(move || password::verify(&pw, &phc)).await?;
+        match user {
+            Some(u) if ok && !u.disabled => {
+                let s = self.start_session(u, Uuid::new_v4())?;
+                self.inner.store.flush().await?;
+                Ok(s)
+            }
+            _ => Err(AuthError::Unauthorized),
+        }
+    }
+
+    /// Rotates a refresh token. A spent token used again revokes its family:
+    /// whoever holds any token of it (a thief or the user) must log in again.
+    pub async fn refresh(&self, token: &str) -> Result<Session, AuthError> {
+        let hash = tokens::refresh_hash(token);
+        match self.inner.store.spend_refresh(&hash, now_ms())? {
+            SpendOutcome::Invalid => Err(AuthError::Unauthorized),
+            SpendOutcome::Reused => {
+                tracing::warn!("refresh token reused: family revoked");
+                self.inner.store.flush().await?;
+                Err(AuthError::Unauthorized)
+            }
+            SpendOutcome::Fresh(rec) => {
+                let user = self
+                    .inner
+                    .store
+                    .user(&rec.username)?
+                    .filter(|u| !u.disabled)
+                    .ok_or(AuthError::Unauthorized)?;
+                let s = self.start_session(user, rec.family)?;
+                self.inner.store.flush().await?;
+                Ok(s)
+            }
+        }
+    }
+
+    /// Revokes the refresh token's family, if the token is known.
+    pub async fn logout(&self, token: Option<&str>) -> Result<(), AuthError> {
+        if let Some(family) = token
+            .map(tokens::refresh_hash)
+            .map(|h| self.inner.store.refresh_family(&h))
+            .transpose()?
+            .flatten()
+        {
+            self.inner.store.revoke_family(&family)?;
+            self.inner.store.flush().await?;
+        }
+        Ok(())
+    }
+
+    pub fn verify(&self, access_token: &str) -> Option<Identity> {
+        self.inner.jwt.verify(access_token)
+    }
+
+    pub fn user(&self, name: &Username) -> Result<Option<UserRecord>, InternalError> {
+        self.inner.store.user(name)
+    }
+
+    fn start_session(&self, user: UserRecord, family: Uuid) -> Result<Session, InternalError> {
+        let now = now_ms();
+        let access = self.inner.jwt.issue(
+            user.id,
+            &user.username,
+            now / 1000,
+            self.inner.cfg.access_ttl.as_secs(),
+        )?;
+        let (refresh, hash) = tokens::new_refresh()?;
+        let rec = RefreshRecord {
+            family,
+            username: user.username.clone(),
+            expires_ms: now + self.inner.cfg.refresh_ttl.as_millis() as u64,
+            spent: false,
+        };
+        self.inner.store.put_refresh(&hash, &rec)?;
+        Ok(Session {
+            user,
+            access,
+            refresh,
+        })
+    }
+}

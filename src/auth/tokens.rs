@@ -1,0 +1,190 @@
+//! Access tokens (JWT HS256) and refresh tokens (random, stored by hash).
+
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::InternalError;
+use crate::protocol::Username;
+
+const ISSUER: &str = "hubbub";
+const AUDIENCE: &str = "hubbub";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    /// The user id.
+    sub: String,
+    /// The username, so a connection needs no lookup to know who it is.
+    name: String,
+    iss: String,
+    aud: String,
+    exp: u64,
+    nbf: u64,
+    iat: u64,
+}
+
+/// Who a valid access token speaks for.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub user_id: Uuid,
+    pub username: Username,
+    /// Expiry, seconds since the epoch: an open socket closes with 1008 then.
+    pub exp: u64,
+}
+
+pub struct Jwt {
+    enc: EncodingKey,
+    dec: DecodingKey,
+    validation: Validation,
+}
+
+impl Jwt {
+    pub fn new(secret: &[u8]) -> Self {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_issuer(&[ISSUER]);
+        v.set_audience(&[AUDIENCE]);
+        v.validate_nbf = true;
+        // Clock skew between our own nodes only; tokens are short-lived.
+        v.leeway = 5;
+        v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        Jwt {
+            enc: EncodingKey::from_secret(secret),
+            dec: DecodingKey::from_secret(secret),
+            validation: v,
+        }
+    }
+
+    pub fn issue(
+        &self,
+        user_id: Uuid,
+        username: &Username,
+        now_s: u64,
+        ttl_s: u64,
+    ) -> Result<String, InternalError> {
+        let c = Claims {
+            sub: user_id.to_string(),
+            name: username.to_string(),
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            exp: now_s + ttl_s,
+            nbf: now_s,
+            iat: now_s,
+        };
+        Ok(encode(&Header::new(Algorithm::HS256), &c, &self.enc)?)
+    }
+
+    /// `None` for anything but a valid, current token of ours.
+    pub fn verify(&self, token: &str) -> Option<Identity> {
+        let c = decode::<Claims>(token, &self.dec, &self.validation)
+            .ok()?
+            .claims;
+        Some(Identity {
+            user_id: Uuid::parse_str(&c.sub).ok()?,
+            username: Username::parse(&c.name)?,
+            exp: c.exp,
+        })
+    }
+}
+
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], InternalError> {
+    let mut b = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| InternalError::Password("system random failed".into()))?;
+    Ok(b)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new refresh token: the string for the cookie and the hash to store.
+pub fn new_refresh() -> Result<(String, Vec<u8>), InternalError> {
+    let token = hex(&random_bytes::<32>()?);
+    let hash = refresh_hash(&token);
+    Ok((token, hash))
+}
+
+pub fn refresh_hash(token: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+/// Loads the JWT secret from `path`, creating it (mode 0600) on first start.
+pub fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    if let Ok(s) = std::fs::read_to_string(path) {
+        let s = s.trim();
+        anyhow::ensure!(
+            s.len() >= 32,
+            "JWT secret in {} is too short",
+            path.display()
+        );
+        return Ok(s.as_bytes().to_vec());
+    }
+    let secret = hex(&random_bytes::<32>()?);
+    write_private(path, secret.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(secret.into_bytes())
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issues_and_verifies() {
+        let jwt = Jwt::new(b"0123456789abcdef0123456789abcdef");
+        let now = crate::protocol::time::now_ms() / 1000;
+        let alice = Username::parse("alice").unwrap();
+        let id = Uuid::new_v4();
+        let t = jwt.issue(id, &alice, now, 60).unwrap();
+        let who = jwt.verify(&t).unwrap();
+        assert_eq!(
+            (who.user_id, who.username.as_str(), who.exp),
+            (id, "alice", now + 60)
+        );
+        // Another key, an expired token, a future token, a tampered one.
+        assert!(
+            Jwt::new(b"another secret another secret!!!")
+                .verify(&t)
+                .is_none()
+        );
+        assert!(
+            jwt.verify(&jwt.issue(id, &alice, now - 3600, 60).unwrap())
+                .is_none()
+        );
+        assert!(
+            jwt.verify(&jwt.issue(id, &alice, now + 3600, 60).unwrap())
+                .is_none()
+        );
+        let mut bad = t.clone();
+        bad.insert(bad.len() / 2, 'x');
+        assert!(jwt.verify(&bad).is_none());
+    }
+
+    #[test]
+    fn refresh_tokens_are_random_and_hashed() {
+        let (a, ha) = new_refresh().unwrap();
+        let (b, _) = new_refresh().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 64);
+        assert_eq!(refresh_hash(&a), ha);
+    }
+}

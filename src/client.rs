@@ -1,0 +1,289 @@
+//! A small client of hubbub's wire protocol: HTTP auth and WebSocket sessions.
+//! The integration tests and `hubbub-bench` speak to a real server with it;
+//! it is also a starting point for bots.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// An HTTP response, body read whole.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// All `Set-Cookie` header values.
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect()
+    }
+
+    /// The value a `Set-Cookie` gives to `name`.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.set_cookies().iter().find_map(|c| {
+            let first = c.split(';').next()?;
+            let (k, v) = first.split_once('=')?;
+            (k.trim() == name).then(|| v.to_owned())
+        })
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> anyhow::Result<HttpResponse> {
+    let tcp = TcpStream::connect(addr).await.context("connect")?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .context("handshake")?;
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req.body(Full::new(bytes::Bytes::from(body.unwrap_or("").to_owned())))?;
+    let resp = sender.send_request(req).await.context("send")?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.context("body")?.to_bytes();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// A logged-in user: the tokens the server set as cookies.
+#[derive(Clone, Debug)]
+pub struct Account {
+    pub username: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+impl Account {
+    /// The `Cookie` header a browser would send to `/api/*` and `/ws`.
+    pub fn cookie_header(&self) -> String {
+        format!(
+            "access_token={}; refresh_token={}",
+            self.access, self.refresh
+        )
+    }
+
+    fn from_response(username: &str, r: &HttpResponse) -> anyhow::Result<Self> {
+        Ok(Account {
+            username: username.to_owned(),
+            access: r
+                .cookie("access_token")
+                .ok_or_else(|| anyhow!("no access_token cookie"))?,
+            refresh: r
+                .cookie("refresh_token")
+                .ok_or_else(|| anyhow!("no refresh_token cookie"))?,
+        })
+    }
+}
+
+/// Signs up (or, when the name is taken, logs in).
+pub async fn signup_or_login(
+    addr: SocketAddr,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<Account> {
+    let body = json!({"username": username, "password": password}).to_string();
+    let r = request(addr, "POST", "/api/auth/signup", &[], Some(&body)).await?;
+    let r = if r.status == 409 {
+        request(addr, "POST", "/api/auth/login", &[], Some(&body)).await?
+    } else {
+        r
+    };
+    if r.status != 200 && r.status != 201 {
+        bail!("auth for {username} failed: {} {}", r.status, r.body);
+    }
+    Account::from_response(username, &r)
+}
+
+/// A WebSocket session.
+pub struct WsClient {
+    pub ws: WebSocketStream<TcpStream>,
+}
+
+/// Why an upgrade did not happen: the HTTP status (401, 403, 307, …) or a transport error.
+#[derive(Debug)]
+pub enum ConnectError {
+    Status(u16, Option<String>),
+    Other(anyhow::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Status(s, _) => write!(f, "upgrade refused with {s}"),
+            ConnectError::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// Opens `/ws?{query}` with the given extra headers (cookie, origin, …).
+pub async fn connect(
+    addr: SocketAddr,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Result<WsClient, ConnectError> {
+    let url = format!(
+        "ws://{addr}/ws{}{query}",
+        if query.is_empty() { "" } else { "?" }
+    );
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| ConnectError::Other(e.into()))?;
+    for (k, v) in headers {
+        let v = HeaderValue::from_str(v).map_err(|e| ConnectError::Other(e.into()))?;
+        let k = tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| ConnectError::Other(e.into()))?;
+        req.headers_mut().insert(k, v);
+    }
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| ConnectError::Other(e.into()))?;
+    let _ = tcp.set_nodelay(true);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .max_message_size(Some(64 << 20));
+    match tokio_tungstenite::client_async_with_config(req, tcp, Some(config)).await {
+        Ok((ws, _)) => Ok(WsClient { ws }),
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned());
+            Err(ConnectError::Status(resp.status().as_u16(), body))
+        }
+        Err(e) => Err(ConnectError::Other(e.into())),
+    }
+}
+
+/// Connects as `account` to `room` with optional client id and `since`.
+pub async fn join(
+    addr: SocketAddr,
+    account: &Account,
+    room: &str,
+    client: Option<&str>,
+    since: Option<&str>,
+) -> anyhow::Result<WsClient> {
+    let mut q = format!("room={room}");
+    if let Some(c) = client {
+        q.push_str(&format!("&client={c}"));
+    }
+    if let Some(s) = since {
+        q.push_str(&format!("&since={s}"));
+    }
+    let cookie = account.cookie_header();
+    connect(addr, &q, &[("cookie", &cookie)])
+        .await
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// What `WsClient::recv` returns: a JSON frame or how the connection ended.
+#[derive(Debug)]
+pub enum Incoming {
+    Frame(Value),
+    Closed(Option<u16>),
+}
+
+impl WsClient {
+    pub async fn send_json(&mut self, v: &Value) -> anyhow::Result<()> {
+        self.send_text(v.to_string()).await
+    }
+
+    pub async fn send_text(&mut self, s: String) -> anyhow::Result<()> {
+        self.ws.send(Message::Text(s.into())).await.context("send")
+    }
+
+    pub async fn send_raw(&mut self, m: Message) -> anyhow::Result<()> {
+        self.ws.send(m).await.context("send")
+    }
+
+    /// The next JSON frame or close, skipping pings; `None` after `timeout`.
+    pub async fn recv(&mut self, timeout: Duration) -> Option<Incoming> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match m {
+                None => return Some(Incoming::Closed(None)),
+                Some(Err(_)) => return Some(Incoming::Closed(None)),
+                Some(Ok(Message::Text(t))) => {
+                    return Some(Incoming::Frame(
+                        serde_json::from_str(t.as_str()).unwrap_or(Value::Null),
+                    ));
+                }
+                Some(Ok(Message::Close(f))) => {
+                    return Some(Incoming::Closed(f.map(|f| u16::from(f.code))));
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next frame whose `type` is `ty`, skipping others; errors on close or timeout.
+    pub async fn expect(&mut self, ty: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv(left).await {
+                Some(Incoming::Frame(v)) if v["type"] == ty => return Ok(v),
+                Some(Incoming::Frame(_)) => continue,
+                Some(Incoming::Closed(c)) => bail!("closed ({c:?}) while waiting for {ty}"),
+                None => bail!("timed out waiting for {ty}"),
+            }
+        }
+    }
+
+    /// Waits for the server to close the connection; returns the close code.
+    pub async fn expect_close(&mut self, timeout: Duration) -> anyhow::Result<Option<u16>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv(left).await {
+                Some(Incoming::Frame(_)) => continue,
+                Some(Incoming::Closed(c)) => return Ok(c),
+                None => bail!("timed out waiting for close"),
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! One `Config`, from command-line flags or `HUBBUB_*` environment variables,
+//! validated once at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hubbub",
+    version,
+    about = "A self-contained real-time chat server",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `hubbub` alone is `hubbub serve`.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(Config),
+}
+
+impl Cli {
+    pub fn into_config(self) -> Config {
+        match self.command {
+            Some(Command::Serve(c)) => c,
+            None => self.serve,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "HUBBUB_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where sled keeps its files and the JWT secret lives.
+    #[arg(long, env = "HUBBUB_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Static files of the web UI.
+    #[arg(long, env = "HUBBUB_WEB_DIR", default_value = "web")]
+    pub web_dir: PathBuf,
+    /// This node's name, shown in `welcome`.
+    #[arg(long, env = "HUBBUB_NODE_ID", default_value = "node-1")]
+    pub node_id: String,
+    /// Per-connection rate limit: frames per second, sustained.
+    #[arg(long, env = "HUBBUB_MSGS_PER_SEC", default_value_t = 10)]
+    pub msgs_per_sec: u32,
+    /// Per-connection rate limit: frames allowed in a burst.
+    #[arg(long, env = "HUBBUB_BURST", default_value_t = 20)]
+    pub burst: u32,
+    /// Largest WebSocket frame in bytes; larger closes the connection with 1009.
+    #[arg(long, env = "HUBBUB_MAX_FRAME", default_value_t = 8192)]
+    pub max_frame: usize,
+    /// Frames queued per session before it counts as too slow and is evicted (4002).
+    #[arg(long, env = "HUBBUB_SESSION_QUEUE", default_value_t = 256)]
+    pub session_queue: usize,
+    /// Write-ahead queue capacity; full → `unavailable`.
+    #[arg(long, env = "HUBBUB_STORAGE_QUEUE", default_value_t = 8192)]
+    pub storage_queue: usize,
+    /// Hub command queue capacity; full → session readers wait.
+    #[arg(long, env = "HUBBUB_HUB_QUEUE", default_value_t = 8192)]
+    pub hub_queue: usize,
+    /// Seconds between server pings.
+    #[arg(long, env = "HUBBUB_PING_SECS", default_value_t = 15)]
+    pub ping_secs: u64,
+    /// Seconds of silence after which a connection is closed.
+    #[arg(long, env = "HUBBUB_IDLE_SECS", default_value_t = 45)]
+    pub idle_secs: u64,
+    /// Sessions one user may hold; beyond it the oldest is closed with 4001.
+    #[arg(long, env = "HUBBUB_MAX_SESSIONS_PER_USER", default_value_t = 8)]
+    pub max_sessions_per_user: usize,
+    /// Access-token lifetime in seconds.
+    #[arg(long, env = "HUBBUB_ACCESS_TTL_SECS", default_value_t = 900)]
+    pub access_ttl_secs: u64,
+    /// Refresh-token lifetime in seconds.
+    #[arg(long, env = "HUBBUB_REFRESH_TTL_SECS", default_value_t = 30 * 24 * 3600)]
+    pub refresh_ttl_secs: u64,
+    /// JWT signing secret (at least 32 bytes). Default: generated once into DATA_DIR/jwt_secret.
+    #[arg(long, env = "HUBBUB_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Extra origins allowed to open WebSockets (exact scheme://host:port), repeatable or comma-separated.
+    #[arg(long, env = "HUBBUB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origin: Vec<String>,
+    /// sled page cache in MiB.
+    #[arg(long, env = "HUBBUB_CACHE_MB", default_value_t = 64)]
+    pub cache_mb: u64,
+}
+
+impl Config {
+    /// Defaults, as `hubbub` with no flags (environment included).
+    pub fn from_args<I: IntoIterator<Item = S>, S: Into<std::ffi::OsString> + Clone>(
+        args: I,
+    ) -> Result<Self, clap::Error> {
+        Ok(Cli::try_parse_from(args)?.into_config())
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.msgs_per_sec > 0 && self.burst > 0,
+            "--msgs-per-sec and --burst must be positive"
+        );
+        anyhow::ensure!(
+            (256..=1 << 20).contains(&self.max_frame),
+            "--max-frame must be 256..=1048576"
+        );
+        anyhow::ensure!(
+            self.session_queue >= 2 && self.storage_queue >= 1 && self.hub_queue >= 1,
+            "queues must be positive"
+        );
+        anyhow::ensure!(
+            self.ping_secs > 0 && self.idle_secs > self.ping_secs,
+            "--idle-secs must exceed --ping-secs"
+        );
+        anyhow::ensure!(
+            self.max_sessions_per_user > 0,
+            "--max-sessions-per-user must be positive"
+        );
+        anyhow::ensure!(
+            self.access_ttl_secs > 0 && self.refresh_ttl_secs > 0,
+            "token lifetimes must be positive"
+        );
+        if let Some(s) = &self.jwt_secret {
+            anyhow::ensure!(s.len() >= 32, "--jwt-secret must be at least 32 bytes");
+        }
+        Ok(())
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_secs)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_flags() {
+        let c = Config::from_args(["hubbub"]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.max_sessions_per_user, 8);
+        let c = Config::from_args([
+            "hubbub",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--msgs-per-sec",
+            "5",
+            "--burst",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!((c.listen.port(), c.msgs_per_sec, c.burst), (0, 5, 7));
+        let c = Config::from_args(["hubbub", "--data-dir", "/tmp/x"]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert!(
+            Config::from_args(["hubbub", "--max-frame", "1"])
+                .unwrap()
+                .validate()
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,92 @@
+//! The error codes a client may see. Everything else (sled, io, argon2 details)
+//! is logged and mapped to `internal` at the edge, never shown.
+
+use serde::Serialize;
+
+/// A client-facing error code: the `code` of an `error` frame or an HTTP error body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, unknown type, missing or mistyped field, empty content, invalid name.
+    BadRequest,
+    /// Content over 4000 characters, or an HTTP body over its limit.
+    TooLarge,
+    /// Over a rate limit; `retry_after_ms` / `Retry-After` says when to retry.
+    RateLimited,
+    /// A `/command` the server does not know.
+    UnknownCommand,
+    /// A private message's target never joined the room; an unknown HTTP route.
+    NotFound,
+    /// A message id already names another sender's or room's message; a taken username.
+    Conflict,
+    /// Not allowed for this user, or an Origin outside the allow-list.
+    Forbidden,
+    /// The storage queue is full: the message was not accepted; resend later.
+    Unavailable,
+    /// Missing, invalid or expired credentials.
+    Unauthorized,
+    /// The HTTP method is not allowed on this route.
+    MethodNotAllowed,
+    /// Something failed inside the server; the details are in its log only.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::UnknownCommand => "unknown_command",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status that carries this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::UnknownCommand => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Conflict => 409,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+}
+
+/// Failures inside the server: storage, crypto, I/O. Logged, shown as `internal`.
+#[derive(Debug, thiserror::Error)]
+pub enum InternalError {
+    /// The embedded database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] sled::Error),
+    /// A stored record could not be decoded (corruption or a format change).
+    #[error("decode: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    /// A record could not be encoded.
+    #[error("encode: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+    /// Password hashing failed.
+    #[error("password hash: {0}")]
+    Password(String),
+    /// Token signing failed.
+    #[error("token: {0}")]
+    Token(#[from] jsonwebtoken::errors::Error),
+    /// A background task was cancelled or panicked.
+    #[error("task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The hub or storage task is gone (shutting down).
+    #[error("component stopped")]
+    Stopped,
+}

@@ -1,0 +1,202 @@
+//! The HTTP edge: the only module that imports warp. Routes, the WebSocket
+//! upgrade, static files, health. Everything a client can get wrong here is
+//! answered with a JSON error body, never an internal detail.
+
+// Handlers return a ready `Response` as their error: clearer than a rejection
+// type per failure, and nothing here is on a hot path.
+#![allow(clippy::result_large_err)]
+
+mod api;
+pub mod reply;
+pub mod serve;
+mod ws;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::task::TaskTracker;
+use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+use warp::{Filter, Rejection};
+
+use crate::auth::Auth;
+use crate::error::ErrorCode;
+use crate::hub::HubHandle;
+use crate::session::SessionCtx;
+use crate::storage::Store;
+
+/// Largest JSON body accepted on `/api/*`.
+const MAX_BODY: u64 = 16 * 1024;
+/// `/readyz` fails when the hub takes longer than this to answer.
+const HUB_PING_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Origins allowed to open a WebSocket: the configured list, plus the
+/// server's own origin (an `Origin` whose host equals the request's `Host`).
+pub struct Origins {
+    pub scheme: &'static str,
+    pub allowed: Vec<String>,
+}
+
+impl Origins {
+    /// Exact `scheme://host[:port]` comparison: no prefix or substring matching.
+    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim_end_matches('/');
+        if self
+            .allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+        {
+            return true;
+        }
+        match (host, origin.split_once("://")) {
+            (Some(host), Some((scheme, rest))) => {
+                scheme.eq_ignore_ascii_case(self.scheme) && rest.eq_ignore_ascii_case(host)
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub auth: Auth,
+    pub store: Store,
+    pub hub: HubHandle,
+    pub sessions: SessionCtx,
+    pub tracker: TaskTracker,
+    pub origins: Arc<Origins>,
+    pub draining: Arc<AtomicBool>,
+    pub web_dir: PathBuf,
+}
+
+fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+fn body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::body::content_length_limit(MAX_BODY).and(warp::body::bytes())
+}
+
+/// Every route, boxed, with rejections turned into JSON errors.
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let s = || with_state(state.clone());
+    let headers = || warp::header::headers_cloned();
+    let auth = warp::path("api").and(warp::path("auth"));
+    let signup = auth
+        .and(warp::path("signup"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(s())
+        .and(body())
+        .then(api::signup);
+    let login = auth
+        .and(warp::path("login"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(s())
+        .and(body())
+        .then(api::login);
+    let refresh = auth
+        .and(warp::path("refresh"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(s())
+        .and(headers())
+        .then(api::refresh);
+    let logout = auth
+        .and(warp::path("logout"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(s())
+        .and(headers())
+        .then(api::logout);
+    let me = warp::path!("api" / "me")
+        .and(warp::get())
+        .and(s())
+        .and(headers())
+        .then(api::me);
+    let history = warp::path!("api" / "rooms" / String / "messages")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(s())
+        .and(headers())
+        .then(api::history);
+    let ws = warp::path!("ws")
+        .and(warp::get())
+        .and(warp::query::<HashMap<String, String>>())
+        .and(headers())
+        .and(warp::ext::optional::<hyper::upgrade::OnUpgrade>())
+        .and(s())
+        .then(ws::upgrade);
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
+    let readyz = warp::path!("readyz").and(warp::get()).and(s()).then(readyz);
+    let web = warp::get()
+        .and(warp::fs::dir(state.web_dir.clone()))
+        .map(Reply::into_response);
+
+    signup
+        .or(login)
+        .unify()
+        .or(refresh)
+        .unify()
+        .or(logout)
+        .unify()
+        .or(me)
+        .unify()
+        .or(history)
+        .unify()
+        .or(ws)
+        .unify()
+        .or(healthz)
+        .unify()
+        .or(readyz)
+        .unify()
+        .or(web)
+        .unify()
+        .recover(recover)
+        .unify()
+        .with(warp::reply::with::header(
+            "x-content-type-options",
+            "nosniff",
+        ))
+        .map(Reply::into_response)
+        .boxed()
+}
+
+async fn readyz(state: AppState) -> Response {
+    if state.draining.load(Ordering::Relaxed) {
+        return reply::error(ErrorCode::Unavailable, "draining");
+    }
+    match tokio::time::timeout(HUB_PING_TIMEOUT, state.hub.ping()).await {
+        Ok(Ok(())) => reply::json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+        _ => reply::error(ErrorCode::Unavailable, "hub not answering"),
+    }
+}
+
+async fn recover(r: Rejection) -> Result<Response, Infallible> {
+    let resp = if r.is_not_found() {
+        reply::error(ErrorCode::NotFound, "no such route")
+    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
+        reply::error(ErrorCode::TooLarge, "request body too large")
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        reply::error(ErrorCode::MethodNotAllowed, "method not allowed")
+    } else if r.find::<warp::reject::InvalidQuery>().is_some()
+        || r.find::<warp::reject::LengthRequired>().is_some()
+    {
+        reply::error(ErrorCode::BadRequest, "malformed request")
+    } else {
+        tracing::debug!(rejection = ?r, "unhandled rejection");
+        reply::error(ErrorCode::BadRequest, "malformed request")
+    };
+    Ok(resp)
+}
+
+pub use serve::{PeerAddr, serve};

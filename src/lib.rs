@@ -1,0 +1,36 @@
+//! # hubbub
+//!
+//! A self-contained real-time chat server: WebSocket rooms, private messages,
+//! receipts, presence and durable history in embedded sled.
+//!
+//! # Layout
+//!
+//! Imports point one way, from the leaves up:
+//!
+//! - [`protocol`]: the wire contract as pure data: names, cursors, frames. No I/O.
+//! - [`storage`]: the only module that imports sled. Room logs, the message-id
+//!   index, receipts, accounts; the storage writer task with its bounded
+//!   write-ahead queue and group commit. Imports `protocol`.
+//! - [`auth`]: passwords (argon2id), JWTs, refresh-token rotation. Imports
+//!   `storage` for the account tables.
+//! - [`hub`]: one task that owns all room state; synchronous decisions in
+//!   `hub::state`, bounded queues out. Imports `protocol`, `storage`.
+//! - [`session`]: one WebSocket connection: reader (rate limit, size, parse,
+//!   commands) and writer (batched writes, pings, close). Imports `hub`.
+//! - [`http`]: the only module that imports warp. Routes, the upgrade, the
+//!   accept loop. Imports `session`, `auth`.
+//! - [`server`]: the composition root and ordered shutdown.
+//! - [`config`], [`error`]: used anywhere.
+//! - [`client`]: a small Rust client of the wire protocol, used by the tests
+//!   and the load generator.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod storage;

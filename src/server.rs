@@ -1,0 +1,163 @@
+//! The composition root: opens storage, starts the storage writer, the hub and
+//! the HTTP edge, and shuts them down in order.
+//!
+//! Shutdown order: stop accepting → `/readyz` 503 → sessions close with 1001 →
+//! the hub stops → the storage writer applies and flushes everything queued →
+//! return. Every message that was broadcast is on disk when `run` returns.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Auth, AuthConfig, tokens};
+use crate::config::Config;
+use crate::http::{self, AppState, Origins};
+use crate::hub::{HubConfig, HubHandle};
+use crate::session::{SessionConfig, SessionCtx};
+use crate::storage::{StorageHandle, StorageWriterConfig, Store};
+
+/// Storage → hub events (durable ids, receipts). Full → the writer waits: the
+/// hub drains it first in every turn, and never waits on storage itself.
+const STORAGE_EVENTS_QUEUE: usize = 1024;
+/// Sessions get this long to send their Close frames at shutdown.
+const SESSION_GRACE: Duration = Duration::from_secs(5);
+
+/// A started server. `shutdown` runs the ordered shutdown and waits for it.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await.context("server task")?
+    }
+
+    /// Waits until the server stops on its own (after `stop` fires elsewhere).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task")?
+    }
+}
+
+/// Binds, starts everything, and returns once the server accepts connections.
+pub async fn start(cfg: Config) -> anyhow::Result<Running> {
+    cfg.validate()?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr().context("local address")?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let store = Store::open(&cfg.data_dir.join("db"), cfg.cache_mb << 20)
+        .context("opening the database (is another hubbub using this data directory?)")?;
+    let secret = match &cfg.jwt_secret {
+        Some(s) => s.as_bytes().to_vec(),
+        None => tokens::load_or_create_secret(&cfg.data_dir.join("jwt_secret"))?,
+    };
+    let auth_cfg = AuthConfig {
+        access_ttl: Duration::from_secs(cfg.access_ttl_secs),
+        refresh_ttl: Duration::from_secs(cfg.refresh_ttl_secs),
+    };
+    let auth = Auth::new(store.clone(), &secret, auth_cfg)?;
+    let head = store.last_cursor().context("reading the log heads")?;
+
+    let (events_tx, events_rx) = mpsc::channel(STORAGE_EVENTS_QUEUE);
+    let (storage, storage_task) = StorageHandle::spawn(
+        store.clone(),
+        StorageWriterConfig {
+            queue: cfg.storage_queue,
+        },
+        events_tx,
+    );
+    let hub_cfg = HubConfig {
+        node: cfg.node_id.clone(),
+        max_sessions_per_user: cfg.max_sessions_per_user,
+        queue: cfg.hub_queue,
+    };
+    let (hub, hub_task) = HubHandle::spawn(hub_cfg, head, storage.clone(), events_rx);
+
+    let sessions_stop = CancellationToken::new();
+    let sessions = SessionCtx {
+        hub: hub.clone(),
+        store: store.clone(),
+        storage,
+        cfg: Arc::new(SessionConfig {
+            max_frame: cfg.max_frame,
+            msgs_per_sec: cfg.msgs_per_sec,
+            burst: cfg.burst,
+            queue: cfg.session_queue,
+            ping_interval: cfg.ping_interval(),
+            idle_timeout: cfg.idle_timeout(),
+        }),
+        node: cfg.node_id.clone().into(),
+        shutdown: sessions_stop.clone(),
+    };
+    let tracker = TaskTracker::new();
+    let draining = Arc::new(AtomicBool::new(false));
+    let state = AppState {
+        auth,
+        store,
+        hub,
+        sessions,
+        tracker: tracker.clone(),
+        origins: Arc::new(Origins {
+            scheme: "http",
+            allowed: cfg.allowed_origin.clone(),
+        }),
+        draining: draining.clone(),
+        web_dir: cfg.web_dir.clone(),
+    };
+    let http_stop = CancellationToken::new();
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        http::routes(state),
+        http_stop.clone(),
+    ));
+
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            tracing::info!("shutting down: draining sessions and the write-ahead queue");
+            draining.store(true, Ordering::SeqCst);
+            http_stop.cancel();
+            sessions_stop.cancel();
+            tracker.close();
+            if tokio::time::timeout(SESSION_GRACE, tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("some sessions had not closed after the grace period");
+            }
+            hub_task.shutdown().await;
+            storage_task.shutdown().await;
+            http_task.await.context("http task")?;
+            tracing::info!("shutdown complete");
+            Ok(())
+        }
+    });
+    Ok(Running { addr, stop, task })
+}
+
+/// Runs until `shutdown` resolves, then shuts down in order.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let running = start(cfg).await?;
+    println!("hubbub listening on http://{}", running.addr);
+    tracing::info!(addr = %running.addr, "listening");
+    shutdown.await;
+    running.shutdown().await
+}

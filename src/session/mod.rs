@@ -1,0 +1,166 @@
+//! One WebSocket connection: a reader (this task) and a writer task.
+//!
+//! Reader order for every frame, cheapest first: rate limit on the raw frame,
+//! size check, JSON parse, command parse, then a command to the hub (or to the
+//! storage queue for acks). The hub, never the client, supplies sender, room and time.
+
+pub mod commands;
+mod reader;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::auth::Identity;
+use crate::hub::{HubHandle, Joined, SessionLink};
+use crate::protocol::frames::{Limits, MAX_CONTENT_CHARS, encode};
+use crate::protocol::{ClientId, CloseCode, Cursor, Frame, PageDir, RoomName, ServerMsg, WireMsg};
+use crate::storage::{StorageHandle, Store};
+
+/// Messages a resume (`since`) replays at most; `more: true` beyond.
+const RESUME_MAX: usize = 1000;
+/// Messages a plain join replays.
+const JOIN_HISTORY: usize = 50;
+
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub max_frame: usize,
+    pub msgs_per_sec: u32,
+    pub burst: u32,
+    /// Session queue capacity in frames; full → eviction (4002).
+    pub queue: usize,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// What every session shares.
+#[derive(Clone)]
+pub struct SessionCtx {
+    pub hub: HubHandle,
+    pub store: Store,
+    pub storage: StorageHandle,
+    pub cfg: Arc<SessionConfig>,
+    pub node: Arc<str>,
+    /// Cancelled at shutdown: every session closes with 1001.
+    pub shutdown: CancellationToken,
+}
+
+/// Everything the upgrade checked: who, where, and from which cursor.
+pub struct JoinRequest {
+    pub identity: Identity,
+    pub room: RoomName,
+    pub client: ClientId,
+    pub since: Option<String>,
+}
+
+/// Runs a session to its end. Errors stay here: they are logged, never propagated.
+pub async fn run<S>(ws: WebSocketStream<S>, ctx: SessionCtx, req: JoinRequest)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, stream) = ws.split();
+    let id = Uuid::new_v4();
+    let (out_tx, out_rx) = mpsc::channel::<Frame>(ctx.cfg.queue.max(2));
+    let (close_tx, close_rx) = watch::channel(None);
+    let user = req.identity.username.clone();
+    let span = tracing::info_span!("session", session = %id, user = %user, room = %req.room);
+    let _enter = span.enter();
+
+    if let Err(e) = ctx.store.remember_member(&req.room, &user) {
+        tracing::error!(error = %e, "could not record room membership");
+    }
+    let link = SessionLink {
+        id,
+        user: user.clone(),
+        client: req.client.clone(),
+        room: req.room.clone(),
+        out_tx: out_tx.clone(),
+        close_tx: close_tx.clone(),
+    };
+    let preamble = match ctx.hub.join(link).await {
+        Ok(joined) => preamble(&ctx, &req, id, joined),
+        Err(_) => {
+            close_tx.send_replace(Some(CloseCode::GoingAway));
+            Vec::new()
+        }
+    };
+    let writer = tokio::spawn(writer::run(
+        sink,
+        out_rx,
+        close_rx.clone(),
+        preamble,
+        ctx.cfg.ping_interval,
+    ));
+    let code = reader::run(stream, &ctx, &req, id, &out_tx, close_rx).await;
+    if let Some(code) = code {
+        // Only the first close code counts (the hub may have set one already).
+        close_tx.send_if_modified(|c| c.is_none() && c.replace(code).is_none());
+    }
+    ctx.hub.leave(id);
+    drop(out_tx);
+    if let Err(e) = writer.await {
+        tracing::error!(error = %e, "session writer failed");
+    }
+    tracing::debug!("session ended");
+}
+
+/// `welcome` and `history`: sent before anything from the queue, so nothing
+/// can come between them, and the live stream continues right after `head`.
+fn preamble(ctx: &SessionCtx, req: &JoinRequest, id: Uuid, joined: Joined) -> Vec<Frame> {
+    let user = &req.identity.username;
+    let since = req.since.as_deref().and_then(Cursor::parse).filter(|c| {
+        ctx.store
+            .has_cursor(&req.room, *c, &joined.pending)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "resume lookup failed");
+                false
+            })
+    });
+    let (dir, limit) = match since {
+        Some(c) => (PageDir::After(c), RESUME_MAX),
+        None => (PageDir::Latest, JOIN_HISTORY),
+    };
+    let page = ctx.store.page(
+        &req.room,
+        user,
+        dir,
+        limit,
+        Some(joined.head),
+        &joined.pending,
+    );
+    let page = page.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "history read failed on join");
+        crate::storage::Page {
+            msgs: Vec::new(),
+            more: false,
+        }
+    });
+    let session = id.to_string();
+    let welcome = encode(&ServerMsg::Welcome {
+        user: user.as_str(),
+        room: req.room.as_str(),
+        node: &ctx.node,
+        session: &session,
+        client: req.client.as_str(),
+        resumed: since.is_some(),
+        limits: Limits {
+            max_frame: ctx.cfg.max_frame,
+            max_content: MAX_CONTENT_CHARS,
+            msgs_per_sec: ctx.cfg.msgs_per_sec,
+            burst: ctx.cfg.burst,
+        },
+    });
+    let history = encode(&ServerMsg::History {
+        messages: page.msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
+        more: page.more,
+        req: None,
+    });
+    vec![welcome, history]
+}

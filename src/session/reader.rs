@@ -1,0 +1,282 @@
+//! The reader half of a session: every frame the client sends, cheapest check first.
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use futures_util::{Stream, StreamExt};
+use governor::clock::{Clock, DefaultClock};
+use governor::{Quota, RateLimiter};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::{self, Message};
+use uuid::Uuid;
+
+use super::commands::{self, Command};
+use super::{JoinRequest, SessionCtx};
+use crate::error::ErrorCode;
+use crate::hub::{HubCmd, NewMsg, RETRY_AFTER_MS};
+use crate::protocol::frames::{check_content, encode, encode_error, encode_retry, parse_client};
+use crate::protocol::{
+    ClientMsg, CloseCode, Frame, FrameError, MsgKind, ServerMsg, Status, WireMsg, time::now_ms,
+};
+use crate::storage::{AckCmd, StorageCmd};
+
+struct Reader<'a> {
+    ctx: &'a SessionCtx,
+    req: &'a JoinRequest,
+    session: Uuid,
+    out_tx: &'a mpsc::Sender<Frame>,
+}
+
+/// Reads until the session ends; returns the close code to send, if the reader chose one.
+pub async fn run<R>(
+    mut stream: R,
+    ctx: &SessionCtx,
+    req: &JoinRequest,
+    session: Uuid,
+    out_tx: &mpsc::Sender<Frame>,
+    mut close_rx: watch::Receiver<Option<CloseCode>>,
+) -> Option<CloseCode>
+where
+    R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    let cfg = &ctx.cfg;
+    let quota = Quota::per_second(NonZeroU32::new(cfg.msgs_per_sec).unwrap_or(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(cfg.burst).unwrap_or(NonZeroU32::MIN));
+    let limiter = RateLimiter::direct(quota);
+    let clock = DefaultClock::default();
+    // While limited, one error frame per limited stretch, not one per dropped frame.
+    let mut quiet_until: Option<Instant> = None;
+    let expires_in = Duration::from_millis((req.identity.exp * 1000).saturating_sub(now_ms()));
+    let expiry = tokio::time::sleep(expires_in);
+    tokio::pin!(expiry);
+    let me = Reader {
+        ctx,
+        req,
+        session,
+        out_tx,
+    };
+
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = close_rx.changed() => return None,
+            _ = ctx.shutdown.cancelled() => return Some(CloseCode::GoingAway),
+            _ = &mut expiry => return Some(CloseCode::Policy),
+            n = tokio::time::timeout(cfg.idle_timeout, stream.next()) => n,
+        };
+        let msg = match next {
+            Err(_) => {
+                tracing::debug!("peer silent past the idle timeout");
+                return Some(CloseCode::Normal);
+            }
+            Ok(None) => return None,
+            Ok(Some(Err(tungstenite::Error::Capacity(_)))) => return Some(CloseCode::TooBig),
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "read failed");
+                return None;
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(_) => return Some(CloseCode::Unsupported),
+            Message::Close(_) => return Some(CloseCode::Normal),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+        };
+        if let Err(not_until) = limiter.check() {
+            let now = Instant::now();
+            if quiet_until.is_none_or(|q| now >= q) {
+                let wait = not_until.wait_time_from(clock.now());
+                quiet_until = Some(now + wait);
+                me.push(encode_retry(
+                    ErrorCode::RateLimited,
+                    "slow down",
+                    None,
+                    wait.as_millis().max(1) as u64,
+                ));
+            }
+            continue;
+        }
+        if text.len() > cfg.max_frame {
+            return Some(CloseCode::TooBig);
+        }
+        match parse_client(text.as_str()) {
+            Ok(m) => me.handle(m).await,
+            Err(e) => me.push(encode_error(&e)),
+        }
+    }
+}
+
+impl Reader<'_> {
+    /// Queues a reply to this session only. A full queue drops it: the hub
+    /// evicts this session on its next delivery anyway.
+    fn push(&self, f: Frame) {
+        let _ = self.out_tx.try_send(f);
+    }
+
+    fn error(&self, code: ErrorCode, message: &str, id: Option<&str>) {
+        self.push(encode_error(&FrameError {
+            code,
+            message: message.to_owned(),
+            id: id.map(str::to_owned),
+        }));
+    }
+
+    async fn hub(&self, cmd: HubCmd) {
+        // The hub is gone only during shutdown; the session is about to close.
+        let _ = self.ctx.hub.send(cmd).await;
+    }
+
+    async fn handle(&self, m: ClientMsg) {
+        match m {
+            ClientMsg::Chat { id, content } if content.starts_with('/') => {
+                self.command(id, &content).await
+            }
+            ClientMsg::Chat { id, content } => {
+                self.send(id, MsgKind::Chat, None, content, false).await
+            }
+            ClientMsg::Private {
+                id,
+                target,
+                content,
+            } => {
+                self.send(id, MsgKind::Private, Some(target), content, false)
+                    .await
+            }
+            ClientMsg::Typing { active } => {
+                self.hub(HubCmd::Typing {
+                    session: self.session,
+                    active,
+                })
+                .await
+            }
+            ClientMsg::Ack { ids, status } => {
+                let cmd = StorageCmd::Ack(AckCmd {
+                    by: self.req.identity.username.clone(),
+                    ids,
+                    status,
+                });
+                if self.ctx.storage.try_send(cmd).is_err() {
+                    self.push(encode_retry(
+                        ErrorCode::Unavailable,
+                        "storage is busy; resend later",
+                        None,
+                        RETRY_AFTER_MS,
+                    ));
+                }
+            }
+            ClientMsg::History { dir, limit, req } => self.history(dir, limit, req).await,
+        }
+    }
+
+    async fn command(&self, id: Uuid, content: &str) {
+        let id_text = id.to_string();
+        match commands::parse(content) {
+            Ok(Command::Chat { content, action }) => match check_content(&content) {
+                Ok(content) => self.send(id, MsgKind::Chat, None, content, action).await,
+                Err((code, msg)) => self.error(code, msg, Some(&id_text)),
+            },
+            Ok(Command::Private { target, content }) => {
+                self.send(id, MsgKind::Private, Some(target), content, false)
+                    .await
+            }
+            Ok(Command::Who) => {
+                self.hub(HubCmd::Who {
+                    session: self.session,
+                })
+                .await
+            }
+            Ok(Command::Reply(text)) => self.push(encode(&ServerMsg::System {
+                room: self.req.room.as_str(),
+                content: &text,
+            })),
+            Err((code, msg)) => self.error(code, &msg, Some(&id_text)),
+        }
+    }
+
+    /// A chat or private message. Ids already on disk are answered here
+    /// (idempotent resend or conflict); newer ones are checked by the hub.
+    async fn send(
+        &self,
+        id: Uuid,
+        kind: MsgKind,
+        target: Option<crate::protocol::Username>,
+        content: String,
+        action: bool,
+    ) {
+        let (user, room) = (&self.req.identity.username, &self.req.room);
+        let id_text = id.to_string();
+        match self.ctx.store.msgref(&id) {
+            Ok(Some(r)) if &r.sender == user && &r.room == room => {
+                self.push(encode(&ServerMsg::Receipt {
+                    id: &id,
+                    status: Status::Saved.as_str(),
+                    by: None,
+                }));
+                return;
+            }
+            Ok(Some(_)) => {
+                return self.error(
+                    ErrorCode::Conflict,
+                    "this id names another message",
+                    Some(&id_text),
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "id index lookup failed");
+                return self.push(encode_retry(
+                    ErrorCode::Unavailable,
+                    "storage error; resend later",
+                    Some(&id_text),
+                    RETRY_AFTER_MS,
+                ));
+            }
+        }
+        let target_known = match &target {
+            Some(t) => self.ctx.store.was_member(room, t).unwrap_or(false),
+            None => false,
+        };
+        let msg = NewMsg {
+            id,
+            kind,
+            target,
+            content,
+            action,
+            target_known,
+        };
+        self.hub(HubCmd::Send {
+            session: self.session,
+            msg,
+        })
+        .await;
+    }
+
+    async fn history(&self, dir: crate::protocol::PageDir, limit: usize, req: Option<String>) {
+        let room = &self.req.room;
+        let pending = self.ctx.hub.pending(room.clone()).await.unwrap_or_default();
+        match self.ctx.store.page(
+            room,
+            &self.req.identity.username,
+            dir,
+            limit,
+            None,
+            &pending,
+        ) {
+            Ok(page) => self.push(encode(&ServerMsg::History {
+                messages: page.msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
+                more: page.more,
+                req: req.as_deref(),
+            })),
+            Err(e) => {
+                tracing::error!(error = %e, "history read failed");
+                self.push(encode_retry(
+                    ErrorCode::Unavailable,
+                    "storage error; retry",
+                    None,
+                    RETRY_AFTER_MS,
+                ));
+            }
+        }
+    }
+}

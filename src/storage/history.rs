@@ -1,0 +1,138 @@
+//! History queries: pages of one room's log as one user may see them.
+//!
+//! The log on disk lags the hub by at most one group commit, so every query
+//! also takes the hub's not-yet-durable messages of the room (`pending`) and
+//! merges them by cursor: a page never misses a message that was broadcast.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::{Result, Store, decode};
+use crate::protocol::{Cursor, PageDir, RoomName, Status, StoredMsg, Username};
+
+/// One page, oldest first. `status` is `None` for a message still on its way to disk.
+pub struct Page {
+    pub msgs: Vec<(Arc<StoredMsg>, Option<Status>)>,
+    /// More visible messages exist beyond this page in the direction asked.
+    pub more: bool,
+}
+
+impl Store {
+    /// Up to `limit` visible messages in direction `dir`; `upto` caps the newest
+    /// cursor considered (the room's head when a session joined), so a page and
+    /// the live stream after it never overlap.
+    pub fn page(
+        &self,
+        room: &RoomName,
+        viewer: &Username,
+        dir: PageDir,
+        limit: usize,
+        upto: Option<Cursor>,
+        pending: &[Arc<StoredMsg>],
+    ) -> Result<Page> {
+        let upto = upto.unwrap_or(Cursor::MAX);
+        let want = limit + 1;
+        let visible = |m: &StoredMsg| m.visible_to(viewer) && m.cursor <= upto;
+        let (lo, hi, backward) = match dir {
+            PageDir::Latest => (Bound::Unbounded, Bound::Included(upto), true),
+            PageDir::Before(c) => (Bound::Unbounded, Bound::Excluded(c.min(Cursor::MAX)), true),
+            PageDir::After(c) => (Bound::Excluded(c), Bound::Included(upto), false),
+        };
+        let in_range = |c: Cursor| {
+            let above = match lo {
+                Bound::Excluded(l) => c > l,
+                _ => true,
+            };
+            let below = match hi {
+                Bound::Excluded(h) => c < h,
+                Bound::Included(h) => c <= h,
+                Bound::Unbounded => true,
+            };
+            above && below
+        };
+
+        let mut from_disk: Vec<(Arc<StoredMsg>, Option<Status>)> = Vec::new();
+        if let Some(log) = self.room_log(room)? {
+            let key = |b: Bound<Cursor>| match b {
+                Bound::Included(c) => Bound::Included(c.to_key()),
+                Bound::Excluded(c) => Bound::Excluded(c.to_key()),
+                Bound::Unbounded => Bound::Unbounded,
+            };
+            let range = log.range::<[u8; 16], _>((key(lo), key(hi)));
+            let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if backward
+            {
+                Box::new(range.rev())
+            } else {
+                Box::new(range)
+            };
+            for kv in iter {
+                let (_, v) = kv?;
+                let m: StoredMsg = decode(&v)?;
+                if visible(&m) {
+                    let status = self.status_of(&m.id)?;
+                    from_disk.push((Arc::new(m), Some(status)));
+                    if from_disk.len() == want {
+                        break;
+                    }
+                }
+            }
+        }
+
+        let mut from_memory: Vec<(Arc<StoredMsg>, Option<Status>)> = pending
+            .iter()
+            .filter(|m| visible(m) && in_range(m.cursor))
+            .map(|m| (m.clone(), None))
+            .collect();
+        from_memory.sort_by_key(|(m, _)| m.cursor);
+        if backward {
+            from_memory.reverse();
+        }
+        from_memory.truncate(want);
+
+        // Merge two lists sorted in the page's direction; the disk copy wins a tie
+        // (it carries a status).
+        let mut merged = Vec::with_capacity(want);
+        let (mut a, mut b) = (
+            from_disk.into_iter().peekable(),
+            from_memory.into_iter().peekable(),
+        );
+        let before = |x: Cursor, y: Cursor| if backward { x > y } else { x < y };
+        while merged.len() < want {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.0.cursor == y.0.cursor => {
+                    b.next();
+                    a.next()
+                }
+                (Some(x), Some(y)) if before(y.0.cursor, x.0.cursor) => b.next(),
+                (Some(_), _) => a.next(),
+                (None, _) => b.next(),
+            };
+            match next {
+                Some(item) => merged.push(item),
+                None => break,
+            }
+        }
+        let more = merged.len() > limit;
+        merged.truncate(limit);
+        if backward {
+            merged.reverse();
+        }
+        Ok(Page { msgs: merged, more })
+    }
+
+    /// Whether `cursor` names a message of this room, on disk or pending.
+    pub fn has_cursor(
+        &self,
+        room: &RoomName,
+        cursor: Cursor,
+        pending: &[Arc<StoredMsg>],
+    ) -> Result<bool> {
+        if pending.iter().any(|m| m.cursor == cursor) {
+            return Ok(true);
+        }
+        match self.room_log(room)? {
+            Some(log) => Ok(log.contains_key(cursor.to_key())?),
+            None => Ok(false),
+        }
+    }
+}

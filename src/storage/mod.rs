@@ -1,0 +1,206 @@
+//! Durable state in embedded sled. The only module that imports sled.
+//!
+//! Tables (sled trees), named key_value:
+//! - `room:{name}`: cursor (16 bytes, big-endian) → `StoredMsg` (bincode). One append-only log per room.
+//! - `roomname_unit`: room → () for every room that has a log (reads never create trees).
+//! - `msgid_msgref`: message id → `MsgRef` (room, cursor, sender, kind, target): idempotency and receipts.
+//! - `msgid_status`: message id → highest status any recipient reached (u8).
+//! - `msgid_username_status`: message id ++ username → that recipient's status (u8).
+//! - `roomname_username_unit`: room `\0` username → () for every user who ever joined the room.
+//! - `username_user`, `tokenhash_refresh`, `familyid_revoked`: accounts (see `accounts.rs`).
+
+mod accounts;
+mod history;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+pub use accounts::{RefreshRecord, SpendOutcome, UserRecord};
+pub use history::Page;
+pub use writer::{
+    AckCmd, DurableMsg, StorageCmd, StorageEvent, StorageFull, StorageHandle, StorageTask,
+    StorageWriterConfig,
+};
+
+use crate::error::InternalError;
+use crate::protocol::{Cursor, MsgKind, RoomName, Status, Username};
+
+pub type Result<T> = std::result::Result<T, InternalError>;
+
+const BINCODE: bincode::config::Configuration = bincode::config::standard();
+
+/// The compact index record of a message: enough to route receipts and to
+/// answer idempotent resends without reading the room log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MsgRef {
+    pub room: RoomName,
+    pub cursor: Cursor,
+    pub sender: Username,
+    pub kind: MsgKind,
+    pub target: Option<Username>,
+}
+
+/// A cheap, cloneable handle on the database. Reads may happen from any task;
+/// message and receipt writes go through the single storage writer.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    rooms: sled::Tree,
+    msgid_msgref: sled::Tree,
+    msgid_status: sled::Tree,
+    msgid_username_status: sled::Tree,
+    room_members: sled::Tree,
+    users: sled::Tree,
+    refresh: sled::Tree,
+    families: sled::Tree,
+    /// Opened room logs. A std mutex: held for a map lookup only, never across `.await`.
+    room_logs: Mutex<HashMap<RoomName, sled::Tree>>,
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    Ok(bincode::serde::encode_to_vec(v, BINCODE)?)
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
+    Ok(bincode::serde::decode_from_slice(b, BINCODE.with_limit::<{ 1 << 20 }>())?.0)
+}
+
+fn member_key(room: &RoomName, user: &Username) -> Vec<u8> {
+    let mut k = Vec::with_capacity(room.as_str().len() + 1 + user.as_str().len());
+    k.extend_from_slice(room.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(user.as_str().as_bytes());
+    k
+}
+
+fn receipt_key(id: &Uuid, user: &Username) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16 + user.as_str().len());
+    k.extend_from_slice(id.as_bytes());
+    k.extend_from_slice(user.as_str().as_bytes());
+    k
+}
+
+impl Store {
+    /// Opens (or creates) the database under `dir`. Only one process may hold it.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // We group-commit ourselves: nothing is acknowledged before our own flush.
+            .flush_every_ms(None)
+            .mode(sled::Mode::LowSpace)
+            .open()?;
+        let inner = Inner {
+            rooms: db.open_tree("roomname_unit")?,
+            msgid_msgref: db.open_tree("msgid_msgref")?,
+            msgid_status: db.open_tree("msgid_status")?,
+            msgid_username_status: db.open_tree("msgid_username_status")?,
+            room_members: db.open_tree("roomname_username_unit")?,
+            users: db.open_tree("username_user")?,
+            refresh: db.open_tree("tokenhash_refresh")?,
+            families: db.open_tree("familyid_revoked")?,
+            room_logs: Mutex::new(HashMap::new()),
+            db,
+        };
+        Ok(Store {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Flushes everything written so far to disk (one fsync for all trees).
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// The log of a room that has one; `None` for a room nobody wrote to
+    /// (so reads of arbitrary room names never create trees).
+    fn room_log(&self, room: &RoomName) -> Result<Option<sled::Tree>> {
+        if let Some(t) = self.lock_logs().get(room) {
+            return Ok(Some(t.clone()));
+        }
+        if !self.inner.rooms.contains_key(room.as_str())? {
+            return Ok(None);
+        }
+        self.open_room_log(room).map(Some)
+    }
+
+    fn open_room_log(&self, room: &RoomName) -> Result<sled::Tree> {
+        let tree = self.inner.db.open_tree(format!("room:{room}"))?;
+        self.inner.rooms.insert(room.as_str(), &[])?;
+        self.lock_logs().insert(room.clone(), tree.clone());
+        Ok(tree)
+    }
+
+    fn lock_logs(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, sled::Tree>> {
+        // A poisoned lock only means another thread panicked mid-insert into a
+        // cache; the map itself is still valid.
+        self.inner
+            .room_logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The highest cursor in any room log: the hub continues after it on restart.
+    pub fn last_cursor(&self) -> Result<Cursor> {
+        let mut last = Cursor::ZERO;
+        for name in self.inner.rooms.iter().keys() {
+            let name = name?;
+            let Some(room) = std::str::from_utf8(&name).ok().and_then(RoomName::parse) else {
+                continue;
+            };
+            if let Some(log) = self.room_log(&room)?
+                && let Some((k, _)) = log.last()?
+                && let Some(c) = Cursor::from_key(&k)
+            {
+                last = last.max(c);
+            }
+        }
+        Ok(last)
+    }
+
+    /// The index entry of a stored message.
+    pub fn msgref(&self, id: &Uuid) -> Result<Option<MsgRef>> {
+        self.inner
+            .msgid_msgref
+            .get(id.as_bytes())?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    /// Records that `user` joined `room` (a private message may then reach them).
+    /// Not flushed here: the next group commit carries it.
+    pub fn remember_member(&self, room: &RoomName, user: &Username) -> Result<()> {
+        self.inner
+            .room_members
+            .insert(member_key(room, user), &[])?;
+        Ok(())
+    }
+
+    pub fn was_member(&self, room: &RoomName, user: &Username) -> Result<bool> {
+        Ok(self
+            .inner
+            .room_members
+            .contains_key(member_key(room, user))?)
+    }
+
+    /// The highest status any recipient reached; stored messages start at `saved`.
+    fn status_of(&self, id: &Uuid) -> Result<Status> {
+        Ok(self
+            .inner
+            .msgid_status
+            .get(id.as_bytes())?
+            .and_then(|b| b.first().copied())
+            .and_then(Status::from_u8)
+            .unwrap_or(Status::Saved))
+    }
+}
