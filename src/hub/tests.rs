@@ -1,1 +1,331 @@
+//! The hub's state machine, driven without a runtime: channels stand in for
+//! sessions and the storage queue, `Instant`s are made up.
+#![allow(clippy::unwrap_used)]
 
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use super::state::{HubCmd, HubState, NewMsg, SessionLink};
+use crate::protocol::{ClientId, CloseCode, Cursor, Frame, MsgKind, RoomName, Username};
+use crate::storage::{DurableMsg, StorageCmd, StorageEvent, StorageHandle};
+
+struct Sess {
+    id: Uuid,
+    rx: mpsc::Receiver<Frame>,
+    close: watch::Receiver<Option<CloseCode>>,
+}
+
+impl Sess {
+    fn frames(&mut self) -> Vec<Value> {
+        let mut v = Vec::new();
+        while let Ok(f) = self.rx.try_recv() {
+            v.push(serde_json::from_str(f.as_str()).unwrap());
+        }
+        v
+    }
+
+    fn types(&mut self) -> Vec<String> {
+        self.frames()
+            .iter()
+            .map(|f| f["type"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn closed(&self) -> Option<CloseCode> {
+        *self.close.borrow()
+    }
+}
+
+struct Fixture {
+    hub: HubState,
+    storage_rx: mpsc::Receiver<StorageCmd>,
+    now: Instant,
+    ms: u64,
+}
+
+impl Fixture {
+    fn new(max_sessions: usize, storage_queue: usize) -> Self {
+        let (storage, storage_rx) = StorageHandle::detached(storage_queue);
+        let hub = HubState::new("n1".into(), max_sessions, Cursor::ZERO, storage);
+        Fixture {
+            hub,
+            storage_rx,
+            now: Instant::now(),
+            ms: 1_000_000,
+        }
+    }
+
+    fn join_q(&mut self, user: &str, client: &str, room: &str, queue: usize) -> Sess {
+        let (out_tx, rx) = mpsc::channel(queue);
+        let (close_tx, close) = watch::channel(None);
+        let id = Uuid::new_v4();
+        let link = SessionLink {
+            id,
+            user: Username::parse(user).unwrap(),
+            client: ClientId::parse(client).unwrap(),
+            room: RoomName::parse(room).unwrap(),
+            out_tx,
+            close_tx,
+        };
+        let (reply, _reply_rx) = oneshot::channel();
+        self.apply(HubCmd::Join { link, reply });
+        Sess { id, rx, close }
+    }
+
+    fn join(&mut self, user: &str, client: &str, room: &str) -> Sess {
+        self.join_q(user, client, room, 64)
+    }
+
+    fn apply(&mut self, cmd: HubCmd) {
+        self.hub.apply(cmd, self.now, self.ms);
+    }
+
+    fn tick(&mut self, d: Duration) {
+        self.now += d;
+        self.ms += d.as_millis() as u64;
+        self.hub.flush_presence(self.now);
+    }
+
+    fn chat(&mut self, s: &Sess, content: &str) -> Uuid {
+        let id = Uuid::new_v4();
+        self.send(s, id, MsgKind::Chat, None, content);
+        id
+    }
+
+    fn send(&mut self, s: &Sess, id: Uuid, kind: MsgKind, target: Option<&str>, content: &str) {
+        let msg = NewMsg {
+            id,
+            kind,
+            target: target.map(|t| Username::parse(t).unwrap()),
+            content: content.into(),
+            action: false,
+            target_known: false,
+        };
+        self.apply(HubCmd::Send { session: s.id, msg });
+    }
+
+    /// Pretends the storage writer flushed everything queued.
+    fn flush_storage(&mut self) {
+        let mut durable = Vec::new();
+        while let Ok(StorageCmd::Append(m)) = self.storage_rx.try_recv() {
+            durable.push(DurableMsg {
+                id: m.id,
+                room: m.room.clone(),
+                sender: m.sender.clone(),
+            });
+        }
+        self.hub.apply_storage(StorageEvent::Durable(durable));
+    }
+}
+
+#[test]
+fn join_sends_presence_and_join_lines_to_others_only() {
+    let mut f = Fixture::new(8, 16);
+    let mut a = f.join("alice", "a", "lobby");
+    f.tick(Duration::ZERO);
+    assert_eq!(a.types(), ["presence"]);
+    let mut b = f.join("bob", "b", "lobby");
+    f.tick(Duration::from_millis(600));
+    let af = a.frames();
+    assert_eq!(af[0]["type"], "system");
+    assert_eq!(af[0]["content"], "bob joined");
+    assert_eq!(af[1]["users"], serde_json::json!(["alice", "bob"]));
+    assert_eq!(b.types(), ["presence"]);
+    // A second session of bob: no join line.
+    let _b2 = f.join("bob", "b2", "lobby");
+    f.tick(Duration::from_millis(600));
+    assert_eq!(a.types(), ["presence"]);
+}
+
+#[test]
+fn presence_is_coalesced_per_room() {
+    let mut f = Fixture::new(8, 16);
+    let mut a = f.join("alice", "a", "lobby");
+    f.tick(Duration::ZERO);
+    a.frames();
+    let mut others = Vec::new();
+    for u in ["bob", "carol", "dave"] {
+        others.push(f.join(u, "x", "lobby"));
+        f.tick(Duration::from_millis(10));
+    }
+    // One presence in the first 500 ms window after the previous one... none yet.
+    assert_eq!(a.types().iter().filter(|t| *t == "presence").count(), 0);
+    f.tick(Duration::from_millis(500));
+    let frames = a.frames();
+    let presences: Vec<_> = frames.iter().filter(|f| f["type"] == "presence").collect();
+    assert_eq!(presences.len(), 1, "{frames:?}");
+    assert_eq!(presences[0]["count"], 4, "{frames:?}");
+}
+
+#[test]
+fn chat_goes_to_everyone_in_the_room_and_to_disk_once() {
+    let mut f = Fixture::new(8, 16);
+    let mut a = f.join("alice", "a", "lobby");
+    let mut b = f.join("bob", "b", "lobby");
+    let mut c = f.join("carol", "c", "elsewhere");
+    f.tick(Duration::ZERO);
+    let (_, _, _) = (a.frames(), b.frames(), c.frames());
+    let id = f.chat(&a, "hi");
+    let got = b.frames();
+    assert_eq!(got[0]["content"], "hi");
+    assert_eq!(got[0]["sender"], "alice");
+    assert_eq!(a.frames()[0]["id"], id.to_string());
+    assert!(c.frames().is_empty());
+    assert!(matches!(f.storage_rx.try_recv(), Ok(StorageCmd::Append(m)) if m.id == id));
+    // Resent before durable: nothing delivered, nothing stored, no receipt yet.
+    f.send(&a, id, MsgKind::Chat, None, "hi");
+    assert!(b.frames().is_empty() && a.frames().is_empty());
+    assert!(f.storage_rx.try_recv().is_err());
+    f.hub.apply_storage(StorageEvent::Durable(vec![DurableMsg {
+        id,
+        room: RoomName::parse("lobby").unwrap(),
+        sender: Username::parse("alice").unwrap(),
+    }]));
+    let r = a.frames();
+    assert_eq!(
+        (r[0]["type"].as_str(), r[0]["status"].as_str()),
+        (Some("receipt"), Some("saved"))
+    );
+    assert!(b.frames().is_empty(), "receipts go to the sender only");
+    // Resent after durable: saved again, still nothing delivered.
+    f.send(&a, id, MsgKind::Chat, None, "hi");
+    assert_eq!(a.frames()[0]["status"], "saved");
+    assert!(b.frames().is_empty());
+}
+
+#[test]
+fn an_id_of_another_sender_is_a_conflict() {
+    let mut f = Fixture::new(8, 16);
+    let mut a = f.join("alice", "a", "lobby");
+    let mut b = f.join("bob", "b", "lobby");
+    f.tick(Duration::ZERO);
+    let id = f.chat(&a, "mine");
+    a.frames();
+    b.frames();
+    f.send(&b, id, MsgKind::Chat, None, "stolen");
+    let e = b.frames();
+    assert_eq!(
+        (e[0]["type"].as_str(), e[0]["code"].as_str()),
+        (Some("error"), Some("conflict"))
+    );
+    assert!(a.frames().is_empty());
+}
+
+#[test]
+fn private_reaches_sender_and_target_only() {
+    let mut f = Fixture::new(8, 16);
+    let mut a = f.join("alice", "a", "lobby");
+    let mut b = f.join("bob", "b", "lobby");
+    let mut c = f.join("carol", "c", "lobby");
+    f.tick(Duration::ZERO);
+    let (_, _, _) = (a.frames(), b.frames(), c.frames());
+    f.send(&a, Uuid::new_v4(), MsgKind::Private, Some("bob"), "psst");
+    assert_eq!(a.frames()[0]["type"], "private");
+    assert_eq!(b.frames()[0]["target"], "bob");
+    assert!(c.frames().is_empty());
+    // A target who never joined (and the session found no record of): not_found.
+    f.send(&a, Uuid::new_v4(), MsgKind::Private, Some("zed"), "hello?");
+    assert_eq!(a.frames()[0]["code"], "not_found");
+}
+
+#[test]
+fn full_storage_refuses_and_does_not_broadcast() {
+    let mut f = Fixture::new(8, 1);
+    let mut a = f.join("alice", "a", "lobby");
+    let mut b = f.join("bob", "b", "lobby");
+    f.tick(Duration::ZERO);
+    let (_, _) = (a.frames(), b.frames());
+    f.chat(&a, "one");
+    f.chat(&a, "two");
+    let got: Vec<_> = b
+        .frames()
+        .into_iter()
+        .map(|m| m["content"].clone())
+        .collect();
+    assert_eq!(got, ["one"]);
+    let af = a.frames();
+    assert_eq!(af[1]["code"], "unavailable");
+    assert!(af[1]["retry_after_ms"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_full_queue_evicts_that_session_only() {
+    let mut f = Fixture::new(8, 64);
+    let mut a = f.join("alice", "a", "lobby");
+    let slow = f.join_q("slowpoke", "s", "lobby", 2);
+    f.tick(Duration::ZERO);
+    a.frames();
+    for i in 0..5 {
+        f.chat(&a, &format!("m{i}"));
+    }
+    assert_eq!(slow.closed(), Some(CloseCode::Evicted));
+    let got = a.frames();
+    assert_eq!(got.iter().filter(|m| m["type"] == "chat").count(), 5);
+    assert!(
+        got.iter()
+            .any(|m| m["type"] == "system" && m["content"] == "slowpoke left")
+    );
+    assert_eq!(f.hub.session_count(), 1);
+}
+
+#[test]
+fn same_client_id_replaces_and_cap_closes_the_oldest() {
+    let mut f = Fixture::new(2, 16);
+    let first = f.join("alice", "tab", "lobby");
+    let second = f.join("alice", "tab", "lobby");
+    assert_eq!(first.closed(), Some(CloseCode::Replaced));
+    assert_eq!(second.closed(), None);
+    let third = f.join("alice", "other", "lobby");
+    assert_eq!((second.closed(), third.closed()), (None, None));
+    let fourth = f.join("alice", "another", "lobby");
+    assert_eq!(second.closed(), Some(CloseCode::Replaced));
+    assert_eq!((third.closed(), fourth.closed()), (None, None));
+    assert_eq!(f.hub.session_count(), 2);
+}
+
+#[test]
+fn typing_is_throttled_and_never_echoed() {
+    let mut f = Fixture::new(8, 16);
+    let mut a = f.join("alice", "a", "lobby");
+    let mut b = f.join("bob", "b", "lobby");
+    f.tick(Duration::ZERO);
+    let (_, _) = (a.frames(), b.frames());
+    f.apply(HubCmd::Typing {
+        session: a.id,
+        active: true,
+    });
+    f.apply(HubCmd::Typing {
+        session: a.id,
+        active: true,
+    });
+    assert_eq!(b.types(), ["typing"]);
+    assert!(a.frames().is_empty());
+    f.now += Duration::from_millis(500);
+    f.apply(HubCmd::Typing {
+        session: a.id,
+        active: false,
+    });
+    let t = b.frames();
+    assert_eq!(t[0]["active"], false);
+    assert!(f.storage_rx.try_recv().is_err(), "typing is never stored");
+}
+
+#[test]
+fn leaving_frees_the_room_and_cursors_keep_increasing() {
+    let mut f = Fixture::new(8, 64);
+    let a = f.join("alice", "a", "lobby");
+    f.chat(&a, "one");
+    f.ms -= 10_000; // the clock jumps back
+    f.chat(&a, "two");
+    f.apply(HubCmd::Leave { session: a.id });
+    assert_eq!(f.hub.room_count(), 0);
+    let mut cursors = Vec::new();
+    while let Ok(StorageCmd::Append(m)) = f.storage_rx.try_recv() {
+        cursors.push(m.cursor);
+    }
+    assert!(cursors[0] < cursors[1]);
+    f.flush_storage();
+}
