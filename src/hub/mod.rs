@@ -141,8 +141,10 @@ async fn run(
             _ = cancel.cancelled() => break,
         }
         next_presence = state.flush_presence(Instant::now());
+        state.flush_outbox();
     }
     state.close_all(CloseCode::GoingAway);
+    state.flush_outbox();
     tracing::debug!("hub stopped");
 }
 

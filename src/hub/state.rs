@@ -34,8 +34,12 @@ pub struct SessionLink {
     pub user: Username,
     pub client: ClientId,
     pub room: RoomName,
-    /// Bounded (the session queue). Full → the session is evicted with 4002.
-    pub out_tx: mpsc::Sender<Frame>,
+    /// The refresh-token family of the access token it connected with.
+    pub family: Option<Uuid>,
+    /// Bounded (the session queue), one item per hub turn: every frame the
+    /// session gets in one turn travels together, so a burst counts once.
+    /// Full → the session is evicted with 4002.
+    pub out_tx: mpsc::Sender<Vec<Frame>>,
     /// Set once to close the session with a code; the writer sends the Close frame.
     pub close_tx: watch::Sender<Option<CloseCode>>,
 }
@@ -89,13 +93,20 @@ pub enum HubCmd {
     Ping {
         reply: oneshot::Sender<()>,
     },
+    /// Closes a user's sessions with 1008: all of them (account disabled), or
+    /// those opened with one refresh-token family (logout, token reuse).
+    Kick {
+        user: Username,
+        family: Option<Uuid>,
+    },
 }
 
 struct Session {
     user: Username,
     client: ClientId,
     room: RoomName,
-    out_tx: mpsc::Sender<Frame>,
+    family: Option<Uuid>,
+    out_tx: mpsc::Sender<Vec<Frame>>,
     close_tx: watch::Sender<Option<CloseCode>>,
 }
 
@@ -123,6 +134,8 @@ pub struct HubState {
     rooms: HashMap<RoomName, Room>,
     /// Broadcast but not yet durable, per room, in cursor order.
     pending: HashMap<RoomName, VecDeque<Arc<StoredMsg>>>,
+    /// Frames for each session in this turn, sent by `flush_outbox`.
+    outbox: HashMap<Uuid, Vec<Frame>>,
     /// Ids in flight or recently made durable: idempotency without disk reads.
     known: HashMap<Uuid, Known>,
     known_durable: VecDeque<Uuid>,
@@ -144,6 +157,7 @@ impl HubState {
             by_user: HashMap::new(),
             rooms: HashMap::new(),
             pending: HashMap::new(),
+            outbox: HashMap::new(),
             known: HashMap::new(),
             known_durable: VecDeque::new(),
             head,
@@ -200,6 +214,16 @@ impl HubState {
             HubCmd::Ping { reply } => {
                 let _ = reply.send(());
             }
+            HubCmd::Kick { user, family } => {
+                let ids: Vec<Uuid> = self.by_user.get(&user).cloned().unwrap_or_default();
+                for id in ids {
+                    if family.is_none()
+                        || self.sessions.get(&id).is_some_and(|s| s.family == family)
+                    {
+                        self.remove_session(id, Some(CloseCode::Policy));
+                    }
+                }
+            }
         }
     }
 
@@ -234,6 +258,7 @@ impl HubState {
             user,
             client,
             room,
+            family,
             out_tx,
             close_tx,
         } = link;
@@ -258,6 +283,7 @@ impl HubState {
                 user: user.clone(),
                 client,
                 room: room.clone(),
+                family,
                 out_tx,
                 close_tx,
             },
@@ -560,27 +586,39 @@ impl HubState {
             .unwrap_or_default()
     }
 
-    /// Queues one shared frame to each session. A full queue evicts that
-    /// session (4002); nobody else waits.
+    /// Adds one shared frame to each session's outbox for this turn.
     fn deliver(&mut self, to: &[Uuid], frame: &Frame) {
-        let mut gone = Vec::new();
         for id in to {
-            let Some(s) = self.sessions.get(id) else {
-                continue;
-            };
-            match s.out_tx.try_send(frame.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    gone.push((*id, Some(CloseCode::Evicted)))
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => gone.push((*id, None)),
+            if self.sessions.contains_key(id) {
+                self.outbox.entry(*id).or_default().push(frame.clone());
             }
         }
-        for (id, close) in gone {
-            if close.is_some() {
-                tracing::info!(session = %id, "evicting a session whose queue is full");
+    }
+
+    /// Ends a turn: each session's frames go to its queue as one item. A full
+    /// queue evicts that session (4002) and nobody else waits; the leave line
+    /// that eviction causes goes out in the same call.
+    pub fn flush_outbox(&mut self) {
+        while !self.outbox.is_empty() {
+            let mut gone = Vec::new();
+            for (id, frames) in self.outbox.drain() {
+                let Some(s) = self.sessions.get(&id) else {
+                    continue;
+                };
+                match s.out_tx.try_send(frames) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        gone.push((id, Some(CloseCode::Evicted)))
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => gone.push((id, None)),
+                }
             }
-            self.remove_session(id, close);
+            for (id, close) in gone {
+                if close.is_some() {
+                    tracing::info!(session = %id, "evicting a session whose queue is full");
+                }
+                self.remove_session(id, close);
+            }
         }
     }
 

@@ -14,15 +14,17 @@ use crate::storage::{DurableMsg, StorageCmd, StorageEvent, StorageHandle};
 
 struct Sess {
     id: Uuid,
-    rx: mpsc::Receiver<Frame>,
+    rx: mpsc::Receiver<Vec<Frame>>,
     close: watch::Receiver<Option<CloseCode>>,
 }
 
 impl Sess {
     fn frames(&mut self) -> Vec<Value> {
         let mut v = Vec::new();
-        while let Ok(f) = self.rx.try_recv() {
-            v.push(serde_json::from_str(f.as_str()).unwrap());
+        while let Ok(batch) = self.rx.try_recv() {
+            for f in batch {
+                v.push(serde_json::from_str(f.as_str()).unwrap());
+            }
         }
         v
     }
@@ -67,6 +69,7 @@ impl Fixture {
             user: Username::parse(user).unwrap(),
             client: ClientId::parse(client).unwrap(),
             room: RoomName::parse(room).unwrap(),
+            family: None,
             out_tx,
             close_tx,
         };
@@ -81,12 +84,19 @@ impl Fixture {
 
     fn apply(&mut self, cmd: HubCmd) {
         self.hub.apply(cmd, self.now, self.ms);
+        self.hub.flush_outbox();
+    }
+
+    fn storage_event(&mut self, ev: StorageEvent) {
+        self.hub.apply_storage(ev);
+        self.hub.flush_outbox();
     }
 
     fn tick(&mut self, d: Duration) {
         self.now += d;
         self.ms += d.as_millis() as u64;
         self.hub.flush_presence(self.now);
+        self.hub.flush_outbox();
     }
 
     fn chat(&mut self, s: &Sess, content: &str) -> Uuid {
@@ -117,7 +127,7 @@ impl Fixture {
                 sender: m.sender.clone(),
             });
         }
-        self.hub.apply_storage(StorageEvent::Durable(durable));
+        self.storage_event(StorageEvent::Durable(durable));
     }
 }
 
@@ -179,7 +189,7 @@ fn chat_goes_to_everyone_in_the_room_and_to_disk_once() {
     f.send(&a, id, MsgKind::Chat, None, "hi");
     assert!(b.frames().is_empty() && a.frames().is_empty());
     assert!(f.storage_rx.try_recv().is_err());
-    f.hub.apply_storage(StorageEvent::Durable(vec![DurableMsg {
+    f.storage_event(StorageEvent::Durable(vec![DurableMsg {
         id,
         room: RoomName::parse("lobby").unwrap(),
         sender: Username::parse("alice").unwrap(),

@@ -67,7 +67,7 @@ where
 {
     let (sink, stream) = ws.split();
     let id = Uuid::new_v4();
-    let (out_tx, out_rx) = mpsc::channel::<Frame>(ctx.cfg.queue.max(2));
+    let (out_tx, out_rx) = mpsc::channel::<Vec<Frame>>(ctx.cfg.queue.max(2));
     let (close_tx, close_rx) = watch::channel(None);
     let user = req.identity.username.clone();
     let span = tracing::info_span!("session", session = %id, user = %user, room = %req.room);
@@ -81,6 +81,7 @@ where
         user: user.clone(),
         client: req.client.clone(),
         room: req.room.clone(),
+        family: req.identity.family,
         out_tx: out_tx.clone(),
         close_tx: close_tx.clone(),
     };

@@ -24,7 +24,7 @@ struct Reader<'a> {
     ctx: &'a SessionCtx,
     req: &'a JoinRequest,
     session: Uuid,
-    out_tx: &'a mpsc::Sender<Frame>,
+    out_tx: &'a mpsc::Sender<Vec<Frame>>,
 }
 
 /// Reads until the session ends; returns the close code to send, if the reader chose one.
@@ -33,7 +33,7 @@ pub async fn run<R>(
     ctx: &SessionCtx,
     req: &JoinRequest,
     session: Uuid,
-    out_tx: &mpsc::Sender<Frame>,
+    out_tx: &mpsc::Sender<Vec<Frame>>,
     mut close_rx: watch::Receiver<Option<CloseCode>>,
 ) -> Option<CloseCode>
 where
@@ -111,7 +111,7 @@ impl Reader<'_> {
     /// Queues a reply to this session only. A full queue drops it: the hub
     /// evicts this session on its next delivery anyway.
     fn push(&self, f: Frame) {
-        let _ = self.out_tx.try_send(f);
+        let _ = self.out_tx.try_send(vec![f]);
     }
 
     fn error(&self, code: ErrorCode, message: &str, id: Option<&str>) {

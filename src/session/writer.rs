@@ -11,22 +11,23 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::protocol::{CloseCode, Frame};
 
-/// Frames written per flush at most: tungstenite keeps its out-buffer's
-/// capacity after a flush, so an unbounded batch would pin memory per connection.
-const MAX_BATCH: usize = 64;
+/// Queue items (hub turns) taken per flush at most. tungstenite writes its
+/// out-buffer to the socket whenever it passes `write_buffer_size`, so a large
+/// batch does not grow that buffer without bound.
+const MAX_ITEMS: usize = 16;
 /// How long a Close frame may take to go out before the socket is just dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 pub async fn run<W>(
     mut sink: W,
-    mut out_rx: mpsc::Receiver<Frame>,
+    mut out_rx: mpsc::Receiver<Vec<Frame>>,
     mut close_rx: watch::Receiver<Option<CloseCode>>,
     preamble: Vec<Frame>,
     ping_every: Duration,
 ) where
     W: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
-    let mut batch: Vec<Frame> = preamble;
+    let mut batch: Vec<Vec<Frame>> = vec![preamble];
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let close = loop {
         if !batch.is_empty() {
@@ -48,7 +49,7 @@ pub async fn run<W>(
                     (Err(_), _) => break Some(CloseCode::Normal),
                 }
             }
-            n = out_rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { break Some(CloseCode::Normal) },
+            n = out_rx.recv_many(&mut batch, MAX_ITEMS) => if n == 0 { break Some(CloseCode::Normal) },
             _ = ping.tick() => {
                 if sink.send(Message::Ping(Default::default())).await.is_err() { return }
             }
@@ -67,11 +68,11 @@ pub async fn run<W>(
     .await;
 }
 
-async fn write_all<W>(sink: &mut W, batch: &mut Vec<Frame>) -> Result<(), W::Error>
+async fn write_all<W>(sink: &mut W, batch: &mut Vec<Vec<Frame>>) -> Result<(), W::Error>
 where
     W: Sink<Message> + Unpin,
 {
-    for f in batch.drain(..) {
+    for f in batch.drain(..).flatten() {
         sink.feed(Message::Text(f)).await?;
     }
     sink.flush().await
