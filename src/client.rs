@@ -3,6 +3,8 @@
 //! it is also a starting point for bots.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -10,8 +12,12 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -50,16 +56,88 @@ impl HttpResponse {
     }
 }
 
+/// Where a server is: its address, and for `https`/`wss` the TLS settings
+/// (which CA to trust). A plain `SocketAddr` converts into a plain endpoint.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    tls: Option<TlsConnector>,
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Self {
+        Endpoint { addr, tls: None }
+    }
+}
+
+impl From<&Endpoint> for Endpoint {
+    fn from(e: &Endpoint) -> Self {
+        e.clone()
+    }
+}
+
+/// A byte stream: plain TCP or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+impl Endpoint {
+    /// TLS, trusting the CA certificates in the PEM file `ca` (e.g. `certs/ca.pem`).
+    pub fn tls(addr: SocketAddr, ca: &Path) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("reading {}", ca.display()))?
+        {
+            roots.add(c?)?;
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Endpoint {
+            addr,
+            tls: Some(TlsConnector::from(Arc::new(cfg))),
+        })
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// Connects, completing the TLS handshake for `localhost` when TLS is on.
+    pub async fn connect(&self) -> anyhow::Result<Box<dyn Io>> {
+        let tcp = TcpStream::connect(self.addr).await.context("connect")?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => Ok(Box::new(tcp)),
+            Some(c) => {
+                let name = ServerName::try_from("localhost")?;
+                Ok(Box::new(
+                    c.connect(name, tcp).await.context("TLS handshake")?,
+                ))
+            }
+        }
+    }
+}
+
 /// One HTTP/1.1 request on a fresh connection.
 pub async fn request(
-    addr: SocketAddr,
+    ep: impl Into<Endpoint>,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> anyhow::Result<HttpResponse> {
-    let tcp = TcpStream::connect(addr).await.context("connect")?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    let ep = ep.into();
+    let addr = ep.addr;
+    let io = ep.connect().await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .context("handshake")?;
     tokio::spawn(conn);
@@ -117,14 +195,15 @@ impl Account {
 
 /// Signs up (or, when the name is taken, logs in).
 pub async fn signup_or_login(
-    addr: SocketAddr,
+    ep: impl Into<Endpoint>,
     username: &str,
     password: &str,
 ) -> anyhow::Result<Account> {
+    let ep = ep.into();
     let body = json!({"username": username, "password": password}).to_string();
-    let r = request(addr, "POST", "/api/auth/signup", &[], Some(&body)).await?;
+    let r = request(&ep, "POST", "/api/auth/signup", &[], Some(&body)).await?;
     let r = if r.status == 409 {
-        request(addr, "POST", "/api/auth/login", &[], Some(&body)).await?
+        request(&ep, "POST", "/api/auth/login", &[], Some(&body)).await?
     } else {
         r
     };
@@ -136,7 +215,7 @@ pub async fn signup_or_login(
 
 /// A WebSocket session.
 pub struct WsClient {
-    pub ws: WebSocketStream<TcpStream>,
+    pub ws: WebSocketStream<Box<dyn Io>>,
 }
 
 /// Why an upgrade did not happen: the HTTP status (401, 403, 307, …) or a transport error.
@@ -159,12 +238,15 @@ impl std::error::Error for ConnectError {}
 
 /// Opens `/ws?{query}` with the given extra headers (cookie, origin, …).
 pub async fn connect(
-    addr: SocketAddr,
+    ep: impl Into<Endpoint>,
     query: &str,
     headers: &[(&str, &str)],
 ) -> Result<WsClient, ConnectError> {
+    let ep = ep.into();
+    let addr = ep.addr;
     let url = format!(
-        "ws://{addr}/ws{}{query}",
+        "{}://{addr}/ws{}{query}",
+        if ep.is_tls() { "wss" } else { "ws" },
         if query.is_empty() { "" } else { "?" }
     );
     let mut req = url
@@ -176,10 +258,7 @@ pub async fn connect(
             .map_err(|e| ConnectError::Other(e.into()))?;
         req.headers_mut().insert(k, v);
     }
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| ConnectError::Other(e.into()))?;
-    let _ = tcp.set_nodelay(true);
+    let tcp = ep.connect().await.map_err(ConnectError::Other)?;
     let config = WebSocketConfig::default()
         .read_buffer_size(16 * 1024)
         .max_message_size(Some(64 << 20));
@@ -198,7 +277,7 @@ pub async fn connect(
 
 /// Connects as `account` to `room` with optional client id and `since`.
 pub async fn join(
-    addr: SocketAddr,
+    ep: impl Into<Endpoint>,
     account: &Account,
     room: &str,
     client: Option<&str>,
@@ -212,7 +291,7 @@ pub async fn join(
         q.push_str(&format!("&since={s}"));
     }
     let cookie = account.cookie_header();
-    connect(addr, &q, &[("cookie", &cookie)])
+    connect(ep, &q, &[("cookie", &cookie)])
         .await
         .map_err(|e| anyhow!("{e}"))
 }

@@ -25,14 +25,36 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server (the default).
-    Serve(Config),
+    Serve(Box<Config>),
+    /// Manage accounts in a data directory while the server is stopped
+    /// (a running server holds the database lock: use `/api/admin/*` then).
+    User(UserArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UserArgs {
+    #[command(subcommand)]
+    pub action: UserAction,
+    #[arg(long, env = "HUBBUB_DATA_DIR", default_value = "data", global = true)]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserAction {
+    /// List accounts.
+    List,
+    /// Disable an account: its tokens stop working.
+    Disable { name: String },
+    /// Enable a disabled account.
+    Enable { name: String },
 }
 
 impl Cli {
+    /// The server configuration; `None` for a command that is not `serve`.
     pub fn into_config(self) -> Config {
         match self.command {
-            Some(Command::Serve(c)) => c,
-            None => self.serve,
+            Some(Command::Serve(c)) => *c,
+            _ => self.serve,
         }
     }
 }
@@ -40,7 +62,7 @@ impl Cli {
 #[derive(Args, Debug, Clone)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free port).
-    #[arg(long, env = "HUBBUB_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "HUBBUB_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
     /// Where sled keeps its files and the JWT secret lives.
     #[arg(long, env = "HUBBUB_DATA_DIR", default_value = "data")]
@@ -90,6 +112,46 @@ pub struct Config {
     /// Extra origins allowed to open WebSockets (exact scheme://host:port), repeatable or comma-separated.
     #[arg(long, env = "HUBBUB_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origin: Vec<String>,
+    /// Serve HTTPS/WSS (`on`, with a generated local CA unless --tls-cert is given) or plain HTTP (`off`, e.g. behind a TLS-terminating proxy; cookies stay `Secure`).
+    #[arg(long, env = "HUBBUB_TLS", default_value = "on", value_parser = ["on", "off"])]
+    pub tls: String,
+    /// PEM certificate chain to serve instead of the generated one (reloaded on SIGHUP).
+    #[arg(long, env = "HUBBUB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "HUBBUB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Extra host names (or IPs) for the generated certificate; repeatable or comma-separated.
+    #[arg(long, env = "HUBBUB_TLS_HOSTNAMES", value_delimiter = ',')]
+    pub tls_hostname: Vec<String>,
+    /// Where the generated CA and server certificate live.
+    #[arg(long, env = "HUBBUB_CERTS_DIR", default_value = "certs")]
+    pub certs_dir: PathBuf,
+    /// WebSocket upgrades per minute per client address (429 beyond).
+    #[arg(long, env = "HUBBUB_UPGRADES_PER_MIN", default_value_t = 120)]
+    pub upgrades_per_min: u32,
+    /// Sign-ups per minute per client address.
+    #[arg(long, env = "HUBBUB_SIGNUPS_PER_MIN", default_value_t = 10)]
+    pub signups_per_min: u32,
+    /// Log-in attempts per minute per client address.
+    #[arg(long, env = "HUBBUB_LOGINS_PER_MIN", default_value_t = 30)]
+    pub logins_per_min: u32,
+    /// Log-in attempts per minute per username (against password guessing).
+    #[arg(long, env = "HUBBUB_LOGINS_PER_USER_PER_MIN", default_value_t = 10)]
+    pub logins_per_user_per_min: u32,
+    /// Open WebSocket connections in total (503 beyond).
+    #[arg(long, env = "HUBBUB_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+    /// Open WebSocket connections per client address (429 beyond).
+    #[arg(
+        long,
+        env = "HUBBUB_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 1000
+    )]
+    pub max_connections_per_address: usize,
+    /// Token for the admin endpoints (`/api/admin/*`); without it they answer 404.
+    #[arg(long, env = "HUBBUB_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// sled page cache in MiB.
     #[arg(long, env = "HUBBUB_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
@@ -128,10 +190,31 @@ impl Config {
             self.access_ttl_secs > 0 && self.refresh_ttl_secs > 0,
             "token lifetimes must be positive"
         );
+        anyhow::ensure!(
+            self.upgrades_per_min > 0
+                && self.signups_per_min > 0
+                && self.logins_per_min > 0
+                && self.logins_per_user_per_min > 0,
+            "rate limits must be positive"
+        );
+        anyhow::ensure!(
+            self.max_connections > 0 && self.max_connections_per_address > 0,
+            "connection caps must be positive"
+        );
+        if let Some(t) = &self.admin_token {
+            anyhow::ensure!(
+                t.len() >= 16,
+                "--admin-token must be at least 16 characters"
+            );
+        }
         if let Some(s) = &self.jwt_secret {
             anyhow::ensure!(s.len() >= 32, "--jwt-secret must be at least 32 bytes");
         }
         Ok(())
+    }
+
+    pub fn tls_on(&self) -> bool {
+        self.tls == "on"
     }
 
     pub fn ping_interval(&self) -> Duration {

@@ -20,10 +20,13 @@
 //! - [`http`]: the only module that imports warp. Routes, the upgrade, the
 //!   accept loop. Imports `session`, `auth`.
 //! - [`server`]: the composition root and ordered shutdown.
+//! - [`tls`]: the local CA (rcgen, or mkcert's), certificate reload, rustls config.
+//! - [`admin`]: `hubbub user …` against a stopped server's data directory.
 //! - [`config`], [`error`]: used anywhere.
 //! - [`client`]: a small Rust client of the wire protocol, used by the tests
 //!   and the load generator.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -34,3 +37,4 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod tls;

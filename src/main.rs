@@ -1,15 +1,35 @@
 use clap::Parser;
+use hubbub::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // One crypto provider for the whole process (ring); rustls panics when it
+    // has to guess between two.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let cfg = hubbub::config::Cli::parse().into_config();
-    hubbub::server::run(cfg, shutdown_signal()).await
+    let cli = Cli::parse();
+    if let Some(Command::User(args)) = cli.command {
+        return hubbub::admin::run(args).await;
+    }
+    let running = hubbub::server::start(cli.into_config()).await?;
+    running.announce();
+    #[cfg(unix)]
+    if let Some(tls) = running.tls.clone() {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tls.reload_logged();
+            }
+        });
+    }
+    shutdown_signal().await;
+    running.shutdown().await
 }
 
 /// SIGTERM or Ctrl-C.

@@ -19,25 +19,41 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, AuthConfig, tokens};
 use crate::config::Config;
+use crate::http::guard::{ConnCaps, KeyedLimit, Limits};
 use crate::http::{self, AppState, Origins};
 use crate::hub::{HubConfig, HubHandle};
 use crate::session::{SessionConfig, SessionCtx};
 use crate::storage::{StorageHandle, StorageWriterConfig, Store};
+use crate::tls::{Tls, local_names};
 
 /// Storage → hub events (durable ids, receipts). Full → the writer waits: the
 /// hub drains it first in every turn, and never waits on storage itself.
 const STORAGE_EVENTS_QUEUE: usize = 1024;
+/// Keyed rate limiters forget recovered keys this often.
+const LIMITER_PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Sessions get this long to send their Close frames at shutdown.
 const SESSION_GRACE: Duration = Duration::from_secs(5);
 
 /// A started server. `shutdown` runs the ordered shutdown and waits for it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// `https://…` or `http://…`, for people and scripts.
+    pub url: String,
+    pub tls: Option<Arc<Tls>>,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
+    /// Prints where to connect (first line: the URL) and how to trust the CA.
+    pub fn announce(&self) {
+        println!("hubbub listening on {}", self.url);
+        if let Some(tls) = &self.tls {
+            println!("{}", tls.trust_help());
+        }
+        tracing::info!(url = %self.url, "listening");
+    }
+
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.stop.cancel();
         self.task.await.context("server task")?
@@ -69,6 +85,38 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         refresh_ttl: Duration::from_secs(cfg.refresh_ttl_secs),
     };
     let auth = Auth::new(store.clone(), &secret, auth_cfg)?;
+    let tls = if cfg.tls_on() {
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(c), Some(k)) => Tls::files(c.clone(), k.clone())?,
+            _ => Tls::local(&cfg.certs_dir, local_names(addr, &cfg.tls_hostname))?,
+        };
+        Some(Arc::new(tls))
+    } else {
+        None
+    };
+    let host = if addr.ip().is_unspecified() {
+        "localhost".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    let host = if addr.is_ipv6() && !addr.ip().is_unspecified() {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let url = format!(
+        "{}://{host}:{}",
+        if tls.is_some() { "https" } else { "http" },
+        addr.port()
+    );
+    let limits = Arc::new(Limits {
+        upgrades: KeyedLimit::per_minute(cfg.upgrades_per_min),
+        signups: KeyedLimit::per_minute(cfg.signups_per_min),
+        logins: KeyedLimit::per_minute(cfg.logins_per_min),
+        logins_per_user: KeyedLimit::per_minute(cfg.logins_per_user_per_min),
+        conns: ConnCaps::new(cfg.max_connections, cfg.max_connections_per_address),
+    });
+    limits.spawn_pruner(LIMITER_PRUNE_EVERY);
     let head = store.last_cursor().context("reading the log heads")?;
 
     let (events_tx, events_rx) = mpsc::channel(STORAGE_EVENTS_QUEUE);
@@ -111,16 +159,20 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         sessions,
         tracker: tracker.clone(),
         origins: Arc::new(Origins {
-            scheme: "http",
+            scheme: tls.as_ref().map(|_| "https"),
             allowed: cfg.allowed_origin.clone(),
         }),
         draining: draining.clone(),
         web_dir: cfg.web_dir.clone(),
+        limits,
+        tls: tls.is_some(),
+        admin_token: cfg.admin_token.as_deref().map(Arc::from),
     };
     let http_stop = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(
         listener,
         http::routes(state),
+        tls.clone(),
         http_stop.clone(),
     ));
 
@@ -147,7 +199,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             Ok(())
         }
     });
-    Ok(Running { addr, stop, task })
+    Ok(Running {
+        addr,
+        url,
+        tls,
+        stop,
+        task,
+    })
 }
 
 /// Runs until `shutdown` resolves, then shuts down in order.
@@ -156,8 +214,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let running = start(cfg).await?;
-    println!("hubbub listening on http://{}", running.addr);
-    tracing::info!(addr = %running.addr, "listening");
+    running.announce();
     shutdown.await;
     running.shutdown().await
 }

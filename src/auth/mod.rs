@@ -30,9 +30,13 @@ pub enum AuthError {
     /// The username is taken.
     #[error("username is taken")]
     Taken,
-    /// Unknown user, wrong password, or an invalid/spent/revoked refresh token.
+    /// Unknown user, wrong password, or an invalid/expired/revoked refresh token.
     #[error("invalid credentials")]
     Unauthorized,
+    /// A spent refresh token was used again: its family is now revoked, and the
+    /// sockets opened with it must close.
+    #[error("refresh token reused")]
+    Reused { username: Username, family: Uuid },
     #[error(transparent)]
     Internal(#[from] InternalError),
 }
@@ -132,10 +136,13 @@ impl Auth {
         let hash = tokens::refresh_hash(token);
         match self.inner.store.spend_refresh(&hash, now_ms())? {
             SpendOutcome::Invalid => Err(AuthError::Unauthorized),
-            SpendOutcome::Reused => {
-                tracing::warn!("refresh token reused: family revoked");
+            SpendOutcome::Reused(rec) => {
+                tracing::warn!(user = %rec.username, "refresh token reused: family revoked");
                 self.inner.store.flush().await?;
-                Err(AuthError::Unauthorized)
+                Err(AuthError::Reused {
+                    username: rec.username,
+                    family: rec.family,
+                })
             }
             SpendOutcome::Fresh(rec) => {
                 let user = self
@@ -151,22 +158,48 @@ impl Auth {
         }
     }
 
-    /// Revokes the refresh token's family, if the token is known.
-    pub async fn logout(&self, token: Option<&str>) -> Result<(), AuthError> {
-        if let Some(family) = token
-            .map(tokens::refresh_hash)
-            .map(|h| self.inner.store.refresh_family(&h))
-            .transpose()?
-            .flatten()
-        {
-            self.inner.store.revoke_family(&family)?;
+    /// Revokes the refresh token's family, if the token is known; returns it
+    /// so the caller can close the sockets opened with it.
+    pub async fn logout(&self, token: Option<&str>) -> Result<Option<(Username, Uuid)>, AuthError> {
+        let found = match token {
+            Some(t) => self.inner.store.refresh_owner(&tokens::refresh_hash(t))?,
+            None => None,
+        };
+        if let Some((_, family)) = &found {
+            self.inner.store.revoke_family(family)?;
             self.inner.store.flush().await?;
         }
-        Ok(())
+        Ok(found)
     }
 
+    /// A valid access token whose user is enabled and whose family is not revoked.
     pub fn verify(&self, access_token: &str) -> Option<Identity> {
-        self.inner.jwt.verify(access_token)
+        let who = self.inner.jwt.verify(access_token)?;
+        let store = &self.inner.store;
+        if let Some(f) = &who.family
+            && store.family_revoked(f).unwrap_or(true)
+        {
+            return None;
+        }
+        match store.user(&who.username) {
+            Ok(Some(u)) if !u.disabled && u.id == who.user_id => Some(who),
+            _ => None,
+        }
+    }
+
+    /// Enables or disables an account; `false` when there is no such user.
+    pub async fn set_disabled(
+        &self,
+        name: &Username,
+        disabled: bool,
+    ) -> Result<bool, InternalError> {
+        let found = self.inner.store.set_disabled(name, disabled)?;
+        self.inner.store.flush().await?;
+        Ok(found)
+    }
+
+    pub fn users(&self) -> Result<Vec<UserRecord>, InternalError> {
+        self.inner.store.users()
     }
 
     pub fn user(&self, name: &Username) -> Result<Option<UserRecord>, InternalError> {
@@ -178,6 +211,7 @@ impl Auth {
         let access = self.inner.jwt.issue(
             user.id,
             &user.username,
+            family,
             now / 1000,
             self.inner.cfg.access_ttl.as_secs(),
         )?;

@@ -19,6 +19,10 @@ struct Claims {
     sub: String,
     /// The username, so a connection needs no lookup to know who it is.
     name: String,
+    /// The refresh-token family this token was issued with: revoking the
+    /// family (logout, reuse) closes the sockets opened with it.
+    #[serde(default)]
+    fam: Option<Uuid>,
     iss: String,
     aud: String,
     exp: u64,
@@ -33,6 +37,7 @@ pub struct Identity {
     pub username: Username,
     /// Expiry, seconds since the epoch: an open socket closes with 1008 then.
     pub exp: u64,
+    pub family: Option<Uuid>,
 }
 
 pub struct Jwt {
@@ -61,12 +66,14 @@ impl Jwt {
         &self,
         user_id: Uuid,
         username: &Username,
+        family: Uuid,
         now_s: u64,
         ttl_s: u64,
     ) -> Result<String, InternalError> {
         let c = Claims {
             sub: user_id.to_string(),
             name: username.to_string(),
+            fam: Some(family),
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
             exp: now_s + ttl_s,
@@ -85,6 +92,7 @@ impl Jwt {
             user_id: Uuid::parse_str(&c.sub).ok()?,
             username: Username::parse(&c.name)?,
             exp: c.exp,
+            family: c.fam,
         })
     }
 }
@@ -153,8 +161,8 @@ mod tests {
         let jwt = Jwt::new(b"0123456789abcdef0123456789abcdef");
         let now = crate::protocol::time::now_ms() / 1000;
         let alice = Username::parse("alice").unwrap();
-        let id = Uuid::new_v4();
-        let t = jwt.issue(id, &alice, now, 60).unwrap();
+        let (id, fam) = (Uuid::new_v4(), Uuid::new_v4());
+        let t = jwt.issue(id, &alice, fam, now, 60).unwrap();
         let who = jwt.verify(&t).unwrap();
         assert_eq!(
             (who.user_id, who.username.as_str(), who.exp),
@@ -167,11 +175,11 @@ mod tests {
                 .is_none()
         );
         assert!(
-            jwt.verify(&jwt.issue(id, &alice, now - 3600, 60).unwrap())
+            jwt.verify(&jwt.issue(id, &alice, fam, now - 3600, 60).unwrap())
                 .is_none()
         );
         assert!(
-            jwt.verify(&jwt.issue(id, &alice, now + 3600, 60).unwrap())
+            jwt.verify(&jwt.issue(id, &alice, fam, now + 3600, 60).unwrap())
                 .is_none()
         );
         let mut bad = t.clone();

@@ -1,6 +1,7 @@
 //! `/api/*`: accounts and the HTTP history endpoint.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -8,11 +9,13 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 
 use super::AppState;
+use super::guard::too_many;
 use super::reply::{
     self, REFRESH_COOKIE, access_token, auth_error, clear_cookies, cookie, set_cookies, user_body,
 };
-use crate::auth::{Identity, Session};
+use crate::auth::{AuthError, Identity, Session};
 use crate::error::ErrorCode;
+use crate::hub::HubCmd;
 use crate::protocol::frames::page_limit;
 use crate::protocol::{Cursor, PageDir, RoomName, WireMsg};
 
@@ -44,7 +47,10 @@ fn session_reply(state: &AppState, status: StatusCode, s: &Session) -> Response 
     resp
 }
 
-pub async fn signup(state: AppState, body: Bytes) -> Response {
+pub async fn signup(state: AppState, ip: IpAddr, body: Bytes) -> Response {
+    if let Err(wait) = state.limits.signups.check(&ip) {
+        return too_many(wait);
+    }
     let c = match credentials(&body) {
         Ok(c) => c,
         Err(r) => return r,
@@ -55,11 +61,22 @@ pub async fn signup(state: AppState, body: Bytes) -> Response {
     }
 }
 
-pub async fn login(state: AppState, body: Bytes) -> Response {
+pub async fn login(state: AppState, ip: IpAddr, body: Bytes) -> Response {
+    if let Err(wait) = state.limits.logins.check(&ip) {
+        return too_many(wait);
+    }
     let c = match credentials(&body) {
         Ok(c) => c,
         Err(r) => return r,
     };
+    // Per username too: guessing one account's password from many addresses.
+    if let Err(wait) = state
+        .limits
+        .logins_per_user
+        .check(&c.username.to_ascii_lowercase())
+    {
+        return too_many(wait);
+    }
     match state.auth.login(&c.username, &c.password).await {
         Ok(s) => session_reply(&state, StatusCode::OK, &s),
         Err(e) => auth_error(e),
@@ -72,7 +89,23 @@ pub async fn refresh(state: AppState, headers: HeaderMap) -> Response {
     };
     match state.auth.refresh(token).await {
         Ok(s) => session_reply(&state, StatusCode::OK, &s),
-        Err(crate::auth::AuthError::Unauthorized) => {
+        Err(AuthError::Reused { username, family }) => {
+            // Someone replayed a spent token: whoever holds this family is logged out everywhere.
+            let _ = state
+                .hub
+                .send(HubCmd::Kick {
+                    user: username,
+                    family: Some(family),
+                })
+                .await;
+            let mut r = reply::error(
+                ErrorCode::Unauthorized,
+                "refresh token invalid, spent or revoked",
+            );
+            clear_cookies(&mut r);
+            r
+        }
+        Err(AuthError::Unauthorized) => {
             let mut r = reply::error(
                 ErrorCode::Unauthorized,
                 "refresh token invalid, spent or revoked",
@@ -85,8 +118,18 @@ pub async fn refresh(state: AppState, headers: HeaderMap) -> Response {
 }
 
 pub async fn logout(state: AppState, headers: HeaderMap) -> Response {
-    if let Err(e) = state.auth.logout(cookie(&headers, REFRESH_COOKIE)).await {
-        return auth_error(e);
+    match state.auth.logout(cookie(&headers, REFRESH_COOKIE)).await {
+        Ok(Some((user, family))) => {
+            let _ = state
+                .hub
+                .send(HubCmd::Kick {
+                    user,
+                    family: Some(family),
+                })
+                .await;
+        }
+        Ok(None) => {}
+        Err(e) => return auth_error(e),
     }
     let mut r = StatusCode::NO_CONTENT.into_response();
     clear_cookies(&mut r);
@@ -161,4 +204,98 @@ pub async fn history(
         ),
         Err(e) => reply::internal(&e),
     }
+}
+
+/// `/api/admin/*` needs `Authorization: Bearer <--admin-token>`; without a
+/// configured token the routes do not exist (404).
+fn admin_ok(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(expected) = state.admin_token.as_deref() else {
+        return Err(reply::error(ErrorCode::NotFound, "no such route"));
+    };
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Constant-time comparison: the token is a password.
+    let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()));
+    if ok {
+        Ok(())
+    } else {
+        Err(reply::error(
+            ErrorCode::Unauthorized,
+            "admin token required",
+        ))
+    }
+}
+
+#[derive(Serialize)]
+struct AdminUser<'a> {
+    username: &'a str,
+    id: String,
+    disabled: bool,
+}
+
+pub async fn admin_users(state: AppState, headers: HeaderMap) -> Response {
+    if let Err(r) = admin_ok(&state, &headers) {
+        return r;
+    }
+    match state.auth.users() {
+        Ok(users) => {
+            let list: Vec<AdminUser> = users
+                .iter()
+                .map(|u| AdminUser {
+                    username: u.username.as_str(),
+                    id: u.id.to_string(),
+                    disabled: u.disabled,
+                })
+                .collect();
+            reply::json(StatusCode::OK, &serde_json::json!({ "users": list }))
+        }
+        Err(e) => reply::internal(&e),
+    }
+}
+
+/// `POST /api/admin/users/{name}/disable|enable`. Disabling closes every
+/// session of the user at once (1008) and refuses their tokens from then on.
+pub async fn admin_set_disabled(
+    name: String,
+    action: String,
+    state: AppState,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admin_ok(&state, &headers) {
+        return r;
+    }
+    let disabled = match action.as_str() {
+        "disable" => true,
+        "enable" => false,
+        _ => return reply::error(ErrorCode::NotFound, "no such route"),
+    };
+    let Some(user) = crate::protocol::Username::parse(&name) else {
+        return reply::error(ErrorCode::BadRequest, "invalid username");
+    };
+    match state.auth.set_disabled(&user, disabled).await {
+        Ok(true) => {
+            if disabled {
+                let _ = state
+                    .hub
+                    .send(HubCmd::Kick {
+                        user: user.clone(),
+                        family: None,
+                    })
+                    .await;
+            }
+            reply::json(
+                StatusCode::OK,
+                &serde_json::json!({ "username": user.as_str(), "disabled": disabled }),
+            )
+        }
+        Ok(false) => reply::error(ErrorCode::NotFound, "no such user"),
+        Err(e) => reply::internal(&e),
+    }
+}
+
+/// Compares two secrets in time that depends on their length only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

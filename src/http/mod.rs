@@ -7,12 +7,15 @@
 #![allow(clippy::result_large_err)]
 
 mod api;
+pub mod guard;
+mod policy;
 pub mod reply;
 pub mod serve;
 mod ws;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,32 +39,7 @@ const MAX_BODY: u64 = 16 * 1024;
 /// `/readyz` fails when the hub takes longer than this to answer.
 const HUB_PING_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// Origins allowed to open a WebSocket: the configured list, plus the
-/// server's own origin (an `Origin` whose host equals the request's `Host`).
-pub struct Origins {
-    pub scheme: &'static str,
-    pub allowed: Vec<String>,
-}
-
-impl Origins {
-    /// Exact `scheme://host[:port]` comparison: no prefix or substring matching.
-    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
-        let origin = origin.trim_end_matches('/');
-        if self
-            .allowed
-            .iter()
-            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
-        {
-            return true;
-        }
-        match (host, origin.split_once("://")) {
-            (Some(host), Some((scheme, rest))) => {
-                scheme.eq_ignore_ascii_case(self.scheme) && rest.eq_ignore_ascii_case(host)
-            }
-            _ => false,
-        }
-    }
-}
+pub use policy::Origins;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -73,6 +51,10 @@ pub struct AppState {
     pub origins: Arc<Origins>,
     pub draining: Arc<AtomicBool>,
     pub web_dir: PathBuf,
+    pub limits: Arc<guard::Limits>,
+    /// Serving TLS: adds `Strict-Transport-Security`.
+    pub tls: bool,
+    pub admin_token: Option<Arc<str>>,
 }
 
 fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
@@ -83,8 +65,24 @@ fn body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::body::content_length_limit(MAX_BODY).and(warp::body::bytes())
 }
 
-/// Every route, boxed, with rejections turned into JSON errors.
+/// The client's IP address (from the accept loop).
+fn peer_ip() -> impl Filter<Extract = (IpAddr,), Error = Infallible> + Clone {
+    warp::ext::optional::<PeerAddr>()
+        .map(|p: Option<PeerAddr>| p.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip()))
+}
+
+/// Every route, boxed, with rejections turned into JSON errors and the
+/// security headers, CORS and CSRF policy of `policy.rs` applied.
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let policy = Arc::new(policy::Policy {
+        origins: state.origins.clone(),
+        tls: state.tls,
+    });
+    let inner = inner_routes(state);
+    policy::wrap(policy, inner)
+}
+
+fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
     let s = || with_state(state.clone());
     let headers = || warp::header::headers_cloned();
     let auth = warp::path("api").and(warp::path("auth"));
@@ -93,6 +91,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::path::end())
         .and(warp::post())
         .and(s())
+        .and(peer_ip())
         .and(body())
         .then(api::signup);
     let login = auth
@@ -100,6 +99,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::path::end())
         .and(warp::post())
         .and(s())
+        .and(peer_ip())
         .and(body())
         .then(api::login);
     let refresh = auth
@@ -129,6 +129,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .then(api::history);
     let ws = warp::path!("ws")
         .and(warp::get())
+        .and(peer_ip())
         .and(warp::query::<HashMap<String, String>>())
         .and(headers())
         .and(warp::ext::optional::<hyper::upgrade::OnUpgrade>())
@@ -138,6 +139,16 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .map(|| reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
     let readyz = warp::path!("readyz").and(warp::get()).and(s()).then(readyz);
+    let admin_users = warp::path!("api" / "admin" / "users")
+        .and(warp::get())
+        .and(s())
+        .and(headers())
+        .then(api::admin_users);
+    let admin_set = warp::path!("api" / "admin" / "users" / String / String)
+        .and(warp::post())
+        .and(s())
+        .and(headers())
+        .then(api::admin_set_disabled);
     let web = warp::get()
         .and(warp::fs::dir(state.web_dir.clone()))
         .map(Reply::into_response);
@@ -158,6 +169,10 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(healthz)
         .unify()
         .or(readyz)
+        .unify()
+        .or(admin_users)
+        .unify()
+        .or(admin_set)
         .unify()
         .or(web)
         .unify()

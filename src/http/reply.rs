@@ -44,7 +44,9 @@ pub fn auth_error(e: AuthError) -> Response {
     match e {
         AuthError::Invalid(msg) => error(ErrorCode::BadRequest, msg),
         AuthError::Taken => error(ErrorCode::Conflict, "username is taken"),
-        AuthError::Unauthorized => error(ErrorCode::Unauthorized, "wrong username or password"),
+        AuthError::Unauthorized | AuthError::Reused { .. } => {
+            error(ErrorCode::Unauthorized, "wrong username or password")
+        }
         AuthError::Internal(e) => internal(&e),
     }
 }

@@ -3,6 +3,7 @@
 //! the socket gets a small read buffer (warp::ws() leaves 128 KiB per socket).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -14,6 +15,7 @@ use warp::reply::Reply;
 
 use super::AppState;
 use super::api::identify;
+use super::guard::{acquire, too_many};
 use super::reply;
 use crate::error::ErrorCode;
 use crate::protocol::{ClientId, RoomName};
@@ -22,8 +24,12 @@ use crate::session::{self, JoinRequest};
 /// tungstenite's read buffer per connection. 4 KiB measured 8.7 KiB idle per
 /// connection against 137 KiB with the 128 KiB default.
 const READ_BUFFER: usize = 4096;
+/// tungstenite writes to the socket once its out-buffer passes this; the
+/// buffer keeps its capacity, so this bounds what a busy connection pins.
+const WRITE_BUFFER: usize = 32 * 1024;
 
 pub async fn upgrade(
+    ip: IpAddr,
     query: HashMap<String, String>,
     headers: HeaderMap,
     on_upgrade: Option<OnUpgrade>,
@@ -34,6 +40,10 @@ pub async fn upgrade(
         if !origin.to_str().is_ok_and(|o| state.origins.allows(o, host)) {
             return reply::error(ErrorCode::Forbidden, "origin not allowed");
         }
+    }
+    // Cheap refusals first: a flood from one address costs a map lookup each.
+    if let Err(wait) = state.limits.upgrades.check(&ip) {
+        return too_many(wait);
     }
     let identity = match identify(&state, &headers) {
         Ok(i) => i,
@@ -55,6 +65,10 @@ pub async fn upgrade(
     let Some(on_upgrade) = on_upgrade else {
         return reply::error(ErrorCode::BadRequest, "this connection cannot be upgraded");
     };
+    let slot = match acquire(&state.limits, ip) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let req = JoinRequest {
         identity,
         room,
@@ -64,6 +78,8 @@ pub async fn upgrade(
     let ctx = state.sessions.clone();
     let max = ctx.cfg.max_frame;
     state.tracker.spawn(async move {
+        // Held for the connection's lifetime: counts against the caps until it ends.
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -73,6 +89,7 @@ pub async fn upgrade(
         };
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(WRITE_BUFFER)
             .max_message_size(Some(max))
             .max_frame_size(Some(max));
         let ws =

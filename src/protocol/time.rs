@@ -25,6 +25,11 @@ pub fn format_ts(ms: u64) -> String {
     )
 }
 
+/// The UTC calendar date of an instant: (year, month 1..=12, day 1..=31).
+pub fn ymd(ms: u64) -> (i64, u32, u32) {
+    civil_from_days((ms / 86_400_000) as i64)
+}
+
 /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;

@@ -29,7 +29,7 @@ pub enum SpendOutcome {
     /// No such token, or its family was revoked, or it expired.
     Invalid,
     /// The token had been used already: its family is now revoked.
-    Reused,
+    Reused(RefreshRecord),
     /// First use: the token is now spent; issue a successor in the same family.
     Fresh(RefreshRecord),
 }
@@ -76,7 +76,7 @@ impl Store {
             }
             if rec.spent {
                 self.revoke_family(&rec.family)?;
-                return Ok(SpendOutcome::Reused);
+                return Ok(SpendOutcome::Reused(rec));
             }
             if rec.expires_ms <= now_ms {
                 return Ok(SpendOutcome::Invalid);
@@ -96,15 +96,35 @@ impl Store {
         }
     }
 
-    /// The family of a token, if the token exists (for logout).
-    pub fn refresh_family(&self, hash: &[u8]) -> Result<Option<Uuid>> {
-        Ok(self
+    /// The user and family of a token, if the token exists (for logout).
+    pub fn refresh_owner(&self, hash: &[u8]) -> Result<Option<(Username, Uuid)>> {
+        let rec = self
             .inner
             .refresh
             .get(hash)?
             .map(|b| decode::<RefreshRecord>(&b))
-            .transpose()?
-            .map(|r| r.family))
+            .transpose()?;
+        Ok(rec.map(|r| (r.username, r.family)))
+    }
+
+    /// Sets an account's `disabled` flag; `false` when there is no such user.
+    pub fn set_disabled(&self, name: &Username, disabled: bool) -> Result<bool> {
+        let Some(mut u) = self.user(name)? else {
+            return Ok(false);
+        };
+        u.disabled = disabled;
+        self.inner.users.insert(name.as_str(), encode(&u)?)?;
+        Ok(true)
+    }
+
+    /// Every account, by username.
+    pub fn users(&self) -> Result<Vec<UserRecord>> {
+        self.inner
+            .users
+            .iter()
+            .values()
+            .map(|v| decode(&v?))
+            .collect()
     }
 
     pub fn revoke_family(&self, family: &Uuid) -> Result<()> {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hubbub::client::{self, Account, WsClient};
+use hubbub::client::{self, Account, Endpoint, WsClient};
 use hubbub::config::Config;
 use hubbub::server::{self, Running};
 use serde_json::{Value, json};
@@ -21,26 +21,36 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
 }
 
-/// Flags every test server gets, before the test's own.
+/// Flags every test server gets, unless the test gives the same flag itself:
+/// plain HTTP, limits high enough for many users from 127.0.0.1, a temp data dir.
 pub fn base_args(data: &Path) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "hubbub",
-        "--listen",
-        "127.0.0.1:0",
-        "--node-id",
-        "test-node",
-        "--jwt-secret",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    v.push("test-secret-test-secret-test-secret-0123".into());
-    v.push("--data-dir".into());
-    v.push(data.display().to_string());
-    v.push("--msgs-per-sec".into());
-    v.push("1000".into());
-    v.push("--burst".into());
-    v.push("1000".into());
+    base_args_except(data, &[])
+}
+
+pub fn base_args_except(data: &Path, extra: &[&str]) -> Vec<String> {
+    let data_dir = data.display().to_string();
+    let certs = data.join("certs").display().to_string();
+    let defaults: [(&str, &str); 12] = [
+        ("--listen", "127.0.0.1:0"),
+        ("--node-id", "test-node"),
+        ("--jwt-secret", "test-secret-test-secret-test-secret-0123"),
+        ("--data-dir", &data_dir),
+        ("--certs-dir", &certs),
+        ("--tls", "off"),
+        ("--msgs-per-sec", "1000"),
+        ("--burst", "1000"),
+        ("--upgrades-per-min", "100000"),
+        ("--signups-per-min", "100000"),
+        ("--logins-per-min", "100000"),
+        ("--logins-per-user-per-min", "100000"),
+    ];
+    let mut v = vec!["hubbub".to_string()];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            v.push(flag.into());
+            v.push(value.into());
+        }
+    }
     v
 }
 
@@ -55,7 +65,7 @@ impl TestServer {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
-        let mut args = base_args(dir.path());
+        let mut args = base_args_except(dir.path(), extra);
         args.extend(extra.iter().map(|s| s.to_string()));
         let cfg = Config::from_args(args).unwrap();
         let running = server::start(cfg).await.unwrap();
@@ -63,6 +73,16 @@ impl TestServer {
             addr: running.addr,
             running: Some(running),
             dir,
+        }
+    }
+
+    /// How to reach this server: plain, or TLS trusting its generated CA.
+    pub fn endpoint(&self) -> Endpoint {
+        let tls = self.running.as_ref().is_some_and(|r| r.tls.is_some());
+        if tls {
+            Endpoint::tls(self.addr, &self.dir.path().join("certs").join("ca.pem")).unwrap()
+        } else {
+            Endpoint::from(self.addr)
         }
     }
 
@@ -134,4 +154,253 @@ pub async fn drain(ws: &mut WsClient, quiet: Duration) -> Vec<Value> {
         out.push(v);
     }
     out
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for the protocol test suite (frames, errors, privacy, receipts, …).
+
+pub use hubbub::client::{HttpResponse, Incoming};
+
+/// Joins with an optional client id and `since`; returns the socket, `welcome` and `history`.
+/// Fails if anything comes between `welcome` and `history`.
+pub async fn join_full(
+    s: &TestServer,
+    acct: &Account,
+    room: &str,
+    client_id: Option<&str>,
+    since: Option<&str>,
+) -> (WsClient, Value, Value) {
+    let mut ws = client::join(s.addr, acct, room, client_id, since)
+        .await
+        .unwrap();
+    let welcome = next_frame(&mut ws).await;
+    assert_eq!(welcome["type"], "welcome", "first frame: {welcome}");
+    let history = next_frame(&mut ws).await;
+    assert_eq!(history["type"], "history", "second frame: {history}");
+    (ws, welcome, history)
+}
+
+/// The very next JSON frame; panics on close or timeout.
+pub async fn next_frame(ws: &mut WsClient) -> Value {
+    match ws.recv(T).await {
+        Some(Incoming::Frame(v)) => v,
+        other => panic!("expected a frame, got {other:?}"),
+    }
+}
+
+/// The next frame for which `pred` holds, skipping others; panics on close or timeout.
+pub async fn expect_where(ws: &mut WsClient, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws.recv(left).await {
+            Some(Incoming::Frame(v)) if pred(&v) => return v,
+            Some(Incoming::Frame(_)) => continue,
+            other => panic!("waiting for {what}: {other:?}"),
+        }
+    }
+}
+
+/// Every frame up to and including the chat/private message with `id`.
+/// Frames from one session reach the hub in order and every session's queue
+/// is FIFO, so a marker sent after an action proves what that action did not deliver.
+pub async fn until_msg(ws: &mut WsClient, id: &str) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + T;
+    let mut out = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws.recv(left).await {
+            Some(Incoming::Frame(v)) => {
+                let done = (v["type"] == "chat" || v["type"] == "private") && v["id"] == id;
+                out.push(v);
+                if done {
+                    return out;
+                }
+            }
+            other => panic!("waiting for message {id}: {other:?} after {out:?}"),
+        }
+    }
+}
+
+/// Sends a marker chat from `from` and returns, for each of `watchers`, the
+/// frames it got up to that marker (the marker included). `from`'s own frames
+/// up to its echo are returned first.
+pub async fn marker(from: &mut WsClient, watchers: &mut [&mut WsClient]) -> Vec<Vec<Value>> {
+    let id = say(from, "-- marker --").await;
+    let mut out = vec![until_msg(from, &id).await];
+    for w in watchers.iter_mut() {
+        out.push(until_msg(w, &id).await);
+    }
+    out
+}
+
+/// The frames of `frames` whose `type` is `ty`.
+pub fn of_type<'a>(frames: &'a [Value], ty: &str) -> Vec<&'a Value> {
+    frames.iter().filter(|f| f["type"] == ty).collect()
+}
+
+pub fn private(id: &str, target: &str, content: &str) -> Value {
+    json!({"type": "private", "id": id, "target": target, "content": content})
+}
+
+/// The next `error` frame.
+pub async fn expect_error(ws: &mut WsClient) -> Value {
+    expect_where(ws, "an error frame", |v| v["type"] == "error").await
+}
+
+/// The next `receipt` for `id` with `status`.
+pub async fn expect_receipt(ws: &mut WsClient, id: &str, status: &str) -> Value {
+    expect_where(ws, &format!("receipt {status} for {id}"), |v| {
+        v["type"] == "receipt" && v["id"] == id && v["status"] == status
+    })
+    .await
+}
+
+/// Sends a chat, waits for its echo and its `saved` receipt; returns the echo.
+pub async fn say_saved(ws: &mut WsClient, content: &str) -> Value {
+    let id = say(ws, content).await;
+    let echo = expect_msg(ws, &id).await;
+    expect_receipt(ws, &id, "saved").await;
+    echo
+}
+
+/// The next `presence` whose user list is exactly `users` (in this order).
+pub async fn expect_presence(ws: &mut WsClient, users: &[&str]) -> Value {
+    expect_where(ws, &format!("presence {users:?}"), |v| {
+        v["type"] == "presence"
+            && v["users"].as_array().is_some_and(|a| {
+                a.iter()
+                    .map(|u| u.as_str())
+                    .eq(users.iter().map(|u| Some(*u)))
+            })
+    })
+    .await
+}
+
+/// Closes from the client side and waits until the server has closed too.
+pub async fn close_and_wait(mut ws: WsClient) {
+    let _ = ws.ws.close(None).await;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match ws.recv(left).await {
+            Some(Incoming::Frame(_)) => continue,
+            Some(Incoming::Closed(_)) => return,
+            None => panic!("server did not finish the close handshake"),
+        }
+    }
+}
+
+/// An HTTP request with `acct`'s cookies (when given).
+pub async fn http(
+    s: &TestServer,
+    method: &str,
+    path: &str,
+    acct: Option<&Account>,
+    body: Option<&str>,
+) -> HttpResponse {
+    let cookie = acct.map(Account::cookie_header);
+    let headers: Vec<(&str, &str)> = match &cookie {
+        Some(c) => vec![("cookie", c.as_str())],
+        None => vec![],
+    };
+    client::request(s.addr, method, path, &headers, body)
+        .await
+        .unwrap()
+}
+
+/// `GET /api/rooms/{room}/messages?{query}` as `acct`.
+pub async fn http_history(s: &TestServer, acct: &Account, room: &str, query: &str) -> HttpResponse {
+    let path = if query.is_empty() {
+        format!("/api/rooms/{room}/messages")
+    } else {
+        format!("/api/rooms/{room}/messages?{query}")
+    };
+    http(s, "GET", &path, Some(acct), None).await
+}
+
+/// The ids of a history page's messages, in order.
+pub fn ids_of(page: &Value) -> Vec<String> {
+    page["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no messages array in {page}"))
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The contents of a history page's messages, in order.
+pub fn contents_of(page: &Value) -> Vec<String> {
+    page["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no messages array in {page}"))
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// An HTTP error body: `{"error":{"code","message"}}` with a non-empty message; returns the code.
+pub fn error_code(r: &HttpResponse) -> String {
+    let v = r.json();
+    let msg = v["error"]["message"].as_str();
+    assert!(
+        msg.is_some_and(|m| !m.is_empty()),
+        "error body without a message: {} {}",
+        r.status,
+        r.body
+    );
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error body without a code: {} {}", r.status, r.body))
+        .to_owned()
+}
+
+/// `2026-11-28T08:00:00.123Z` → milliseconds since the epoch; `None` if not exactly that form.
+pub fn ts_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 24 {
+        return None;
+    }
+    let shape = "dddd-dd-ddTdd:dd:dd.dddZ".as_bytes();
+    for (c, p) in b.iter().zip(shape) {
+        let ok = if *p == b'd' {
+            c.is_ascii_digit()
+        } else {
+            c == p
+        };
+        if !ok {
+            return None;
+        }
+    }
+    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().ok();
+    let (y, mo, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (h, mi, sec, ms) = (n(11..13)?, n(14..16)?, n(17..19)?, n(20..23)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    // Howard Hinnant's days-from-civil.
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((((days * 24 + h) * 60 + mi) * 60 + sec) as u64 * 1000 + ms as u64)
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A cursor as PROTOCOL.md allows: a non-empty URL-safe string.
+pub fn is_cursor(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
 }

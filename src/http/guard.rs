@@ -1,0 +1,208 @@
+//! Abuse limits at the edge: keyed rate limiters (per address, per username)
+//! and caps on open WebSocket connections. All are checked before any work.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use warp::http::{HeaderValue, header};
+use warp::reply::Response;
+
+use super::reply;
+use crate::error::ErrorCode;
+
+/// A per-key limit of `n` per minute, all of it usable as a burst.
+pub struct KeyedLimit<K: Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
+    clock: DefaultClock,
+}
+
+impl<K: Hash + Eq + Clone> KeyedLimit<K> {
+    pub fn per_minute(n: u32) -> Self {
+        let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        KeyedLimit {
+            limiter: RateLimiter::keyed(Quota::per_minute(n)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// `Err(seconds)` to wait, rounded up, when over the limit.
+    pub fn check(&self, key: &K) -> Result<(), u64> {
+        self.limiter.check_key(key).map_err(|nu| {
+            let wait = nu.wait_time_from(self.clock.now());
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        })
+    }
+
+    /// Forgets keys whose limits have fully recovered, so memory stays bounded
+    /// however many addresses or names have been seen.
+    pub fn prune(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    pub fn len(&self) -> usize {
+        self.limiter.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.limiter.is_empty()
+    }
+}
+
+/// `429` with `Retry-After` in whole seconds.
+pub fn too_many(retry_after_s: u64) -> Response {
+    let mut r = reply::error(ErrorCode::RateLimited, "too many requests; retry later");
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s.max(1)));
+    r
+}
+
+pub struct Limits {
+    pub upgrades: KeyedLimit<IpAddr>,
+    pub signups: KeyedLimit<IpAddr>,
+    pub logins: KeyedLimit<IpAddr>,
+    pub logins_per_user: KeyedLimit<String>,
+    pub conns: ConnCaps,
+}
+
+impl Limits {
+    pub fn prune(&self) {
+        self.upgrades.prune();
+        self.signups.prune();
+        self.logins.prune();
+        self.logins_per_user.prune();
+    }
+
+    /// Prunes every `every` until the process ends.
+    pub fn spawn_pruner(self: &Arc<Self>, every: Duration) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(every);
+            t.tick().await;
+            loop {
+                t.tick().await;
+                match me.upgrade() {
+                    Some(l) => l.prune(),
+                    None => break,
+                }
+            }
+        });
+    }
+}
+
+/// Caps on open WebSocket connections, in total and per address.
+pub struct ConnCaps {
+    max_total: usize,
+    max_per_ip: usize,
+    total: AtomicUsize,
+    /// A std mutex: held for one map update, never across `.await`.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Holds one connection's place; dropping it frees the place.
+pub struct ConnSlot {
+    caps: Arc<Limits>,
+    ip: IpAddr,
+}
+
+impl ConnCaps {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+        ConnCaps {
+            max_total,
+            max_per_ip,
+            total: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+/// Takes a connection slot, or answers `503` (server full) / `429` (this address has too many).
+pub fn acquire(limits: &Arc<Limits>, ip: IpAddr) -> Result<ConnSlot, Response> {
+    let caps = &limits.conns;
+    let mut per_ip = caps.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+    if caps.total.load(Ordering::Relaxed) >= caps.max_total {
+        return Err(reply::error(
+            ErrorCode::Unavailable,
+            "server is full; retry later",
+        ));
+    }
+    let n = per_ip.entry(ip).or_insert(0);
+    if *n >= caps.max_per_ip {
+        return Err(too_many(5));
+    }
+    *n += 1;
+    caps.total.fetch_add(1, Ordering::Relaxed);
+    Ok(ConnSlot {
+        caps: limits.clone(),
+        ip,
+    })
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let caps = &self.caps.conns;
+        let mut per_ip = caps.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        caps.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyed_limit_and_prune() {
+        let l = KeyedLimit::<IpAddr>::per_minute(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(l.check(&a).is_ok() && l.check(&a).is_ok());
+        let wait = l.check(&a).unwrap_err();
+        assert!((1..=31).contains(&wait), "{wait}");
+        assert!(l.check(&b).is_ok());
+        assert_eq!(l.len(), 2);
+    }
+
+    #[test]
+    fn caps_free_on_drop() {
+        let limits = Arc::new(Limits {
+            upgrades: KeyedLimit::per_minute(1),
+            signups: KeyedLimit::per_minute(1),
+            logins: KeyedLimit::per_minute(1),
+            logins_per_user: KeyedLimit::per_minute(1),
+            conns: ConnCaps::new(3, 2),
+        });
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = acquire(&limits, a).unwrap();
+        let _s2 = acquire(&limits, a).unwrap();
+        assert_eq!(
+            acquire(&limits, a).err().map(|r| r.status()),
+            Some(warp::http::StatusCode::TOO_MANY_REQUESTS)
+        );
+        let _s3 = acquire(&limits, b).unwrap();
+        assert_eq!(
+            acquire(&limits, b).err().map(|r| r.status()),
+            Some(warp::http::StatusCode::SERVICE_UNAVAILABLE)
+        );
+        drop(s1);
+        let _s4 = acquire(&limits, a).unwrap();
+        assert_eq!(limits.conns.open(), 3);
+    }
+}

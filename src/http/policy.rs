@@ -1,0 +1,228 @@
+//! Browser-facing policy, applied around every route: which origins may use
+//! the API and the WebSocket, CORS for the listed ones, a CSRF check on
+//! state-changing requests, and security headers on every response.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::path::FullPath;
+use warp::reply::{Reply, Response};
+use warp::{Filter, Rejection};
+
+use super::reply;
+use crate::error::ErrorCode;
+
+/// The web UI's Content-Security-Policy: only our own scripts, styles and
+/// sockets; no inline code, no framing.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
+/// Origins allowed to open a WebSocket or call the API from a browser: the
+/// configured list (exact `scheme://host[:port]`), plus the server itself (an
+/// `Origin` whose host:port equals the request's `Host`).
+pub struct Origins {
+    /// The scheme this server is reached by; `None` (TLS off, maybe behind a
+    /// TLS proxy) accepts `http` and `https` for the server's own host.
+    pub scheme: Option<&'static str>,
+    pub allowed: Vec<String>,
+}
+
+impl Origins {
+    /// Listed with `--allowed-origin`: exact, case-insensitive, no prefix or substring matching.
+    pub fn listed(&self, origin: &str) -> bool {
+        let origin = origin.trim_end_matches('/');
+        self.allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    }
+
+    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        if self.listed(origin) {
+            return true;
+        }
+        match (host, origin.split_once("://")) {
+            (Some(host), Some((scheme, rest))) => {
+                let scheme_ok = match self.scheme {
+                    Some(s) => scheme.eq_ignore_ascii_case(s),
+                    None => {
+                        scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")
+                    }
+                };
+                scheme_ok && rest.eq_ignore_ascii_case(host)
+            }
+            _ => false,
+        }
+    }
+}
+
+pub struct Policy {
+    pub origins: Arc<Origins>,
+    pub tls: bool,
+}
+
+#[derive(Debug)]
+struct CrossSite;
+impl warp::reject::Reject for CrossSite {}
+
+fn is_api(path: &FullPath) -> bool {
+    path.as_str().starts_with("/api/")
+}
+
+impl Policy {
+    fn preflight(&self, origin: Option<String>) -> Response {
+        match origin {
+            Some(o) if self.origins.listed(&o) => {
+                let mut r = StatusCode::NO_CONTENT.into_response();
+                let h = r.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(&o) {
+                    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+                }
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_METHODS,
+                    HeaderValue::from_static("GET, POST"),
+                );
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    HeaderValue::from_static("content-type, authorization"),
+                );
+                h.insert(
+                    header::ACCESS_CONTROL_MAX_AGE,
+                    HeaderValue::from_static("600"),
+                );
+                h.insert(header::VARY, HeaderValue::from_static("Origin"));
+                r
+            }
+            _ => reply::error(ErrorCode::Forbidden, "origin not allowed"),
+        }
+    }
+
+    /// A state-changing API request from a page of another origin is refused
+    /// before any handler runs (cookies are SameSite, this is the second lock).
+    fn cross_site(
+        &self,
+        method: &warp::http::Method,
+        path: &FullPath,
+        origin: Option<&str>,
+        host: Option<&str>,
+    ) -> bool {
+        let changes_state = !matches!(*method, warp::http::Method::GET | warp::http::Method::HEAD);
+        changes_state && is_api(path) && origin.is_some_and(|o| !self.origins.allows(o, host))
+    }
+
+    fn decorate(&self, mut r: Response, path: &FullPath, origin: Option<&str>) -> Response {
+        let api = is_api(path);
+        let h = r.headers_mut();
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
+        if self.tls {
+            h.insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=31536000"),
+            );
+        }
+        if api {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if let Some(o) = origin.filter(|o| self.origins.listed(o))
+                && let Ok(v) = HeaderValue::from_str(o)
+            {
+                h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+                h.append(header::VARY, HeaderValue::from_static("Origin"));
+            }
+        }
+        r
+    }
+}
+
+/// Wraps `inner` (which never rejects) with preflight handling, the CSRF
+/// check and the response headers.
+pub fn wrap(policy: Arc<Policy>, inner: BoxedFilter<(Response,)>) -> BoxedFilter<(Response,)> {
+    let origin = || warp::header::optional::<String>("origin");
+    let p = policy.clone();
+    let preflight = warp::options()
+        .and(warp::path("api"))
+        .and(origin())
+        .map(move |o| p.preflight(o));
+    let p = policy.clone();
+    let csrf = warp::method()
+        .and(warp::path::full())
+        .and(origin())
+        .and(warp::header::optional::<String>("host"))
+        .and_then(move |m, path, o: Option<String>, host: Option<String>| {
+            let blocked = p.cross_site(&m, &path, o.as_deref(), host.as_deref());
+            async move {
+                if blocked {
+                    Err(warp::reject::custom(CrossSite))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .untuple_one();
+    let guarded = preflight
+        .or(csrf.and(inner))
+        .unify()
+        .recover(|r: Rejection| async move {
+            let resp = if r.find::<CrossSite>().is_some() {
+                reply::error(ErrorCode::Forbidden, "cross-site request refused")
+            } else {
+                reply::error(ErrorCode::NotFound, "no such route")
+            };
+            Ok::<_, Infallible>(resp)
+        });
+    warp::path::full()
+        .and(origin())
+        .and(guarded.unify())
+        .map(move |path: FullPath, o: Option<String>, r: Response| {
+            policy.decorate(r, &path, o.as_deref())
+        })
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_matching_is_exact() {
+        let o = Origins {
+            scheme: Some("https"),
+            allowed: vec!["https://chat.example.com".into()],
+        };
+        assert!(o.allows("https://chat.example.com", None));
+        assert!(o.allows("https://chat.example.com/", None));
+        assert!(!o.allows("https://chat.example.com.evil.net", None));
+        assert!(!o.allows("https://evil.net/https://chat.example.com", None));
+        assert!(!o.allows("http://chat.example.com", None));
+        assert!(o.allows("https://127.0.0.1:8443", Some("127.0.0.1:8443")));
+        assert!(!o.allows("http://127.0.0.1:8443", Some("127.0.0.1:8443")));
+        assert!(!o.allows("https://127.0.0.1:8444", Some("127.0.0.1:8443")));
+        assert!(!o.allows("null", Some("127.0.0.1:8443")));
+        let plain = Origins {
+            scheme: None,
+            allowed: vec![],
+        };
+        assert!(plain.allows("https://chat.example.com", Some("chat.example.com")));
+        assert!(!plain.allows("ftp://chat.example.com", Some("chat.example.com")));
+    }
+}

@@ -1,0 +1,161 @@
+//! A session that stops reading is evicted (4002) once its queue fills; the
+//! rest of the room keeps getting every message. Its own binary: it floods.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::*;
+use hubbub::client::{Account, WsClient};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+const MESSAGES: usize = 3000;
+
+/// Connects with a small receive buffer, so the kernel cannot soak up the flood for it.
+async fn connect_small_buffer(s: &TestServer, acct: &Account, room: &str) -> WsClient {
+    let mut req = format!("ws://{}/ws?room={room}", s.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "cookie",
+        HeaderValue::from_str(&acct.cookie_header()).unwrap(),
+    );
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(s.addr).await.unwrap();
+    let io: Box<dyn hubbub::client::Io> = Box::new(tcp);
+    let (ws, _) = tokio_tungstenite::client_async(req, io).await.unwrap();
+    WsClient { ws }
+}
+
+/// Reads until every id in `want` has arrived as a chat; returns them in arrival order.
+async fn read_all(mut ws: WsClient, want: HashSet<String>) -> (WsClient, Vec<String>) {
+    let mut got = Vec::with_capacity(want.len());
+    let mut left = want;
+    while !left.is_empty() {
+        match ws.recv(T).await {
+            Some(Incoming::Frame(v)) if v["type"] == "chat" => {
+                let id = v["id"].as_str().unwrap().to_owned();
+                if left.remove(&id) {
+                    got.push(id);
+                }
+            }
+            Some(Incoming::Frame(_)) => {}
+            other => panic!(
+                "a reading session lost the stream with {} messages to go: {other:?}",
+                left.len()
+            ),
+        }
+    }
+    (ws, got)
+}
+
+/// The stalled client reads what reached it: its connection must have ended,
+/// with 4002 when the Close frame got through. Returns the chats it had got.
+async fn stalled_end(stalled: &mut WsClient) -> usize {
+    let mut chats = 0usize;
+    let end = loop {
+        match stalled.recv(T).await {
+            Some(Incoming::Frame(v)) => {
+                if v["type"] == "chat" {
+                    chats += 1;
+                }
+            }
+            Some(Incoming::Closed(code)) => break code,
+            None => panic!("the stalled session was never closed ({chats} messages read)"),
+        }
+    };
+    assert!(
+        end.is_none() || end == Some(4002),
+        "stalled session closed with {end:?}"
+    );
+    assert!(
+        chats < MESSAGES,
+        "it was evicted before the end of the flood"
+    );
+    chats
+}
+
+/// A server with a small session queue and no practical rate limit; a room
+/// "flood" holding a stalled reader (never reads), a watcher and a flooder.
+async fn flood_room(queue: &str) -> (TestServer, Account, WsClient, WsClient, WsClient) {
+    let s = TestServer::start_with(&[
+        "--session-queue",
+        queue,
+        "--msgs-per-sec",
+        "100000",
+        "--burst",
+        "100000",
+    ])
+    .await;
+    let staller = s.user(&name("staller")).await;
+    let flooder = s.user(&name("flooder")).await;
+    let watcher = s.user(&name("watcher")).await;
+    let mut stalled = connect_small_buffer(&s, &staller, "flood").await;
+    stalled.expect("welcome", T).await.unwrap();
+    stalled.expect("history", T).await.unwrap();
+    let w = s.join(&watcher, "flood").await;
+    let f = s.join(&flooder, "flood").await;
+    (s, staller, stalled, w, f)
+}
+
+async fn comes_back(s: &TestServer, staller: &Account) {
+    let (mut back, _, h) = join_full(s, staller, "flood", None, None).await;
+    assert_eq!(h["messages"].as_array().unwrap().len(), 50);
+    assert_eq!(h["more"], true);
+    say_saved(&mut back, "I'm back").await;
+}
+
+/// Notes a `saved` receipt or an echoed chat of the flooder's session.
+fn track(v: serde_json::Value, unsaved: &mut HashSet<String>, echoed: &mut Vec<String>) {
+    if v["type"] == "receipt" && v["status"] == "saved" {
+        unsaved.remove(v["id"].as_str().unwrap());
+    } else if v["type"] == "chat" {
+        echoed.push(v["id"].as_str().unwrap().to_owned());
+    }
+}
+
+/// The flooder keeps at most `WINDOW` messages unsaved (it waits for `saved`
+/// receipts), so no burst exceeds the queue of a session that reads: only the
+/// stalled reader falls behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_is_evicted_and_nobody_else_suffers() {
+    const WINDOW: usize = 12;
+    let (s, staller, mut stalled, w, mut f) = flood_room("32").await;
+    let ids: Vec<String> = (0..MESSAGES).map(|_| uuid()).collect();
+    let watching = tokio::spawn(read_all(w, ids.iter().cloned().collect()));
+    let body = "x".repeat(3900);
+    let mut unsaved: HashSet<String> = HashSet::new();
+    let mut echoed = Vec::with_capacity(MESSAGES);
+    for (i, id) in ids.iter().enumerate() {
+        while unsaved.len() >= WINDOW {
+            let v = next_frame(&mut f).await;
+            track(v, &mut unsaved, &mut echoed);
+        }
+        f.send_json(&chat(id, &format!("{i} {body}")))
+            .await
+            .unwrap();
+        unsaved.insert(id.clone());
+    }
+    while !unsaved.is_empty() || echoed.len() < MESSAGES {
+        let v = next_frame(&mut f).await;
+        track(v, &mut unsaved, &mut echoed);
+    }
+    assert_eq!(
+        echoed, ids,
+        "the sender's own session gets every message, in order"
+    );
+    let (_w, got) = watching.await.unwrap();
+    assert_eq!(got, ids, "the watcher gets every message, in order");
+    stalled_end(&mut stalled).await;
+    comes_back(&s, &staller).await;
+    s.stop().await;
+}
+
+// No "unpaced flood" test: when one sender outpaces a reader for long
+// enough, evicting that reader is the designed outcome (the hub never waits),
+// however diligently the reader reads. What protects readers from a flooding
+// sender is the per-connection rate limit, tested in errors.rs.
