@@ -45,6 +45,8 @@ pub enum AuthError {
 pub struct Session {
     pub user: UserRecord,
     pub access: String,
+    /// When `access` expires (ms since the epoch): clients refresh before it.
+    pub access_expires_ms: u64,
     pub refresh: String,
 }
 
@@ -223,9 +225,11 @@ impl Auth {
             spent: false,
         };
         self.inner.store.put_refresh(&hash, &rec)?;
+        let access_expires_ms = (now / 1000 + self.inner.cfg.access_ttl.as_secs()) * 1000;
         Ok(Session {
             user,
             access,
+            access_expires_ms,
             refresh,
         })
     }

@@ -17,6 +17,7 @@ use crate::auth::{AuthError, Identity, Session};
 use crate::error::ErrorCode;
 use crate::hub::HubCmd;
 use crate::protocol::frames::page_limit;
+use crate::protocol::time::format_ts;
 use crate::protocol::{Cursor, PageDir, RoomName, WireMsg};
 
 #[derive(Deserialize)]
@@ -34,9 +35,22 @@ fn credentials(body: &Bytes) -> Result<Credentials, Response> {
     })
 }
 
+/// `{"user": {...}, "access_expires_at": ts}`: browsers cannot read the
+/// HttpOnly cookie, so they learn when to refresh from here.
+#[derive(Serialize)]
+struct UserWithExpiry<'a> {
+    #[serde(flatten)]
+    user: reply::UserBody<'a>,
+    access_expires_at: String,
+}
+
 fn session_reply(state: &AppState, status: StatusCode, s: &Session) -> Response {
     let cfg = state.auth.config();
-    let mut resp = reply::json(status, &user_body(&s.user));
+    let body = UserWithExpiry {
+        user: user_body(&s.user),
+        access_expires_at: format_ts(s.access_expires_ms),
+    };
+    let mut resp = reply::json(status, &body);
     set_cookies(
         &mut resp,
         &s.access,
@@ -149,7 +163,13 @@ pub async fn me(state: AppState, headers: HeaderMap) -> Response {
         Err(r) => return r,
     };
     match state.auth.user(&who.username) {
-        Ok(Some(u)) if !u.disabled => reply::json(StatusCode::OK, &user_body(&u)),
+        Ok(Some(u)) if !u.disabled => {
+            let body = UserWithExpiry {
+                user: user_body(&u),
+                access_expires_at: format_ts(who.exp * 1000),
+            };
+            reply::json(StatusCode::OK, &body)
+        }
         Ok(_) => reply::error(ErrorCode::Unauthorized, "log in first"),
         Err(e) => reply::internal(&e),
     }

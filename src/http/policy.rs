@@ -137,6 +137,10 @@ impl Policy {
                 HeaderValue::from_static("max-age=31536000"),
             );
         }
+        if !api && !h.contains_key(header::CACHE_CONTROL) {
+            // The web UI's files: revalidate, so a new deploy reaches open browsers.
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        }
         if api {
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             if let Some(o) = origin.filter(|o| self.origins.listed(o))

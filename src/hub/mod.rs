@@ -140,7 +140,7 @@ async fn run(
             _ = sleep_until_opt(presence_at) => {}
             _ = cancel.cancelled() => break,
         }
-        next_presence = state.flush_presence(Instant::now());
+        next_presence = state.flush_timers(Instant::now());
         state.flush_outbox();
     }
     state.close_all(CloseCode::GoingAway);

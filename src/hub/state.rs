@@ -117,6 +117,9 @@ struct Room {
     presence_dirty: bool,
     presence_sent: Option<Instant>,
     typing_sent: HashMap<Username, Instant>,
+    /// The latest state of a user whose typing frame was held back by the
+    /// 2/s limit: sent when the interval ends, so a quick stop is not lost.
+    typing_held: HashMap<Username, bool>,
 }
 
 struct Known {
@@ -330,6 +333,7 @@ impl HubState {
             if ids.is_empty() {
                 room.members.remove(&s.user);
                 room.typing_sent.remove(&s.user);
+                room.typing_held.remove(&s.user);
                 user_left = true;
             }
         }
@@ -485,28 +489,56 @@ impl HubState {
             .get(&user)
             .is_some_and(|t| now.duration_since(*t) < TYPING_INTERVAL)
         {
+            room.typing_held.insert(user, active);
             return;
         }
         room.typing_sent.insert(user.clone(), now);
-        let to: Vec<Uuid> = room
-            .members
-            .iter()
-            .filter(|(u, _)| **u != user)
-            .flat_map(|(_, ids)| ids.iter().copied())
-            .collect();
+        room.typing_held.remove(&user);
+        self.typing_to_others(&room_name, &user, active);
+    }
+
+    fn typing_to_others(&mut self, room: &RoomName, user: &Username, active: bool) {
+        let to: Vec<Uuid> = self
+            .rooms
+            .get(room)
+            .map(|r| {
+                r.members
+                    .iter()
+                    .filter(|(u, _)| *u != user)
+                    .flat_map(|(_, ids)| ids.iter().copied())
+                    .collect()
+            })
+            .unwrap_or_default();
         let f = encode(&ServerMsg::Typing {
-            room: room_name.as_str(),
+            room: room.as_str(),
             sender: user.as_str(),
             active,
         });
         self.deliver(&to, &f);
     }
 
-    /// Sends due presence frames; returns when the next one falls due, if any is waiting.
-    pub fn flush_presence(&mut self, now: Instant) -> Option<Instant> {
+    /// Sends due presence frames and held-back typing states; returns when the
+    /// next one falls due, if any is waiting.
+    pub fn flush_timers(&mut self, now: Instant) -> Option<Instant> {
         let mut due = Vec::new();
+        let mut typing_due = Vec::new();
         let mut next: Option<Instant> = None;
         for (name, room) in &mut self.rooms {
+            for (user, active) in &room.typing_held {
+                let at = room
+                    .typing_sent
+                    .get(user)
+                    .map_or(now, |t| *t + TYPING_INTERVAL);
+                if at <= now {
+                    typing_due.push((name.clone(), user.clone(), *active));
+                } else {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+            for (_, user, _) in typing_due.iter().filter(|(r, _, _)| r == name) {
+                room.typing_held.remove(user);
+                room.typing_sent.insert(user.clone(), now);
+            }
             if !room.presence_dirty {
                 continue;
             }
@@ -527,6 +559,9 @@ impl HubState {
                 .map(|r| r.members.values().flatten().copied().collect())
                 .unwrap_or_default();
             self.deliver(&to, &frame);
+        }
+        for (room, user, active) in typing_due {
+            self.typing_to_others(&room, &user, active);
         }
         next
     }

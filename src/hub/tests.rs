@@ -95,7 +95,7 @@ impl Fixture {
     fn tick(&mut self, d: Duration) {
         self.now += d;
         self.ms += d.as_millis() as u64;
-        self.hub.flush_presence(self.now);
+        self.hub.flush_timers(self.now);
         self.hub.flush_outbox();
     }
 
@@ -321,6 +321,34 @@ fn typing_is_throttled_and_never_echoed() {
     let t = b.frames();
     assert_eq!(t[0]["active"], false);
     assert!(f.storage_rx.try_recv().is_err(), "typing is never stored");
+}
+
+#[test]
+fn a_held_back_typing_stop_is_sent_when_the_interval_ends() {
+    let mut f = Fixture::new(8, 16);
+    let mut a = f.join("alice", "a", "lobby");
+    let mut b = f.join("bob", "b", "lobby");
+    f.tick(Duration::ZERO);
+    let (_, _) = (a.frames(), b.frames());
+    f.apply(HubCmd::Typing {
+        session: a.id,
+        active: true,
+    });
+    f.apply(HubCmd::Typing {
+        session: a.id,
+        active: false,
+    });
+    let t = b.frames();
+    assert_eq!((t.len(), &t[0]["active"]), (1, &Value::Bool(true)));
+    assert_eq!(
+        f.hub.flush_timers(f.now),
+        Some(f.now + Duration::from_millis(500))
+    );
+    f.tick(Duration::from_millis(500));
+    let t = b.frames();
+    assert_eq!((t.len(), &t[0]["active"]), (1, &Value::Bool(false)));
+    f.tick(Duration::from_millis(500));
+    assert!(b.frames().is_empty(), "sent once");
 }
 
 #[test]

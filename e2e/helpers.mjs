@@ -1,0 +1,139 @@
+// Shared setup for the browser tests: Chromium launched as CI.md says,
+// helpers for accounts, rooms and messages. web/index.html carries the strict
+// CSP itself (a <meta> policy), so every test runs under it; violations are
+// collected as problems. (Adding the header with route.fulfill() instead makes
+// Chromium treat the page as public and block ws://127.0.0.1 with
+// ERR_BLOCKED_BY_LOCAL_NETWORK_ACCESS_CHECKS.)
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+export const BASE_URL = (process.env.BASE_URL || 'http://127.0.0.1:8080').replace(/\/$/, '');
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const SHOTS = path.resolve(here, '..', 'docs', 'screenshots');
+export const AXE_PATH = path.resolve(here, 'node_modules', 'axe-core', 'axe.min.js');
+export const PASSWORD = 'correct horse battery';
+
+export async function launch() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}
+
+/** A browser context = one person (its own cookies). `problems` collects CSP
+ *  violations, page errors and dialogs (an XSS would open one). */
+export async function person(browser, opts = {}) {
+  const context = await browser.newContext({
+    ignoreHTTPSErrors: true,
+    viewport: { width: 1100, height: 720 },
+    reducedMotion: 'reduce',
+    ...opts,
+  });
+  const problems = [];
+  context.on('page', (page) => watch(page, problems));
+  return { context, problems, async page(pathAndQuery = '/') {
+    const page = await context.newPage();
+    await page.goto(BASE_URL + pathAndQuery);
+    return page;
+  } };
+}
+
+function watch(page, problems) {
+  page.on('console', (m) => {
+    const t = m.text();
+    if (/Content Security Policy|Refused to/i.test(t)) problems.push(`csp: ${t}`);
+  });
+  page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
+  page.on('dialog', (d) => { problems.push(`dialog: ${d.message()}`); d.dismiss().catch(() => {}); });
+}
+
+let seq = 0;
+export function uniqueName(prefix) {
+  seq += 1;
+  const tail = `${Date.now().toString(36)}${seq}${Math.floor(Math.random() * 1e4)}`;
+  return `${prefix}_${tail}`.slice(0, 32);
+}
+
+export async function signup(page, username, password = PASSWORD) {
+  await page.getByLabel('Username').fill(username);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Sign up' }).click();
+  await page.locator('#me-name', { hasText: username }).waitFor();
+  await online(page);
+}
+
+export async function login(page, username, password = PASSWORD) {
+  await page.getByLabel('Username').fill(username);
+  await page.getByLabel('Password').fill(password);
+  await page.getByRole('button', { name: 'Log in' }).click();
+  await page.locator('#me-name', { hasText: username }).waitFor();
+  await online(page);
+}
+
+export async function online(page, timeout = 15000) {
+  await page.locator('#conn[data-state="online"]').waitFor({ timeout });
+}
+
+export async function joinRoom(page, room) {
+  await page.getByLabel('Room name').fill(room);
+  await page.getByRole('button', { name: 'Join', exact: true }).click();
+  await page.locator('#room-title', { hasText: `#${room}` }).waitFor();
+  await online(page);
+}
+
+export async function send(page, text) {
+  const box = page.getByLabel('Message', { exact: true });
+  await box.fill(text);
+  await box.press('Enter');
+}
+
+/** The message items whose body text is exactly `text`. */
+export function messages(page, text) {
+  return page.locator('#messages li.msg').filter({
+    has: page.locator('.body', { hasText: new RegExp(`^${escapeRe(text)}$`) }),
+  });
+}
+
+export function escapeRe(s) {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+
+export async function waitFor(fn, { timeout = 10000, interval = 100, what = 'condition' } = {}) {
+  const end = Date.now() + timeout;
+  let last;
+  while (Date.now() < end) {
+    try { last = await fn(); if (last) return last; } catch (e) { last = e; }
+    await new Promise((r) => setTimeout(r, interval));
+  }
+  throw new Error(`timed out waiting for ${what} (last: ${last})`);
+}
+
+export async function shot(page, name) {
+  mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
+}
+
+/** Records every data-status a message of this page goes through, in order. */
+export async function recordTicks(page) {
+  await page.evaluate(() => {
+    window.__ticks = {};
+    const note = (li) => {
+      const id = li.dataset.id; const s = li.dataset.status;
+      if (!id || !s) return;
+      const list = (window.__ticks[id] ||= []);
+      if (list[list.length - 1] !== s) list.push(s);
+    };
+    new MutationObserver((records) => {
+      for (const r of records) {
+        if (r.type === 'attributes') note(r.target);
+        for (const n of r.addedNodes || []) if (n.nodeType === 1 && n.matches('li.msg')) note(n);
+      }
+    }).observe(document.getElementById('messages'), {
+      subtree: true, childList: true, attributes: true, attributeFilter: ['data-status'],
+    });
+  });
+}

@@ -1,0 +1,80 @@
+// HTTP side of the client: accounts, /api/me and token refresh.
+// Cookies are HttpOnly, so the only way to know who we are is GET /api/me.
+
+const REFRESHED_AT = 'hubbub.refreshedAt';
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message || code || `HTTP ${status}`);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function call(method, path, body) {
+  let res;
+  try {
+    res = await fetch(path, {
+      method,
+      credentials: 'same-origin',
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: 'no-store',
+    });
+  } catch (e) {
+    throw new ApiError(0, 'network', 'The server cannot be reached.');
+  }
+  let data = null;
+  if (res.status !== 204) {
+    try { data = await res.json(); } catch { data = null; }
+  }
+  if (!res.ok) {
+    const err = data && data.error ? data.error : {};
+    throw new ApiError(res.status, err.code, err.message);
+  }
+  return data;
+}
+
+export const signup = (username, password) => call('POST', '/api/auth/signup', { username, password });
+export const login = (username, password) => call('POST', '/api/auth/login', { username, password });
+export const logout = () => call('POST', '/api/auth/logout');
+export const me = () => call('GET', '/api/me');
+
+let inflight = null;
+
+// Refresh tokens are single-use and reusing a spent one revokes the whole
+// family, so refreshes are serialised across this origin's tabs (Web Locks)
+// and skipped when another tab refreshed a moment ago (cookies are shared).
+export function refresh() {
+  if (inflight) return inflight;
+  const run = async () => {
+    const recent = Number(localStorage.getItem(REFRESHED_AT) || 0);
+    if (Date.now() - recent < 10_000) {
+      try { return await me(); } catch (e) { if (e.status !== 401) throw e; }
+    }
+    const r = await call('POST', '/api/auth/refresh');
+    localStorage.setItem(REFRESHED_AT, String(Date.now()));
+    return r;
+  };
+  const locked = navigator.locks && navigator.locks.request
+    ? navigator.locks.request('hubbub-refresh', run)
+    : run();
+  inflight = locked.finally(() => { inflight = null; });
+  return inflight;
+}
+
+// Who am I: /api/me, refreshing once on 401. Returns the user or null.
+export async function whoami() {
+  try {
+    return (await me()).user;
+  } catch (e) {
+    if (e.status !== 401) throw e;
+  }
+  try {
+    await refresh();
+    return (await me()).user;
+  } catch (e) {
+    if (e.status === 401) return null;
+    throw e;
+  }
+}
