@@ -152,6 +152,13 @@ pub struct Config {
     /// Token for the admin endpoints (`/api/admin/*`); without it they answer 404.
     #[arg(long, env = "HUBBUB_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Serve `/metrics` on this separate plain-HTTP address only (keeps it off
+    /// the public port); without it `/metrics` is on the main port.
+    #[arg(long, env = "HUBBUB_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log format: `text` for people, `json` for machines.
+    #[arg(long, env = "HUBBUB_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     /// sled page cache in MiB.
     #[arg(long, env = "HUBBUB_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,

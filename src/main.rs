@@ -7,12 +7,22 @@ async fn main() -> anyhow::Result<()> {
     // One crypto provider for the whole process (ring); rustls panics when it
     // has to guess between two.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match &cli.command {
+        Some(Command::Serve(c)) => c.log_format == "json",
+        _ => cli.serve.log_format == "json",
+    };
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
     if let Some(Command::User(args)) = cli.command {
         return hubbub::admin::run(args).await;
     }

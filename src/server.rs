@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::http::guard::{ConnCaps, KeyedLimit, Limits};
 use crate::http::{self, AppState, Origins};
 use crate::hub::{HubConfig, HubHandle};
+use crate::metrics::Metrics;
 use crate::session::{SessionConfig, SessionCtx};
 use crate::storage::{StorageHandle, StorageWriterConfig, Store};
 use crate::tls::{Tls, local_names};
@@ -40,6 +41,8 @@ pub struct Running {
     /// `https://…` or `http://…`, for people and scripts.
     pub url: String,
     pub tls: Option<Arc<Tls>>,
+    /// The `--metrics-listen` address, when metrics have a port of their own.
+    pub metrics_addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -50,6 +53,9 @@ impl Running {
         println!("hubbub listening on {}", self.url);
         if let Some(tls) = &self.tls {
             println!("{}", tls.trust_help());
+        }
+        if let Some(a) = self.metrics_addr {
+            println!("metrics on http://{a}/metrics");
         }
         tracing::info!(url = %self.url, "listening");
     }
@@ -119,6 +125,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     limits.spawn_pruner(LIMITER_PRUNE_EVERY);
     let head = store.last_cursor().context("reading the log heads")?;
 
+    let metrics = Metrics::new();
     let (events_tx, events_rx) = mpsc::channel(STORAGE_EVENTS_QUEUE);
     let (storage, storage_task) = StorageHandle::spawn(
         store.clone(),
@@ -126,8 +133,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             queue: cfg.storage_queue,
         },
         events_tx,
+        metrics.clone(),
     );
     let hub_cfg = HubConfig {
+        metrics: metrics.clone(),
         node: cfg.node_id.clone(),
         max_sessions_per_user: cfg.max_sessions_per_user,
         queue: cfg.hub_queue,
@@ -136,6 +145,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let sessions_stop = CancellationToken::new();
     let sessions = SessionCtx {
+        metrics: metrics.clone(),
         hub: hub.clone(),
         store: store.clone(),
         storage,
@@ -167,8 +177,26 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         limits,
         tls: tls.is_some(),
         admin_token: cfg.admin_token.as_deref().map(Arc::from),
+        metrics_on_main: cfg.metrics_listen.is_none(),
     };
     let http_stop = CancellationToken::new();
+    let metrics_listener = match cfg.metrics_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("binding --metrics-listen {a}"))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let metrics_task = metrics_listener.map(|l| {
+        tokio::spawn(http::serve(
+            l,
+            http::metrics_routes(state.clone()),
+            None,
+            http_stop.clone(),
+        ))
+    });
     let http_task = tokio::spawn(http::serve(
         listener,
         http::routes(state),
@@ -195,11 +223,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             hub_task.shutdown().await;
             storage_task.shutdown().await;
             http_task.await.context("http task")?;
+            if let Some(t) = metrics_task {
+                t.await.context("metrics task")?;
+            }
             tracing::info!("shutdown complete");
             Ok(())
         }
     });
     Ok(Running {
+        metrics_addr,
         addr,
         url,
         tls,

@@ -70,7 +70,10 @@ pub async fn signup(state: AppState, ip: IpAddr, body: Bytes) -> Response {
         Err(r) => return r,
     };
     match state.auth.signup(&c.username, &c.password).await {
-        Ok(s) => session_reply(&state, StatusCode::CREATED, &s),
+        Ok(s) => {
+            state.sessions.metrics.signups.inc();
+            session_reply(&state, StatusCode::CREATED, &s)
+        }
         Err(e) => auth_error(e),
     }
 }
@@ -92,8 +95,24 @@ pub async fn login(state: AppState, ip: IpAddr, body: Bytes) -> Response {
         return too_many(wait);
     }
     match state.auth.login(&c.username, &c.password).await {
-        Ok(s) => session_reply(&state, StatusCode::OK, &s),
-        Err(e) => auth_error(e),
+        Ok(s) => {
+            state
+                .sessions
+                .metrics
+                .logins
+                .with_label_values(&["ok"])
+                .inc();
+            session_reply(&state, StatusCode::OK, &s)
+        }
+        Err(e) => {
+            state
+                .sessions
+                .metrics
+                .logins
+                .with_label_values(&["failed"])
+                .inc();
+            auth_error(e)
+        }
     }
 }
 
@@ -102,8 +121,23 @@ pub async fn refresh(state: AppState, headers: HeaderMap) -> Response {
         return reply::error(ErrorCode::Unauthorized, "no refresh token");
     };
     match state.auth.refresh(token).await {
-        Ok(s) => session_reply(&state, StatusCode::OK, &s),
+        Ok(s) => {
+            state
+                .sessions
+                .metrics
+                .refreshes
+                .with_label_values(&["ok"])
+                .inc();
+            session_reply(&state, StatusCode::OK, &s)
+        }
         Err(AuthError::Reused { username, family }) => {
+            state.sessions.metrics.refresh_reuse.inc();
+            state
+                .sessions
+                .metrics
+                .refreshes
+                .with_label_values(&["failed"])
+                .inc();
             // Someone replayed a spent token: whoever holds this family is logged out everywhere.
             let _ = state
                 .hub
@@ -120,6 +154,12 @@ pub async fn refresh(state: AppState, headers: HeaderMap) -> Response {
             r
         }
         Err(AuthError::Unauthorized) => {
+            state
+                .sessions
+                .metrics
+                .refreshes
+                .with_label_values(&["failed"])
+                .inc();
             let mut r = reply::error(
                 ErrorCode::Unauthorized,
                 "refresh token invalid, spent or revoked",

@@ -55,6 +55,8 @@ pub struct AppState {
     /// Serving TLS: adds `Strict-Transport-Security`.
     pub tls: bool,
     pub admin_token: Option<Arc<str>>,
+    /// Serve `/metrics` on the main port (no `--metrics-listen`).
+    pub metrics_on_main: bool,
 }
 
 fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
@@ -77,6 +79,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let policy = Arc::new(policy::Policy {
         origins: state.origins.clone(),
         tls: state.tls,
+        metrics: state.sessions.metrics.clone(),
     });
     let inner = inner_routes(state);
     policy::wrap(policy, inner)
@@ -139,6 +142,17 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .map(|| reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
     let readyz = warp::path!("readyz").and(warp::get()).and(s()).then(readyz);
+    let on_main = state.metrics_on_main;
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(s())
+        .map(move |st: AppState| {
+            if on_main {
+                render_metrics(&st)
+            } else {
+                reply::error(ErrorCode::NotFound, "no such route")
+            }
+        });
     let admin_users = warp::path!("api" / "admin" / "users")
         .and(warp::get())
         .and(s())
@@ -170,6 +184,8 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .unify()
         .or(readyz)
         .unify()
+        .or(metrics)
+        .unify()
         .or(admin_users)
         .unify()
         .or(admin_set)
@@ -184,6 +200,31 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         ))
         .map(Reply::into_response)
         .boxed()
+}
+
+/// The Prometheus exposition, with the queue depths sampled now.
+fn render_metrics(state: &AppState) -> Response {
+    let m = &state.sessions.metrics;
+    m.storage_queue_depth
+        .set(state.sessions.storage.depth() as i64);
+    m.hub_queue_depth.set(state.hub.depth() as i64);
+    let mut r = m.render().into_response();
+    r.headers_mut().insert(
+        warp::http::header::CONTENT_TYPE,
+        warp::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// Routes of the separate `--metrics-listen` port: `/metrics` and `/healthz` only.
+pub fn metrics_routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .map(move || render_metrics(&state));
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
+    metrics.or(healthz).unify().recover(recover).unify().boxed()
 }
 
 async fn readyz(state: AppState) -> Response {

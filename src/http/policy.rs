@@ -13,6 +13,7 @@ use warp::{Filter, Rejection};
 
 use super::reply;
 use crate::error::ErrorCode;
+use crate::metrics::Metrics;
 
 /// The web UI's Content-Security-Policy: only our own scripts, styles and
 /// sockets; no inline code, no framing.
@@ -60,6 +61,37 @@ impl Origins {
 pub struct Policy {
     pub origins: Arc<Origins>,
     pub tls: bool,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A fixed route name for the request metric (never the raw path: no
+/// unbounded label values).
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/api/auth/signup" => "signup",
+        "/api/auth/login" => "login",
+        "/api/auth/refresh" => "refresh",
+        "/api/auth/logout" => "logout",
+        "/api/me" => "me",
+        "/ws" => "ws",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        p if p.starts_with("/api/rooms/") => "history",
+        p if p.starts_with("/api/admin/") => "admin",
+        p if p.starts_with("/api/") => "api_other",
+        _ => "static",
+    }
+}
+
+fn status_class(s: StatusCode) -> &'static str {
+    match s.as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
 }
 
 #[derive(Debug)]
@@ -116,6 +148,10 @@ impl Policy {
     }
 
     fn decorate(&self, mut r: Response, path: &FullPath, origin: Option<&str>) -> Response {
+        self.metrics
+            .http_requests
+            .with_label_values(&[route_label(path.as_str()), status_class(r.status())])
+            .inc();
         let api = is_api(path);
         let h = r.headers_mut();
         h.insert(

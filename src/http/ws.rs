@@ -35,39 +35,74 @@ pub async fn upgrade(
     on_upgrade: Option<OnUpgrade>,
     state: AppState,
 ) -> warp::reply::Response {
+    let (result, resp) = decide(ip, query, headers, on_upgrade, &state);
+    state
+        .sessions
+        .metrics
+        .upgrades
+        .with_label_values(&[result])
+        .inc();
+    resp
+}
+
+/// The upgrade's outcome as a metric label (`accepted` or the refusal reason) and the response.
+fn decide(
+    ip: IpAddr,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    on_upgrade: Option<OnUpgrade>,
+    state: &AppState,
+) -> (&'static str, warp::reply::Response) {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         if !origin.to_str().is_ok_and(|o| state.origins.allows(o, host)) {
-            return reply::error(ErrorCode::Forbidden, "origin not allowed");
+            return (
+                "origin",
+                reply::error(ErrorCode::Forbidden, "origin not allowed"),
+            );
         }
     }
     // Cheap refusals first: a flood from one address costs a map lookup each.
     if let Err(wait) = state.limits.upgrades.check(&ip) {
-        return too_many(wait);
+        return ("rate", too_many(wait));
     }
-    let identity = match identify(&state, &headers) {
+    let identity = match identify(state, &headers) {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(r) => return ("auth", r),
     };
     let Some(room) = RoomName::parse_or_default(query.get("room").map(String::as_str)) else {
-        return reply::error(ErrorCode::BadRequest, "invalid room name");
+        return (
+            "room",
+            reply::error(ErrorCode::BadRequest, "invalid room name"),
+        );
     };
     let client = match query.get("client").map(String::as_str) {
         None | Some("") => ClientId::random(),
         Some(c) => match ClientId::parse(c) {
             Some(c) => c,
-            None => return reply::error(ErrorCode::BadRequest, "invalid client id"),
+            None => {
+                return (
+                    "client",
+                    reply::error(ErrorCode::BadRequest, "invalid client id"),
+                );
+            }
         },
     };
     let Some(accept) = handshake_key(&headers) else {
-        return reply::error(ErrorCode::BadRequest, "not a WebSocket upgrade request");
+        return (
+            "bad_request",
+            reply::error(ErrorCode::BadRequest, "not a WebSocket upgrade request"),
+        );
     };
     let Some(on_upgrade) = on_upgrade else {
-        return reply::error(ErrorCode::BadRequest, "this connection cannot be upgraded");
+        return (
+            "bad_request",
+            reply::error(ErrorCode::BadRequest, "this connection cannot be upgraded"),
+        );
     };
     let slot = match acquire(&state.limits, ip) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return ("capacity", r),
     };
     let req = JoinRequest {
         identity,
@@ -104,7 +139,7 @@ pub async fn upgrade(
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
-    resp
+    ("accepted", resp)
 }
 
 /// `Sec-WebSocket-Accept` for a valid RFC 6455 upgrade request, else `None`.

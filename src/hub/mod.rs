@@ -20,6 +20,7 @@ use uuid::Uuid;
 pub use state::{HubCmd, HubState, Joined, NewMsg, RETRY_AFTER_MS, SessionLink};
 
 use crate::error::InternalError;
+use crate::metrics::Metrics;
 use crate::protocol::{CloseCode, Cursor, RoomName, StoredMsg, time::now_ms};
 use crate::storage::{StorageEvent, StorageHandle};
 
@@ -42,6 +43,7 @@ pub struct HubConfig {
     pub node: String,
     pub max_sessions_per_user: usize,
     pub queue: usize,
+    pub metrics: Arc<Metrics>,
 }
 
 impl HubHandle {
@@ -53,9 +55,16 @@ impl HubHandle {
         events_rx: mpsc::Receiver<StorageEvent>,
     ) -> (Self, HubTask) {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-        let state = HubState::new(cfg.node, cfg.max_sessions_per_user, head, storage);
+        let metrics = cfg.metrics.clone();
+        let state = HubState::new(
+            cfg.node,
+            cfg.max_sessions_per_user,
+            head,
+            storage,
+            cfg.metrics,
+        );
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(state, rx, events_rx, cancel.clone()));
+        let task = tokio::spawn(run(state, rx, events_rx, cancel.clone(), metrics));
         (HubHandle { tx }, HubTask { cancel, task })
     }
 
@@ -73,6 +82,11 @@ impl HubHandle {
         let (reply, rx) = oneshot::channel();
         self.send(HubCmd::Pending { room, reply }).await?;
         rx.await.map_err(|_| InternalError::Stopped)
+    }
+
+    /// Commands waiting for the hub.
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     pub async fn ping(&self) -> Result<(), InternalError> {
@@ -111,6 +125,7 @@ async fn run(
     mut rx: mpsc::Receiver<HubCmd>,
     mut events_rx: mpsc::Receiver<StorageEvent>,
     cancel: CancellationToken,
+    metrics: Arc<Metrics>,
 ) {
     let mut cmds = Vec::with_capacity(MAX_BATCH);
     let mut events = Vec::with_capacity(MAX_BATCH);
@@ -118,15 +133,17 @@ async fn run(
     let mut storage_open = true;
     loop {
         let presence_at = next_presence.map(tokio::time::Instant::from_std);
-        tokio::select! {
+        let turn = tokio::select! {
             // Storage first: `saved` receipts and freed pending slots are never starved.
             biased;
             n = events_rx.recv_many(&mut events, MAX_BATCH), if storage_open => {
                 // 0: the writer stopped (shutdown); keep serving sessions until cancelled.
                 storage_open = n > 0;
+                let turn = Instant::now();
                 for ev in events.drain(..) {
                     state.apply_storage(ev);
                 }
+                Some(turn)
             }
             n = rx.recv_many(&mut cmds, MAX_BATCH) => {
                 if n == 0 {
@@ -136,12 +153,19 @@ async fn run(
                 for cmd in cmds.drain(..) {
                     state.apply(cmd, now, ms);
                 }
+                Some(now)
             }
-            _ = sleep_until_opt(presence_at) => {}
+            _ = sleep_until_opt(presence_at) => None,
             _ = cancel.cancelled() => break,
-        }
+        };
         next_presence = state.flush_timers(Instant::now());
         state.flush_outbox();
+        if let Some(started) = turn {
+            metrics
+                .hub_turn_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        metrics.rooms_active.set(state.room_count() as i64);
     }
     state.close_all(CloseCode::GoingAway);
     state.flush_outbox();

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::error::ErrorCode;
+use crate::metrics::{Metrics, Out};
 use crate::protocol::frames::{encode, encode_message, encode_retry};
 use crate::protocol::{
     ClientId, CloseCode, Cursor, Frame, MsgKind, RoomName, ServerMsg, Status, StoredMsg, Username,
@@ -144,6 +145,7 @@ pub struct HubState {
     known_durable: VecDeque<Uuid>,
     head: Cursor,
     storage: StorageHandle,
+    metrics: Arc<Metrics>,
 }
 
 impl HubState {
@@ -152,6 +154,7 @@ impl HubState {
         max_sessions_per_user: usize,
         head: Cursor,
         storage: StorageHandle,
+        metrics: Arc<Metrics>,
     ) -> Self {
         HubState {
             node,
@@ -165,6 +168,7 @@ impl HubState {
             known_durable: VecDeque::new(),
             head,
             storage,
+            metrics,
         }
     }
 
@@ -203,7 +207,7 @@ impl HubState {
             HubCmd::Who { session } => {
                 if let Some(room) = self.sessions.get(&session).map(|s| s.room.clone()) {
                     let frame = self.presence_frame(&room);
-                    self.deliver(&[session], &frame);
+                    self.deliver(&[session], &frame, Out::Presence);
                 }
             }
             HubCmd::Pending { room, reply } => {
@@ -223,6 +227,7 @@ impl HubState {
                     if family.is_none()
                         || self.sessions.get(&id).is_some_and(|s| s.family == family)
                     {
+                        self.metrics.evictions.with_label_values(&["revoked"]).inc();
                         self.remove_session(id, Some(CloseCode::Policy));
                     }
                 }
@@ -250,7 +255,7 @@ impl HubState {
                     by: Some(by.as_str()),
                 });
                 let to = self.sessions_of(&room, &sender);
-                self.deliver(&to, &frame);
+                self.deliver(&to, &frame, Out::Receipt);
             }
         }
     }
@@ -293,6 +298,10 @@ impl HubState {
         );
         self.by_user.entry(user.clone()).or_default().push(id);
         for old in replaced {
+            self.metrics
+                .evictions
+                .with_label_values(&["replaced"])
+                .inc();
             self.remove_session(old, Some(CloseCode::Replaced));
         }
         // Over the per-user cap: the oldest sessions go.
@@ -301,6 +310,10 @@ impl HubState {
                 break;
             }
             let oldest = ids[0];
+            self.metrics
+                .evictions
+                .with_label_values(&["too_many_sessions"])
+                .inc();
             self.remove_session(oldest, Some(CloseCode::Replaced));
         }
         if !was_present && self.sessions.contains_key(&id) {
@@ -363,7 +376,7 @@ impl HubState {
                         status: Status::Saved.as_str(),
                         by: None,
                     });
-                    self.deliver(&[session], &f);
+                    self.deliver(&[session], &f, Out::Receipt);
                 }
             } else {
                 self.error_to(
@@ -403,7 +416,7 @@ impl HubState {
         });
         if self
             .storage
-            .try_send(StorageCmd::Append(stored.clone()))
+            .try_send(StorageCmd::Append(stored.clone(), Instant::now()))
             .is_err()
         {
             let f = encode_retry(
@@ -412,7 +425,11 @@ impl HubState {
                 Some(&id_text),
                 RETRY_AFTER_MS,
             );
-            self.deliver(&[session], &f);
+            self.metrics
+                .errors_sent
+                .with_label_values(&["unavailable"])
+                .inc();
+            self.deliver(&[session], &f, Out::Error);
             return;
         }
         self.head = cursor;
@@ -443,7 +460,16 @@ impl HubState {
                 .map(|r| r.members.values().flatten().copied().collect())
                 .unwrap_or_default(),
         };
-        self.deliver(&to, &frame);
+        self.deliver(
+            &to,
+            &frame,
+            if stored.kind == MsgKind::Private {
+                Out::Private
+            } else {
+                Out::Chat
+            },
+        );
+        self.metrics.deliveries.inc_by(to.len() as u64);
     }
 
     fn durable(&mut self, m: DurableMsg) {
@@ -473,7 +499,7 @@ impl HubState {
             by: None,
         });
         let to = self.sessions_of(&m.room, &m.sender);
-        self.deliver(&to, &f);
+        self.deliver(&to, &f, Out::Receipt);
     }
 
     fn typing(&mut self, session: Uuid, active: bool, now: Instant) {
@@ -514,7 +540,7 @@ impl HubState {
             sender: user.as_str(),
             active,
         });
-        self.deliver(&to, &f);
+        self.deliver(&to, &f, Out::Typing);
     }
 
     /// Sends due presence frames and held-back typing states; returns when the
@@ -558,7 +584,7 @@ impl HubState {
                 .get(&name)
                 .map(|r| r.members.values().flatten().copied().collect())
                 .unwrap_or_default();
-            self.deliver(&to, &frame);
+            self.deliver(&to, &frame, Out::Presence);
         }
         for (room, user, active) in typing_due {
             self.typing_to_others(&room, &user, active);
@@ -600,17 +626,21 @@ impl HubState {
             room: room.as_str(),
             content,
         });
-        self.deliver(&to, &f);
+        self.deliver(&to, &f, Out::System);
     }
 
     fn error_to(&mut self, session: Uuid, code: ErrorCode, message: &str, id: Option<&str>) {
+        self.metrics
+            .errors_sent
+            .with_label_values(&[code.as_str()])
+            .inc();
         let f = encode(&ServerMsg::Error {
             code,
             message,
             id,
             retry_after_ms: None,
         });
-        self.deliver(&[session], &f);
+        self.deliver(&[session], &f, Out::Error);
     }
 
     fn sessions_of(&self, room: &RoomName, user: &Username) -> Vec<Uuid> {
@@ -622,7 +652,8 @@ impl HubState {
     }
 
     /// Adds one shared frame to each session's outbox for this turn.
-    fn deliver(&mut self, to: &[Uuid], frame: &Frame) {
+    fn deliver(&mut self, to: &[Uuid], frame: &Frame, kind: Out) {
+        self.metrics.out(kind).inc_by(to.len() as u64);
         for id in to {
             if self.sessions.contains_key(id) {
                 self.outbox.entry(*id).or_default().push(frame.clone());
@@ -643,6 +674,7 @@ impl HubState {
                 match s.out_tx.try_send(frames) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.metrics.evictions.with_label_values(&["slow"]).inc();
                         gone.push((id, Some(CloseCode::Evicted)))
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => gone.push((id, None)),

@@ -51,7 +51,13 @@ struct Fixture {
 impl Fixture {
     fn new(max_sessions: usize, storage_queue: usize) -> Self {
         let (storage, storage_rx) = StorageHandle::detached(storage_queue);
-        let hub = HubState::new("n1".into(), max_sessions, Cursor::ZERO, storage);
+        let hub = HubState::new(
+            "n1".into(),
+            max_sessions,
+            Cursor::ZERO,
+            storage,
+            crate::metrics::Metrics::new(),
+        );
         Fixture {
             hub,
             storage_rx,
@@ -120,7 +126,7 @@ impl Fixture {
     /// Pretends the storage writer flushed everything queued.
     fn flush_storage(&mut self) {
         let mut durable = Vec::new();
-        while let Ok(StorageCmd::Append(m)) = self.storage_rx.try_recv() {
+        while let Ok(StorageCmd::Append(m, _)) = self.storage_rx.try_recv() {
             durable.push(DurableMsg {
                 id: m.id,
                 room: m.room.clone(),
@@ -184,7 +190,7 @@ fn chat_goes_to_everyone_in_the_room_and_to_disk_once() {
     assert_eq!(got[0]["sender"], "alice");
     assert_eq!(a.frames()[0]["id"], id.to_string());
     assert!(c.frames().is_empty());
-    assert!(matches!(f.storage_rx.try_recv(), Ok(StorageCmd::Append(m)) if m.id == id));
+    assert!(matches!(f.storage_rx.try_recv(), Ok(StorageCmd::Append(m, _)) if m.id == id));
     // Resent before durable: nothing delivered, nothing stored, no receipt yet.
     f.send(&a, id, MsgKind::Chat, None, "hi");
     assert!(b.frames().is_empty() && a.frames().is_empty());
@@ -361,7 +367,7 @@ fn leaving_frees_the_room_and_cursors_keep_increasing() {
     f.apply(HubCmd::Leave { session: a.id });
     assert_eq!(f.hub.room_count(), 0);
     let mut cursors = Vec::new();
-    while let Ok(StorageCmd::Append(m)) = f.storage_rx.try_recv() {
+    while let Ok(StorageCmd::Append(m, _)) = f.storage_rx.try_recv() {
         cursors.push(m.cursor);
     }
     assert!(cursors[0] < cursors[1]);

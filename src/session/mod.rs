@@ -18,8 +18,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use tracing::Instrument;
+
 use crate::auth::Identity;
 use crate::hub::{HubHandle, Joined, SessionLink};
+use crate::metrics::{Metrics, Out};
 use crate::protocol::frames::{Limits, MAX_CONTENT_CHARS, encode};
 use crate::protocol::{ClientId, CloseCode, Cursor, Frame, PageDir, RoomName, ServerMsg, WireMsg};
 use crate::storage::{StorageHandle, Store};
@@ -50,6 +53,7 @@ pub struct SessionCtx {
     pub node: Arc<str>,
     /// Cancelled at shutdown: every session closes with 1001.
     pub shutdown: CancellationToken,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Everything the upgrade checked: who, where, and from which cursor.
@@ -61,17 +65,30 @@ pub struct JoinRequest {
 }
 
 /// Runs a session to its end. Errors stay here: they are logged, never propagated.
+/// Every line it logs carries the session's span (session id, user, room).
 pub async fn run<S>(ws: WebSocketStream<S>, ctx: SessionCtx, req: JoinRequest)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sink, stream) = ws.split();
     let id = Uuid::new_v4();
+    let span = tracing::info_span!("session", session = %id, user = %req.identity.username, room = %req.room);
+    let m = ctx.metrics.clone();
+    m.connections.inc();
+    run_inner(ws, ctx, req, id).instrument(span).await;
+    m.connections.dec();
+}
+
+async fn run_inner<S>(ws: WebSocketStream<S>, ctx: SessionCtx, req: JoinRequest, id: Uuid)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, stream) = ws.split();
     let (out_tx, out_rx) = mpsc::channel::<Vec<Frame>>(ctx.cfg.queue.max(2));
     let (close_tx, close_rx) = watch::channel(None);
     let user = req.identity.username.clone();
-    let span = tracing::info_span!("session", session = %id, user = %user, room = %req.room);
-    let _enter = span.enter();
+    let joining = ctx.metrics.sessions.with_label_values(&["joining"]);
+    let active = ctx.metrics.sessions.with_label_values(&["active"]);
+    joining.inc();
 
     if let Err(e) = ctx.store.remember_member(&req.room, &user) {
         tracing::error!(error = %e, "could not record room membership");
@@ -92,6 +109,9 @@ where
             Vec::new()
         }
     };
+    joining.dec();
+    active.inc();
+    tracing::debug!("joined");
     let writer = tokio::spawn(writer::run(
         sink,
         out_rx,
@@ -109,7 +129,13 @@ where
     if let Err(e) = writer.await {
         tracing::error!(error = %e, "session writer failed");
     }
-    tracing::debug!("session ended");
+    active.dec();
+    // `none`: the peer went away without a close handshake.
+    let code = close_tx
+        .borrow()
+        .map_or_else(|| "none".to_owned(), |c| c.code().to_string());
+    ctx.metrics.closes.with_label_values(&[&code]).inc();
+    tracing::debug!(close = %code, "session ended");
 }
 
 /// `welcome` and `history`: sent before anything from the queue, so nothing
@@ -128,6 +154,7 @@ fn preamble(ctx: &SessionCtx, req: &JoinRequest, id: Uuid, joined: Joined) -> Ve
         Some(c) => (PageDir::After(c), RESUME_MAX),
         None => (PageDir::Latest, JOIN_HISTORY),
     };
+    let timer = ctx.metrics.history("join").start_timer();
     let page = ctx.store.page(
         &req.room,
         user,
@@ -163,5 +190,8 @@ fn preamble(ctx: &SessionCtx, req: &JoinRequest, id: Uuid, joined: Joined) -> Ve
         more: page.more,
         req: None,
     });
+    drop(timer);
+    ctx.metrics.out(Out::Welcome).inc();
+    ctx.metrics.out(Out::History).inc();
     vec![welcome, history]
 }

@@ -14,6 +14,7 @@ use super::commands::{self, Command};
 use super::{JoinRequest, SessionCtx};
 use crate::error::ErrorCode;
 use crate::hub::{HubCmd, NewMsg, RETRY_AFTER_MS};
+use crate::metrics::Out;
 use crate::protocol::frames::{check_content, encode, encode_error, encode_retry, parse_client};
 use crate::protocol::{
     ClientMsg, CloseCode, Frame, FrameError, MsgKind, ServerMsg, Status, WireMsg, time::now_ms,
@@ -79,21 +80,28 @@ where
         };
         let text = match msg {
             Message::Text(t) => t,
-            Message::Binary(_) => return Some(CloseCode::Unsupported),
+            Message::Binary(_) => {
+                me.count_in("binary");
+                return Some(CloseCode::Unsupported);
+            }
             Message::Close(_) => return Some(CloseCode::Normal),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
         if let Err(not_until) = limiter.check() {
+            ctx.metrics.rate_limited.inc();
             let now = Instant::now();
             if quiet_until.is_none_or(|q| now >= q) {
                 let wait = not_until.wait_time_from(clock.now());
                 quiet_until = Some(now + wait);
-                me.push(encode_retry(
+                me.fail(
                     ErrorCode::RateLimited,
-                    "slow down",
-                    None,
-                    wait.as_millis().max(1) as u64,
-                ));
+                    encode_retry(
+                        ErrorCode::RateLimited,
+                        "slow down",
+                        None,
+                        wait.as_millis().max(1) as u64,
+                    ),
+                );
             }
             continue;
         }
@@ -101,8 +109,20 @@ where
             return Some(CloseCode::TooBig);
         }
         match parse_client(text.as_str()) {
-            Ok(m) => me.handle(m).await,
-            Err(e) => me.push(encode_error(&e)),
+            Ok(m) => {
+                me.count_in(match &m {
+                    ClientMsg::Chat { .. } => "chat",
+                    ClientMsg::Private { .. } => "private",
+                    ClientMsg::Typing { .. } => "typing",
+                    ClientMsg::Ack { .. } => "ack",
+                    ClientMsg::History { .. } => "history",
+                });
+                me.handle(m).await
+            }
+            Err(e) => {
+                me.count_in("invalid");
+                me.fail(e.code, encode_error(&e));
+            }
         }
     }
 }
@@ -110,16 +130,34 @@ where
 impl Reader<'_> {
     /// Queues a reply to this session only. A full queue drops it: the hub
     /// evicts this session on its next delivery anyway.
-    fn push(&self, f: Frame) {
+    fn push(&self, f: Frame, kind: Out) {
+        self.ctx.metrics.out(kind).inc();
         let _ = self.out_tx.try_send(vec![f]);
     }
 
+    /// Queues an error frame, counted by code.
+    fn fail(&self, code: ErrorCode, f: Frame) {
+        self.ctx
+            .metrics
+            .errors_sent
+            .with_label_values(&[code.as_str()])
+            .inc();
+        self.push(f, Out::Error);
+    }
+
+    fn count_in(&self, kind: &str) {
+        self.ctx.metrics.frames_in.with_label_values(&[kind]).inc();
+    }
+
     fn error(&self, code: ErrorCode, message: &str, id: Option<&str>) {
-        self.push(encode_error(&FrameError {
+        self.fail(
             code,
-            message: message.to_owned(),
-            id: id.map(str::to_owned),
-        }));
+            encode_error(&FrameError {
+                code,
+                message: message.to_owned(),
+                id: id.map(str::to_owned),
+            }),
+        );
     }
 
     async fn hub(&self, cmd: HubCmd) {
@@ -157,12 +195,15 @@ impl Reader<'_> {
                     status,
                 });
                 if self.ctx.storage.try_send(cmd).is_err() {
-                    self.push(encode_retry(
+                    self.fail(
                         ErrorCode::Unavailable,
-                        "storage is busy; resend later",
-                        None,
-                        RETRY_AFTER_MS,
-                    ));
+                        encode_retry(
+                            ErrorCode::Unavailable,
+                            "storage is busy; resend later",
+                            None,
+                            RETRY_AFTER_MS,
+                        ),
+                    );
                 }
             }
             ClientMsg::History { dir, limit, req } => self.history(dir, limit, req).await,
@@ -186,10 +227,13 @@ impl Reader<'_> {
                 })
                 .await
             }
-            Ok(Command::Reply(text)) => self.push(encode(&ServerMsg::System {
-                room: self.req.room.as_str(),
-                content: &text,
-            })),
+            Ok(Command::Reply(text)) => self.push(
+                encode(&ServerMsg::System {
+                    room: self.req.room.as_str(),
+                    content: &text,
+                }),
+                Out::System,
+            ),
             Err((code, msg)) => self.error(code, &msg, Some(&id_text)),
         }
     }
@@ -208,11 +252,14 @@ impl Reader<'_> {
         let id_text = id.to_string();
         match self.ctx.store.msgref(&id) {
             Ok(Some(r)) if &r.sender == user && &r.room == room => {
-                self.push(encode(&ServerMsg::Receipt {
-                    id: &id,
-                    status: Status::Saved.as_str(),
-                    by: None,
-                }));
+                self.push(
+                    encode(&ServerMsg::Receipt {
+                        id: &id,
+                        status: Status::Saved.as_str(),
+                        by: None,
+                    }),
+                    Out::Receipt,
+                );
                 return;
             }
             Ok(Some(_)) => {
@@ -225,12 +272,15 @@ impl Reader<'_> {
             Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "id index lookup failed");
-                return self.push(encode_retry(
+                return self.fail(
                     ErrorCode::Unavailable,
-                    "storage error; resend later",
-                    Some(&id_text),
-                    RETRY_AFTER_MS,
-                ));
+                    encode_retry(
+                        ErrorCode::Unavailable,
+                        "storage error; resend later",
+                        Some(&id_text),
+                        RETRY_AFTER_MS,
+                    ),
+                );
             }
         }
         let target_known = match &target {
@@ -253,6 +303,7 @@ impl Reader<'_> {
     }
 
     async fn history(&self, dir: crate::protocol::PageDir, limit: usize, req: Option<String>) {
+        let _timer = self.ctx.metrics.history("page").start_timer();
         let room = &self.req.room;
         let pending = self.ctx.hub.pending(room.clone()).await.unwrap_or_default();
         match self.ctx.store.page(
@@ -263,19 +314,25 @@ impl Reader<'_> {
             None,
             &pending,
         ) {
-            Ok(page) => self.push(encode(&ServerMsg::History {
-                messages: page.msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
-                more: page.more,
-                req: req.as_deref(),
-            })),
+            Ok(page) => self.push(
+                encode(&ServerMsg::History {
+                    messages: page.msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
+                    more: page.more,
+                    req: req.as_deref(),
+                }),
+                Out::History,
+            ),
             Err(e) => {
                 tracing::error!(error = %e, "history read failed");
-                self.push(encode_retry(
+                self.fail(
                     ErrorCode::Unavailable,
-                    "storage error; retry",
-                    None,
-                    RETRY_AFTER_MS,
-                ));
+                    encode_retry(
+                        ErrorCode::Unavailable,
+                        "storage error; retry",
+                        None,
+                        RETRY_AFTER_MS,
+                    ),
+                );
             }
         }
     }

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{MsgRef, Result, Store, encode, receipt_key};
+use crate::metrics::Metrics;
 use crate::protocol::{MsgKind, RoomName, Status, StoredMsg, Username};
 
 /// Most commands taken per batch: bounds one batch's latency and memory.
@@ -19,7 +20,9 @@ const MAX_BATCH: usize = 1024;
 
 pub enum StorageCmd {
     /// A message the hub accepted and is broadcasting.
-    Append(Arc<StoredMsg>),
+    /// A message the hub accepted and is broadcasting, and when it did
+    /// (for the send→durable latency metric).
+    Append(Arc<StoredMsg>, Instant),
     /// Receipts from one recipient. Sent by the session straight to this queue:
     /// the message's own `Append` was queued before it was broadcast, so FIFO
     /// order guarantees it is applied before any ack for it.
@@ -84,10 +87,11 @@ impl StorageHandle {
         store: Store,
         cfg: StorageWriterConfig,
         events_tx: mpsc::Sender<StorageEvent>,
+        metrics: Arc<Metrics>,
     ) -> (Self, StorageTask) {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(store, rx, events_tx, cancel.clone()));
+        let task = tokio::spawn(run(store, rx, events_tx, cancel.clone(), metrics));
         (StorageHandle { tx }, StorageTask { cancel, task })
     }
 
@@ -116,6 +120,7 @@ async fn run(
     mut rx: mpsc::Receiver<StorageCmd>,
     events_tx: mpsc::Sender<StorageEvent>,
     cancel: CancellationToken,
+    metrics: Arc<Metrics>,
 ) {
     let mut buf = Vec::with_capacity(MAX_BATCH);
     let mut closing = false;
@@ -133,17 +138,32 @@ async fn run(
         if n == 0 {
             break;
         }
-        let events = match store.apply_batch(&buf) {
+        metrics.storage_batch_size.observe(n as f64);
+        let events = match store.apply_batch(&buf, &metrics) {
             Ok(ev) => ev,
             Err(e) => {
+                metrics.storage_errors.inc();
                 tracing::error!(error = %e, batch = n, "storage batch failed; its messages get no saved receipt");
                 buf.clear();
                 continue;
             }
         };
-        buf.clear();
+        let started = Instant::now();
         if !flush_with_retry(&store).await {
+            metrics.storage_errors.inc();
+            buf.clear();
             continue;
+        }
+        let flushed = Instant::now();
+        metrics
+            .storage_flush_seconds
+            .observe((flushed - started).as_secs_f64());
+        for cmd in buf.drain(..) {
+            if let StorageCmd::Append(_, queued_at) = cmd {
+                metrics
+                    .durable_latency_seconds
+                    .observe((flushed - queued_at).as_secs_f64());
+            }
         }
         for ev in events {
             // The hub is gone only during shutdown, when receipts no longer matter.
@@ -170,7 +190,7 @@ async fn flush_with_retry(store: &Store) -> bool {
 
 impl Store {
     /// Applies one batch (not yet flushed) and returns what to report once it is durable.
-    fn apply_batch(&self, cmds: &[StorageCmd]) -> Result<Vec<StorageEvent>> {
+    fn apply_batch(&self, cmds: &[StorageCmd], metrics: &Metrics) -> Result<Vec<StorageEvent>> {
         let mut durable = Vec::new();
         let mut receipts = Vec::new();
         let mut logs: HashMap<&RoomName, sled::Batch> = HashMap::new();
@@ -179,7 +199,7 @@ impl Store {
         let mut i = 0;
         while i < cmds.len() {
             // Appends are applied in runs so that an ack later in the batch sees them.
-            while let Some(StorageCmd::Append(m)) = cmds.get(i) {
+            while let Some(StorageCmd::Append(m, _)) = cmds.get(i) {
                 i += 1;
                 durable.push(DurableMsg {
                     id: m.id,
@@ -201,9 +221,12 @@ impl Store {
                     target: m.target.clone(),
                 };
                 index.insert(m.id.as_bytes(), encode(&r)?);
+                let bytes = encode(&**m)?;
+                metrics.messages_stored.inc();
+                metrics.stored_bytes.inc_by(bytes.len() as u64);
                 logs.entry(&m.room)
                     .or_default()
-                    .insert(&m.cursor.to_key(), encode(&**m)?);
+                    .insert(&m.cursor.to_key(), bytes);
             }
             for (room, batch) in logs.drain() {
                 let log = match self.room_log(room)? {

@@ -1,0 +1,373 @@
+//! Prometheus metrics: one registry per server (so servers in one process,
+//! as in the tests, never mix their numbers). Names carry the `hubbub_`
+//! prefix and their unit; no label takes user-controlled values.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Server frame types, each with its own pre-resolved `frames_out` counter.
+#[derive(Clone, Copy, Debug)]
+pub enum Out {
+    Welcome,
+    History,
+    Chat,
+    Private,
+    Receipt,
+    Typing,
+    Presence,
+    System,
+    Error,
+}
+
+const OUT_KINDS: [&str; 9] = [
+    "welcome", "history", "chat", "private", "receipt", "typing", "presence", "system", "error",
+];
+
+/// Client frame types as counted in `frames_in`.
+pub const IN_KINDS: [&str; 7] = [
+    "chat", "private", "typing", "ack", "history", "invalid", "binary",
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub sessions: IntGaugeVec,
+    pub rooms_active: IntGauge,
+    pub upgrades: IntCounterVec,
+    pub frames_in: IntCounterVec,
+    frames_out: Vec<IntCounter>,
+    pub deliveries: IntCounter,
+    pub errors_sent: IntCounterVec,
+    pub closes: IntCounterVec,
+    pub evictions: IntCounterVec,
+    pub rate_limited: IntCounter,
+    pub storage_queue_depth: IntGauge,
+    pub storage_batch_size: Histogram,
+    pub storage_flush_seconds: Histogram,
+    pub durable_latency_seconds: Histogram,
+    pub messages_stored: IntCounter,
+    pub stored_bytes: IntCounter,
+    pub storage_errors: IntCounter,
+    pub hub_queue_depth: IntGauge,
+    pub hub_turn_seconds: Histogram,
+    pub logins: IntCounterVec,
+    pub signups: IntCounter,
+    pub refreshes: IntCounterVec,
+    pub refresh_reuse: IntCounter,
+    pub http_requests: IntCounterVec,
+    history_seconds: HistogramVec,
+    process_rss: IntGauge,
+    process_fds: IntGauge,
+    process_cpu: prometheus::Gauge,
+}
+
+/// Latency buckets from 100 µs to 10 s.
+const LATENCY: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+const BATCH: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+    // Registration fails only for a duplicate name, which the names below rule out.
+    let _ = r.register(Box::new(m.clone()));
+    m
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    reg(
+        r,
+        IntCounter::new(name, help).unwrap_or_else(|_| unreachable_metric()),
+    )
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric()),
+    )
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    reg(
+        r,
+        IntGauge::new(name, help).unwrap_or_else(|_| unreachable_metric()),
+    )
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    reg(
+        r,
+        Histogram::with_opts(opts).unwrap_or_else(|_| unreachable_metric()),
+    )
+}
+
+/// Metric constructors fail only for invalid names or label names; ours are
+/// constants checked by the `renders_and_lints` test.
+#[allow(clippy::panic)]
+fn unreachable_metric<T>() -> T {
+    panic!("invalid metric definition")
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let r = Registry::new();
+        let frames_out_vec = counter_vec(
+            &r,
+            "hubbub_frames_out_total",
+            "Frames queued to sessions, by type.",
+            &["type"],
+        );
+        let frames_out = OUT_KINDS
+            .iter()
+            .map(|k| frames_out_vec.with_label_values(&[k]))
+            .collect();
+        let frames_in = counter_vec(
+            &r,
+            "hubbub_frames_in_total",
+            "Frames received from clients, by type.",
+            &["type"],
+        );
+        for k in IN_KINDS {
+            frames_in.with_label_values(&[k]);
+        }
+        let build = counter_vec(
+            &r,
+            "hubbub_build_info",
+            "Always 1; the labels say which build runs.",
+            &["version"],
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
+        let m = Metrics {
+            connections: gauge(&r, "hubbub_connections", "Open WebSocket connections."),
+            sessions: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("hubbub_sessions", "Sessions by state (joining, active)."),
+                    &["state"],
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            rooms_active: gauge(
+                &r,
+                "hubbub_rooms_active",
+                "Rooms with at least one member online.",
+            ),
+            upgrades: counter_vec(
+                &r,
+                "hubbub_upgrades_total",
+                "WebSocket upgrades, accepted or refused by reason.",
+                &["result"],
+            ),
+            frames_in,
+            frames_out,
+            deliveries: counter(
+                &r,
+                "hubbub_deliveries_total",
+                "Chat and private messages queued to recipients.",
+            ),
+            errors_sent: counter_vec(
+                &r,
+                "hubbub_errors_sent_total",
+                "Error frames sent, by code.",
+                &["code"],
+            ),
+            closes: counter_vec(
+                &r,
+                "hubbub_closes_total",
+                "WebSocket connections closed, by close code.",
+                &["code"],
+            ),
+            evictions: counter_vec(
+                &r,
+                "hubbub_evictions_total",
+                "Sessions closed by the server, by reason.",
+                &["reason"],
+            ),
+            rate_limited: counter(
+                &r,
+                "hubbub_rate_limited_frames_total",
+                "Frames dropped by the per-connection rate limit.",
+            ),
+            storage_queue_depth: gauge(
+                &r,
+                "hubbub_storage_queue_depth",
+                "Commands waiting in the write-ahead queue.",
+            ),
+            storage_batch_size: histogram(
+                &r,
+                "hubbub_storage_batch_size",
+                "Commands per storage batch (group commit).",
+                BATCH,
+            ),
+            storage_flush_seconds: histogram(
+                &r,
+                "hubbub_storage_flush_seconds",
+                "Time to flush one batch to disk.",
+                LATENCY,
+            ),
+            durable_latency_seconds: histogram(
+                &r,
+                "hubbub_send_to_durable_seconds",
+                "Time from a message's acceptance to its flush.",
+                LATENCY,
+            ),
+            messages_stored: counter(
+                &r,
+                "hubbub_messages_stored_total",
+                "Messages written to the log.",
+            ),
+            stored_bytes: counter(
+                &r,
+                "hubbub_stored_bytes_total",
+                "Encoded bytes of messages written to the log.",
+            ),
+            storage_errors: counter(
+                &r,
+                "hubbub_storage_errors_total",
+                "Failed storage batches and flushes.",
+            ),
+            hub_queue_depth: gauge(
+                &r,
+                "hubbub_hub_queue_depth",
+                "Commands waiting for the hub.",
+            ),
+            hub_turn_seconds: histogram(
+                &r,
+                "hubbub_hub_turn_seconds",
+                "Time the hub spends on one loop turn.",
+                LATENCY,
+            ),
+            logins: counter_vec(
+                &r,
+                "hubbub_logins_total",
+                "Log-in attempts by result.",
+                &["result"],
+            ),
+            signups: counter(&r, "hubbub_signups_total", "Accounts created."),
+            refreshes: counter_vec(
+                &r,
+                "hubbub_refreshes_total",
+                "Refresh-token rotations by result.",
+                &["result"],
+            ),
+            refresh_reuse: counter(
+                &r,
+                "hubbub_refresh_reuse_total",
+                "Spent refresh tokens used again (family revoked).",
+            ),
+            http_requests: counter_vec(
+                &r,
+                "hubbub_http_requests_total",
+                "HTTP requests by route and status class.",
+                &["route", "class"],
+            ),
+            history_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "hubbub_history_seconds",
+                        "Time to read a history page, by kind (join, page).",
+                    )
+                    .buckets(LATENCY.to_vec()),
+                    &["kind"],
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            process_rss: gauge(
+                &r,
+                "hubbub_process_resident_memory_bytes",
+                "Resident memory of the process.",
+            ),
+            process_fds: gauge(
+                &r,
+                "hubbub_process_open_fds",
+                "Open file descriptors of the process.",
+            ),
+            process_cpu: reg(
+                &r,
+                prometheus::Gauge::new(
+                    "hubbub_process_cpu_seconds_total",
+                    "CPU time used by the process (user + system).",
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            registry: r,
+        };
+        m.sessions.with_label_values(&["joining"]);
+        m.sessions.with_label_values(&["active"]);
+        Arc::new(m)
+    }
+
+    pub fn out(&self, kind: Out) -> &IntCounter {
+        &self.frames_out[kind as usize]
+    }
+
+    pub fn history(&self, kind: &str) -> Histogram {
+        self.history_seconds.with_label_values(&[kind])
+    }
+
+    /// The Prometheus text exposition of every metric, process figures included.
+    pub fn render(&self) -> String {
+        self.sample_process();
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    fn sample_process(&self) {
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+            && let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        {
+            self.process_rss.set(kb * 1024);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.process_fds.set(fds.count() as i64);
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name (which may hold spaces): utime and stime are 14th and 15th.
+            let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<&str> = after.split_whitespace().collect();
+            if let (Some(u), Some(s)) = (
+                f.get(11).and_then(|v| v.parse::<f64>().ok()),
+                f.get(12).and_then(|v| v.parse::<f64>().ok()),
+            ) {
+                // Linux reports clock ticks; USER_HZ is 100 on every Linux ABI.
+                self.process_cpu.set((u + s) / 100.0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_and_lints() {
+        let m = Metrics::new();
+        m.connections.inc();
+        m.out(Out::Chat).inc_by(3);
+        m.upgrades.with_label_values(&["accepted"]).inc();
+        m.durable_latency_seconds.observe(0.002);
+        let text = m.render();
+        assert!(text.contains("hubbub_connections 1"), "{text}");
+        assert!(text.contains("hubbub_frames_out_total{type=\"chat\"} 3"));
+        assert!(text.contains("hubbub_send_to_durable_seconds_bucket"));
+        assert!(text.contains("hubbub_build_info{version="));
+        assert!(text.contains("hubbub_process_resident_memory_bytes"));
+        // Two registries never share numbers.
+        assert!(Metrics::new().render().contains("hubbub_connections 0"));
+    }
+}
