@@ -72,7 +72,8 @@ if [ -z "${BASE_URL:-}" ]; then
   plain=("${limits[@]}")
   if has "--tls "; then plain+=(--tls off); fi
   export HUBBUB_E2E_ARGS="${plain[*]}"
-  "$bin" --listen "127.0.0.1:$port" --data-dir "$data_dir/data" --web-dir "$root/web" \
+  # The UI files embedded in the binary (what an installed hubbub serves).
+  "$bin" --listen "127.0.0.1:$port" --data-dir "$data_dir/data" \
     "${limits[@]}" "${tls[@]}" >"$log" 2>&1 &
   server_pid=$!
   export BASE_URL="$scheme://127.0.0.1:$port"

@@ -67,9 +67,9 @@ pub struct Config {
     /// Where sled keeps its files and the JWT secret lives.
     #[arg(long, env = "HUBBUB_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
-    /// Static files of the web UI.
-    #[arg(long, env = "HUBBUB_WEB_DIR", default_value = "web")]
-    pub web_dir: PathBuf,
+    /// Serve the web UI from this directory (development) instead of the copy embedded in the binary.
+    #[arg(long, env = "HUBBUB_WEB_DIR")]
+    pub web_dir: Option<PathBuf>,
     /// This node's name, shown in `welcome`.
     #[arg(long, env = "HUBBUB_NODE_ID", default_value = "node-1")]
     pub node_id: String,

@@ -11,6 +11,7 @@ pub mod guard;
 mod policy;
 pub mod reply;
 pub mod serve;
+mod web;
 mod ws;
 
 use std::collections::HashMap;
@@ -50,7 +51,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     pub origins: Arc<Origins>,
     pub draining: Arc<AtomicBool>,
-    pub web_dir: PathBuf,
+    /// `None`: the files embedded at build time.
+    pub web_dir: Option<PathBuf>,
     pub limits: Arc<guard::Limits>,
     /// Serving TLS: adds `Strict-Transport-Security`.
     pub tls: bool,
@@ -163,9 +165,18 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(s())
         .and(headers())
         .then(api::admin_set_disabled);
-    let web = warp::get()
-        .and(warp::fs::dir(state.web_dir.clone()))
-        .map(Reply::into_response);
+    let web = match state.web_dir.clone() {
+        Some(dir) => warp::get()
+            .and(warp::fs::dir(dir))
+            .map(Reply::into_response)
+            .boxed(),
+        None => warp::get()
+            .and(warp::path::full())
+            .and_then(|p: warp::path::FullPath| async move {
+                web::embedded(p.as_str()).ok_or_else(warp::reject::not_found)
+            })
+            .boxed(),
+    };
 
     signup
         .or(login)
