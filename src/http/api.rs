@@ -130,36 +130,24 @@ pub async fn refresh(state: AppState, headers: HeaderMap) -> Response {
                 .inc();
             session_reply(&state, StatusCode::OK, &s)
         }
-        Err(AuthError::Reused { username, family }) => {
-            state.sessions.metrics.refresh_reuse.inc();
+        Err(e @ (AuthError::Reused { .. } | AuthError::Unauthorized)) => {
             state
                 .sessions
                 .metrics
                 .refreshes
                 .with_label_values(&["failed"])
                 .inc();
-            // Someone replayed a spent token: whoever holds this family is logged out everywhere.
-            let _ = state
-                .hub
-                .send(HubCmd::Kick {
-                    user: username,
-                    family: Some(family),
-                })
-                .await;
-            let mut r = reply::error(
-                ErrorCode::Unauthorized,
-                "refresh token invalid, spent or revoked",
-            );
-            clear_cookies(&mut r);
-            r
-        }
-        Err(AuthError::Unauthorized) => {
-            state
-                .sessions
-                .metrics
-                .refreshes
-                .with_label_values(&["failed"])
-                .inc();
+            if let AuthError::Reused { username, family } = e {
+                state.sessions.metrics.refresh_reuse.inc();
+                // Someone replayed a spent token: whoever holds this family is logged out everywhere.
+                let _ = state
+                    .hub
+                    .send(HubCmd::Kick {
+                        user: username,
+                        family: Some(family),
+                    })
+                    .await;
+            }
             let mut r = reply::error(
                 ErrorCode::Unauthorized,
                 "refresh token invalid, spent or revoked",

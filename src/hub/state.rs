@@ -523,18 +523,20 @@ impl HubState {
         self.typing_to_others(&room_name, &user, active);
     }
 
+    /// Every session in `room` that is not `user`'s.
+    fn others_in(&self, room: &RoomName, user: &Username) -> Vec<Uuid> {
+        let Some(r) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        r.members
+            .iter()
+            .filter(|(u, _)| *u != user)
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect()
+    }
+
     fn typing_to_others(&mut self, room: &RoomName, user: &Username, active: bool) {
-        let to: Vec<Uuid> = self
-            .rooms
-            .get(room)
-            .map(|r| {
-                r.members
-                    .iter()
-                    .filter(|(u, _)| *u != user)
-                    .flat_map(|(_, ids)| ids.iter().copied())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let to = self.others_in(room, user);
         let f = encode(&ServerMsg::Typing {
             room: room.as_str(),
             sender: user.as_str(),
@@ -611,17 +613,7 @@ impl HubState {
     }
 
     fn system_to_others(&mut self, room: &RoomName, user: &Username, content: &str) {
-        let to: Vec<Uuid> = self
-            .rooms
-            .get(room)
-            .map(|r| {
-                r.members
-                    .iter()
-                    .filter(|(u, _)| *u != user)
-                    .flat_map(|(_, ids)| ids.iter().copied())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let to = self.others_in(room, user);
         let f = encode(&ServerMsg::System {
             room: room.as_str(),
             content,
