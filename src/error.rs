@@ -90,3 +90,11 @@ pub enum InternalError {
     #[error("component stopped")]
     Stopped,
 }
+
+impl InternalError {
+    /// The database's file lock is held by another process (or a store not yet dropped).
+    pub fn is_lock_held(&self) -> bool {
+        // sled wraps the lock failure in an `Other` error; its text is the only mark.
+        matches!(self, InternalError::Storage(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock"))
+    }
+}

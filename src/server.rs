@@ -80,8 +80,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr().context("local address")?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let store = Store::open(&cfg.data_dir.join("db"), cfg.cache_mb << 20)
-        .context("opening the database (is another hubbub using this data directory?)")?;
+    let store = open_store(&cfg).await?;
     let secret = match &cfg.jwt_secret {
         Some(s) => s.as_bytes().to_vec(),
         None => tokens::load_or_create_secret(&cfg.data_dir.join("jwt_secret"))?,
@@ -238,6 +237,27 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         stop,
         task,
     })
+}
+
+/// Opens the database. A restart right after a stop may find the file lock
+/// still held for a moment (the old process, or tasks of an in-process server,
+/// still letting go), so a lock error is retried for up to two seconds.
+async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    let path = cfg.data_dir.join("db");
+    let mut tries = 0;
+    loop {
+        match Store::open(&path, cfg.cache_mb << 20) {
+            Ok(s) => return Ok(s),
+            Err(e) if tries < 20 && e.is_lock_held() => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(e)
+                    .context("opening the database (is another hubbub using this data directory?)");
+            }
+        }
+    }
 }
 
 /// Runs until `shutdown` resolves, then shuts down in order.

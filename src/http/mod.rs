@@ -36,7 +36,7 @@ use crate::session::SessionCtx;
 use crate::storage::Store;
 
 /// Largest JSON body accepted on `/api/*`.
-const MAX_BODY: u64 = 16 * 1024;
+const MAX_BODY: u64 = policy::MAX_API_BODY;
 /// `/readyz` fails when the hub takes longer than this to answer.
 const HUB_PING_TIMEOUT: Duration = Duration::from_millis(100);
 

@@ -98,6 +98,13 @@ fn status_class(s: StatusCode) -> &'static str {
 struct CrossSite;
 impl warp::reject::Reject for CrossSite {}
 
+#[derive(Debug)]
+struct TooLarge;
+impl warp::reject::Reject for TooLarge {}
+
+/// Largest request body on `/api/*` (the JSON endpoints read at most this).
+pub const MAX_API_BODY: u64 = 16 * 1024;
+
 fn is_api(path: &FullPath) -> bool {
     path.as_str().starts_with("/api/")
 }
@@ -219,12 +226,26 @@ pub fn wrap(policy: Arc<Policy>, inner: BoxedFilter<(Response,)>) -> BoxedFilter
             }
         })
         .untuple_one();
+    // A declared body over the API limit is refused on every /api route,
+    // also on those that never read a body.
+    let body_limit = warp::path::full()
+        .and(warp::header::optional::<u64>("content-length"))
+        .and_then(|path: FullPath, len: Option<u64>| async move {
+            if is_api(&path) && len.is_some_and(|l| l > MAX_API_BODY) {
+                Err(warp::reject::custom(TooLarge))
+            } else {
+                Ok(())
+            }
+        })
+        .untuple_one();
     let guarded = preflight
-        .or(csrf.and(inner))
+        .or(body_limit.and(csrf).and(inner))
         .unify()
         .recover(|r: Rejection| async move {
             let resp = if r.find::<CrossSite>().is_some() {
                 reply::error(ErrorCode::Forbidden, "cross-site request refused")
+            } else if r.find::<TooLarge>().is_some() {
+                reply::error(ErrorCode::TooLarge, "request body too large")
             } else {
                 reply::error(ErrorCode::NotFound, "no such route")
             };

@@ -404,3 +404,218 @@ pub fn is_cursor(v: &Value) -> bool {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     })
 }
+
+// ---------------------------------------------------------------------------
+// Helpers for the security suite (tests/security_*.rs).
+
+/// The JWT secret `base_args` gives every test server.
+pub const TEST_JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// Markers of internal detail that must never reach a client.
+pub const LEAKS: &[&str] = &[
+    "sled",
+    "panicked",
+    "Error {",
+    "Error(",
+    "src/",
+    ".rs:",
+    "/tmp/",
+    "/work/",
+    "/home/",
+    "backtrace",
+    "thread '",
+    "::",
+];
+
+/// Panics when `text` (a response body or error frame) carries internal detail.
+pub fn assert_no_leak(what: &str, text: &str) {
+    for l in LEAKS {
+        assert!(
+            !text.contains(l),
+            "{what}: response leaks internal detail {l:?}: {text}"
+        );
+    }
+}
+
+/// A TLS test server (generated CA in `<tempdir>/certs`), plus more flags.
+pub async fn tls_server(extra: &[&str]) -> TestServer {
+    let mut args = vec!["--tls", "on"];
+    args.extend_from_slice(extra);
+    TestServer::start_with(&args).await
+}
+
+/// Signs up (or logs in) over the server's own endpoint (TLS when it is on).
+pub async fn user_on(s: &TestServer, name: &str) -> Account {
+    client::signup_or_login(s.endpoint(), name, PASSWORD)
+        .await
+        .unwrap()
+}
+
+/// Joins `room` over the server's own endpoint; waits for `welcome` and `history`.
+pub async fn join_on(s: &TestServer, acct: &Account, room: &str) -> WsClient {
+    let mut ws = client::join(s.endpoint(), acct, room, None, None)
+        .await
+        .unwrap();
+    ws.expect("welcome", T).await.unwrap();
+    ws.expect("history", T).await.unwrap();
+    ws
+}
+
+/// The HTTP status of an upgrade attempt: 101 when it succeeded.
+/// Refusals must carry a JSON error body.
+pub fn upgrade_status(r: Result<WsClient, client::ConnectError>) -> u16 {
+    match r {
+        Ok(_) => 101,
+        Err(client::ConnectError::Status(code, body)) => {
+            let body = body.unwrap_or_default();
+            assert_no_leak("upgrade refusal", &body);
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            assert!(
+                v["error"]["code"].is_string(),
+                "{code} without a JSON error body: {body:?}"
+            );
+            code
+        }
+        Err(e) => panic!("upgrade failed below HTTP: {e}"),
+    }
+}
+
+/// Sends raw bytes over plain TCP and reads until the server closes (or 5 s pass).
+pub async fn raw_http(addr: SocketAddr, req: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(req).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(T, tcp.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A raw `GET path` (sent exactly as given, no normalisation): status and body.
+pub async fn raw_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let resp = raw_http(addr, req.as_bytes()).await;
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status for {path}: {resp:?}"));
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// base64url without padding (as in JWTs).
+pub fn b64url(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Decodes base64url without padding.
+pub fn b64url_decode(s: &str) -> Vec<u8> {
+    let vals: Vec<u32> = s
+        .bytes()
+        .map(|c| B64.iter().position(|&b| b == c).unwrap() as u32)
+        .collect();
+    let mut out = Vec::new();
+    for chunk in vals.chunks(4) {
+        let mut n = 0u32;
+        for (i, v) in chunk.iter().enumerate() {
+            n |= v << (18 - 6 * i);
+        }
+        for i in 0..chunk.len().saturating_sub(1) {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+/// The hubbub binary as a child process; killed when dropped, even on panic.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// Every stdout line after the first.
+    pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct ChildGuard(Option<std::process::Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `hubbub` with `args` (without the program name) and extra environment;
+/// returns once it printed `hubbub listening on URL`.
+pub fn spawn_hubbub(args: &[String], env: &[(&str, &Path)]) -> Proc {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hubbub"));
+    cmd.args(args)
+        .env("RUST_LOG", "warn")
+        .env_remove("CAROOT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut guard = ChildGuard(Some(cmd.spawn().unwrap()));
+    let stdout = guard.0.as_mut().unwrap().stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .rsplit("://")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("no address in {line:?}"));
+    // Keep reading stdout so later prints never hit a closed pipe.
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for l in reader.lines() {
+            match l {
+                Ok(l) => sink.lock().unwrap().push(l),
+                Err(_) => break,
+            }
+        }
+    });
+    Proc {
+        child: guard.0.take().unwrap(),
+        addr,
+        stdout: lines,
+    }
+}
+
+/// `base_args` for `data` without the program name, with `extra` replacing defaults.
+pub fn proc_args(data: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = base_args_except(data, extra).into_iter().skip(1).collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}

@@ -1,0 +1,519 @@
+//! `fanout` (one room, N receivers, S senders) and `rooms` (many rooms of K
+//! members, one sender each): deliveries/s, loss, evictions, latency.
+//!
+//! Every member (senders included: they get their own messages back) reads
+//! on its own task and records send→receive latency from the `t=` stamp in
+//! the content. A message counts as broadcast when any member of its room
+//! received it; loss is what the members still connected at the end missed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::net::{self, Target, Ws};
+use crate::stats::{Hist, now_ns, padded, round3};
+use crate::{Args, Outcome, Scenario};
+
+struct Group {
+    room: String,
+    receivers: usize,
+    senders: usize,
+}
+
+#[derive(Default)]
+struct MemberStats {
+    hist: Hist,
+    /// Messages received from each sender of the member's group.
+    per_sender: Vec<u64>,
+    delivered: u64,
+    last_ns: u64,
+    /// Ended before the stop signal, with this close code (None: no code).
+    ended: Option<Option<u16>>,
+    rate_limited: u64,
+    unavailable: u64,
+    other_errors: u64,
+}
+
+struct Member {
+    group: usize,
+    sender: Option<usize>,
+}
+
+pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
+    let run = net::run_id();
+    let (groups, rate) = match args.scenario {
+        Scenario::Rooms => {
+            let k = args.room_size.unwrap_or(10).max(2);
+            let groups = (0..args.rooms.max(1))
+                .map(|i| Group {
+                    room: format!("r{:x}-{i}", run & 0xff_ffff),
+                    receivers: k - 1,
+                    senders: 1,
+                })
+                .collect::<Vec<_>>();
+            (groups, args.rate.unwrap_or(10.0 * args.rooms.max(1) as f64))
+        }
+        _ => {
+            let g = Group {
+                room: format!("fan{:x}", run & 0xff_ffff),
+                receivers: args.connections.unwrap_or(1000),
+                senders: args.senders.unwrap_or(1).max(1),
+            };
+            (vec![g], args.rate.unwrap_or(1000.0))
+        }
+    };
+    let mut members = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        members.extend((0..g.senders).map(|s| Member {
+            group: gi,
+            sender: Some(s),
+        }));
+        members.extend((0..g.receivers).map(|_| Member {
+            group: gi,
+            sender: None,
+        }));
+    }
+    let total_senders: usize = groups.iter().map(|g| g.senders).sum();
+    let spu = net::sessions_per_user(args, t);
+    // Senders get accounts of their own: `saved` receipts go to every session
+    // of the sender's account in the room, so a receiver sharing it would get
+    // two frames per message and be the first evicted.
+    let sender_accounts = total_senders.div_ceil(spu);
+    let receivers_total = members.len() - total_senders;
+    let (accounts, login_s) = net::accounts(
+        t,
+        sender_accounts + receivers_total.div_ceil(spu),
+        args.concurrency,
+    )
+    .await?;
+    let (mut nth_sender, mut nth_receiver) = (0usize, 0usize);
+    let account_of: Vec<usize> = members
+        .iter()
+        .map(|m| {
+            if m.sender.is_some() {
+                nth_sender += 1;
+                (nth_sender - 1) / spu
+            } else {
+                nth_receiver += 1;
+                sender_accounts + (nth_receiver - 1) / spu
+            }
+        })
+        .collect();
+    eprintln!(
+        "{} members in {} room(s), {} accounts in {login_s:.1}s; connecting",
+        members.len(),
+        groups.len(),
+        accounts.len()
+    );
+
+    // Connect everyone; each reader starts at once so join chatter never piles up.
+    let stop = CancellationToken::new();
+    let live = Arc::new(AtomicU64::new(0));
+    let groups = Arc::new(groups);
+    let connect_start = Instant::now();
+    let mut readers = JoinSet::new();
+    let mut sinks: Vec<(usize, SplitSink<Ws, Message>)> = Vec::new();
+    let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
+    let mut connects = JoinSet::new();
+    for (i, m) in members.iter().enumerate() {
+        let room = groups[m.group].room.clone();
+        let account = accounts.get(account_of[i]).cloned();
+        let sem = sem.clone();
+        let (path, rb, addr, raw) = (t.ws_path(&room), args.read_buffer, t.addr, t.raw);
+        connects.spawn(async move {
+            let _p = sem.acquire_owned().await?;
+            let ws = net::join(addr, raw, &path, account.as_ref(), rb).await?;
+            anyhow::Ok((i, ws))
+        });
+    }
+    while let Some(r) = connects.join_next().await {
+        let (i, ws) = r?.context("connecting a member")?;
+        let (sink, stream) = ws.split();
+        let n = groups[members[i].group].senders;
+        readers.spawn(read_member(stream, i, t.raw, n, stop.clone(), live.clone()));
+        sinks.push((i, sink));
+    }
+    let connect_s = connect_start.elapsed().as_secs_f64();
+    eprintln!(
+        "connected {} in {connect_s:.1}s; settling, then {:.0} msgs/s for {}s",
+        sinks.len(),
+        rate,
+        args.duration
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Send.
+    let duration = Duration::from_secs_f64(args.duration);
+    let per_sender = rate / total_senders as f64;
+    let measure_start = now_ns();
+    let cpu = net::CpuMeter::start(t.pid);
+    let mut senders = JoinSet::new();
+    let mut rest = Vec::new();
+    for (i, sink) in sinks {
+        match members[i].sender {
+            Some(s) => {
+                let cfg = SendCfg {
+                    local: s,
+                    global: i,
+                    rate: per_sender,
+                    phase: i as f64 / total_senders as f64,
+                    size: args.size,
+                    duration,
+                    raw: t.raw,
+                    run,
+                };
+                senders.spawn(send_loop(sink, cfg));
+            }
+            None => rest.push(sink),
+        }
+    }
+    let mut sent = 0u64;
+    while let Some(r) = senders.join_next().await {
+        let (n, sink) = r?;
+        sent += n;
+        if let Some(s) = sink {
+            rest.push(s);
+        }
+    }
+    let send_s = (now_ns() - measure_start) as f64 / 1e9;
+
+    // Drain: until nothing arrives for a second (at most 15 s).
+    let drain_start = Instant::now();
+    let mut last = live.load(Ordering::Relaxed);
+    let mut quiet = Instant::now();
+    while drain_start.elapsed() < Duration::from_secs(15)
+        && quiet.elapsed() < Duration::from_secs(1)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = live.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            quiet = Instant::now();
+        }
+    }
+    let cpu = cpu.json();
+    stop.cancel();
+    let mut stats: Vec<(usize, MemberStats)> = Vec::new();
+    while let Some(r) = readers.join_next().await {
+        stats.push(r?);
+    }
+    drop(rest);
+    Ok(summarize(
+        args,
+        &groups,
+        &members,
+        stats,
+        Totals {
+            rate,
+            sent,
+            send_s,
+            measure_start,
+            connect_s,
+            login_s,
+            accounts: accounts.len(),
+            cpu,
+        },
+    ))
+}
+
+async fn read_member(
+    mut stream: SplitStream<Ws>,
+    idx: usize,
+    raw: bool,
+    senders: usize,
+    stop: CancellationToken,
+    live: Arc<AtomicU64>,
+) -> (usize, MemberStats) {
+    let mut st = MemberStats {
+        per_sender: vec![0; senders],
+        ..Default::default()
+    };
+    let mut unpublished = 0u64;
+    // One `Notified` for the whole loop: a fresh one per frame shows in profiles.
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
+    loop {
+        let m = tokio::select! {
+            biased;
+            _ = &mut cancelled => break,
+            m = stream.next() => m,
+        };
+        let text = match m {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(f))) => {
+                st.ended = Some(f.map(|f| u16::from(f.code)));
+                break;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => {
+                st.ended = Some(None);
+                break;
+            }
+        };
+        let s = text.as_str();
+        let body = if raw || s.starts_with("{\"type\":\"chat\"") {
+            stamp(s)
+        } else {
+            if s.starts_with("{\"type\":\"error\"") {
+                if s.contains("\"rate_limited\"") {
+                    st.rate_limited += 1;
+                } else if s.contains("\"unavailable\"") {
+                    st.unavailable += 1;
+                } else {
+                    st.other_errors += 1;
+                }
+            }
+            None
+        };
+        let Some((sent, from)) = body else { continue };
+        let now = now_ns();
+        st.hist.record(now.saturating_sub(sent));
+        st.last_ns = now;
+        st.delivered += 1;
+        if let Some(c) = st.per_sender.get_mut(from as usize) {
+            *c += 1;
+        }
+        unpublished += 1;
+        if unpublished >= 64 {
+            live.fetch_add(unpublished, Ordering::Relaxed);
+            unpublished = 0;
+        }
+    }
+    live.fetch_add(unpublished, Ordering::Relaxed);
+    (idx, st)
+}
+
+/// The `t=<ns> s=<sender>` stamp at the start of the content. In a chat
+/// frame the first `=` is the stamp's (ids, room and user names have none,
+/// and `ts`/`cursor` come after `content`), so one byte scan finds it.
+fn stamp(s: &str) -> Option<(u64, u64)> {
+    let b = s.as_bytes();
+    let eq = b.iter().position(|&c| c == b'=')?;
+    if eq == 0 || b[eq - 1] != b't' || (eq > 1 && b[eq - 2] != b'"') {
+        return None;
+    }
+    let digits = |from: usize| -> Option<(u64, usize)> {
+        let n = b
+            .get(from..)?
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        let v = s.get(from..from + n)?.parse().ok()?;
+        Some((v, from + n))
+    };
+    let (sent, end) = digits(eq + 1)?;
+    if b.get(end..end + 3)? != b" s=" {
+        return None;
+    }
+    let (from, _) = digits(end + 3)?;
+    Some((sent, from))
+}
+
+struct SendCfg {
+    local: usize,
+    global: usize,
+    rate: f64,
+    phase: f64,
+    size: usize,
+    duration: Duration,
+    raw: bool,
+    run: u64,
+}
+
+/// Sends at `rate` msgs/s (0 = as fast as the socket takes them) for `duration`.
+async fn send_loop(
+    mut sink: SplitSink<Ws, Message>,
+    c: SendCfg,
+) -> (u64, Option<SplitSink<Ws, Message>>) {
+    let mut seq = 0u64;
+    let frame = |seq: u64| {
+        let content = padded(format!("t={} s={} ", now_ns(), c.local), c.size);
+        if c.raw {
+            return content;
+        }
+        let id =
+            Uuid::from_u128(((c.run as u128) << 64) | ((c.global as u128) << 32) | seq as u128);
+        format!("{{\"type\":\"chat\",\"id\":\"{id}\",\"content\":\"{content}\"}}")
+    };
+    let period = if c.rate > 0.0 {
+        Duration::from_secs_f64((1.0 / c.rate).max(0.001))
+    } else {
+        Duration::ZERO
+    };
+    tokio::time::sleep(period.mul_f64(c.phase)).await;
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(period.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let el = start.elapsed();
+        if el >= c.duration {
+            break;
+        }
+        let due = if c.rate > 0.0 {
+            tick.tick().await;
+            ((start.elapsed().as_secs_f64() * c.rate) as u64 + 1).min(seq + 10_000)
+        } else {
+            seq + 32
+        };
+        while seq < due {
+            if sink.feed(Message::Text(frame(seq).into())).await.is_err() {
+                return (seq, None);
+            }
+            seq += 1;
+        }
+        if sink.flush().await.is_err() {
+            return (seq, None);
+        }
+    }
+    (seq, Some(sink))
+}
+
+struct Totals {
+    rate: f64,
+    sent: u64,
+    send_s: f64,
+    measure_start: u64,
+    connect_s: f64,
+    login_s: f64,
+    accounts: usize,
+    cpu: serde_json::Value,
+}
+
+fn summarize(
+    args: &Args,
+    groups: &[Group],
+    members: &[Member],
+    stats: Vec<(usize, MemberStats)>,
+    t: Totals,
+) -> Outcome {
+    let mut hist = Hist::default();
+    let (mut delivered, mut expected, mut broadcast) = (0u64, 0u64, 0u64);
+    let (mut evicted, mut replaced, mut closed_other) = (0u64, 0u64, 0u64);
+    let (mut rl, mut unavail, mut other_err, mut last_ns) = (0u64, 0u64, 0u64, 0u64);
+    let mut senders_closed = 0u64;
+    let mut by_group: Vec<Vec<&MemberStats>> = groups.iter().map(|_| Vec::new()).collect();
+    for (i, s) in &stats {
+        by_group[members[*i].group].push(s);
+        hist.merge(&s.hist);
+        delivered += s.delivered;
+        last_ns = last_ns.max(s.last_ns);
+        rl += s.rate_limited;
+        unavail += s.unavailable;
+        other_err += s.other_errors;
+        if s.ended.is_some() && members[*i].sender.is_some() {
+            senders_closed += 1;
+        }
+        match s.ended {
+            Some(Some(4002)) => evicted += 1,
+            Some(Some(4001)) => replaced += 1,
+            Some(_) => closed_other += 1,
+            None => {}
+        }
+    }
+    let mut alive_delivered = 0u64;
+    for (g, ms) in groups.iter().zip(&by_group) {
+        let per: Vec<u64> = (0..g.senders)
+            .map(|s| ms.iter().map(|m| m.per_sender[s]).max().unwrap_or(0))
+            .collect();
+        let b: u64 = per.iter().sum();
+        broadcast += b;
+        let alive = ms.iter().filter(|m| m.ended.is_none());
+        for m in alive {
+            expected += b;
+            alive_delivered += m.delivered;
+        }
+    }
+    let lost = expected.saturating_sub(alive_delivered);
+    let window = (last_ns.saturating_sub(t.measure_start)) as f64 / 1e9;
+    let dps = if window > 0.0 {
+        delivered as f64 / window
+    } else {
+        0.0
+    };
+    let receivers: usize = groups.iter().map(|g| g.receivers).sum();
+    let senders: usize = groups.iter().map(|g| g.senders).sum();
+    let results = json!({
+        "rooms": groups.len(),
+        "receivers": receivers,
+        "senders": senders,
+        "members": members.len(),
+        "accounts": t.accounts,
+        "offered_rate": t.rate,
+        "size": args.size,
+        "duration_s": args.duration,
+        "sent": t.sent,
+        "send_s": round3(t.send_s),
+        "broadcast": broadcast,
+        "not_broadcast": t.sent.saturating_sub(broadcast),
+        "broadcast_per_sec": round3(broadcast as f64 / t.send_s.max(1e-9)),
+        "deliveries": delivered,
+        "deliveries_per_sec": dps.round(),
+        "expected_deliveries": expected,
+        "lost": lost,
+        "loss_ratio": if expected > 0 { lost as f64 / expected as f64 } else { 0.0 },
+        "evicted": evicted,
+        "senders_closed": senders_closed,
+        "replaced": replaced,
+        "closed_other": closed_other,
+        "errors": {"rate_limited": rl, "unavailable": unavail, "other": other_err},
+        "latency": hist.json_ms(),
+        "login_s": round3(t.login_s),
+        "connect_s": round3(t.connect_s),
+        "cpu": t.cpu,
+        "deliveries_per_server_cpu_s": t.cpu["server_cpu_s"]
+            .as_f64()
+            .filter(|s| *s > 0.0)
+            .map(|s| (delivered as f64 / s).round()),
+    });
+    let summary = format!(
+        "{} rooms, {} receivers + {} senders, offered {:.0} msgs/s x {} B for {}s\n\
+         sent {} broadcast {} ({:.0}/s) deliveries {} ({:.0}/s)\n\
+         lost {} of {} expected, evicted {} (senders closed: {senders_closed}), other closes {}, errors rl/unavail/other {}/{}/{}\n\
+         latency {}\n\
+         cpu: {}",
+        groups.len(),
+        receivers,
+        senders,
+        t.rate,
+        args.size,
+        args.duration,
+        t.sent,
+        broadcast,
+        broadcast as f64 / t.send_s.max(1e-9),
+        delivered,
+        dps,
+        lost,
+        expected,
+        evicted,
+        closed_other + replaced,
+        rl,
+        unavail,
+        other_err,
+        hist.short(),
+        t.cpu
+    );
+    (results, summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stamp;
+
+    #[test]
+    fn finds_the_stamp() {
+        let chat = r#"{"type":"chat","id":"0190-ab","room":"fan1","sender":"bench_0","content":"t=123 s=4 xxx","ts":"2026-11-28T08:00:00.123Z","cursor":"a=b"}"#;
+        assert_eq!(stamp(chat), Some((123, 4)));
+        assert_eq!(stamp("t=9 s=0 pad"), Some((9, 0)));
+        assert_eq!(stamp(r#"{"type":"chat","content":"x=1"}"#), None);
+        assert_eq!(stamp("t=9 pad"), None);
+    }
+}
