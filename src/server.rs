@@ -253,8 +253,9 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => {
-                return Err(e)
-                    .context("opening the database (is another hubbub using this data directory?)");
+                return Err(e).context(
+                    "opening the database (is another hubbub using this data directory?)",
+                );
             }
         }
     }
