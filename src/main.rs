@@ -13,15 +13,22 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Serve(c)) => c.log_format == "json",
         _ => cli.serve.log_format == "json",
     };
+    // Logs go to stderr: stdout's first line is the URL, for people and scripts.
     if json {
         tracing_subscriber::fmt()
             .json()
             .with_current_span(true)
             .with_span_list(false)
+            .with_writer(std::io::stderr)
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        use std::io::IsTerminal;
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter)
+            .init();
     }
     if let Some(Command::User(args)) = cli.command {
         return hubbub::admin::run(args).await;

@@ -62,7 +62,8 @@ pub struct Metrics {
     history_seconds: HistogramVec,
     process_rss: IntGauge,
     process_fds: IntGauge,
-    process_cpu: prometheus::Gauge,
+    /// A counter: `sample_process` adds what the kernel's figure grew by.
+    process_cpu: prometheus::Counter,
 }
 
 /// Latency buckets from 100 µs to 10 s.
@@ -138,13 +139,18 @@ impl Metrics {
         for k in IN_KINDS {
             frames_in.with_label_values(&[k]);
         }
-        let build = counter_vec(
+        let build = reg(
             &r,
-            "hubbub_build_info",
-            "Always 1; the labels say which build runs.",
-            &["version"],
+            IntGaugeVec::new(
+                Opts::new(
+                    "hubbub_build_info",
+                    "Always 1; the labels say which build runs.",
+                ),
+                &["version"],
+            )
+            .unwrap_or_else(|_| unreachable_metric()),
         );
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let m = Metrics {
             connections: gauge(&r, "hubbub_connections", "Open WebSocket connections."),
             sessions: reg(
@@ -293,7 +299,7 @@ impl Metrics {
             ),
             process_cpu: reg(
                 &r,
-                prometheus::Gauge::new(
+                prometheus::Counter::new(
                     "hubbub_process_cpu_seconds_total",
                     "CPU time used by the process (user + system).",
                 )
@@ -301,8 +307,49 @@ impl Metrics {
             ),
             registry: r,
         };
-        m.sessions.with_label_values(&["joining"]);
-        m.sessions.with_label_values(&["active"]);
+        // Every known label value exists from the start, so dashboards show 0, not "no data".
+        for s in ["joining", "active"] {
+            m.sessions.with_label_values(&[s]);
+        }
+        for r in [
+            "accepted",
+            "origin",
+            "rate",
+            "auth",
+            "room",
+            "client",
+            "bad_request",
+            "capacity",
+        ] {
+            m.upgrades.with_label_values(&[r]);
+        }
+        for c in [
+            "bad_request",
+            "too_large",
+            "rate_limited",
+            "unknown_command",
+            "not_found",
+            "conflict",
+            "forbidden",
+            "unavailable",
+        ] {
+            m.errors_sent.with_label_values(&[c]);
+        }
+        for c in [
+            "1000", "1001", "1003", "1008", "1009", "4001", "4002", "none",
+        ] {
+            m.closes.with_label_values(&[c]);
+        }
+        for e in ["slow", "replaced", "too_many_sessions", "revoked"] {
+            m.evictions.with_label_values(&[e]);
+        }
+        for r in ["ok", "failed"] {
+            m.logins.with_label_values(&[r]);
+            m.refreshes.with_label_values(&[r]);
+        }
+        for k in ["join", "page"] {
+            m.history_seconds.with_label_values(&[k]);
+        }
         Arc::new(m)
     }
 
@@ -344,7 +391,10 @@ impl Metrics {
                 f.get(12).and_then(|v| v.parse::<f64>().ok()),
             ) {
                 // Linux reports clock ticks; USER_HZ is 100 on every Linux ABI.
-                self.process_cpu.set((u + s) / 100.0);
+                let delta = (u + s) / 100.0 - self.process_cpu.get();
+                if delta > 0.0 {
+                    self.process_cpu.inc_by(delta);
+                }
             }
         }
     }

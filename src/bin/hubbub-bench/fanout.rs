@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -115,13 +114,19 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
         accounts.len()
     );
 
-    // Connect everyone; each reader starts at once so join chatter never piles up.
+    // Connect everyone; each member's task starts reading at once so join
+    // chatter never piles up. A sender reads and writes on the same task (no
+    // split lock between a reading and a writing half), as a browser tab would.
     let stop = CancellationToken::new();
+    let go = CancellationToken::new();
+    let (report_tx, mut report_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
     let live = Arc::new(AtomicU64::new(0));
     let groups = Arc::new(groups);
     let connect_start = Instant::now();
+    let duration = Duration::from_secs_f64(args.duration);
+    let per_sender = rate / total_senders as f64;
     let mut readers = JoinSet::new();
-    let mut sinks: Vec<(usize, SplitSink<Ws, Message>)> = Vec::new();
+    let mut connected = 0usize;
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut connects = JoinSet::new();
     for (i, m) in members.iter().enumerate() {
@@ -137,52 +142,45 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
     }
     while let Some(r) = connects.join_next().await {
         let (i, ws) = r?.context("connecting a member")?;
-        let (sink, stream) = ws.split();
         let n = groups[members[i].group].senders;
-        readers.spawn(read_member(stream, i, t.raw, n, stop.clone(), live.clone()));
-        sinks.push((i, sink));
+        let plan = members[i].sender.map(|s| SendCfg {
+            local: s,
+            global: i,
+            rate: per_sender,
+            phase: i as f64 / total_senders as f64,
+            size: args.size,
+            duration,
+            raw: t.raw,
+            run,
+            go: go.clone(),
+            report: report_tx.clone(),
+        });
+        let ctx = MemberCtx {
+            idx: i,
+            raw: t.raw,
+            senders: n,
+            stop: stop.clone(),
+            live: live.clone(),
+        };
+        readers.spawn(run_member(ws, ctx, plan));
+        connected += 1;
     }
+    drop(report_tx);
     let connect_s = connect_start.elapsed().as_secs_f64();
     eprintln!(
         "connected {} in {connect_s:.1}s; settling, then {:.0} msgs/s for {}s",
-        sinks.len(),
-        rate,
-        args.duration
+        connected, rate, args.duration
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    // Send.
-    let duration = Duration::from_secs_f64(args.duration);
-    let per_sender = rate / total_senders as f64;
+    // Send: every sender reports its count when done (or when its connection ends).
     let measure_start = now_ns();
     let cpu = net::CpuMeter::start(t.pid);
-    let mut senders = JoinSet::new();
-    let mut rest = Vec::new();
-    for (i, sink) in sinks {
-        match members[i].sender {
-            Some(s) => {
-                let cfg = SendCfg {
-                    local: s,
-                    global: i,
-                    rate: per_sender,
-                    phase: i as f64 / total_senders as f64,
-                    size: args.size,
-                    duration,
-                    raw: t.raw,
-                    run,
-                };
-                senders.spawn(send_loop(sink, cfg));
-            }
-            None => rest.push(sink),
-        }
-    }
+    go.cancel();
     let mut sent = 0u64;
-    while let Some(r) = senders.join_next().await {
-        let (n, sink) = r?;
+    let deadline = tokio::time::Instant::now() + duration + Duration::from_secs(30);
+    while let Ok(Some(n)) = tokio::time::timeout_at(deadline, report_rx.recv()).await {
         sent += n;
-        if let Some(s) = sink {
-            rest.push(s);
-        }
     }
     let send_s = (now_ns() - measure_start) as f64 / 1e9;
 
@@ -206,7 +204,6 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
     while let Some(r) = readers.join_next().await {
         stats.push(r?);
     }
-    drop(rest);
     Ok(summarize(
         args,
         &groups,
@@ -225,27 +222,59 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
     ))
 }
 
-async fn read_member(
-    mut stream: SplitStream<Ws>,
+struct MemberCtx {
     idx: usize,
     raw: bool,
     senders: usize,
     stop: CancellationToken,
     live: Arc<AtomicU64>,
-) -> (usize, MemberStats) {
+}
+
+async fn run_member(mut ws: Ws, c: MemberCtx, plan: Option<SendCfg>) -> (usize, MemberStats) {
+    let MemberCtx {
+        idx,
+        raw,
+        senders,
+        stop,
+        live,
+    } = c;
     let mut st = MemberStats {
         per_sender: vec![0; senders],
         ..Default::default()
     };
+    let mut sender = plan.map(Sending::new);
+    let go = sender
+        .as_ref()
+        .map_or_else(CancellationToken::new, |s| s.cfg.go.clone());
+    let go_signal = go.cancelled();
+    tokio::pin!(go_signal);
     let mut unpublished = 0u64;
     // One `Notified` for the whole loop: a fresh one per frame shows in profiles.
     let cancelled = stop.cancelled();
     tokio::pin!(cancelled);
     loop {
+        let sending = sender
+            .as_ref()
+            .is_some_and(|s| s.start.is_some() && !s.done);
+        let waiting = sender.as_ref().is_some_and(|s| s.start.is_none());
         let m = tokio::select! {
-            biased;
             _ = &mut cancelled => break,
-            m = stream.next() => m,
+            _ = &mut go_signal, if waiting => {
+                if let Some(s) = sender.as_mut() {
+                    s.begin();
+                }
+                continue;
+            }
+            _ = tick_of(&mut sender), if sending => {
+                if let Some(s) = sender.as_mut()
+                    && s.send_due(&mut ws).await.is_err()
+                {
+                    st.ended = Some(None);
+                    break;
+                }
+                continue;
+            }
+            m = ws.next() => m,
         };
         let text = match m {
             Some(Ok(Message::Text(t))) => t,
@@ -289,7 +318,18 @@ async fn read_member(
         }
     }
     live.fetch_add(unpublished, Ordering::Relaxed);
+    if let Some(s) = sender
+        && !s.done
+    {
+        let _ = s.cfg.report.send(s.seq);
+    }
     (idx, st)
+}
+
+async fn tick_of(s: &mut Option<Sending>) {
+    if let Some(s) = s {
+        s.tick.tick().await;
+    }
 }
 
 /// The `t=<ns> s=<sender>` stamp at the start of the content. In a chat
@@ -327,54 +367,81 @@ struct SendCfg {
     duration: Duration,
     raw: bool,
     run: u64,
+    /// Cancelled when everyone is connected: start sending.
+    go: CancellationToken,
+    /// Gets this sender's count when it stops.
+    report: tokio::sync::mpsc::UnboundedSender<u64>,
 }
 
-/// Sends at `rate` msgs/s (0 = as fast as the socket takes them) for `duration`.
-async fn send_loop(
-    mut sink: SplitSink<Ws, Message>,
-    c: SendCfg,
-) -> (u64, Option<SplitSink<Ws, Message>>) {
-    let mut seq = 0u64;
-    let frame = |seq: u64| {
+/// A sender's state: `rate` msgs/s (0 = 32 per millisecond) for `duration`.
+struct Sending {
+    cfg: SendCfg,
+    tick: tokio::time::Interval,
+    start: Option<Instant>,
+    seq: u64,
+    done: bool,
+}
+
+impl Sending {
+    fn new(cfg: SendCfg) -> Self {
+        Sending {
+            tick: tokio::time::interval(Duration::from_millis(1)),
+            cfg,
+            start: None,
+            seq: 0,
+            done: false,
+        }
+    }
+
+    fn period(&self) -> Duration {
+        if self.cfg.rate > 0.0 {
+            Duration::from_secs_f64((1.0 / self.cfg.rate).max(0.001))
+        } else {
+            Duration::from_millis(1)
+        }
+    }
+
+    /// Starts the clock, offset by this sender's phase so senders interleave.
+    fn begin(&mut self) {
+        let p = self.period();
+        let first = tokio::time::Instant::now() + p.mul_f64(self.cfg.phase);
+        self.tick = tokio::time::interval_at(first, p);
+        self.tick
+            .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        self.start = Some(Instant::now());
+    }
+
+    fn frame(&self, seq: u64) -> String {
+        let c = &self.cfg;
         let content = padded(format!("t={} s={} ", now_ns(), c.local), c.size);
         if c.raw {
             return content;
         }
-        let id =
-            Uuid::from_u128(((c.run as u128) << 64) | ((c.global as u128) << 32) | seq as u128);
+        let id = Uuid::from_u128(
+            ((c.run as u128) << 64) | ((c.global as u128) << 32) | (seq as u128 & 0xffff_ffff),
+        );
         format!("{{\"type\":\"chat\",\"id\":\"{id}\",\"content\":\"{content}\"}}")
-    };
-    let period = if c.rate > 0.0 {
-        Duration::from_secs_f64((1.0 / c.rate).max(0.001))
-    } else {
-        Duration::ZERO
-    };
-    tokio::time::sleep(period.mul_f64(c.phase)).await;
-    let start = Instant::now();
-    let mut tick = tokio::time::interval(period.max(Duration::from_millis(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        let el = start.elapsed();
-        if el >= c.duration {
-            break;
-        }
-        let due = if c.rate > 0.0 {
-            tick.tick().await;
-            ((start.elapsed().as_secs_f64() * c.rate) as u64 + 1).min(seq + 10_000)
-        } else {
-            seq + 32
-        };
-        while seq < due {
-            if sink.feed(Message::Text(frame(seq).into())).await.is_err() {
-                return (seq, None);
-            }
-            seq += 1;
-        }
-        if sink.flush().await.is_err() {
-            return (seq, None);
-        }
     }
-    (seq, Some(sink))
+
+    /// Sends what is due by now (one flush), or reports and stops after `duration`.
+    async fn send_due(&mut self, ws: &mut Ws) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        let el = self.start.map_or(Duration::ZERO, |s| s.elapsed());
+        if el >= self.cfg.duration {
+            self.done = true;
+            let _ = self.cfg.report.send(self.seq);
+            return Ok(());
+        }
+        let due = if self.cfg.rate > 0.0 {
+            ((el.as_secs_f64() * self.cfg.rate) as u64 + 1).min(self.seq + 10_000)
+        } else {
+            self.seq + 32
+        };
+        while self.seq < due {
+            ws.feed(Message::Text(self.frame(self.seq).into())).await?;
+            self.seq += 1;
+        }
+        ws.flush().await
+    }
 }
 
 struct Totals {
