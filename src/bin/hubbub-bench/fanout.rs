@@ -11,15 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::net::{self, Target, Ws};
-use crate::stats::{Hist, now_ns, padded, round3};
+use crate::sender::{SendCfg, Sending, stamp};
+use crate::stats::{Hist, now_ns, round3};
 use crate::{Args, Outcome, Scenario};
 
 struct Group {
@@ -177,10 +177,16 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
     let measure_start = now_ns();
     let cpu = net::CpuMeter::start(t.pid);
     go.cancel();
-    let mut sent = 0u64;
+    let (mut sent, mut reports) = (0u64, 0usize);
     let deadline = tokio::time::Instant::now() + duration + Duration::from_secs(30);
-    while let Ok(Some(n)) = tokio::time::timeout_at(deadline, report_rx.recv()).await {
-        sent += n;
+    while reports < total_senders {
+        match tokio::time::timeout_at(deadline, report_rx.recv()).await {
+            Ok(Some(n)) => {
+                sent += n;
+                reports += 1;
+            }
+            _ => break,
+        }
     }
     let send_s = (now_ns() - measure_start) as f64 / 1e9;
 
@@ -332,118 +338,6 @@ async fn tick_of(s: &mut Option<Sending>) {
     }
 }
 
-/// The `t=<ns> s=<sender>` stamp at the start of the content. In a chat
-/// frame the first `=` is the stamp's (ids, room and user names have none,
-/// and `ts`/`cursor` come after `content`), so one byte scan finds it.
-fn stamp(s: &str) -> Option<(u64, u64)> {
-    let b = s.as_bytes();
-    let eq = b.iter().position(|&c| c == b'=')?;
-    if eq == 0 || b[eq - 1] != b't' || (eq > 1 && b[eq - 2] != b'"') {
-        return None;
-    }
-    let digits = |from: usize| -> Option<(u64, usize)> {
-        let n = b
-            .get(from..)?
-            .iter()
-            .take_while(|c| c.is_ascii_digit())
-            .count();
-        let v = s.get(from..from + n)?.parse().ok()?;
-        Some((v, from + n))
-    };
-    let (sent, end) = digits(eq + 1)?;
-    if b.get(end..end + 3)? != b" s=" {
-        return None;
-    }
-    let (from, _) = digits(end + 3)?;
-    Some((sent, from))
-}
-
-struct SendCfg {
-    local: usize,
-    global: usize,
-    rate: f64,
-    phase: f64,
-    size: usize,
-    duration: Duration,
-    raw: bool,
-    run: u64,
-    /// Cancelled when everyone is connected: start sending.
-    go: CancellationToken,
-    /// Gets this sender's count when it stops.
-    report: tokio::sync::mpsc::UnboundedSender<u64>,
-}
-
-/// A sender's state: `rate` msgs/s (0 = 32 per millisecond) for `duration`.
-struct Sending {
-    cfg: SendCfg,
-    tick: tokio::time::Interval,
-    start: Option<Instant>,
-    seq: u64,
-    done: bool,
-}
-
-impl Sending {
-    fn new(cfg: SendCfg) -> Self {
-        Sending {
-            tick: tokio::time::interval(Duration::from_millis(1)),
-            cfg,
-            start: None,
-            seq: 0,
-            done: false,
-        }
-    }
-
-    fn period(&self) -> Duration {
-        if self.cfg.rate > 0.0 {
-            Duration::from_secs_f64((1.0 / self.cfg.rate).max(0.001))
-        } else {
-            Duration::from_millis(1)
-        }
-    }
-
-    /// Starts the clock, offset by this sender's phase so senders interleave.
-    fn begin(&mut self) {
-        let p = self.period();
-        let first = tokio::time::Instant::now() + p.mul_f64(self.cfg.phase);
-        self.tick = tokio::time::interval_at(first, p);
-        self.tick
-            .set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        self.start = Some(Instant::now());
-    }
-
-    fn frame(&self, seq: u64) -> String {
-        let c = &self.cfg;
-        let content = padded(format!("t={} s={} ", now_ns(), c.local), c.size);
-        if c.raw {
-            return content;
-        }
-        let id = Uuid::from_u128(
-            ((c.run as u128) << 64) | ((c.global as u128) << 32) | (seq as u128 & 0xffff_ffff),
-        );
-        format!("{{\"type\":\"chat\",\"id\":\"{id}\",\"content\":\"{content}\"}}")
-    }
-
-    /// Sends what is due by now (one flush), or reports and stops after `duration`.
-    async fn send_due(&mut self, ws: &mut Ws) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        let el = self.start.map_or(Duration::ZERO, |s| s.elapsed());
-        if el >= self.cfg.duration {
-            self.done = true;
-            let _ = self.cfg.report.send(self.seq);
-            return Ok(());
-        }
-        let due = if self.cfg.rate > 0.0 {
-            ((el.as_secs_f64() * self.cfg.rate) as u64 + 1).min(self.seq + 10_000)
-        } else {
-            self.seq + 32
-        };
-        while self.seq < due {
-            ws.feed(Message::Text(self.frame(self.seq).into())).await?;
-            self.seq += 1;
-        }
-        ws.flush().await
-    }
-}
-
 struct Totals {
     rate: f64,
     sent: u64,
@@ -569,18 +463,4 @@ fn summarize(
         t.cpu
     );
     (results, summary)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::stamp;
-
-    #[test]
-    fn finds_the_stamp() {
-        let chat = r#"{"type":"chat","id":"0190-ab","room":"fan1","sender":"bench_0","content":"t=123 s=4 xxx","ts":"2026-11-28T08:00:00.123Z","cursor":"a=b"}"#;
-        assert_eq!(stamp(chat), Some((123, 4)));
-        assert_eq!(stamp("t=9 s=0 pad"), Some((9, 0)));
-        assert_eq!(stamp(r#"{"type":"chat","content":"x=1"}"#), None);
-        assert_eq!(stamp("t=9 pad"), None);
-    }
 }

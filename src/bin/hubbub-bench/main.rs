@@ -11,6 +11,7 @@ mod fanout;
 mod history;
 mod idle;
 mod net;
+mod sender;
 mod stats;
 
 use std::path::PathBuf;
