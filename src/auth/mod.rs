@@ -3,6 +3,7 @@
 //! account tables; knows nothing of HTTP.
 
 pub mod password;
+mod pool;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -61,13 +62,12 @@ struct Inner {
     cfg: AuthConfig,
     /// Verified against for unknown users so both failures take the same time.
     dummy_phc: String,
+    /// argon2 runs here, never on the async workers or tokio's blocking pool.
+    hasher: pool::HashPool,
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, InternalError> {
-    Ok(tokio::task::spawn_blocking(f).await?)
-}
+/// Hashing threads: sign-ups and log-ins beyond this many at once wait their turn.
+const HASH_THREADS: usize = 2;
 
 impl Auth {
     pub fn new(store: Store, secret: &[u8], cfg: AuthConfig) -> Result<Self, InternalError> {
@@ -78,6 +78,7 @@ impl Auth {
                 jwt: Jwt::new(secret),
                 cfg,
                 dummy_phc,
+                hasher: pool::HashPool::new(HASH_THREADS)?,
             }),
         })
     }
@@ -96,7 +97,7 @@ impl Auth {
             return Err(AuthError::Taken);
         }
         let pw = pw.to_owned();
-        let phc = blocking(move || password::hash(&pw)).await??;
+        let phc = self.inner.hasher.run(move || password::hash(&pw)).await??;
         let user = UserRecord {
             id: Uuid::now_v7(),
             username,
@@ -121,7 +122,11 @@ impl Auth {
             .as_ref()
             .map_or_else(|| self.inner.dummy_phc.clone(), |u| u.phc.clone());
         let pw = pw.to_owned();
-        let ok = blocking(move || password::verify(&pw, &phc)).await?;
+        let ok = self
+            .inner
+            .hasher
+            .run(move || password::verify(&pw, &phc))
+            .await?;
         match user {
             Some(u) if ok && !u.disabled => {
                 let s = self.start_session(u, Uuid::new_v4())?;
