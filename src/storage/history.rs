@@ -7,7 +7,7 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use super::{Result, Store, decode};
+use super::{Result, Store, decode, log_key};
 use crate::protocol::{Cursor, PageDir, RoomName, Status, StoredMsg, Username};
 
 /// One page, oldest first. `status` is `None` for a message still on its way to disk.
@@ -52,13 +52,17 @@ impl Store {
         };
 
         let mut from_disk: Vec<(Arc<StoredMsg>, Option<Status>)> = Vec::new();
-        if let Some(log) = self.room_log(room)? {
-            let key = |b: Bound<Cursor>| match b {
-                Bound::Included(c) => Bound::Included(c.to_key()),
-                Bound::Excluded(c) => Bound::Excluded(c.to_key()),
-                Bound::Unbounded => Bound::Unbounded,
+        if self.room_known(room) {
+            let key = |b: Bound<Cursor>, unbounded: Cursor| match b {
+                Bound::Included(c) => Bound::Included(log_key(room, c)),
+                Bound::Excluded(c) => Bound::Excluded(log_key(room, c)),
+                // Stay inside this room's range of the shared log.
+                Bound::Unbounded => Bound::Included(log_key(room, unbounded)),
             };
-            let range = log.range::<[u8; 16], _>((key(lo), key(hi)));
+            let range = self
+                .inner
+                .log
+                .range::<Vec<u8>, _>((key(lo, Cursor::ZERO), key(hi, Cursor::MAX)));
             let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if backward
             {
                 Box::new(range.rev())
@@ -130,9 +134,6 @@ impl Store {
         if pending.iter().any(|m| m.cursor == cursor) {
             return Ok(true);
         }
-        match self.room_log(room)? {
-            Some(log) => Ok(log.contains_key(cursor.to_key())?),
-            None => Ok(false),
-        }
+        Ok(self.room_known(room) && self.inner.log.contains_key(log_key(room, cursor))?)
     }
 }

@@ -1,8 +1,9 @@
 //! Durable state in embedded sled. The only module that imports sled.
 //!
 //! Tables (sled trees), named key_value:
-//! - `room:{name}`: cursor (16 bytes, big-endian) → `StoredMsg` (bincode). One append-only log per room.
-//! - `roomname_unit`: room → () for every room that has a log (reads never create trees).
+//! - `roomname_cursor_msg`: room `\0` cursor (16 bytes, big-endian) → `StoredMsg` (bincode): the
+//!   append-only logs of all rooms in one tree, each room a contiguous range.
+//! - `roomname_unit`: room → () for every room that has messages.
 //! - `msgid_msgref`: message id → `MsgRef` (room, cursor, sender, kind, target): idempotency and receipts.
 //! - `msgid_status`: message id → highest status any recipient reached (u8).
 //! - `msgid_username_status`: message id ++ username → that recipient's status (u8).
@@ -13,7 +14,7 @@ mod accounts;
 mod history;
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -55,6 +56,8 @@ pub struct Store {
 struct Inner {
     db: sled::Db,
     rooms: sled::Tree,
+    /// Every room's messages: room ++ 0x00 ++ cursor → `StoredMsg`.
+    log: sled::Tree,
     msgid_msgref: sled::Tree,
     msgid_status: sled::Tree,
     msgid_username_status: sled::Tree,
@@ -62,8 +65,9 @@ struct Inner {
     users: sled::Tree,
     refresh: sled::Tree,
     families: sled::Tree,
-    /// Opened room logs. A std mutex: held for a map lookup only, never across `.await`.
-    room_logs: Mutex<HashMap<RoomName, sled::Tree>>,
+    /// The rooms in `roomname_unit`, in memory. A std mutex: held for a set
+    /// lookup only, never across `.await`.
+    known_rooms: Mutex<HashSet<RoomName>>,
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -79,6 +83,16 @@ fn member_key(room: &RoomName, user: &Username) -> Vec<u8> {
     k.extend_from_slice(room.as_str().as_bytes());
     k.push(0);
     k.extend_from_slice(user.as_str().as_bytes());
+    k
+}
+
+/// The log's key: the room, a 0 byte (never in a room name), the cursor
+/// (big-endian). One room's messages are one contiguous, time-ordered range.
+fn log_key(room: &RoomName, cursor: Cursor) -> Vec<u8> {
+    let mut k = Vec::with_capacity(room.as_str().len() + 17);
+    k.extend_from_slice(room.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(&cursor.to_key());
     k
 }
 
@@ -108,9 +122,20 @@ impl Store {
             users: db.open_tree("username_user")?,
             refresh: db.open_tree("tokenhash_refresh")?,
             families: db.open_tree("familyid_revoked")?,
-            room_logs: Mutex::new(HashMap::new()),
+            log: db.open_tree("roomname_cursor_msg")?,
+            known_rooms: Mutex::new(HashSet::new()),
             db,
         };
+        let known: HashSet<RoomName> = inner
+            .rooms
+            .iter()
+            .keys()
+            .filter_map(|k| {
+                k.ok()
+                    .and_then(|k| std::str::from_utf8(&k).ok().and_then(RoomName::parse))
+            })
+            .collect();
+        *inner.known_rooms.lock().unwrap_or_else(|p| p.into_inner()) = known;
         Ok(Store {
             inner: Arc::new(inner),
         })
@@ -122,30 +147,28 @@ impl Store {
         Ok(())
     }
 
-    /// The log of a room that has one; `None` for a room nobody wrote to
-    /// (so reads of arbitrary room names never create trees).
-    fn room_log(&self, room: &RoomName) -> Result<Option<sled::Tree>> {
-        if let Some(t) = self.lock_logs().get(room) {
-            return Ok(Some(t.clone()));
-        }
-        if !self.inner.rooms.contains_key(room.as_str())? {
-            return Ok(None);
-        }
-        self.open_room_log(room).map(Some)
+    /// Whether any message was ever written to `room`.
+    fn room_known(&self, room: &RoomName) -> bool {
+        self.lock_rooms().contains(room)
     }
 
-    fn open_room_log(&self, room: &RoomName) -> Result<sled::Tree> {
-        let tree = self.inner.db.open_tree(format!("room:{room}"))?;
-        self.inner.rooms.insert(room.as_str(), &[])?;
-        self.lock_logs().insert(room.clone(), tree.clone());
-        Ok(tree)
+    /// Records rooms that get their first messages (one insert per new room,
+    /// not per message).
+    fn note_rooms<'a>(&self, rooms: impl Iterator<Item = &'a RoomName>) -> Result<()> {
+        let mut known = self.lock_rooms();
+        for room in rooms {
+            if known.insert(room.clone()) {
+                self.inner.rooms.insert(room.as_str(), &[])?;
+            }
+        }
+        Ok(())
     }
 
-    fn lock_logs(&self) -> std::sync::MutexGuard<'_, HashMap<RoomName, sled::Tree>> {
+    fn lock_rooms(&self) -> std::sync::MutexGuard<'_, HashSet<RoomName>> {
         // A poisoned lock only means another thread panicked mid-insert into a
-        // cache; the map itself is still valid.
+        // set of names; the set itself is still valid.
         self.inner
-            .room_logs
+            .known_rooms
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
@@ -158,9 +181,13 @@ impl Store {
             let Some(room) = std::str::from_utf8(&name).ok().and_then(RoomName::parse) else {
                 continue;
             };
-            if let Some(log) = self.room_log(&room)?
-                && let Some((k, _)) = log.last()?
-                && let Some(c) = Cursor::from_key(&k)
+            if let Some((k, _)) = self
+                .inner
+                .log
+                .range(log_key(&room, Cursor::ZERO)..=log_key(&room, Cursor::MAX))
+                .next_back()
+                .transpose()?
+                && let Some(c) = Cursor::from_key(&k[k.len() - 16..])
             {
                 last = last.max(c);
             }

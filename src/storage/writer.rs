@@ -2,7 +2,7 @@
 //! messages and receipts to sled in batches and flushes once per batch (group
 //! commit). Only after that flush does it report the batch's ids as durable.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{MsgRef, Result, Store, encode, receipt_key};
+use super::{MsgRef, Result, Store, encode, log_key, receipt_key};
 use crate::metrics::Metrics;
 use crate::protocol::{MsgKind, RoomName, Status, StoredMsg, Username};
 
@@ -193,7 +193,8 @@ impl Store {
     fn apply_batch(&self, cmds: &[StorageCmd], metrics: &Metrics) -> Result<Vec<StorageEvent>> {
         let mut durable = Vec::new();
         let mut receipts = Vec::new();
-        let mut logs: HashMap<&RoomName, sled::Batch> = HashMap::new();
+        let mut log = sled::Batch::default();
+        let mut rooms: HashSet<&RoomName> = HashSet::new();
         let mut index = sled::Batch::default();
         let mut seen_in_batch = HashSet::new();
         let mut i = 0;
@@ -224,17 +225,12 @@ impl Store {
                 let bytes = encode(&**m)?;
                 metrics.messages_stored.inc();
                 metrics.stored_bytes.inc_by(bytes.len() as u64);
-                logs.entry(&m.room)
-                    .or_default()
-                    .insert(&m.cursor.to_key(), bytes);
+                log.insert(log_key(&m.room, m.cursor), bytes);
+                rooms.insert(&m.room);
             }
-            for (room, batch) in logs.drain() {
-                let log = match self.room_log(room)? {
-                    Some(t) => t,
-                    None => self.open_room_log(room)?,
-                };
-                log.apply_batch(batch)?;
-            }
+            // One batch for all rooms: sled pays per batch, not per byte.
+            self.note_rooms(rooms.drain())?;
+            self.inner.log.apply_batch(std::mem::take(&mut log))?;
             self.inner
                 .msgid_msgref
                 .apply_batch(std::mem::take(&mut index))?;
