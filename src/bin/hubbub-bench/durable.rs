@@ -180,12 +180,9 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
     for i in 0..senders {
         let path = t.ws_path(&format!("dur{:x}-{i}", run & 0xff_ffff));
         let account = accounts.get(i / spu).cloned();
-        let (addr, rb) = (t.addr, args.read_buffer);
+        let (ep, rb) = (t.ep.clone(), args.read_buffer);
         conns.spawn(async move {
-            anyhow::Ok((
-                i,
-                net::join(addr, false, &path, account.as_ref(), rb).await?,
-            ))
+            anyhow::Ok((i, net::join(&ep, false, &path, account.as_ref(), rb).await?))
         });
     }
     let mut wss = Vec::new();

@@ -133,10 +133,10 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
         let room = groups[m.group].room.clone();
         let account = accounts.get(account_of[i]).cloned();
         let sem = sem.clone();
-        let (path, rb, addr, raw) = (t.ws_path(&room), args.read_buffer, t.addr, t.raw);
+        let (path, rb, ep, raw) = (t.ws_path(&room), args.read_buffer, t.ep.clone(), t.raw);
         connects.spawn(async move {
             let _p = sem.acquire_owned().await?;
-            let ws = net::join(addr, raw, &path, account.as_ref(), rb).await?;
+            let ws = net::join(&ep, raw, &path, account.as_ref(), rb).await?;
             anyhow::Ok((i, ws))
         });
     }

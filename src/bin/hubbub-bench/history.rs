@@ -28,7 +28,7 @@ async fn join_timed(
 ) -> anyhow::Result<(Ws, Duration, Value)> {
     let t0 = Instant::now();
     let cookie = account.cookie_header();
-    let mut ws = net::ws_connect(t.addr, &t.ws_path(room), Some(&cookie), rb).await?;
+    let mut ws = net::ws_connect(&t.ep, &t.ws_path(room), Some(&cookie), rb).await?;
     let frame = next_of(&mut ws, "{\"type\":\"history\"", None).await?;
     Ok((ws, t0.elapsed(), frame))
 }
@@ -173,7 +173,7 @@ async fn prefill(
     let mut set = JoinSet::new();
     for i in 0..senders {
         let account = accounts.get(i).cloned();
-        let (addr, rb, path, size) = (t.addr, args.read_buffer, t.ws_path(room), args.size);
+        let (ep, rb, path, size) = (t.ep.clone(), args.read_buffer, t.ws_path(room), args.size);
         let count = m / senders as u64 + u64::from((i as u64) < m % senders as u64);
         let c = PhaseCfg {
             rate: 0.0,
@@ -185,7 +185,7 @@ async fn prefill(
             count,
         };
         set.spawn(async move {
-            let mut ws = net::join(addr, false, &path, account.as_ref(), rb).await?;
+            let mut ws = net::join(&ep, false, &path, account.as_ref(), rb).await?;
             let make = move |q: u64| padded(format!("fill {i}-{q} "), size);
             let mut seq = 0;
             anyhow::Ok(phase(&mut ws, c, &mut seq, &make).await)
@@ -210,7 +210,7 @@ async fn prefill(
     let make = move |_q: u64| mk.clone();
     let mut seq = 0;
     let mut marker_ws = net::join(
-        t.addr,
+        &t.ep,
         false,
         &t.ws_path(room),
         accounts.first(),

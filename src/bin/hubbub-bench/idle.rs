@@ -102,12 +102,17 @@ async fn open(
         let room = format!("idle{:x}-{}", run & 0xff_ffff, i / room_size);
         let path = t.ws_path(&room);
         let account = accounts.get(i / spu).cloned();
-        let (addr, raw, rb, sem, stop) =
-            (t.addr, t.raw, args.read_buffer, sem.clone(), stop.clone());
+        let (ep, raw, rb, sem, stop) = (
+            t.ep.clone(),
+            t.raw,
+            args.read_buffer,
+            sem.clone(),
+            stop.clone(),
+        );
         connects.spawn(async move {
             let permit = sem.acquire_owned().await?;
             let t0 = Instant::now();
-            let ws = net::join(addr, raw, &path, account.as_ref(), rb).await?;
+            let ws = net::join(&ep, raw, &path, account.as_ref(), rb).await?;
             let took = t0.elapsed();
             drop(permit);
             // Keep reading (and answering pings) until the end; discard everything.

@@ -66,7 +66,8 @@ pub struct Args {
     /// WebSocket path in --raw mode.
     #[arg(long, default_value = "/")]
     pub raw_path: String,
-    /// Use https/wss (not implemented yet: the server is plain HTTP for now).
+    /// Use https/wss: with --spawn the server runs TLS with its generated CA;
+    /// with --url, trust --ca.
     #[arg(long)]
     pub tls: bool,
     /// CA certificate (PEM) to trust with --tls, e.g. certs/ca.pem.
@@ -133,12 +134,6 @@ pub struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.tls || args.ca.is_some() {
-        bail!(
-            "--tls/--ca are reserved for the TLS listener: the crate has no client TLS \
-             connector yet (tokio-tungstenite is built without rustls); use plain http:// for now"
-        );
-    }
     let nofile = net::raise_nofile_limit().context("raising RLIMIT_NOFILE")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use futures_util::StreamExt;
-use hubbub::client::{Account, signup_or_login};
+use hubbub::client::{Account, Endpoint, Io, signup_or_login};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -21,7 +20,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::Args;
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<Box<dyn Io>>;
 
 pub const PASSWORD: &str = "bench-password-1";
 
@@ -131,7 +130,8 @@ pub fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
 
 /// The server under test: an address, maybe a PID, maybe a child we started.
 pub struct Target {
-    pub addr: SocketAddr,
+    /// How to connect: plain, or TLS trusting `--ca` (or the spawned server's CA).
+    pub ep: Endpoint,
     pub pid: Option<u32>,
     pub raw: bool,
     pub raw_path: String,
@@ -144,8 +144,13 @@ impl Target {
     pub async fn open(args: &Args) -> anyhow::Result<Target> {
         if !args.spawn {
             let addr = loopback_addr(&args.url)?;
+            let ep = match (&args.ca, args.tls || args.url.starts_with("https://")) {
+                (Some(ca), _) => Endpoint::tls(addr, ca)?,
+                (None, true) => bail!("--tls needs --ca FILE (the server's CA, e.g. certs/ca.pem)"),
+                (None, false) => Endpoint::from(addr),
+            };
             return Ok(Target {
-                addr,
+                ep,
                 pid: args.server_pid,
                 raw: args.raw,
                 raw_path: args.raw_path.clone(),
@@ -173,7 +178,9 @@ impl Target {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(&dir)
-            .args(lifted_limits(&bin))
+            .args(lifted_limits(&bin, args.tls))
+            .arg("--certs-dir")
+            .arg(dir.join("certs"))
             .args(&args.server_arg)
             .env(
                 "RUST_LOG",
@@ -197,12 +204,13 @@ impl Target {
         let mut lines = BufReader::new(stdout).lines();
         let addr = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(a) = line.split("listening on http://").nth(1) {
+                if let Some(a) = line
+                    .split("listening on http://")
+                    .nth(1)
+                    .or_else(|| line.split("listening on https://").nth(1))
+                {
                     let a = a.split_whitespace().next().unwrap_or("");
                     return anyhow::Ok(a.trim_end_matches('/').parse::<SocketAddr>()?);
-                }
-                if line.contains("listening on https://") {
-                    bail!("the server speaks TLS; the bench does not yet (pass --server-arg=--tls=off)");
                 }
             }
             bail!("server exited before listening")
@@ -216,8 +224,13 @@ impl Target {
             pid.unwrap_or(0),
             dir.display()
         );
+        let ep = if args.tls {
+            Endpoint::tls(addr, &dir.join("certs").join("ca.pem"))?
+        } else {
+            Endpoint::from(addr)
+        };
         Ok(Target {
-            addr,
+            ep,
             pid,
             raw: false,
             raw_path: args.raw_path.clone(),
@@ -261,7 +274,7 @@ impl Target {
 /// Flags that lift the server's per-connection and per-address limits (every
 /// client of a bench shares 127.0.0.1), and plain HTTP: only those this
 /// binary's `--help` lists, so older and newer servers both start.
-fn lifted_limits(bin: &std::path::Path) -> Vec<String> {
+fn lifted_limits(bin: &std::path::Path, tls: bool) -> Vec<String> {
     const BIG: &str = "1000000";
     let wanted = [
         ("--msgs-per-sec", BIG),
@@ -273,7 +286,7 @@ fn lifted_limits(bin: &std::path::Path) -> Vec<String> {
         ("--logins-per-user-per-min", BIG),
         ("--max-connections", BIG),
         ("--max-connections-per-address", BIG),
-        ("--tls", "off"),
+        ("--tls", if tls { "on" } else { "off" }),
     ];
     let help = std::process::Command::new(bin)
         .arg("--help")
@@ -306,18 +319,18 @@ fn server_bin(args: &Args) -> anyhow::Result<PathBuf> {
 
 /// Opens a WebSocket with a small read buffer (the bench holds thousands).
 pub async fn ws_connect(
-    addr: SocketAddr,
+    ep: &Endpoint,
     path: &str,
     cookie: Option<&str>,
     read_buffer: usize,
 ) -> anyhow::Result<Ws> {
-    let mut req = format!("ws://{addr}{path}").into_client_request()?;
+    let scheme = if ep.is_tls() { "wss" } else { "ws" };
+    let mut req = format!("{scheme}://{}{path}", ep.addr).into_client_request()?;
     if let Some(c) = cookie {
         req.headers_mut()
             .insert("cookie", HeaderValue::from_str(c)?);
     }
-    let tcp = TcpStream::connect(addr).await.context("connect")?;
-    tcp.set_nodelay(true)?;
+    let tcp = ep.connect().await?;
     let config = WebSocketConfig::default()
         .read_buffer_size(read_buffer.max(256))
         .max_message_size(Some(64 << 20));
@@ -330,14 +343,14 @@ pub async fn ws_connect(
 
 /// Connects a session to `room` and, for hubbub, waits for `welcome` and `history`.
 pub async fn join(
-    addr: SocketAddr,
+    ep: &Endpoint,
     raw: bool,
     path: &str,
     account: Option<&Account>,
     read_buffer: usize,
 ) -> anyhow::Result<Ws> {
     let cookie = account.map(Account::cookie_header);
-    let mut ws = ws_connect(addr, path, cookie.as_deref(), read_buffer).await?;
+    let mut ws = ws_connect(ep, path, cookie.as_deref(), read_buffer).await?;
     if !raw {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut seen_welcome = false;
@@ -381,7 +394,7 @@ pub async fn accounts(
     // inflates the server's heap (and its RSS baseline) on 2 cores.
     for _ in 0..concurrency.clamp(1, 4).min(n) {
         let next = next.clone();
-        let addr = t.addr;
+        let ep = t.ep.clone();
         set.spawn(async move {
             let mut got = Vec::new();
             loop {
@@ -389,7 +402,7 @@ pub async fn accounts(
                 if i >= n {
                     return anyhow::Ok(got);
                 }
-                let a = signup_or_login(addr, &format!("bench_{i}"), PASSWORD)
+                let a = signup_or_login(&ep, &format!("bench_{i}"), PASSWORD)
                     .await
                     .context("log-in (a 429 means the server's sign-up/log-in limits are too low for a bench; --spawn lifts them)")?;
                 got.push((i, a));
