@@ -550,26 +550,6 @@ async fn user_cli_lists_disables_and_enables_on_a_stopped_server() {
 
 // --- Cookies and headers ------------------------------------------------------
 
-/// The attributes of the `Set-Cookie` for `name`, without Max-Age/Expires, sorted.
-fn cookie_attrs(r: &HttpResponse, name: &str) -> Vec<String> {
-    let c = r
-        .set_cookies()
-        .into_iter()
-        .find(|c| c.starts_with(&format!("{name}=")))
-        .unwrap_or_else(|| panic!("no {name} cookie in {:?}", r.set_cookies()));
-    let mut attrs: Vec<String> = c
-        .split(';')
-        .skip(1)
-        .map(|a| a.trim().to_owned())
-        .filter(|a| {
-            let l = a.to_ascii_lowercase();
-            !l.starts_with("max-age") && !l.starts_with("expires")
-        })
-        .collect();
-    attrs.sort();
-    attrs
-}
-
 fn check_cookies(what: &str, r: &HttpResponse) {
     assert_eq!(
         cookie_attrs(r, "access_token"),

@@ -619,3 +619,23 @@ pub fn proc_args(data: &Path, extra: &[&str]) -> Vec<String> {
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
+
+/// The attributes of the `Set-Cookie` for `name`, without Max-Age/Expires, sorted.
+pub fn cookie_attrs(r: &hubbub::client::HttpResponse, name: &str) -> Vec<String> {
+    let c = r
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} cookie in {:?}", r.set_cookies()));
+    let mut attrs: Vec<String> = c
+        .split(';')
+        .skip(1)
+        .map(|a| a.trim().to_owned())
+        .filter(|a| {
+            let l = a.to_ascii_lowercase();
+            !l.starts_with("max-age") && !l.starts_with("expires")
+        })
+        .collect();
+    attrs.sort();
+    attrs
+}
