@@ -8,7 +8,7 @@ use std::sync::Arc;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderValue, StatusCode, header};
-use warp::path::Tail;
+use warp::path::Peek;
 use warp::reply::{Reply, Response};
 
 include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
@@ -49,8 +49,9 @@ pub fn embedded(path: &str) -> Option<Response> {
 /// that can write the directory being served anyway.
 pub fn from_dir(root: PathBuf) -> BoxedFilter<(Response,)> {
     let real_root = Arc::new(std::fs::canonicalize(&root).unwrap_or_else(|_| root.clone()));
-    let inside = warp::path::tail()
-        .and_then(move |tail: Tail| {
+    // `peek`, not `tail`: the path stays for warp's file server to read.
+    let inside = warp::path::peek()
+        .and_then(move |tail: Peek| {
             let real_root = real_root.clone();
             async move {
                 if servable(&real_root, tail.as_str()).await {
