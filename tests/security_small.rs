@@ -138,6 +138,34 @@ fn a_jwt_secret_that_is_not_utf8_stops_the_start_and_is_kept() {
     );
 }
 
+#[test]
+fn a_jwt_secret_others_can_read_is_used_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let secret = data.join("jwt_secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef-shared").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = Kill(hubbub_cmd(&args_with_secret_file(&data)).spawn().unwrap());
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("hubbub listening on"), "{line:?}");
+    // The secret is read before the server listens: the warning is out.
+    let _ = child.0.kill();
+    let mut err = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("JWT secret is readable by other users"), "stderr: {err}");
+    assert!(!err.contains("0123456789abcdef"), "the secret was logged");
+}
+
 // ---------------------------------------------------------------------------
 // The generated CA.
 
