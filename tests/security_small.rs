@@ -162,7 +162,10 @@ fn a_jwt_secret_others_can_read_is_used_with_a_warning() {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    assert!(err.contains("JWT secret is readable by other users"), "stderr: {err}");
+    assert!(
+        err.contains("JWT secret is readable by other users"),
+        "stderr: {err}"
+    );
     assert!(!err.contains("0123456789abcdef"), "the secret was logged");
 }
 

@@ -324,3 +324,66 @@ fn leaf_still_good(chain_pem: &str, ca_pem: &str, names: &[String]) -> bool {
         .iter()
         .all(|n| have.iter().any(|h| h.eq_ignore_ascii_case(n)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn permitted_names_cover_loopback_and_the_configured_names_once() {
+        let p = permitted(&names(&[
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "*.Chat.Example.com",
+            "chat.example.com",
+            "10.0.0.1",
+            "dev.localhost",
+        ]));
+        let dns: Vec<_> = p
+            .iter()
+            .filter_map(|g| match g {
+                GeneralSubtree::DnsName(d) => Some(d.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dns, ["localhost", "chat.example.com"]);
+        let ips: Vec<_> = p
+            .iter()
+            .filter_map(|g| match g {
+                GeneralSubtree::IpAddress(c) => Some(cidr_bytes(c)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ips.len(), 3, "127/8, ::1, 10.0.0.1: {ips:?}");
+        assert!(ips.contains(&vec![10, 0, 0, 1, 255, 255, 255, 255]));
+    }
+
+    #[test]
+    fn a_ca_fits_the_names_it_was_made_for() {
+        let key = KeyPair::generate().unwrap();
+        let ca = ca_params(&names(&["a.test"]))
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(ca_fit(&ca.pem(), &names(&["localhost"])), CaFit::Good);
+        assert_eq!(ca_fit(&ca.pem(), &names(&["a.test"])), CaFit::Good);
+        assert_eq!(ca_fit(&ca.pem(), &names(&["b.test"])), CaFit::Replace);
+        let mut unconstrained = ca_params(&[]).unwrap();
+        unconstrained.name_constraints = None;
+        let old = unconstrained.self_signed(&key).unwrap();
+        assert_eq!(ca_fit(&old.pem(), &[]), CaFit::Replace);
+        let mut foreign = unconstrained.clone();
+        foreign.distinguished_name = rcgen::DistinguishedName::new();
+        foreign
+            .distinguished_name
+            .push(DnType::CommonName, "someone's CA");
+        let other = foreign.self_signed(&key).unwrap();
+        assert_eq!(ca_fit(&other.pem(), &[]), CaFit::Foreign);
+        assert_eq!(ca_fit("not a certificate", &[]), CaFit::Foreign);
+    }
+}
