@@ -156,6 +156,14 @@ pub struct Config {
     /// the public port); without it `/metrics` is on the main port.
     #[arg(long, env = "HUBBUB_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Bearer token `/metrics` requires (wherever it is served); without it `/metrics` is public.
+    #[arg(long, env = "HUBBUB_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+    /// Host names (or IPs) clients use to reach this server besides loopback,
+    /// the listen address, --tls-hostname and --allowed-origin hosts, e.g. the
+    /// domain of a proxy in front; requests with any other `Host` get 400.
+    #[arg(long, env = "HUBBUB_PUBLIC_HOSTS", value_delimiter = ',')]
+    pub public_host: Vec<String>,
     /// Log format: `text` for people, `json` for machines.
     #[arg(long, env = "HUBBUB_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -212,6 +220,18 @@ impl Config {
             anyhow::ensure!(
                 t.len() >= 16,
                 "--admin-token must be at least 16 characters"
+            );
+        }
+        if let Some(t) = &self.metrics_token {
+            anyhow::ensure!(
+                t.len() >= 16,
+                "--metrics-token must be at least 16 characters"
+            );
+        }
+        for h in &self.public_host {
+            anyhow::ensure!(
+                !h.is_empty() && !h.contains(['/', ' ', '@']),
+                "--public-host takes a host name or IP, without scheme or path: {h:?}"
             );
         }
         if let Some(s) = &self.jwt_secret {

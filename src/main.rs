@@ -4,6 +4,15 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Everything hubbub creates (sled's files, which it makes with the umask
+    // and may add at any time, the JWT secret, keys) is for this user only.
+    // Stricter bits the caller set are kept.
+    #[cfg(unix)]
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+    unsafe {
+        let old = libc::umask(0o077);
+        libc::umask(old | 0o077);
+    }
     // One crypto provider for the whole process (ring); rustls panics when it
     // has to guess between two.
     let _ = rustls::crypto::ring::default_provider().install_default();

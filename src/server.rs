@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Auth, AuthConfig, tokens};
 use crate::config::Config;
 use crate::http::guard::{ConnCaps, KeyedLimit, Limits};
-use crate::http::{self, AppState, Origins};
+use crate::http::{self, AppState, Hosts, Origins};
 use crate::hub::{HubConfig, HubHandle};
 use crate::metrics::Metrics;
 use crate::session::{SessionConfig, SessionCtx};
@@ -78,8 +78,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr().context("local address")?;
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    tokens::create_private_dir(&cfg.data_dir)?;
     let store = open_store(&cfg).await?;
     let secret = match &cfg.jwt_secret {
         Some(s) => s.as_bytes().to_vec(),
@@ -177,6 +176,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tls: tls.is_some(),
         admin_token: cfg.admin_token.as_deref().map(Arc::from),
         metrics_on_main: cfg.metrics_listen.is_none(),
+        metrics_token: cfg.metrics_token.as_deref().map(Arc::from),
+        hosts: Arc::new(Hosts::new(
+            addr.ip(),
+            cfg.tls_hostname
+                .iter()
+                .chain(&cfg.public_host)
+                .chain(&cfg.allowed_origin)
+                .cloned(),
+        )),
     };
     let http_stop = CancellationToken::new();
     let metrics_listener = match cfg.metrics_listen {

@@ -123,21 +123,87 @@ pub fn refresh_hash(token: &str) -> Vec<u8> {
 }
 
 /// Loads the JWT secret from `path`, creating it (mode 0600) on first start.
+///
+/// Only a missing file is replaced: a file that cannot be read or is not UTF-8
+/// stops the start, because a new secret would silently log everyone out (and
+/// hide whatever damaged the old one). A secret others may read is used, with
+/// a warning: anyone who reads it can mint tokens for any user.
 pub fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context;
-    if let Ok(s) = std::fs::read_to_string(path) {
-        let s = s.trim();
-        anyhow::ensure!(
-            s.len() >= 32,
-            "JWT secret in {} is too short",
-            path.display()
-        );
-        return Ok(s.as_bytes().to_vec());
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            warn_if_shared(path);
+            let s = String::from_utf8(bytes).map_err(|_| {
+                anyhow::anyhow!(
+                    "JWT secret in {} is not valid UTF-8; refusing to start \
+                     (fix it, or delete it to generate a new one, which signs everyone out)",
+                    path.display()
+                )
+            })?;
+            let s = s.trim();
+            anyhow::ensure!(
+                s.len() >= 32,
+                "JWT secret in {} is too short",
+                path.display()
+            );
+            Ok(s.as_bytes().to_vec())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = hex(&random_bytes::<32>()?);
+            write_private(path, secret.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(secret.into_bytes())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    let secret = hex(&random_bytes::<32>()?);
-    write_private(path, secret.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(secret.into_bytes())
+}
+
+/// Warns when group or others may read the secret file (it is created 0600;
+/// a copy or a restore may have widened it).
+fn warn_if_shared(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(path)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", m.permissions().mode() & 0o777),
+                "the JWT secret is readable by other users; anyone who reads it can sign in as anyone (chmod 600 it)"
+            );
+        }
+    }
+}
+
+/// Creates `dir` (and missing parents) readable by its owner only, or
+/// tightens an existing one to 0700 with a warning: the database under it
+/// holds every private message and password hash, and sled creates its files
+/// with the process umask (often 0644).
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                was = format!("{mode:o}"),
+                "directory was readable by other users; setting it to 0700"
+            );
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("setting {} to 0700", dir.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes a file readable by its owner only.
@@ -185,6 +251,21 @@ mod tests {
         let mut bad = t.clone();
         bad.insert(bad.len() / 2, 'x');
         assert!(jwt.verify(&bad).is_none());
+    }
+
+    #[test]
+    fn secret_file_not_utf8_is_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwt_secret");
+        let bad: Vec<u8> = [0xff, 0xfe].iter().copied().cycle().take(64).collect();
+        std::fs::write(&path, &bad).unwrap();
+        let e = load_or_create_secret(&path).unwrap_err().to_string();
+        assert!(e.contains("not valid UTF-8"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), bad);
+        // A missing file is created once, then read back unchanged.
+        std::fs::remove_file(&path).unwrap();
+        let a = load_or_create_secret(&path).unwrap();
+        assert_eq!(load_or_create_secret(&path).unwrap(), a);
     }
 
     #[test]

@@ -344,6 +344,6 @@ pub async fn admin_set_disabled(
 }
 
 /// Compares two secrets in time that depends on their length only.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -40,7 +40,7 @@ const MAX_BODY: u64 = policy::MAX_API_BODY;
 /// `/readyz` fails when the hub takes longer than this to answer.
 const HUB_PING_TIMEOUT: Duration = Duration::from_millis(100);
 
-pub use policy::Origins;
+pub use policy::{Hosts, Origins};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -59,6 +59,10 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     /// Serve `/metrics` on the main port (no `--metrics-listen`).
     pub metrics_on_main: bool,
+    /// `--metrics-token`: `/metrics` wants it as a bearer token.
+    pub metrics_token: Option<Arc<str>>,
+    /// The `Host` values the main port answers to.
+    pub hosts: Arc<Hosts>,
 }
 
 fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
@@ -79,12 +83,19 @@ fn peer_ip() -> impl Filter<Extract = (IpAddr,), Error = Infallible> + Clone {
 /// security headers, CORS and CSRF policy of `policy.rs` applied.
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let policy = Arc::new(policy::Policy {
+        hosts: state.hosts.clone(),
         origins: state.origins.clone(),
         tls: state.tls,
         metrics: state.sessions.metrics.clone(),
     });
     let inner = inner_routes(state);
     policy::wrap(policy, inner)
+}
+
+/// `GET`, and `HEAD` answered like it (hyper sends the head, with the
+/// length the body would have, and drops the body).
+fn get() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
 }
 
 fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
@@ -122,16 +133,17 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(headers())
         .then(api::logout);
     let me = warp::path!("api" / "me")
-        .and(warp::get())
+        .and(get())
         .and(s())
         .and(headers())
         .then(api::me);
     let history = warp::path!("api" / "rooms" / String / "messages")
-        .and(warp::get())
+        .and(get())
         .and(warp::query::<HashMap<String, String>>())
         .and(s())
         .and(headers())
         .then(api::history);
+    // Only GET: a HEAD cannot upgrade.
     let ws = warp::path!("ws")
         .and(warp::get())
         .and(peer_ip())
@@ -141,22 +153,23 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(s())
         .then(ws::upgrade);
     let healthz = warp::path!("healthz")
-        .and(warp::get())
+        .and(get())
         .map(|| reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
-    let readyz = warp::path!("readyz").and(warp::get()).and(s()).then(readyz);
+    let readyz = warp::path!("readyz").and(get()).and(s()).then(readyz);
     let on_main = state.metrics_on_main;
     let metrics = warp::path!("metrics")
-        .and(warp::get())
+        .and(get())
         .and(s())
-        .map(move |st: AppState| {
+        .and(headers())
+        .map(move |st: AppState, h: warp::http::HeaderMap| {
             if on_main {
-                render_metrics(&st)
+                metrics_reply(&st, &h)
             } else {
                 reply::error(ErrorCode::NotFound, "no such route")
             }
         });
     let admin_users = warp::path!("api" / "admin" / "users")
-        .and(warp::get())
+        .and(get())
         .and(s())
         .and(headers())
         .then(api::admin_users);
@@ -166,11 +179,8 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(headers())
         .then(api::admin_set_disabled);
     let web = match state.web_dir.clone() {
-        Some(dir) => warp::get()
-            .and(warp::fs::dir(dir))
-            .map(Reply::into_response)
-            .boxed(),
-        None => warp::get()
+        Some(dir) => get().and(web::from_dir(dir)).boxed(),
+        None => get()
             .and(warp::path::full())
             .and_then(|p: warp::path::FullPath| async move {
                 web::embedded(p.as_str()).ok_or_else(warp::reject::not_found)
@@ -227,13 +237,33 @@ fn render_metrics(state: &AppState) -> Response {
     r
 }
 
+/// `/metrics`, behind the bearer check when `--metrics-token` is set.
+fn metrics_reply(state: &AppState, headers: &warp::http::HeaderMap) -> Response {
+    if let Some(expected) = state.metrics_token.as_deref() {
+        let given = headers
+            .get(warp::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| api::constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+            let mut r = reply::error(ErrorCode::Unauthorized, "metrics token required");
+            r.headers_mut().insert(
+                warp::http::header::WWW_AUTHENTICATE,
+                warp::http::HeaderValue::from_static("Bearer"),
+            );
+            return r;
+        }
+    }
+    render_metrics(state)
+}
+
 /// Routes of the separate `--metrics-listen` port: `/metrics` and `/healthz` only.
 pub fn metrics_routes(state: AppState) -> BoxedFilter<(Response,)> {
     let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .map(move || render_metrics(&state));
+        .and(get())
+        .and(warp::header::headers_cloned())
+        .map(move |h: warp::http::HeaderMap| metrics_reply(&state, &h));
     let healthz = warp::path!("healthz")
-        .and(warp::get())
+        .and(get())
         .map(|| reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
     metrics.or(healthz).unify().recover(recover).unify().boxed()
 }

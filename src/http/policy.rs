@@ -3,6 +3,7 @@
 //! state-changing requests, and security headers on every response.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use warp::filters::BoxedFilter;
@@ -58,7 +59,76 @@ impl Origins {
     }
 }
 
+/// The `Host` values this server answers to, against DNS rebinding: a page of
+/// `evil.example` whose name is re-pointed at 127.0.0.1 reaches us with
+/// `Host: evil.example`, and is refused. Allowed: `localhost`, loopback
+/// addresses, the listen address, and the configured names (`--tls-hostname`,
+/// `--public-host`, the hosts of `--allowed-origin`). Ports are not compared:
+/// the name is what a rebinding attacker cannot forge.
+pub struct Hosts {
+    listen: IpAddr,
+    names: Vec<String>,
+    ips: Vec<IpAddr>,
+}
+
+impl Hosts {
+    /// `names` may be bare hosts, `host:port`, `[v6]:port` or origin URLs.
+    pub fn new(listen: IpAddr, names: impl IntoIterator<Item = String>) -> Self {
+        let mut h = Hosts {
+            listen,
+            names: Vec::new(),
+            ips: Vec::new(),
+        };
+        for n in names {
+            let n = n.split_once("://").map_or(n.as_str(), |(_, rest)| rest);
+            let n = n.split('/').next().unwrap_or_default();
+            let bare = host_part(n).unwrap_or(n);
+            let bare = bare.trim_start_matches("*.");
+            match bare.parse::<IpAddr>() {
+                Ok(ip) => h.ips.push(ip),
+                Err(_) => h
+                    .names
+                    .push(bare.trim_end_matches('.').to_ascii_lowercase()),
+            }
+        }
+        h
+    }
+
+    /// Whether a request's `Host` header names this server.
+    pub fn allows(&self, host_header: &str) -> bool {
+        let Some(host) = host_part(host_header.trim()) else {
+            return false;
+        };
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            // An address cannot be re-pointed by DNS. Listening on every
+            // address, any of the machine's addresses may arrive here.
+            return ip.is_loopback()
+                || self.listen.is_unspecified()
+                || ip == self.listen
+                || self.ips.contains(&ip);
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        host == "localhost" || self.names.contains(&host)
+    }
+}
+
+/// The host of `host[:port]` or `[v6addr][:port]`; `None` when malformed.
+fn host_part(h: &str) -> Option<&str> {
+    let port_ok = |p: &str| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = h.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        return (after.is_empty() || after.strip_prefix(':').is_some_and(port_ok)).then_some(ip);
+    }
+    let host = match h.split_once(':') {
+        Some((host, port)) if port_ok(port) => host,
+        Some(_) => return None,
+        None => h,
+    };
+    (!host.is_empty()).then_some(host)
+}
+
 pub struct Policy {
+    pub hosts: Arc<Hosts>,
     pub origins: Arc<Origins>,
     pub tls: bool,
     pub metrics: Arc<Metrics>,
@@ -97,6 +167,10 @@ fn status_class(s: StatusCode) -> &'static str {
 #[derive(Debug)]
 struct CrossSite;
 impl warp::reject::Reject for CrossSite {}
+
+#[derive(Debug)]
+struct BadHost;
+impl warp::reject::Reject for BadHost {}
 
 #[derive(Debug)]
 struct TooLarge;
@@ -232,11 +306,28 @@ pub fn wrap(policy: Arc<Policy>, inner: BoxedFilter<(Response,)>) -> BoxedFilter
             }
         })
         .untuple_one();
-    let guarded = preflight
-        .or(body_limit.and(csrf).and(inner))
-        .unify()
+    // Checked before anything else: a request for another host is not ours.
+    let p = policy.clone();
+    let host = warp::header::optional::<String>("host")
+        .and_then(move |h: Option<String>| {
+            // No `Host` at all (HTTP/1.0 tools): browsers always send one,
+            // so rebinding cannot arrive without it.
+            let ok = h.as_deref().is_none_or(|h| p.hosts.allows(h));
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(warp::reject::custom(BadHost))
+                }
+            }
+        })
+        .untuple_one();
+    let guarded = host
+        .and(preflight.or(body_limit.and(csrf).and(inner)).unify())
         .recover(|r: Rejection| async move {
-            let resp = if r.find::<CrossSite>().is_some() {
+            let resp = if r.find::<BadHost>().is_some() {
+                reply::error(ErrorCode::BadRequest, "unknown host")
+            } else if r.find::<CrossSite>().is_some() {
                 reply::error(ErrorCode::Forbidden, "cross-site request refused")
             } else if r.find::<TooLarge>().is_some() {
                 reply::error(ErrorCode::TooLarge, "request body too large")
@@ -279,5 +370,51 @@ mod tests {
         };
         assert!(plain.allows("https://chat.example.com", Some("chat.example.com")));
         assert!(!plain.allows("ftp://chat.example.com", Some("chat.example.com")));
+    }
+
+    #[test]
+    fn hosts_allow_loopback_listen_and_configured_names_only() {
+        let h = Hosts::new(
+            "10.0.0.5".parse().unwrap(),
+            [
+                "chat.example.com".to_owned(),
+                "https://app.example.net:8443".to_owned(),
+                "192.168.1.9".to_owned(),
+            ],
+        );
+        for ok in [
+            "localhost",
+            "LOCALHOST:8443",
+            "localhost.",
+            "127.0.0.1:1",
+            "127.9.9.9",
+            "[::1]:8443",
+            "10.0.0.5:8443",
+            "chat.example.com",
+            "Chat.Example.Com:443",
+            "app.example.net:8443",
+            "192.168.1.9:80",
+        ] {
+            assert!(h.allows(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8443",
+            "localhost.evil.example",
+            "chat.example.com.evil.net",
+            "10.0.0.6",
+            "[::2]:80",
+            "localhost:x",
+            "localhost:1:2",
+            "",
+            "[::1",
+            "::1",
+        ] {
+            assert!(!h.allows(bad), "{bad}");
+        }
+        // Listening on every address: any address, still no foreign names.
+        let any = Hosts::new("0.0.0.0".parse().unwrap(), Vec::new());
+        assert!(any.allows("192.168.7.7:8443"));
+        assert!(!any.allows("evil.example"));
     }
 }

@@ -51,7 +51,12 @@ pub async fn run<W>(
             }
             n = out_rx.recv_many(&mut batch, MAX_ITEMS) => if n == 0 { break Some(CloseCode::Normal) },
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() { return }
+                // Like a batch, a ping blocks on a peer that does not read;
+                // eviction, idle and shutdown must still end the session.
+                tokio::select! {
+                    r = sink.send(Message::Ping(Default::default())) => if r.is_err() { return },
+                    _ = close_rx.changed() => break None,
+                }
             }
         }
     };
@@ -76,4 +81,65 @@ where
         sink.feed(Message::Text(f)).await?;
     }
     sink.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A peer with a zero receive window: every send waits forever; flushing
+    /// nothing succeeds. Counts the sends it was asked for.
+    struct Stuck(Arc<AtomicUsize>);
+
+    impl Sink<Message> for Stuck {
+        type Error = tokio_tungstenite::tungstenite::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Poll::Pending
+        }
+        fn start_send(self: Pin<&mut Self>, _: Message) -> Result<(), Self::Error> {
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ping_stuck_on_a_peer_that_does_not_read_yields_to_close() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (_out_tx, out_rx) = mpsc::channel(4);
+        let (close_tx, close_rx) = watch::channel(None);
+        let ping = Duration::from_millis(20);
+        let writer = tokio::spawn(run(
+            Stuck(polls.clone()),
+            out_rx,
+            close_rx,
+            Vec::new(),
+            ping,
+        ));
+        // Wait (bounded) until the writer is blocked in its first ping.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while polls.load(Ordering::SeqCst) == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the writer never pinged"
+            );
+            tokio::time::sleep(ping).await;
+        }
+        close_tx.send_replace(Some(CloseCode::Evicted));
+        // Generous bound: the Close frame gets CLOSE_GRACE (1 s), then the task ends.
+        tokio::time::timeout(Duration::from_secs(20), writer)
+            .await
+            .expect("the writer stayed stuck in its ping after the session closed")
+            .unwrap();
+    }
 }

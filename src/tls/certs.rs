@@ -9,8 +9,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CidrSubnet, DnType, ExtendedKeyUsagePurpose,
+    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints,
 };
 
 use crate::auth::tokens::write_private;
@@ -22,6 +22,9 @@ const RENEW_BEFORE_DAYS: u64 = 30;
 const LEAF_DAYS: u64 = 397;
 const CA_YEARS: u64 = 10;
 const DAY_MS: u64 = 86_400_000;
+/// The common name of the CA we generate: how a start tells our CA (which it
+/// may replace) from one a person put into the certs directory (kept).
+const CA_NAME: &str = "hubbub local development CA";
 
 /// Where the CA comes from.
 pub struct CaFiles {
@@ -58,10 +61,9 @@ fn mkcert_caroot() -> Option<PathBuf> {
     (dir.join("rootCA.pem").is_file() && dir.join("rootCA-key.pem").is_file()).then_some(dir)
 }
 
-fn ca_params() -> Result<CertificateParams> {
+fn ca_params(names: &[String]) -> Result<CertificateParams> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
-    p.distinguished_name
-        .push(DnType::CommonName, "hubbub local development CA");
+    p.distinguished_name.push(DnType::CommonName, CA_NAME);
     p.distinguished_name
         .push(DnType::OrganizationName, "hubbub");
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -70,13 +72,65 @@ fn ca_params() -> Result<CertificateParams> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    p.name_constraints = Some(NameConstraints {
+        permitted_subtrees: permitted(names),
+        excluded_subtrees: Vec::new(),
+    });
     let now = now_ms();
     set_validity(&mut p, now - DAY_MS, now + CA_YEARS * 365 * DAY_MS);
     Ok(p)
 }
 
+/// What the generated CA may sign for: `localhost` (and its subdomains),
+/// 127.0.0.0/8 and ::1, and every other name and address of `names`. Users
+/// trust this CA system-wide; with the constraints a stolen key cannot
+/// impersonate any other site. A wildcard name permits its parent domain.
+pub fn permitted(names: &[String]) -> Vec<GeneralSubtree> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut out = vec![
+        GeneralSubtree::DnsName("localhost".into()),
+        GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
+            8,
+        )),
+        GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            128,
+        )),
+    ];
+    for n in names {
+        let sub = match n.parse::<IpAddr>() {
+            Ok(ip) if ip.is_loopback() => continue,
+            Ok(ip @ IpAddr::V4(_)) => {
+                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(ip, 32))
+            }
+            Ok(ip) => GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(ip, 128)),
+            Err(_) => {
+                let d = n
+                    .trim_start_matches("*.")
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
+                if d == "localhost" || d.ends_with(".localhost") {
+                    continue;
+                }
+                GeneralSubtree::DnsName(d)
+            }
+        };
+        if !out.contains(&sub) {
+            out.push(sub);
+        }
+    }
+    out
+}
+
 /// Finds or creates the CA: mkcert's if present, else `certs/ca.pem` + `ca.key`.
-pub fn ensure_ca(certs: &Path) -> Result<CaFiles> {
+///
+/// A CA we generated earlier that lacks name constraints (made before they
+/// existed) or whose constraints do not cover `names` is replaced, with a
+/// warning: browsers must trust the new one, and the server certificate it
+/// signed is removed so that it is issued anew. A CA with another name is a
+/// person's choice and kept, with a warning if it is unconstrained.
+pub fn ensure_ca(certs: &Path, names: &[String]) -> Result<CaFiles> {
     if let Some(root) = mkcert_caroot() {
         return Ok(CaFiles {
             cert: root.join("rootCA.pem"),
@@ -90,11 +144,25 @@ pub fn ensure_ca(certs: &Path) -> Result<CaFiles> {
         mkcert: false,
     };
     if files.cert.is_file() && files.key.is_file() {
-        return Ok(files);
+        let pem = std::fs::read_to_string(&files.cert)
+            .with_context(|| format!("reading {}", files.cert.display()))?;
+        match ca_fit(&pem, names) {
+            CaFit::Good => return Ok(files),
+            CaFit::Foreign => {
+                tracing::warn!(ca = %files.cert.display(), "the CA in the certs directory is not one hubbub generated and has no name constraints; whoever holds its key can impersonate any site to machines that trust it");
+                return Ok(files);
+            }
+            CaFit::Replace => {
+                tracing::warn!(ca = %files.cert.display(), names = ?names, "replacing the generated CA with one constrained to this server's names; trust the new ca.pem again (and remove the old one from your trust stores)");
+                for f in ["server.pem", "server.key"] {
+                    let _ = std::fs::remove_file(certs.join(f));
+                }
+            }
+        }
     }
     std::fs::create_dir_all(certs).with_context(|| format!("creating {}", certs.display()))?;
     let key = KeyPair::generate()?;
-    let ca = ca_params()?.self_signed(&key)?;
+    let ca = ca_params(names)?.self_signed(&key)?;
     write_private(&files.key, key.serialize_pem().as_bytes())
         .with_context(|| format!("writing {}", files.key.display()))?;
     std::fs::write(&files.cert, ca.pem())
@@ -103,10 +171,64 @@ pub fn ensure_ca(certs: &Path) -> Result<CaFiles> {
     Ok(files)
 }
 
+/// A subnet as the extension stores it: address then mask.
+fn cidr_bytes(c: &CidrSubnet) -> Vec<u8> {
+    match c {
+        CidrSubnet::V4(a, m) => [a.as_slice(), m.as_slice()].concat(),
+        CidrSubnet::V6(a, m) => [a.as_slice(), m.as_slice()].concat(),
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum CaFit {
+    /// Ours and constrained to (at least) the names we serve.
+    Good,
+    /// Ours, but unconstrained or not covering every name: generate anew.
+    Replace,
+    /// Not ours (or unreadable): keep it.
+    Foreign,
+}
+
+fn ca_fit(ca_pem: &str, names: &[String]) -> CaFit {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()) else {
+        return CaFit::Foreign;
+    };
+    let Ok(ca) = pem.parse_x509() else {
+        return CaFit::Foreign;
+    };
+    let ours = ca
+        .subject()
+        .iter_common_name()
+        .any(|cn| cn.as_str() == Ok(CA_NAME));
+    let have = match ca.name_constraints() {
+        Ok(Some(nc)) => nc.value.permitted_subtrees.clone().unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    if !ours {
+        return if have.is_empty() {
+            CaFit::Foreign
+        } else {
+            CaFit::Good
+        };
+    }
+    let covered = permitted(names).iter().all(|want| {
+        have.iter().any(|h| match (want, &h.base) {
+            (GeneralSubtree::DnsName(w), x509_parser::extensions::GeneralName::DNSName(d)) => {
+                w.eq_ignore_ascii_case(d)
+            }
+            (GeneralSubtree::IpAddress(w), x509_parser::extensions::GeneralName::IPAddress(b)) => {
+                cidr_bytes(w) == *b
+            }
+            _ => false,
+        })
+    });
+    if covered { CaFit::Good } else { CaFit::Replace }
+}
+
 /// The server certificate for `names`, signed by the CA; reused while it is
 /// valid for 30 more days, names every host, and was issued by this CA.
 pub fn ensure_server_cert(certs: &Path, names: &[String]) -> Result<ServerPem> {
-    let ca = ensure_ca(certs)?;
+    let ca = ensure_ca(certs, names)?;
     let ca_pem = std::fs::read_to_string(&ca.cert)
         .with_context(|| format!("reading {}", ca.cert.display()))?;
     let ca_key = std::fs::read_to_string(&ca.key)
@@ -201,4 +323,67 @@ fn leaf_still_good(chain_pem: &str, ca_pem: &str, names: &[String]) -> bool {
     names
         .iter()
         .all(|n| have.iter().any(|h| h.eq_ignore_ascii_case(n)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn permitted_names_cover_loopback_and_the_configured_names_once() {
+        let p = permitted(&names(&[
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "*.Chat.Example.com",
+            "chat.example.com",
+            "10.0.0.1",
+            "dev.localhost",
+        ]));
+        let dns: Vec<_> = p
+            .iter()
+            .filter_map(|g| match g {
+                GeneralSubtree::DnsName(d) => Some(d.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dns, ["localhost", "chat.example.com"]);
+        let ips: Vec<_> = p
+            .iter()
+            .filter_map(|g| match g {
+                GeneralSubtree::IpAddress(c) => Some(cidr_bytes(c)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ips.len(), 3, "127/8, ::1, 10.0.0.1: {ips:?}");
+        assert!(ips.contains(&vec![10, 0, 0, 1, 255, 255, 255, 255]));
+    }
+
+    #[test]
+    fn a_ca_fits_the_names_it_was_made_for() {
+        let key = KeyPair::generate().unwrap();
+        let ca = ca_params(&names(&["a.test"]))
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(ca_fit(&ca.pem(), &names(&["localhost"])), CaFit::Good);
+        assert_eq!(ca_fit(&ca.pem(), &names(&["a.test"])), CaFit::Good);
+        assert_eq!(ca_fit(&ca.pem(), &names(&["b.test"])), CaFit::Replace);
+        let mut unconstrained = ca_params(&[]).unwrap();
+        unconstrained.name_constraints = None;
+        let old = unconstrained.self_signed(&key).unwrap();
+        assert_eq!(ca_fit(&old.pem(), &[]), CaFit::Replace);
+        let mut foreign = unconstrained.clone();
+        foreign.distinguished_name = rcgen::DistinguishedName::new();
+        foreign
+            .distinguished_name
+            .push(DnType::CommonName, "someone's CA");
+        let other = foreign.self_signed(&key).unwrap();
+        assert_eq!(ca_fit(&other.pem(), &[]), CaFit::Foreign);
+        assert_eq!(ca_fit("not a certificate", &[]), CaFit::Foreign);
+    }
 }

@@ -97,7 +97,7 @@ fn load_key(source: &CertSource) -> Result<Arc<CertifiedKey>> {
 impl Tls {
     /// Local CA mode: `certs_dir` holds (or will hold) the CA and server certificate.
     pub fn local(certs_dir: &Path, names: Vec<String>) -> Result<Self> {
-        let ca = certs::ensure_ca(certs_dir)?;
+        let ca = certs::ensure_ca(certs_dir, &names)?;
         let source = CertSource::Local {
             certs_dir: certs_dir.to_owned(),
             names,
