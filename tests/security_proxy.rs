@@ -17,9 +17,15 @@ fn creds(username: &str, password: &str) -> String {
 
 /// A log-in attempt for `user` as a request carrying `headers`.
 async fn login_via(ep: &Endpoint, headers: &[(&str, &str)], user: &str, pw: &str) -> u16 {
-    let r = client::request(ep, "POST", "/api/auth/login", headers, Some(&creds(user, pw)))
-        .await
-        .unwrap();
+    let r = client::request(
+        ep,
+        "POST",
+        "/api/auth/login",
+        headers,
+        Some(&creds(user, pw)),
+    )
+    .await
+    .unwrap();
     if r.status == 429 {
         assert_eq!(error_code(&r), "rate_limited");
         assert!(r.headers.contains_key("retry-after"), "no Retry-After");
@@ -88,7 +94,10 @@ async fn a_spoofed_hop_left_of_the_real_one_does_not_help() {
     assert_eq!(attempt_xff(&ep, "1.1.1.1, 198.51.100.9").await, 401);
     assert_eq!(attempt_xff(&ep, "2.2.2.2, 198.51.100.9").await, 401);
     // Through a second trusted proxy (10.x) it is still the same client.
-    assert_eq!(attempt_xff(&ep, "3.3.3.3, 198.51.100.9, 10.0.0.7").await, 401);
+    assert_eq!(
+        attempt_xff(&ep, "3.3.3.3, 198.51.100.9, 10.0.0.7").await,
+        401
+    );
     assert_eq!(attempt_xff(&ep, "4.4.4.4, 198.51.100.9").await, 429);
     assert_eq!(attempt_xff(&ep, "198.51.100.10").await, 401);
     s.stop().await;
@@ -168,7 +177,11 @@ async fn guessing_from_many_addresses_meets_the_global_per_username_limit() {
     for i in 0..10 {
         let xff = format!("203.0.113.{i}");
         let h = [("x-forwarded-for", xff.as_str())];
-        assert_eq!(login_via(&ep, &h, &carol, "wrong password").await, 401, "{i}");
+        assert_eq!(
+            login_via(&ep, &h, &carol, "wrong password").await,
+            401,
+            "{i}"
+        );
     }
     let h = [("x-forwarded-for", "203.0.113.200")];
     assert_eq!(login_via(&ep, &h, &carol, "wrong password").await, 429);
