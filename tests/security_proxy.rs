@@ -128,7 +128,10 @@ async fn malformed_forwarding_from_a_trusted_proxy_counts_as_the_proxy() {
     assert_eq!(attempt_xff(&ep, "not-an-address").await, 401);
     let fwd = [("forwarded", "for=unknown")];
     assert_eq!(login_via(&ep, &fwd, &name("x"), PASSWORD).await, 401);
-    // Both fell back to the peer (127.0.0.1), whose budget is now spent.
+    // Both fell back to the peer (127.0.0.1), whose budget is now spent; so
+    // does a list whose hop on the way to the client is garbage (a client
+    // address left of it is not believed).
+    assert_eq!(attempt_xff(&ep, "198.51.100.7, junk").await, 429);
     assert_eq!(login_via(&ep, &[], &name("x"), PASSWORD).await, 429);
     assert_eq!(attempt_xff(&ep, "198.51.100.1").await, 401);
     s.stop().await;
