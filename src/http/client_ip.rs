@@ -77,9 +77,7 @@ fn forwarded_hops(headers: &HeaderMap) -> Option<Vec<&str>> {
         return Some(hops);
     }
     let fwd = headers.get_all("forwarded");
-    if fwd.iter().next().is_none() {
-        return None;
-    }
+    fwd.iter().next()?;
     let mut hops = Vec::new();
     for line in fwd {
         // Elements split at commas: a `for=` value never holds one (RFC 7239 §6).
