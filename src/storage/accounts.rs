@@ -174,11 +174,22 @@ impl Store {
         stop: &dyn Fn() -> bool,
     ) -> Result<PurgeStats> {
         let mut st = PurgeStats::default();
-        let mut seen = 0u64;
-        for row in self.inner.refresh.iter() {
-            seen += 1;
-            if seen.is_multiple_of(PURGE_STOP_CHECK) && stop() {
-                return Ok(st);
+        if self.purge_tokens(now_ms, stop, &mut st)? {
+            self.purge_families(now_ms, family_keep_ms, stop, &mut st)?;
+        }
+        Ok(st)
+    }
+
+    /// The token half of `purge_refresh`; `false` when stopped early.
+    fn purge_tokens(
+        &self,
+        now_ms: u64,
+        stop: &dyn Fn() -> bool,
+        st: &mut PurgeStats,
+    ) -> Result<bool> {
+        for (i, row) in self.inner.refresh.iter().enumerate() {
+            if (i as u64 + 1).is_multiple_of(PURGE_STOP_CHECK) && stop() {
+                return Ok(false);
             }
             let (key, value) = row?;
             // A row we cannot read is left alone (and counted): never guess.
@@ -193,10 +204,20 @@ impl Store {
                 st.tokens_left += 1;
             }
         }
-        for row in self.inner.families.iter() {
-            seen += 1;
-            if seen.is_multiple_of(PURGE_STOP_CHECK) && stop() {
-                return Ok(st);
+        Ok(true)
+    }
+
+    /// The marker half of `purge_refresh`.
+    fn purge_families(
+        &self,
+        now_ms: u64,
+        family_keep_ms: u64,
+        stop: &dyn Fn() -> bool,
+        st: &mut PurgeStats,
+    ) -> Result<()> {
+        for (i, row) in self.inner.families.iter().enumerate() {
+            if (i as u64 + 1).is_multiple_of(PURGE_STOP_CHECK) && stop() {
+                return Ok(());
             }
             let (key, value) = row?;
             let Ok(at) = <[u8; 8]>::try_from(value.as_ref()).map(u64::from_be_bytes) else {
@@ -218,11 +239,78 @@ impl Store {
                 st.families_left += 1;
             }
         }
-        Ok(st)
+        Ok(())
     }
 
     /// Rows in the refresh-token and revoked-family tables (a full scan).
     pub fn refresh_rows(&self) -> (usize, usize) {
         (self.inner.refresh.len(), self.inner.families.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(family: Uuid, expires_ms: u64, spent: bool) -> RefreshRecord {
+        RefreshRecord {
+            family,
+            username: Username::parse("alice").unwrap(),
+            expires_ms,
+            spent,
+        }
+    }
+
+    #[test]
+    fn purge_removes_only_rows_that_can_never_matter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let (live, revoked, old) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        store
+            .put_refresh(b"live", &rec(live, 2_000, false))
+            .unwrap();
+        store
+            .put_refresh(b"spent", &rec(live, 2_000, true))
+            .unwrap();
+        store
+            .put_refresh(b"expired", &rec(live, 1_000, true))
+            .unwrap();
+        store
+            .put_refresh(b"revoked", &rec(revoked, 2_000, false))
+            .unwrap();
+        store.inner.refresh.insert(b"unreadable", &[0xff]).unwrap();
+        store.revoke_family(&revoked, 900).unwrap();
+        store.revoke_family(&old, 100).unwrap();
+        // A marker written before markers carried a time.
+        let legacy = Uuid::new_v4();
+        store
+            .inner
+            .families
+            .insert(legacy.as_bytes(), &[1])
+            .unwrap();
+
+        // At 1000 ms, keeping markers 500 ms: `old` goes, `revoked` stays.
+        let st = store.purge_refresh(1_000, 500, &|| false).unwrap();
+        assert_eq!((st.tokens_purged, st.tokens_left), (2, 3), "{st:?}");
+        assert_eq!((st.families_purged, st.families_left), (1, 2), "{st:?}");
+        assert_eq!(store.refresh_rows(), (3, 2));
+        assert!(matches!(
+            store.spend_refresh(b"spent", 1_000).unwrap(),
+            SpendOutcome::Reused(_)
+        ));
+        assert!(store.family_revoked(&legacy).unwrap());
+
+        // Later, the legacy marker (clock started at 1000) and the rest expire.
+        let st = store.purge_refresh(3_000, 500, &|| false).unwrap();
+        assert_eq!(st.families_left, 0, "{st:?}");
+        assert_eq!(store.refresh_rows(), (1, 0), "the unreadable row stays");
+        // A stop request is honoured.
+        for i in 0..3000u32 {
+            store
+                .put_refresh(&i.to_be_bytes(), &rec(live, 1, false))
+                .unwrap();
+        }
+        let st = store.purge_refresh(3_000, 500, &|| true).unwrap();
+        assert!(st.tokens_purged < 3000, "{st:?}");
     }
 }
