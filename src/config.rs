@@ -1,8 +1,9 @@
 //! One `Config`, from command-line flags or `HUBBUB_*` environment variables,
 //! validated once at start.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -139,6 +140,21 @@ pub struct Config {
     /// Log-in attempts per minute per username (against password guessing).
     #[arg(long, env = "HUBBUB_LOGINS_PER_USER_PER_MIN", default_value_t = 10)]
     pub logins_per_user_per_min: u32,
+    /// Peers (address or CIDR block) whose `X-Forwarded-For` / `Forwarded` header names
+    /// the client; repeatable or comma-separated. From any other peer those headers are ignored.
+    #[arg(long, env = "HUBBUB_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxy: Vec<Cidr>,
+    /// Refresh-token rotations per minute per client address.
+    #[arg(long, env = "HUBBUB_REFRESHES_PER_MIN", default_value_t = 60)]
+    pub refreshes_per_min: u32,
+    /// Seconds between purges of expired and revoked refresh tokens (also run at start).
+    #[arg(
+        long,
+        env = "HUBBUB_REFRESH_PURGE_SECS",
+        default_value_t = 3600,
+        hide = true
+    )]
+    pub refresh_purge_secs: u64,
     /// Open WebSocket connections in total (503 beyond).
     #[arg(long, env = "HUBBUB_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
@@ -209,8 +225,17 @@ impl Config {
             self.upgrades_per_min > 0
                 && self.signups_per_min > 0
                 && self.logins_per_min > 0
-                && self.logins_per_user_per_min > 0,
+                && self.logins_per_user_per_min > 0
+                && self.refreshes_per_min > 0,
             "rate limits must be positive"
+        );
+        anyhow::ensure!(
+            self.trusted_proxy.iter().all(|c| c.prefix() > 0),
+            "--trusted-proxy with a /0 block would trust every peer's forwarding headers"
+        );
+        anyhow::ensure!(
+            self.refresh_purge_secs > 0,
+            "--refresh-purge-secs must be positive"
         );
         anyhow::ensure!(
             self.max_connections > 0 && self.max_connections_per_address > 0,
@@ -253,6 +278,81 @@ impl Config {
     }
 }
 
+/// An address block: `10.0.0.0/8`, `2001:db8::/32`, or one address (`/32` or
+/// `/128` implied). IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is treated as IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    /// The network address: host bits are zero.
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// The block of `prefix` bits around `addr` (prefix capped at the address length).
+    pub fn new(addr: IpAddr, prefix: u8) -> Self {
+        let addr = addr.to_canonical();
+        let prefix = prefix.min(if addr.is_ipv4() { 32 } else { 128 });
+        let network = match addr {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V4(std::net::Ipv4Addr::from(u32::from(a) & mask))
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & mask))
+            }
+        };
+        Cidr { network, prefix }
+    }
+
+    pub fn network(&self) -> IpAddr {
+        self.network
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        addr.is_ipv4() == self.network.is_ipv4() && Cidr::new(addr, self.prefix) == *self
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not an IP address or CIDR block (like 10.0.0.0/8)");
+        let (a, p) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        // `::ffff:10.0.0.0/104` is the IPv4 block 10.0.0.0/8.
+        let shift = if addr.is_ipv6() && addr.to_canonical().is_ipv4() {
+            96
+        } else {
+            0
+        };
+        let max = if addr.to_canonical().is_ipv4() {
+            32
+        } else {
+            128
+        };
+        let prefix = match p {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .and_then(|p| p.checked_sub(shift))
+                .filter(|p| *p <= max)
+                .ok_or_else(bad)?,
+        };
+        Ok(Cidr::new(addr, prefix))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,5 +382,48 @@ mod tests {
                 .validate()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn cidr_blocks() {
+        let c: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(c.contains("10.1.255.3".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.0.9".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        assert!(!c.contains("::a01:1".parse().unwrap()));
+        let one: Cidr = "127.0.0.1".parse().unwrap();
+        assert_eq!(one.prefix(), 32);
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(mapped, "10.0.0.0/8".parse().unwrap());
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().prefix(), 0);
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0/8",
+            "10.0.0.0/x",
+            "host/8",
+            "::ffff:1.2.3.4/95",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        let c = Config::from_args([
+            "hubbub",
+            "--trusted-proxy",
+            "10.0.0.0/8,::1",
+            "--trusted-proxy",
+            "192.168.1.1",
+        ])
+        .unwrap();
+        assert_eq!(c.trusted_proxy.len(), 3);
+        c.validate().unwrap();
+        assert!(Config::from_args(["hubbub", "--trusted-proxy", "nonsense"]).is_err());
+        let all = Config::from_args(["hubbub", "--trusted-proxy", "::/0"]).unwrap();
+        assert!(all.validate().is_err());
     }
 }

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub signups: IntCounter,
     pub refreshes: IntCounterVec,
     pub refresh_reuse: IntCounter,
+    refresh_purged: IntCounterVec,
+    refresh_rows: IntGaugeVec,
     pub http_requests: IntCounterVec,
     history_seconds: HistogramVec,
     process_rss: IntGauge,
@@ -269,6 +271,23 @@ impl Metrics {
                 "hubbub_refresh_reuse_total",
                 "Spent refresh tokens used again (family revoked).",
             ),
+            refresh_purged: counter_vec(
+                &r,
+                "hubbub_refresh_tokens_purged_total",
+                "Expired or revoked refresh-token rows deleted, by table (tokens, families).",
+                &["table"],
+            ),
+            refresh_rows: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "hubbub_refresh_token_rows",
+                        "Rows in the refresh-token tables after the last purge, by table (tokens, families).",
+                    ),
+                    &["table"],
+                )
+                .unwrap_or_else(|_| unreachable_metric()),
+            ),
             http_requests: counter_vec(
                 &r,
                 "hubbub_http_requests_total",
@@ -350,11 +369,24 @@ impl Metrics {
         for k in ["join", "page"] {
             m.history_seconds.with_label_values(&[k]);
         }
+        for t in ["tokens", "families"] {
+            m.refresh_purged.with_label_values(&[t]);
+            m.refresh_rows.with_label_values(&[t]);
+        }
         Arc::new(m)
     }
 
     pub fn out(&self, kind: Out) -> &IntCounter {
         &self.frames_out[kind as usize]
+    }
+
+    /// `table`: `tokens` or `families`.
+    pub fn refresh_purged(&self, table: &str) -> IntCounter {
+        self.refresh_purged.with_label_values(&[table])
+    }
+
+    pub fn refresh_rows(&self, table: &str) -> IntGauge {
+        self.refresh_rows.with_label_values(&[table])
     }
 
     pub fn history(&self, kind: &str) -> Histogram {

@@ -17,9 +17,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Auth, AuthConfig, tokens};
+use crate::auth::{Auth, AuthConfig, purge, tokens};
 use crate::config::Config;
-use crate::http::guard::{ConnCaps, KeyedLimit, Limits};
+use crate::http::client_ip::TrustedProxies;
+use crate::http::guard::{ConnCaps, KeyedLimit, LOGINS_PER_USER_GLOBAL_FACTOR, Limits};
 use crate::http::{self, AppState, Hosts, Origins};
 use crate::hub::{HubConfig, HubHandle};
 use crate::metrics::Metrics;
@@ -114,10 +115,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         addr.port()
     );
     let limits = Arc::new(Limits {
+        proxies: TrustedProxies::new(cfg.trusted_proxy.clone()),
         upgrades: KeyedLimit::per_minute(cfg.upgrades_per_min),
         signups: KeyedLimit::per_minute(cfg.signups_per_min),
         logins: KeyedLimit::per_minute(cfg.logins_per_min),
         logins_per_user: KeyedLimit::per_minute(cfg.logins_per_user_per_min),
+        logins_per_user_global: KeyedLimit::per_minute(
+            cfg.logins_per_user_per_min
+                .saturating_mul(LOGINS_PER_USER_GLOBAL_FACTOR),
+        ),
+        refreshes: KeyedLimit::per_minute(cfg.refreshes_per_min),
         conns: ConnCaps::new(cfg.max_connections, cfg.max_connections_per_address),
     });
     limits.spawn_pruner(LIMITER_PRUNE_EVERY);
@@ -158,6 +165,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         node: cfg.node_id.clone().into(),
         shutdown: sessions_stop.clone(),
     };
+    let purge_stop = CancellationToken::new();
+    let purge_task = purge::spawn(
+        auth.clone(),
+        metrics.clone(),
+        Duration::from_secs(cfg.refresh_purge_secs),
+        purge_stop.clone(),
+    );
     let tracker = TaskTracker::new();
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -220,12 +234,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             draining.store(true, Ordering::SeqCst);
             http_stop.cancel();
             sessions_stop.cancel();
+            purge_stop.cancel();
             tracker.close();
             if tokio::time::timeout(SESSION_GRACE, tracker.wait())
                 .await
                 .is_err()
             {
                 tracing::warn!("some sessions had not closed after the grace period");
+            }
+            // Before the store's last users go: a purge holds it while it runs.
+            if let Err(e) = purge_task.await {
+                tracing::warn!(error = %e, "refresh-token purge task failed");
             }
             hub_task.shutdown().await;
             storage_task.shutdown().await;

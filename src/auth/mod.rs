@@ -4,6 +4,7 @@
 
 pub mod password;
 mod pool;
+pub mod purge;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -15,7 +16,7 @@ pub use tokens::{Identity, Jwt};
 
 use crate::error::InternalError;
 use crate::protocol::{Username, time::now_ms};
-use crate::storage::{RefreshRecord, SpendOutcome, Store, UserRecord};
+use crate::storage::{PurgeStats, RefreshRecord, SpendOutcome, Store, UserRecord};
 
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
@@ -173,7 +174,7 @@ impl Auth {
             None => None,
         };
         if let Some((_, family)) = &found {
-            self.inner.store.revoke_family(family)?;
+            self.inner.store.revoke_family(family, now_ms())?;
             self.inner.store.flush().await?;
         }
         Ok(found)
@@ -203,6 +204,27 @@ impl Auth {
         let found = self.inner.store.set_disabled(name, disabled)?;
         self.inner.store.flush().await?;
         Ok(found)
+    }
+
+    /// Deletes the refresh-token rows that can never matter again (see
+    /// `Store::purge_refresh`), off the async workers; returns early once
+    /// `stop` is cancelled.
+    pub async fn purge_refresh(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<PurgeStats, InternalError> {
+        let cfg = &self.inner.cfg;
+        let keep = cfg.access_ttl.max(cfg.refresh_ttl) + purge::FAMILY_MARKER_GRACE;
+        let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+        let store = self.inner.store.clone();
+        let stats = tokio::task::spawn_blocking(move || {
+            store.purge_refresh(now_ms(), keep_ms, &|| stop.is_cancelled())
+        })
+        .await??;
+        if stats.tokens_purged + stats.families_purged > 0 {
+            self.inner.store.flush().await?;
+        }
+        Ok(stats)
     }
 
     pub fn users(&self) -> Result<Vec<UserRecord>, InternalError> {

@@ -86,12 +86,10 @@ pub async fn login(state: AppState, ip: IpAddr, body: Bytes) -> Response {
         Ok(c) => c,
         Err(r) => return r,
     };
-    // Per username too: guessing one account's password from many addresses.
-    if let Err(wait) = state
-        .limits
-        .logins_per_user
-        .check(&c.username.to_ascii_lowercase())
-    {
+    // Per username too, keyed with the address: a guesser is limited, the
+    // owner elsewhere still gets in (a higher global per-username limit
+    // still slows guessing from many addresses).
+    if let Err(wait) = state.limits.check_login_user(&c.username, ip) {
         return too_many(wait);
     }
     match state.auth.login(&c.username, &c.password).await {
@@ -116,7 +114,11 @@ pub async fn login(state: AppState, ip: IpAddr, body: Bytes) -> Response {
     }
 }
 
-pub async fn refresh(state: AppState, headers: HeaderMap) -> Response {
+pub async fn refresh(state: AppState, ip: IpAddr, headers: HeaderMap) -> Response {
+    // Before any work: each rotation costs an fsync. The token is not spent.
+    if let Err(wait) = state.limits.refreshes.check(&ip) {
+        return too_many(wait);
+    }
     let Some(token) = cookie(&headers, REFRESH_COOKIE) else {
         return reply::error(ErrorCode::Unauthorized, "no refresh token");
     };

@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use warp::http::{HeaderValue, header};
+use warp::http::{HeaderMap, HeaderValue, header};
 use warp::reply::Response;
 
+use super::client_ip::{TrustedProxies, limit_key};
 use super::reply;
 use crate::error::ErrorCode;
 
@@ -64,20 +65,47 @@ pub fn too_many(retry_after_s: u64) -> Response {
     r
 }
 
+/// The global per-username log-in limit is this many times the per-(username,
+/// address) one: a guesser spread over many addresses is still slowed, while
+/// one guesser can no longer lock the owner out from elsewhere.
+pub const LOGINS_PER_USER_GLOBAL_FACTOR: u32 = 10;
+
+/// Every address-keyed limiter is keyed by `client_ip::limit_key` of the
+/// client address (`TrustedProxies::client_addr`).
 pub struct Limits {
+    pub proxies: TrustedProxies,
     pub upgrades: KeyedLimit<IpAddr>,
     pub signups: KeyedLimit<IpAddr>,
     pub logins: KeyedLimit<IpAddr>,
-    pub logins_per_user: KeyedLimit<String>,
+    /// Per (lower-cased username, client key): a guesser exhausts only their own budget.
+    pub logins_per_user: KeyedLimit<(String, IpAddr)>,
+    /// Per username from all addresses, `LOGINS_PER_USER_GLOBAL_FACTOR` times higher.
+    pub logins_per_user_global: KeyedLimit<String>,
+    pub refreshes: KeyedLimit<IpAddr>,
     pub conns: ConnCaps,
 }
 
 impl Limits {
+    /// The limiter key of the client behind a request from `peer`.
+    pub fn client_key(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        limit_key(self.proxies.client_addr(peer, headers))
+    }
+
+    /// Both per-username log-in limits; the per-address one first, so a
+    /// guesser already refused does not use up the username's global budget.
+    pub fn check_login_user(&self, username: &str, client: IpAddr) -> Result<(), u64> {
+        let name = username.to_ascii_lowercase();
+        self.logins_per_user.check(&(name.clone(), client))?;
+        self.logins_per_user_global.check(&name)
+    }
+
     pub fn prune(&self) {
         self.upgrades.prune();
         self.signups.prune();
         self.logins.prune();
         self.logins_per_user.prune();
+        self.logins_per_user_global.prune();
+        self.refreshes.prune();
     }
 
     /// Prunes every `every` until the process ends.
@@ -182,10 +210,13 @@ mod tests {
     #[test]
     fn caps_free_on_drop() {
         let limits = Arc::new(Limits {
+            proxies: TrustedProxies::default(),
             upgrades: KeyedLimit::per_minute(1),
             signups: KeyedLimit::per_minute(1),
             logins: KeyedLimit::per_minute(1),
             logins_per_user: KeyedLimit::per_minute(1),
+            logins_per_user_global: KeyedLimit::per_minute(1),
+            refreshes: KeyedLimit::per_minute(1),
             conns: ConnCaps::new(3, 2),
         });
         let a: IpAddr = "10.0.0.1".parse().unwrap();

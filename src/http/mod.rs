@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 mod api;
+pub mod client_ip;
 pub mod guard;
 mod policy;
 pub mod reply;
@@ -73,10 +74,18 @@ fn body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::body::content_length_limit(MAX_BODY).and(warp::body::bytes())
 }
 
-/// The client's IP address (from the accept loop).
-fn peer_ip() -> impl Filter<Extract = (IpAddr,), Error = Infallible> + Clone {
+/// The client's limiter key (see `client_ip`): from the peer address the
+/// accept loop attached, and the forwarding headers when the peer is a
+/// trusted proxy.
+fn client_key(
+    limits: Arc<guard::Limits>,
+) -> impl Filter<Extract = (IpAddr,), Error = Infallible> + Clone {
     warp::ext::optional::<PeerAddr>()
-        .map(|p: Option<PeerAddr>| p.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip()))
+        .and(warp::header::headers_cloned())
+        .map(move |p: Option<PeerAddr>, h: warp::http::HeaderMap| {
+            let peer = p.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.ip());
+            limits.client_key(peer, &h)
+        })
 }
 
 /// Every route, boxed, with rejections turned into JSON errors and the
@@ -101,13 +110,14 @@ fn get() -> impl Filter<Extract = (), Error = Rejection> + Clone {
 fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
     let s = || with_state(state.clone());
     let headers = || warp::header::headers_cloned();
+    let client = || client_key(state.limits.clone());
     let auth = warp::path("api").and(warp::path("auth"));
     let signup = auth
         .and(warp::path("signup"))
         .and(warp::path::end())
         .and(warp::post())
         .and(s())
-        .and(peer_ip())
+        .and(client())
         .and(body())
         .then(api::signup);
     let login = auth
@@ -115,7 +125,7 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::path::end())
         .and(warp::post())
         .and(s())
-        .and(peer_ip())
+        .and(client())
         .and(body())
         .then(api::login);
     let refresh = auth
@@ -123,6 +133,7 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(warp::path::end())
         .and(warp::post())
         .and(s())
+        .and(client())
         .and(headers())
         .then(api::refresh);
     let logout = auth
@@ -146,7 +157,7 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
     // Only GET: a HEAD cannot upgrade.
     let ws = warp::path!("ws")
         .and(warp::get())
-        .and(peer_ip())
+        .and(client())
         .and(warp::query::<HashMap<String, String>>())
         .and(headers())
         .and(warp::ext::optional::<hyper::upgrade::OnUpgrade>())

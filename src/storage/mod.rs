@@ -8,7 +8,8 @@
 //! - `msgid_status`: message id → highest status any recipient reached (u8).
 //! - `msgid_username_status`: message id ++ username → that recipient's status (u8).
 //! - `roomname_username_unit`: room `\0` username → () for every user who ever joined the room.
-//! - `username_user`, `tokenhash_refresh`, `familyid_revoked`: accounts (see `accounts.rs`).
+//! - `username_user`, `tokenhash_refresh`, `familyid_revoked` (value: revocation time, ms,
+//!   big-endian u64): accounts (see `accounts.rs`).
 
 mod accounts;
 mod history;
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
-pub use accounts::{RefreshRecord, SpendOutcome, UserRecord};
+pub use accounts::{PurgeStats, RefreshRecord, SpendOutcome, UserRecord};
 pub use history::Page;
 pub use writer::{
     AckCmd, DurableMsg, StorageCmd, StorageEvent, StorageFull, StorageHandle, StorageTask,
