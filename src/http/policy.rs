@@ -121,7 +121,10 @@ impl Hosts {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         host == "localhost"
             || self.names.contains(&host)
-            || self.served.as_ref().is_some_and(|s| s.get().covers_name(&host))
+            || self
+                .served
+                .as_ref()
+                .is_some_and(|s| s.get().covers_name(&host))
     }
 }
 

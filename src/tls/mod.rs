@@ -81,11 +81,9 @@ impl CertNames {
     }
 
     fn of(key: &CertifiedKey) -> Self {
-        key.cert
-            .first()
-            .map_or_else(CertNames::default, |leaf| {
-                CertNames::new(certs::served_names(leaf))
-            })
+        key.cert.first().map_or_else(CertNames::default, |leaf| {
+            CertNames::new(certs::served_names(leaf))
+        })
     }
 
     /// Whether `host` (lowercase, no trailing dot) is one of the names, or
