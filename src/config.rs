@@ -176,8 +176,9 @@ pub struct Config {
     #[arg(long, env = "HUBBUB_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
     /// Host names (or IPs) clients use to reach this server besides loopback,
-    /// the listen address, --tls-hostname and --allowed-origin hosts, e.g. the
-    /// domain of a proxy in front; requests with any other `Host` get 400.
+    /// the listen address, --tls-hostname, the served certificate's names and
+    /// --allowed-origin hosts, e.g. the domain of a proxy in front; requests
+    /// with any other `Host` get 400.
     #[arg(long, env = "HUBBUB_PUBLIC_HOSTS", value_delimiter = ',')]
     pub public_host: Vec<String>,
     /// Log format: `text` for people, `json` for machines.

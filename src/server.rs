@@ -191,14 +191,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         admin_token: cfg.admin_token.as_deref().map(Arc::from),
         metrics_on_main: cfg.metrics_listen.is_none(),
         metrics_token: cfg.metrics_token.as_deref().map(Arc::from),
-        hosts: Arc::new(Hosts::new(
-            addr.ip(),
-            cfg.tls_hostname
-                .iter()
-                .chain(&cfg.public_host)
-                .chain(&cfg.allowed_origin)
-                .cloned(),
-        )),
+        hosts: Arc::new(hosts(&cfg, addr, tls.as_deref())),
     };
     let http_stop = CancellationToken::new();
     let metrics_listener = match cfg.metrics_listen {
@@ -264,6 +257,22 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         stop,
         task,
     })
+}
+
+/// The Host allow-list: loopback, the listen address, the configured names,
+/// and the names of the served certificate (followed across reloads).
+fn hosts(cfg: &Config, addr: SocketAddr, tls: Option<&Tls>) -> Hosts {
+    let configured = cfg
+        .tls_hostname
+        .iter()
+        .chain(&cfg.public_host)
+        .chain(&cfg.allowed_origin)
+        .cloned();
+    let hosts = Hosts::new(addr.ip(), configured);
+    match tls {
+        Some(t) => hosts.with_served(t.served_names()),
+        None => hosts,
+    }
 }
 
 /// Opens the database. A restart right after a stop may find the file lock

@@ -2,7 +2,8 @@
 //! certificate are kept across restarts and renewed for new host names; keys
 //! are private; mkcert's CA is used through `$CAROOT`; `--tls-cert` files are
 //! served and reloaded on SIGHUP without dropping sockets; plain HTTP on the
-//! TLS port gets a quick 400; stalled handshakes and headers are dropped.
+//! TLS port gets a quick 400; stalled handshakes and headers are dropped; the
+//! served certificate's names are allowed `Host`s, also after a reload.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -311,4 +312,109 @@ async fn stalled_handshakes_and_headers_are_dropped() {
         .unwrap();
     assert_eq!(r.status, 200);
     s.stop().await;
+}
+
+/// The status of `GET /healthz` with `Host: host` over TLS to `addr`, the
+/// handshake made for `sni` and verified against `ca`; `None` when the
+/// handshake fails (e.g. the server does not serve a certificate for `sni`).
+async fn status_with_host(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    sni: &str,
+    host: &str,
+) -> Option<u16> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let mut io = connector.connect(name, tcp).await.ok()?;
+    let req = format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    io.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(T, io.read_to_end(&mut buf)).await;
+    let resp = String::from_utf8_lossy(&buf);
+    let status = resp.split_whitespace().nth(1)?.parse().ok()?;
+    if status == 400 {
+        assert!(resp.contains("\"bad_request\""), "{resp}");
+    }
+    Some(status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_certificates_names_are_allowed_hosts_and_follow_sighup() {
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    hubbub::tls::certs::ensure_server_cert(&a, &names(&["chat.test", "*.wild.test", "192.0.2.7"]))
+        .unwrap();
+    hubbub::tls::certs::ensure_server_cert(&b, &names(&["other.test"])).unwrap();
+    let (cert, key) = (work.path().join("cert.pem"), work.path().join("key.pem"));
+    std::fs::copy(a.join("server.pem"), &cert).unwrap();
+    std::fs::copy(a.join("server.key"), &key).unwrap();
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    // No --public-host, no --tls-hostname: the certificate alone names the server.
+    let p = spawn_hubbub(
+        &proc_args(
+            &work.path().join("data"),
+            &["--tls", "on", "--tls-cert", &cert_s, "--tls-key", &key_s],
+        ),
+        &[],
+    );
+    let (addr, ca_a, ca_b) = (p.addr, a.join("ca.pem"), b.join("ca.pem"));
+    let port = addr.port();
+    for (host, want) in [
+        ("chat.test".to_owned(), 200),
+        (format!("Chat.Test.:{port}"), 200),
+        ("x.wild.test".to_owned(), 200),
+        (format!("x.wild.test:{port}"), 200),
+        ("192.0.2.7".to_owned(), 200),
+        ("localhost".to_owned(), 200),
+        ("evil.example".to_owned(), 400),
+        ("wild.test".to_owned(), 400),
+        ("a.b.wild.test".to_owned(), 400),
+        ("other.test".to_owned(), 400),
+        ("192.0.2.8".to_owned(), 400),
+    ] {
+        let st = status_with_host(addr, &ca_a, "chat.test", &host).await;
+        assert_eq!(st, Some(want), "Host {host} with the first certificate");
+    }
+
+    std::fs::copy(b.join("server.key"), &key).unwrap();
+    std::fs::copy(b.join("server.pem"), &cert).unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = tokio::time::Instant::now() + T;
+    while status_with_host(addr, &ca_b, "other.test", "other.test").await != Some(200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Host other.test is still refused after the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The allow-list follows the served certificate: the old names are gone.
+    for (host, want) in [
+        ("chat.test", 400),
+        ("x.wild.test", 400),
+        ("192.0.2.7", 400),
+        ("evil.example", 400),
+        ("localhost", 200),
+    ] {
+        let st = status_with_host(addr, &ca_b, "other.test", host).await;
+        assert_eq!(st, Some(want), "Host {host} after the reload");
+    }
+    drop(p);
 }

@@ -15,6 +15,7 @@ use warp::{Filter, Rejection};
 use super::reply;
 use crate::error::ErrorCode;
 use crate::metrics::Metrics;
+use crate::tls::ServedNames;
 
 /// The web UI's Content-Security-Policy: only our own scripts, styles and
 /// sockets; no inline code, no framing.
@@ -63,12 +64,14 @@ impl Origins {
 /// `evil.example` whose name is re-pointed at 127.0.0.1 reaches us with
 /// `Host: evil.example`, and is refused. Allowed: `localhost`, loopback
 /// addresses, the listen address, and the configured names (`--tls-hostname`,
-/// `--public-host`, the hosts of `--allowed-origin`). Ports are not compared:
-/// the name is what a rebinding attacker cannot forge.
+/// `--public-host`, the hosts of `--allowed-origin`), and with TLS the names
+/// of the certificate being served. Ports are not compared: the name is what
+/// a rebinding attacker cannot forge.
 pub struct Hosts {
     listen: IpAddr,
     names: Vec<String>,
     ips: Vec<IpAddr>,
+    served: Option<Arc<ServedNames>>,
 }
 
 impl Hosts {
@@ -78,6 +81,7 @@ impl Hosts {
             listen,
             names: Vec::new(),
             ips: Vec::new(),
+            served: None,
         };
         for n in names {
             let n = n.split_once("://").map_or(n.as_str(), |(_, rest)| rest);
@@ -94,6 +98,12 @@ impl Hosts {
         h
     }
 
+    /// Also allows the names of the served certificate, as they are at each request.
+    pub fn with_served(mut self, served: Arc<ServedNames>) -> Self {
+        self.served = Some(served);
+        self
+    }
+
     /// Whether a request's `Host` header names this server.
     pub fn allows(&self, host_header: &str) -> bool {
         let Some(host) = host_part(host_header.trim()) else {
@@ -105,10 +115,16 @@ impl Hosts {
             return ip.is_loopback()
                 || self.listen.is_unspecified()
                 || ip == self.listen
-                || self.ips.contains(&ip);
+                || self.ips.contains(&ip)
+                || self.served.as_ref().is_some_and(|s| s.get().covers_ip(ip));
         }
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        host == "localhost" || self.names.contains(&host)
+        host == "localhost"
+            || self.names.contains(&host)
+            || self
+                .served
+                .as_ref()
+                .is_some_and(|s| s.get().covers_name(&host))
     }
 }
 

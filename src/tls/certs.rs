@@ -281,28 +281,12 @@ pub fn ensure_server_cert(certs: &Path, names: &[String]) -> Result<ServerPem> {
     })
 }
 
-fn leaf_still_good(chain_pem: &str, ca_pem: &str, names: &[String]) -> bool {
+/// The DNS names (as written, wildcards included) and IP addresses (as text)
+/// of a certificate's subject alternative names; `None` without that extension.
+fn sans(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<Vec<String>> {
     use x509_parser::extensions::GeneralName;
-    let Ok((_, leaf_pem)) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes()) else {
-        return false;
-    };
-    let Ok((_, ca_pem)) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()) else {
-        return false;
-    };
-    let (Ok(leaf), Ok(ca)) = (leaf_pem.parse_x509(), ca_pem.parse_x509()) else {
-        return false;
-    };
-    if leaf.issuer() != ca.subject() {
-        return false;
-    }
-    let not_after_ms = leaf.validity().not_after.timestamp().max(0) as u64 * 1000;
-    if not_after_ms < now_ms() + RENEW_BEFORE_DAYS * DAY_MS {
-        return false;
-    }
-    let Ok(Some(san)) = leaf.subject_alternative_name() else {
-        return false;
-    };
-    let have: Vec<String> = san
+    let san = cert.subject_alternative_name().ok()??;
+    let names = san
         .value
         .general_names
         .iter()
@@ -320,6 +304,38 @@ fn leaf_still_good(chain_pem: &str, ca_pem: &str, names: &[String]) -> bool {
             _ => None,
         })
         .collect();
+    Some(names)
+}
+
+/// The names a DER certificate (the served leaf) is for: its SANs only, as
+/// clients check (the subject CN is ignored). Empty when it cannot be parsed.
+pub fn served_names(der: &[u8]) -> Vec<String> {
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .and_then(|(_, c)| sans(&c))
+        .unwrap_or_default()
+}
+
+fn leaf_still_good(chain_pem: &str, ca_pem: &str, names: &[String]) -> bool {
+    let Ok((_, leaf_pem)) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok((_, ca_pem)) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()) else {
+        return false;
+    };
+    let (Ok(leaf), Ok(ca)) = (leaf_pem.parse_x509(), ca_pem.parse_x509()) else {
+        return false;
+    };
+    if leaf.issuer() != ca.subject() {
+        return false;
+    }
+    let not_after_ms = leaf.validity().not_after.timestamp().max(0) as u64 * 1000;
+    if not_after_ms < now_ms() + RENEW_BEFORE_DAYS * DAY_MS {
+        return false;
+    }
+    let Some(have) = sans(&leaf) else {
+        return false;
+    };
     names
         .iter()
         .all(|n| have.iter().any(|h| h.eq_ignore_ascii_case(n)))

@@ -5,7 +5,7 @@
 
 pub mod certs;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -35,6 +35,72 @@ pub struct Tls {
     pub acceptor: TlsAcceptor,
     pub source: CertSource,
     resolver: Arc<SwappableCert>,
+    served: Arc<ServedNames>,
+}
+
+/// The names the served certificate is for, swapped with it on reload. The
+/// Host check reads it per request: a short read lock to clone an `Arc`,
+/// never held across an await.
+#[derive(Debug, Default)]
+pub struct ServedNames(RwLock<Arc<CertNames>>);
+
+impl ServedNames {
+    pub fn new(names: CertNames) -> Self {
+        ServedNames(RwLock::new(Arc::new(names)))
+    }
+
+    pub fn get(&self) -> Arc<CertNames> {
+        // A poisoned lock still holds a complete value (it is only ever replaced whole).
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, names: CertNames) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(names);
+    }
+}
+
+/// A certificate's subject alternative names: DNS names (lowercase, maybe
+/// `*.` wildcards) and IP addresses.
+#[derive(Debug, Default, PartialEq)]
+pub struct CertNames {
+    dns: Vec<String>,
+    ips: Vec<IpAddr>,
+}
+
+impl CertNames {
+    /// From SAN strings as `certs::served_names` gives them.
+    pub fn new(sans: Vec<String>) -> Self {
+        let mut n = CertNames::default();
+        for s in sans {
+            match s.parse::<IpAddr>() {
+                Ok(ip) => n.ips.push(ip),
+                Err(_) => n.dns.push(s.trim_end_matches('.').to_ascii_lowercase()),
+            }
+        }
+        n
+    }
+
+    fn of(key: &CertifiedKey) -> Self {
+        key.cert.first().map_or_else(CertNames::default, |leaf| {
+            CertNames::new(certs::served_names(leaf))
+        })
+    }
+
+    /// Whether `host` (lowercase, no trailing dot) is one of the names, or
+    /// matches a wildcard `*.base` as TLS clients match it: exactly one
+    /// non-empty label in front of `base`.
+    pub fn covers_name(&self, host: &str) -> bool {
+        self.dns.iter().any(|d| match d.strip_prefix("*.") {
+            Some(base) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == base),
+            None => d == host,
+        })
+    }
+
+    pub fn covers_ip(&self, ip: IpAddr) -> bool {
+        self.ips.contains(&ip)
+    }
 }
 
 /// Hands rustls the current certificate; `reload` swaps it for new handshakes
@@ -112,7 +178,9 @@ impl Tls {
     }
 
     fn new(source: CertSource) -> Result<Self> {
-        let resolver = Arc::new(SwappableCert(RwLock::new(load_key(&source)?)));
+        let key = load_key(&source)?;
+        let served = Arc::new(ServedNames::new(CertNames::of(&key)));
+        let resolver = Arc::new(SwappableCert(RwLock::new(key)));
         let mut cfg =
             ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()
@@ -124,20 +192,33 @@ impl Tls {
             acceptor: TlsAcceptor::from(Arc::new(cfg)),
             source,
             resolver,
+            served,
         })
     }
 
+    /// The names of the certificate being served, kept current by `reload`.
+    pub fn served_names(&self) -> Arc<ServedNames> {
+        self.served.clone()
+    }
+
     /// Re-reads the certificate (SIGHUP). On error the old one stays in use.
+    /// The allowed Host names follow the new certificate: a name it no longer
+    /// covers is refused from now on (unless configured by flag).
     pub fn reload(&self) -> Result<()> {
         let key = load_key(&self.source)?;
+        let names = CertNames::of(&key);
         *self.resolver.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+        self.served.set(names);
         Ok(())
     }
 
     /// `reload`, logging the outcome (SIGHUP handler).
     pub fn reload_logged(&self) {
         match self.reload() {
-            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Ok(()) => {
+                let names = self.served.get();
+                tracing::info!(dns = ?names.dns, ips = ?names.ips, "TLS certificate reloaded");
+            }
             Err(e) => {
                 tracing::error!(error = %e, "TLS reload failed; keeping the current certificate")
             }
@@ -166,5 +247,36 @@ impl Tls {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cert_names_match_exactly_and_wildcards_cover_one_label() {
+        let n = CertNames::new(
+            ["Chat.Test.", "*.wild.test", "192.0.2.7", "::2"]
+                .map(String::from)
+                .to_vec(),
+        );
+        for ok in ["chat.test", "a.wild.test", "x-1.wild.test"] {
+            assert!(n.covers_name(ok), "{ok}");
+        }
+        for bad in [
+            "wild.test",
+            "a.b.wild.test",
+            ".wild.test",
+            "evil.test",
+            "chat.test.evil",
+            "xchat.test",
+            "192.0.2.7",
+        ] {
+            assert!(!n.covers_name(bad), "{bad}");
+        }
+        assert!(n.covers_ip("192.0.2.7".parse().unwrap()));
+        assert!(n.covers_ip("::2".parse().unwrap()));
+        assert!(!n.covers_ip("192.0.2.8".parse().unwrap()));
     }
 }
