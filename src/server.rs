@@ -4,6 +4,11 @@
 //! Shutdown order: stop accepting → `/readyz` 503 → sessions close with 1001 →
 //! the hub stops → the storage writer applies and flushes everything queued →
 //! return. Every message that was broadcast is on disk when `run` returns.
+//!
+//! The same shutdown runs when storage fails (sled keeps a write error, so the
+//! node cannot recover in-process): then `run` returns `StorageFailed`, which
+//! `main` turns into exit status `EXIT_STORAGE_FAILED`. Messages broadcast but
+//! not written were never `saved`; their senders resend them after a restart.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +29,7 @@ use crate::http::{self, AppState, Origins};
 use crate::hub::{HubConfig, HubHandle};
 use crate::metrics::Metrics;
 use crate::session::{SessionConfig, SessionCtx};
-use crate::storage::{StorageHandle, StorageWriterConfig, Store};
+use crate::storage::{StorageHandle, StorageHealth, StorageWriterConfig, Store};
 use crate::tls::{Tls, local_names};
 
 /// Storage → hub events (durable ids, receipts). Full → the writer waits: the
@@ -35,6 +40,14 @@ const LIMITER_PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Sessions get this long to send their Close frames at shutdown.
 const SESSION_GRACE: Duration = Duration::from_secs(5);
 
+/// Exit status after storage failed (EX_TEMPFAIL): free disk space and start again.
+pub const EXIT_STORAGE_FAILED: u8 = 75;
+
+/// The server stopped because storage failed; the text is sled's error.
+#[derive(Debug, thiserror::Error)]
+#[error("storage failed: {0}")]
+pub struct StorageFailed(pub String);
+
 /// A started server. `shutdown` runs the ordered shutdown and waits for it.
 pub struct Running {
     pub addr: SocketAddr,
@@ -44,6 +57,7 @@ pub struct Running {
     /// The `--metrics-listen` address, when metrics have a port of their own.
     pub metrics_addr: Option<SocketAddr>,
     stop: CancellationToken,
+    storage: Arc<StorageHealth>,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -58,6 +72,12 @@ impl Running {
             println!("metrics on http://{a}/metrics");
         }
         tracing::info!(url = %self.url, "listening");
+    }
+
+    /// Resolves when storage has failed: the server is then shutting down on
+    /// its own, and `shutdown` returns `StorageFailed`.
+    pub async fn storage_failed(&self) {
+        self.storage.failed().await;
     }
 
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -130,6 +150,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         store.clone(),
         StorageWriterConfig {
             queue: cfg.storage_queue,
+            data_dir: cfg.data_dir.clone(),
+            min_free_bytes: cfg.min_free_mb.saturating_mul(1 << 20),
         },
         events_tx,
         metrics.clone(),
@@ -140,6 +162,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         max_sessions_per_user: cfg.max_sessions_per_user,
         queue: cfg.hub_queue,
     };
+    let storage_health = storage.health().clone();
     let (hub, hub_task) = HubHandle::spawn(hub_cfg, head, storage.clone(), events_rx);
 
     let sessions_stop = CancellationToken::new();
@@ -205,10 +228,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let stop = CancellationToken::new();
     let task = tokio::spawn({
-        let stop = stop.clone();
+        let (stop, health) = (stop.clone(), storage_health.clone());
         async move {
-            stop.cancelled().await;
-            tracing::info!("shutting down: draining sessions and the write-ahead queue");
+            let failed = tokio::select! {
+                _ = stop.cancelled() => None,
+                reason = health.failed() => Some(reason),
+            };
+            match &failed {
+                None => tracing::info!("shutting down: draining sessions and the write-ahead queue"),
+                Some(e) => tracing::error!(
+                    error = %e,
+                    "storage failed; stopping so sled can recover on restart; free disk space and start hubbub again"
+                ),
+            }
             draining.store(true, Ordering::SeqCst);
             http_stop.cancel();
             sessions_stop.cancel();
@@ -226,10 +258,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 t.await.context("metrics task")?;
             }
             tracing::info!("shutdown complete");
-            Ok(())
+            match failed {
+                None => Ok(()),
+                Some(e) => Err(StorageFailed(e).into()),
+            }
         }
     });
     Ok(Running {
+        storage: storage_health,
         metrics_addr,
         addr,
         url,
@@ -261,13 +297,16 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     }
 }
 
-/// Runs until `shutdown` resolves, then shuts down in order.
+/// Runs until `shutdown` resolves or storage fails, then shuts down in order.
 pub async fn run(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let running = start(cfg).await?;
     running.announce();
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        _ = running.storage_failed() => {}
+    }
     running.shutdown().await
 }

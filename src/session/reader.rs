@@ -194,14 +194,14 @@ impl Reader<'_> {
                     ids,
                     status,
                 });
-                if self.ctx.storage.try_send(cmd).is_err() {
+                if let Err(refused) = self.ctx.storage.try_send(cmd) {
                     self.fail(
                         ErrorCode::Unavailable,
                         encode_retry(
                             ErrorCode::Unavailable,
-                            "storage is busy; resend later",
+                            refused.message(),
                             None,
-                            RETRY_AFTER_MS,
+                            refused.retry_after_ms(),
                         ),
                     );
                 }

@@ -11,6 +11,7 @@
 //! - `username_user`, `tokenhash_refresh`, `familyid_revoked`: accounts (see `accounts.rs`).
 
 mod accounts;
+mod health;
 mod history;
 mod writer;
 
@@ -22,9 +23,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
 pub use accounts::{RefreshRecord, SpendOutcome, UserRecord};
+pub use health::{StorageHealth, StorageState, free_bytes};
 pub use history::Page;
 pub use writer::{
-    AckCmd, DurableMsg, StorageCmd, StorageEvent, StorageFull, StorageHandle, StorageTask,
+    AckCmd, DurableMsg, Refused, StorageCmd, StorageEvent, StorageHandle, StorageTask,
     StorageWriterConfig,
 };
 
