@@ -37,6 +37,8 @@ use crate::tls::{Tls, local_names};
 const STORAGE_EVENTS_QUEUE: usize = 1024;
 /// Keyed rate limiters forget recovered keys this often.
 const LIMITER_PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// After storage failed, sessions get this long to send the senders' errors.
+const FAILED_NOTICE_GRACE: Duration = Duration::from_millis(200);
 /// Sessions get this long to send their Close frames at shutdown.
 const SESSION_GRACE: Duration = Duration::from_secs(5);
 
@@ -164,6 +166,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     };
     let storage_health = storage.health().clone();
     let (hub, hub_task) = HubHandle::spawn(hub_cfg, head, storage.clone(), events_rx);
+    let hub_for_stop = hub.clone();
 
     let sessions_stop = CancellationToken::new();
     let sessions = SessionCtx {
@@ -228,18 +231,24 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let stop = CancellationToken::new();
     let task = tokio::spawn({
-        let (stop, health) = (stop.clone(), storage_health.clone());
+        let (stop, health, hub) = (stop.clone(), storage_health.clone(), hub_for_stop);
         async move {
             let failed = tokio::select! {
                 _ = stop.cancelled() => None,
                 reason = health.failed() => Some(reason),
             };
             match &failed {
-                None => tracing::info!("shutting down: draining sessions and the write-ahead queue"),
-                Some(e) => tracing::error!(
-                    error = %e,
-                    "storage failed; stopping so sled can recover on restart; free disk space and start hubbub again"
-                ),
+                None => {
+                    tracing::info!("shutting down: draining sessions and the write-ahead queue")
+                }
+                Some(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "storage failed; stopping so sled can recover on restart; free disk space and start hubbub again"
+                    );
+                    draining.store(true, Ordering::SeqCst);
+                    tell_senders(&hub).await;
+                }
             }
             draining.store(true, Ordering::SeqCst);
             http_stop.cancel();
@@ -273,6 +282,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         stop,
         task,
     })
+}
+
+/// After storage failed: waits until the hub has handled the failed batch (it
+/// takes storage events before commands, so a ping answered means the senders'
+/// `unavailable` errors are queued), then gives sessions a moment to write them
+/// before they are closed. Best effort: a sender that misses it resends anyway.
+async fn tell_senders(hub: &HubHandle) {
+    let _ = tokio::time::timeout(FAILED_NOTICE_GRACE, hub.ping()).await;
+    tokio::time::sleep(FAILED_NOTICE_GRACE).await;
 }
 
 /// Opens the database. A restart right after a stop may find the file lock

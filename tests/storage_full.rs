@@ -9,15 +9,14 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::*;
 use hubbub::client::{self, Account, WsClient};
-use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 /// Bounded waits: generous, the machine may be loaded.
@@ -70,7 +69,10 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         // Lazy: a server still holding files must not keep the mount around.
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -296,10 +298,124 @@ async fn a_full_disk_refuses_messages_loses_none_and_recovers_without_restart() 
     );
 
     let live = rx.finish().await;
+    eprintln!(
+        "sent {}, saved {}, delivered live {}",
+        snd.contents.len(),
+        snd.saved.len(),
+        live.len()
+    );
     drop(tx);
     let s = TestServer::start_in(s.stop().await, &flags).await;
     let history = history_ids(s.addr, &alice, "lobby").await;
     assert_subset("saved messages", &snd.saved, &history);
     assert_subset("live-delivered messages", &live, &history);
     s.stop().await;
+}
+
+/// `hubbub` as a child process with its log (stderr) in `log`; killed when dropped.
+fn spawn_logged(args: &[String], log: &Path) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hubbub"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let p = Proc {
+        addr: line
+            .trim()
+            .rsplit("://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}")),
+        child,
+        stdout: Default::default(),
+    };
+    // Keep reading stdout so later prints never hit a closed pipe.
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = out.read_to_end(&mut sink);
+    });
+    p
+}
+
+/// Waits (bounded) for the process to exit on its own; its exit code.
+async fn wait_exit(p: &mut Proc) -> Option<i32> {
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        if let Some(st) = p.child.try_wait().unwrap() {
+            return st.code();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hubbub did not exit after storage failed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn join_at(addr: SocketAddr, acct: &Account, room: &str) -> WsClient {
+    let mut ws = client::join(addr, acct, room, None, None).await.unwrap();
+    ws.expect("welcome", T).await.unwrap();
+    ws.expect("history", T).await.unwrap();
+    ws
+}
+
+#[tokio::test]
+async fn a_sled_write_error_stops_the_node_and_nothing_shown_live_is_lost() {
+    let Some(fs) = Tmpfs::mount(6) else { return };
+    let data = fs.path().join("data");
+    let logs = tempfile::tempdir().unwrap();
+    // The guard off: the disk fills until sled itself fails.
+    let args = proc_args(&data, &["--min-free-mb", "0"]);
+    let mut p = spawn_logged(&args, &logs.path().join("first.log"));
+    let alice = client::signup_or_login(p.addr, "alice", PASSWORD)
+        .await
+        .unwrap();
+    let bob = client::signup_or_login(p.addr, "bob", PASSWORD)
+        .await
+        .unwrap();
+    let mut tx = join_at(p.addr, &alice, "lobby").await;
+    let rx = Receiver::start(join_at(p.addr, &bob, "lobby").await);
+
+    let mut snd = Sender::default();
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        assert!(rounds < 200, "storage never failed");
+        let ids = snd.new_ids(20, 3000);
+        if !snd.send(&mut tx, &ids).await {
+            break;
+        }
+    }
+    assert_eq!(wait_exit(&mut p).await, Some(75), "exit status");
+    let log = std::fs::read_to_string(logs.path().join("first.log")).unwrap();
+    assert!(
+        log.contains("storage failed") && log.contains("free disk space and start hubbub again"),
+        "{log}"
+    );
+    let live = rx.finish().await;
+    assert!(!snd.saved.is_empty() && !live.is_empty());
+    eprintln!(
+        "sent {}, saved {}, refused {}, delivered live {}; log:\n{log}",
+        snd.contents.len(),
+        snd.saved.len(),
+        snd.refused.len(),
+        live.len()
+    );
+
+    // Space comes back; the restarted node takes the resent ids.
+    fs.resize(64);
+    let p = spawn_logged(&args, &logs.path().join("second.log"));
+    assert_eq!(get(p.addr, "/readyz").await.status, 200);
+    let mut tx = join_at(p.addr, &alice, "lobby").await;
+    let unsaved = snd.unsaved();
+    assert!(snd.send(&mut tx, &unsaved).await);
+    assert!(snd.refused.is_empty(), "still refused: {:?}", snd.refused);
+    let history = history_ids(p.addr, &alice, "lobby").await;
+    assert_subset("saved messages", &snd.saved, &history);
+    assert_subset("live-delivered messages", &live, &history);
 }

@@ -70,13 +70,21 @@ impl StorageHealth {
             .is_ok()
     }
 
-    /// Marks storage failed (once; later calls keep the first reason).
+    /// Marks storage failed: new messages are refused from now on. Once; later
+    /// calls keep the first reason. `failed()` resolves only after `announce`.
     pub(crate) fn fail(&self, reason: String) {
         let prev = self
             .state
             .swap(StorageState::Failed as u8, Ordering::AcqRel);
         if prev != StorageState::Failed as u8 {
             *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        }
+    }
+
+    /// Tells whoever waits on `failed()` (the server, which then stops). Separate
+    /// from `fail` so the writer can first report the failed batch to the hub.
+    pub(crate) fn announce(&self) {
+        if self.state() == StorageState::Failed {
             self.failed.cancel();
         }
     }
@@ -180,6 +188,12 @@ mod tests {
         assert_eq!(h.state(), StorageState::Failed);
         h.fail("second".into());
         assert_eq!(h.reason.lock().unwrap().as_deref(), Some("boom"));
+        assert!(
+            !h.failed.is_cancelled(),
+            "announced only after the hub was told"
+        );
+        h.announce();
+        assert!(h.failed.is_cancelled());
     }
 
     #[test]

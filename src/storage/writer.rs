@@ -311,7 +311,10 @@ impl Writer {
         self.metrics.storage_state.set(StorageState::Failed as i64);
         let failed = failed_msgs(buf.drain(..));
         tracing::debug!(error = %e, messages = failed.len(), "storage batch failed");
+        // The hub hears of the batch before the server starts to stop, so its
+        // senders can still get `unavailable` before their sessions close.
         self.report(StorageEvent::Failed(failed)).await;
+        self.health.announce();
     }
 
     async fn report(&self, ev: StorageEvent) {
