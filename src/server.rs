@@ -234,8 +234,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         let (stop, health, hub) = (stop.clone(), storage_health.clone(), hub_for_stop);
         async move {
             let failed = tokio::select! {
-                _ = stop.cancelled() => None,
+                // Failure first: `main` cancels `stop` as soon as it sees the
+                // failure, so both may be ready here, and the exit status
+                // must still say storage failed.
+                biased;
                 reason = health.failed() => Some(reason),
+                _ = stop.cancelled() => None,
             };
             match &failed {
                 None => {

@@ -391,8 +391,9 @@ async fn a_sled_write_error_stops_the_node_and_nothing_shown_live_is_lost() {
             break;
         }
     }
-    assert_eq!(wait_exit(&mut p).await, Some(75), "exit status");
+    let status = wait_exit(&mut p).await;
     let log = std::fs::read_to_string(logs.path().join("first.log")).unwrap();
+    assert_eq!(status, Some(75), "exit status; log:\n{log}");
     assert!(
         log.contains("storage failed") && log.contains("free disk space and start hubbub again"),
         "{log}"
