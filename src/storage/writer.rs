@@ -485,3 +485,7 @@ impl StorageHandle {
         (StorageHandle { tx, health }, rx)
     }
 }
+
+#[cfg(test)]
+#[path = "writer_tests.rs"]
+mod tests;
