@@ -282,6 +282,12 @@ async fn a_full_disk_refuses_messages_loses_none_and_recovers_without_restart() 
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.body.contains("storage full"), "{}", r.body);
     assert_eq!(metric(s.addr, "hubbub_storage_state").await, 1.0);
+    eprintln!(
+        "full after {} sent: {} saved, {} refused",
+        snd.contents.len(),
+        snd.saved.len(),
+        snd.refused.len()
+    );
 
     // Space comes back: accepted again with no restart; refused ids are resent.
     std::fs::remove_file(&filler).unwrap();
@@ -417,6 +423,11 @@ async fn a_sled_write_error_stops_the_node_and_nothing_shown_live_is_lost() {
     assert!(snd.send(&mut tx, &unsaved).await);
     assert!(snd.refused.is_empty(), "still refused: {:?}", snd.refused);
     let history = history_ids(p.addr, &alice, "lobby").await;
+    eprintln!(
+        "after restart and {} resends: history {}",
+        unsaved.len(),
+        history.len()
+    );
     assert_subset("saved messages", &snd.saved, &history);
     assert_subset("live-delivered messages", &live, &history);
 }
