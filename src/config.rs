@@ -89,6 +89,11 @@ pub struct Config {
     /// Write-ahead queue capacity; full → `unavailable`.
     #[arg(long, env = "HUBBUB_STORAGE_QUEUE", default_value_t = 8192)]
     pub storage_queue: usize,
+    /// Free MiB to keep on the data directory's filesystem: under it new
+    /// messages are refused (`unavailable`) and `/readyz` is 503, until free
+    /// space is back above 1.25 × this. 0 turns the guard off.
+    #[arg(long, env = "HUBBUB_MIN_FREE_MB", default_value_t = 64)]
+    pub min_free_mb: u64,
     /// Hub command queue capacity; full → session readers wait.
     #[arg(long, env = "HUBBUB_HUB_QUEUE", default_value_t = 8192)]
     pub hub_queue: usize,
@@ -209,6 +214,10 @@ impl Config {
         anyhow::ensure!(
             self.session_queue >= 2 && self.storage_queue >= 1 && self.hub_queue >= 1,
             "queues must be positive"
+        );
+        anyhow::ensure!(
+            self.min_free_mb <= 1 << 30,
+            "--min-free-mb must be at most 1073741824 (1 PiB)"
         );
         anyhow::ensure!(
             self.ping_secs > 0 && self.idle_secs > self.ping_secs,

@@ -21,7 +21,8 @@ pub enum ErrorCode {
     Conflict,
     /// Not allowed for this user, or an Origin outside the allow-list.
     Forbidden,
-    /// The storage queue is full: the message was not accepted; resend later.
+    /// The storage queue is full, the disk is nearly full, or storage failed:
+    /// the message was not accepted (not broadcast); resend later.
     Unavailable,
     /// Missing, invalid or expired credentials.
     Unauthorized,

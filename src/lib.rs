@@ -10,7 +10,8 @@
 //! - [`protocol`]: the wire contract as pure data: names, cursors, frames. No I/O.
 //! - [`storage`]: the only module that imports sled. Room logs, the message-id
 //!   index, receipts, accounts; the storage writer task with its bounded
-//!   write-ahead queue and group commit. Imports `protocol`.
+//!   write-ahead queue and group commit; storage health (ok, full under the
+//!   free-space watermark, failed) for the hub and `/readyz`. Imports `protocol`.
 //! - [`auth`]: passwords (argon2id), JWTs, refresh-token rotation. Imports
 //!   `storage` for the account tables.
 //! - [`hub`]: one task that owns all room state; synchronous decisions in

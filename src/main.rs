@@ -1,9 +1,14 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 use hubbub::config::{Cli, Command};
+use hubbub::server::{EXIT_STORAGE_FAILED, StorageFailed};
 use tracing_subscriber::EnvFilter;
 
+/// Exit status: 0 after a signal, `EXIT_STORAGE_FAILED` (75) when storage
+/// failed, 1 for any other error (printed like `anyhow` does).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     // Everything hubbub creates (sled's files, which it makes with the umask
     // and may add at any time, the JWT secret, keys) is for this user only.
     // Stricter bits the caller set are kept.
@@ -13,6 +18,20 @@ async fn main() -> anyhow::Result<()> {
         let old = libc::umask(0o077);
         libc::umask(old | 0o077);
     }
+    match serve().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<StorageFailed>().is_some() => {
+            // The server task has logged the reason and what to do.
+            ExitCode::from(EXIT_STORAGE_FAILED)
+        }
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> anyhow::Result<()> {
     // One crypto provider for the whole process (ring); rustls panics when it
     // has to guess between two.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -54,7 +73,10 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
-    shutdown_signal().await;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = running.storage_failed() => {}
+    }
     running.shutdown().await
 }
 

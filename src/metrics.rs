@@ -52,6 +52,8 @@ pub struct Metrics {
     pub messages_stored: IntCounter,
     pub stored_bytes: IntCounter,
     pub storage_errors: IntCounter,
+    pub storage_state: IntGauge,
+    pub storage_free_bytes: IntGauge,
     pub hub_queue_depth: IntGauge,
     pub hub_turn_seconds: Histogram,
     pub logins: IntCounterVec,
@@ -230,17 +232,27 @@ impl Metrics {
             messages_stored: counter(
                 &r,
                 "hubbub_messages_stored_total",
-                "Messages written to the log.",
+                "Messages written to the log and flushed to disk.",
             ),
             stored_bytes: counter(
                 &r,
                 "hubbub_stored_bytes_total",
-                "Encoded bytes of messages written to the log.",
+                "Encoded bytes of messages written to the log and flushed to disk.",
             ),
             storage_errors: counter(
                 &r,
                 "hubbub_storage_errors_total",
                 "Failed storage batches and flushes.",
+            ),
+            storage_state: gauge(
+                &r,
+                "hubbub_storage_state",
+                "Storage state: 0 ok, 1 full (free space under --min-free-mb: messages refused), 2 failed (stopping).",
+            ),
+            storage_free_bytes: gauge(
+                &r,
+                "hubbub_storage_free_bytes",
+                "Free bytes on the data directory's filesystem, as last checked (0 with the guard off).",
             ),
             hub_queue_depth: gauge(
                 &r,

@@ -4,6 +4,11 @@
 //! Shutdown order: stop accepting → `/readyz` 503 → sessions close with 1001 →
 //! the hub stops → the storage writer applies and flushes everything queued →
 //! return. Every message that was broadcast is on disk when `run` returns.
+//!
+//! The same shutdown runs when storage fails (sled keeps a write error, so the
+//! node cannot recover in-process): then `run` returns `StorageFailed`, which
+//! `main` turns into exit status `EXIT_STORAGE_FAILED`. Messages broadcast but
+//! not written were never `saved`; their senders resend them after a restart.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +30,7 @@ use crate::http::{self, AppState, Hosts, Origins};
 use crate::hub::{HubConfig, HubHandle};
 use crate::metrics::Metrics;
 use crate::session::{SessionConfig, SessionCtx};
-use crate::storage::{StorageHandle, StorageWriterConfig, Store};
+use crate::storage::{StorageHandle, StorageHealth, StorageWriterConfig, Store};
 use crate::tls::{Tls, local_names};
 
 /// Storage → hub events (durable ids, receipts). Full → the writer waits: the
@@ -33,8 +38,18 @@ use crate::tls::{Tls, local_names};
 const STORAGE_EVENTS_QUEUE: usize = 1024;
 /// Keyed rate limiters forget recovered keys this often.
 const LIMITER_PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// After storage failed, sessions get this long to send the senders' errors.
+const FAILED_NOTICE_GRACE: Duration = Duration::from_millis(200);
 /// Sessions get this long to send their Close frames at shutdown.
 const SESSION_GRACE: Duration = Duration::from_secs(5);
+
+/// Exit status after storage failed (EX_TEMPFAIL): free disk space and start again.
+pub const EXIT_STORAGE_FAILED: u8 = 75;
+
+/// The server stopped because storage failed; the text is sled's error.
+#[derive(Debug, thiserror::Error)]
+#[error("storage failed: {0}")]
+pub struct StorageFailed(pub String);
 
 /// A started server. `shutdown` runs the ordered shutdown and waits for it.
 pub struct Running {
@@ -45,6 +60,7 @@ pub struct Running {
     /// The `--metrics-listen` address, when metrics have a port of their own.
     pub metrics_addr: Option<SocketAddr>,
     stop: CancellationToken,
+    storage: Arc<StorageHealth>,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -59,6 +75,12 @@ impl Running {
             println!("metrics on http://{a}/metrics");
         }
         tracing::info!(url = %self.url, "listening");
+    }
+
+    /// Resolves when storage has failed: the server is then shutting down on
+    /// its own, and `shutdown` returns `StorageFailed`.
+    pub async fn storage_failed(&self) {
+        self.storage.failed().await;
     }
 
     pub async fn shutdown(self) -> anyhow::Result<()> {
@@ -136,6 +158,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         store.clone(),
         StorageWriterConfig {
             queue: cfg.storage_queue,
+            data_dir: cfg.data_dir.clone(),
+            min_free_bytes: cfg.min_free_mb.saturating_mul(1 << 20),
         },
         events_tx,
         metrics.clone(),
@@ -146,7 +170,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         max_sessions_per_user: cfg.max_sessions_per_user,
         queue: cfg.hub_queue,
     };
+    let storage_health = storage.health().clone();
     let (hub, hub_task) = HubHandle::spawn(hub_cfg, head, storage.clone(), events_rx);
+    let hub_for_stop = hub.clone();
 
     let sessions_stop = CancellationToken::new();
     let sessions = SessionCtx {
@@ -220,10 +246,29 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let stop = CancellationToken::new();
     let task = tokio::spawn({
-        let stop = stop.clone();
+        let (stop, health, hub) = (stop.clone(), storage_health.clone(), hub_for_stop);
         async move {
-            stop.cancelled().await;
-            tracing::info!("shutting down: draining sessions and the write-ahead queue");
+            let failed = tokio::select! {
+                // Failure first: `main` cancels `stop` as soon as it sees the
+                // failure, so both may be ready here, and the exit status
+                // must still say storage failed.
+                biased;
+                reason = health.failed() => Some(reason),
+                _ = stop.cancelled() => None,
+            };
+            match &failed {
+                None => {
+                    tracing::info!("shutting down: draining sessions and the write-ahead queue")
+                }
+                Some(e) => {
+                    tracing::error!(
+                        error = %e,
+                        "storage failed; stopping so sled can recover on restart; free disk space and start hubbub again"
+                    );
+                    draining.store(true, Ordering::SeqCst);
+                    tell_senders(&hub).await;
+                }
+            }
             draining.store(true, Ordering::SeqCst);
             http_stop.cancel();
             sessions_stop.cancel();
@@ -246,10 +291,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 t.await.context("metrics task")?;
             }
             tracing::info!("shutdown complete");
-            Ok(())
+            match failed {
+                None => Ok(()),
+                Some(e) => Err(StorageFailed(e).into()),
+            }
         }
     });
     Ok(Running {
+        storage: storage_health,
         metrics_addr,
         addr,
         url,
@@ -275,6 +324,15 @@ fn hosts(cfg: &Config, addr: SocketAddr, tls: Option<&Tls>) -> Hosts {
     }
 }
 
+/// After storage failed: waits until the hub has handled the failed batch (it
+/// takes storage events before commands, so a ping answered means the senders'
+/// `unavailable` errors are queued), then gives sessions a moment to write them
+/// before they are closed. Best effort: a sender that misses it resends anyway.
+async fn tell_senders(hub: &HubHandle) {
+    let _ = tokio::time::timeout(FAILED_NOTICE_GRACE, hub.ping()).await;
+    tokio::time::sleep(FAILED_NOTICE_GRACE).await;
+}
+
 /// Opens the database. A restart right after a stop may find the file lock
 /// still held for a moment (the old process, or tasks of an in-process server,
 /// still letting go), so a lock error is retried for up to two seconds.
@@ -297,13 +355,16 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     }
 }
 
-/// Runs until `shutdown` resolves, then shuts down in order.
+/// Runs until `shutdown` resolves or storage fails, then shuts down in order.
 pub async fn run(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let running = start(cfg).await?;
     running.announce();
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        _ = running.storage_failed() => {}
+    }
     running.shutdown().await
 }

@@ -19,6 +19,7 @@ use crate::hub::HubCmd;
 use crate::protocol::frames::page_limit;
 use crate::protocol::time::format_ts;
 use crate::protocol::{Cursor, PageDir, RoomName, WireMsg};
+use crate::storage::StorageState;
 
 #[derive(Deserialize)]
 struct Credentials {
@@ -237,6 +238,10 @@ pub async fn history(
     let Some(limit) = limit else {
         return reply::error(ErrorCode::BadRequest, "limit must be 1..=100");
     };
+    if state.sessions.storage.health().state() == StorageState::Failed {
+        // sled may still hold, in memory, a batch it failed to write: not shown.
+        return reply::error(ErrorCode::Unavailable, "storage failed; retry later");
+    }
     let pending = match state.hub.pending(room.clone()).await {
         Ok(p) => p,
         Err(_) => return reply::error(ErrorCode::Unavailable, "shutting down"),

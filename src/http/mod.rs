@@ -34,7 +34,7 @@ use crate::auth::Auth;
 use crate::error::ErrorCode;
 use crate::hub::HubHandle;
 use crate::session::SessionCtx;
-use crate::storage::Store;
+use crate::storage::{StorageState, Store};
 
 /// Largest JSON body accepted on `/api/*`.
 const MAX_BODY: u64 = policy::MAX_API_BODY;
@@ -282,6 +282,19 @@ pub fn metrics_routes(state: AppState) -> BoxedFilter<(Response,)> {
 async fn readyz(state: AppState) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         return reply::error(ErrorCode::Unavailable, "draining");
+    }
+    // A node that refuses messages is not ready: a balancer sends users elsewhere.
+    match state.sessions.storage.health().state() {
+        StorageState::Ok => {}
+        StorageState::Full => {
+            return reply::error(
+                ErrorCode::Unavailable,
+                "storage full: free space under --min-free-mb",
+            );
+        }
+        StorageState::Failed => {
+            return reply::error(ErrorCode::Unavailable, "storage failed; stopping");
+        }
     }
     match tokio::time::timeout(HUB_PING_TIMEOUT, state.hub.ping()).await {
         Ok(Ok(())) => reply::json(StatusCode::OK, &serde_json::json!({"status": "ready"})),

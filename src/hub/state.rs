@@ -15,7 +15,7 @@ use crate::protocol::frames::{encode, encode_message, encode_retry};
 use crate::protocol::{
     ClientId, CloseCode, Cursor, Frame, MsgKind, RoomName, ServerMsg, Status, StoredMsg, Username,
 };
-use crate::storage::{DurableMsg, StorageCmd, StorageEvent, StorageHandle};
+use crate::storage::{DurableMsg, Refused, StorageCmd, StorageEvent, StorageHandle};
 
 /// Presence frames per room are coalesced to one per this interval.
 pub const PRESENCE_INTERVAL: Duration = Duration::from_millis(500);
@@ -242,6 +242,11 @@ impl HubState {
                     self.durable(m);
                 }
             }
+            StorageEvent::Failed(msgs) => {
+                for m in msgs {
+                    self.failed(m);
+                }
+            }
             StorageEvent::Receipt {
                 id,
                 room,
@@ -414,22 +419,13 @@ impl HubState {
             ts_ms: cursor.ms,
             cursor,
         });
-        if self
+        // Queue full, disk nearly full, or storage failed: refused and not
+        // broadcast, so that everything shown live is on its way to disk.
+        if let Err(refused) = self
             .storage
             .try_send(StorageCmd::Append(stored.clone(), Instant::now()))
-            .is_err()
         {
-            let f = encode_retry(
-                ErrorCode::Unavailable,
-                "storage is busy; resend later",
-                Some(&id_text),
-                RETRY_AFTER_MS,
-            );
-            self.metrics
-                .errors_sent
-                .with_label_values(&["unavailable"])
-                .inc();
-            self.deliver(&[session], &f, Out::Error);
+            self.unavailable_to(&[session], refused, &id_text);
             return;
         }
         self.head = cursor;
@@ -470,6 +466,37 @@ impl HubState {
             },
         );
         self.metrics.deliveries.inc_by(to.len() as u64);
+    }
+
+    /// A broadcast message that storage could not write: it is forgotten (no
+    /// longer in history merges or the idempotency map, so the same id can be
+    /// sent again) and its sender's sessions get `unavailable` with its id.
+    fn failed(&mut self, m: DurableMsg) {
+        if self.known.get(&m.id).is_some_and(|k| !k.durable) {
+            self.known.remove(&m.id);
+        }
+        if let Some(q) = self.pending.get_mut(&m.room) {
+            q.retain(|p| p.id != m.id);
+            if q.is_empty() {
+                self.pending.remove(&m.room);
+            }
+        }
+        let to = self.sessions_of(&m.room, &m.sender);
+        self.unavailable_to(&to, Refused::Failed, &m.id.to_string());
+    }
+
+    fn unavailable_to(&mut self, to: &[Uuid], why: Refused, id: &str) {
+        let f = encode_retry(
+            ErrorCode::Unavailable,
+            why.message(),
+            Some(id),
+            why.retry_after_ms(),
+        );
+        self.metrics
+            .errors_sent
+            .with_label_values(&["unavailable"])
+            .inc_by(to.len() as u64);
+        self.deliver(to, &f, Out::Error);
     }
 
     fn durable(&mut self, m: DurableMsg) {

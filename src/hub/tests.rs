@@ -2,6 +2,7 @@
 //! sessions and the storage queue, `Instant`s are made up.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -10,7 +11,7 @@ use uuid::Uuid;
 
 use super::state::{HubCmd, HubState, NewMsg, SessionLink};
 use crate::protocol::{ClientId, CloseCode, Cursor, Frame, MsgKind, RoomName, Username};
-use crate::storage::{DurableMsg, StorageCmd, StorageEvent, StorageHandle};
+use crate::storage::{DurableMsg, StorageCmd, StorageEvent, StorageHandle, StorageHealth};
 
 struct Sess {
     id: Uuid,
@@ -44,6 +45,7 @@ impl Sess {
 struct Fixture {
     hub: HubState,
     storage_rx: mpsc::Receiver<StorageCmd>,
+    health: Arc<StorageHealth>,
     now: Instant,
     ms: u64,
 }
@@ -51,6 +53,7 @@ struct Fixture {
 impl Fixture {
     fn new(max_sessions: usize, storage_queue: usize) -> Self {
         let (storage, storage_rx) = StorageHandle::detached(storage_queue);
+        let health = storage.health().clone();
         let hub = HubState::new(
             "n1".into(),
             max_sessions,
@@ -61,6 +64,7 @@ impl Fixture {
         Fixture {
             hub,
             storage_rx,
+            health,
             now: Instant::now(),
             ms: 1_000_000,
         }
@@ -121,6 +125,25 @@ impl Fixture {
             target_known: false,
         };
         self.apply(HubCmd::Send { session: s.id, msg });
+    }
+
+    /// The ids of the room's messages not yet on disk, as history merges them.
+    fn pending_ids(&mut self, room: &str) -> Vec<Uuid> {
+        let (reply, mut rx) = oneshot::channel();
+        self.apply(HubCmd::Pending {
+            room: RoomName::parse(room).unwrap(),
+            reply,
+        });
+        rx.try_recv().unwrap().iter().map(|m| m.id).collect()
+    }
+
+    /// The queued appends' ids, taken off the storage queue.
+    fn queued_ids(&mut self) -> Vec<Uuid> {
+        let mut ids = Vec::new();
+        while let Ok(StorageCmd::Append(m, _)) = self.storage_rx.try_recv() {
+            ids.push(m.id);
+        }
+        ids
     }
 
     /// Pretends the storage writer flushed everything queued.
@@ -372,4 +395,108 @@ fn leaving_frees_the_room_and_cursors_keep_increasing() {
     }
     assert!(cursors[0] < cursors[1]);
     f.flush_storage();
+}
+
+fn lobby_msg(id: Uuid, sender: &str) -> DurableMsg {
+    DurableMsg {
+        id,
+        room: RoomName::parse("lobby").unwrap(),
+        sender: Username::parse(sender).unwrap(),
+    }
+}
+
+#[test]
+fn a_failed_batch_is_unavailable_to_its_sender_forgotten_and_can_be_retried() {
+    let mut f = Fixture::new(8, 16);
+    let mut a = f.join("alice", "a", "lobby");
+    let mut b = f.join("bob", "b", "lobby");
+    f.tick(Duration::ZERO);
+    let (_, _) = (a.frames(), b.frames());
+    let lost = f.chat(&a, "lost");
+    let kept = f.chat(&a, "kept");
+    let (_, _) = (a.frames(), b.frames());
+    assert_eq!(f.queued_ids(), [lost, kept]);
+    f.storage_event(StorageEvent::Failed(vec![lobby_msg(lost, "alice")]));
+    let e = a.frames();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(
+        (e[0]["type"].as_str(), e[0]["code"].as_str()),
+        (Some("error"), Some("unavailable"))
+    );
+    assert_eq!(e[0]["id"], lost.to_string());
+    assert!(e[0]["retry_after_ms"].as_u64().unwrap() > 0);
+    assert!(b.frames().is_empty(), "only the sender hears of it");
+    // Not shown as on its way to disk any more; the other one still is.
+    assert_eq!(f.pending_ids("lobby"), [kept]);
+    // A resend of the kept one is still a duplicate: nothing new.
+    f.send(&a, kept, MsgKind::Chat, None, "kept");
+    assert!(f.queued_ids().is_empty() && b.frames().is_empty());
+    // The lost id is accepted again, as a new message.
+    f.send(&a, lost, MsgKind::Chat, None, "lost");
+    assert_eq!(b.frames()[0]["id"], lost.to_string());
+    assert_eq!(f.queued_ids(), [lost]);
+    assert_eq!(f.pending_ids("lobby"), [kept, lost]);
+    f.storage_event(StorageEvent::Durable(vec![
+        lobby_msg(kept, "alice"),
+        lobby_msg(lost, "alice"),
+    ]));
+    let saved: Vec<_> = a
+        .frames()
+        .into_iter()
+        .filter(|r| r["type"] == "receipt")
+        .map(|r| r["status"].clone())
+        .collect();
+    assert_eq!(saved, ["saved", "saved"]);
+    assert!(f.pending_ids("lobby").is_empty());
+}
+
+#[test]
+fn a_failed_report_for_a_stored_id_keeps_it_stored() {
+    // The writer reports each id once; a failed report for an id that an
+    // earlier batch made durable (a resend) must not make it retryable.
+    let mut f = Fixture::new(8, 16);
+    let mut a = f.join("alice", "a", "lobby");
+    let mut b = f.join("bob", "b", "lobby");
+    f.tick(Duration::ZERO);
+    let id = f.chat(&a, "once");
+    f.flush_storage();
+    let (_, _) = (a.frames(), b.frames());
+    f.storage_event(StorageEvent::Failed(vec![lobby_msg(id, "alice")]));
+    a.frames();
+    f.send(&a, id, MsgKind::Chat, None, "once");
+    assert_eq!(a.frames()[0]["status"], "saved");
+    assert!(b.frames().is_empty() && f.queued_ids().is_empty());
+}
+
+#[test]
+fn full_or_failed_storage_refuses_without_broadcast_until_space_is_back() {
+    let mut f = Fixture::new(8, 16);
+    let mut a = f.join("alice", "a", "lobby");
+    let mut b = f.join("bob", "b", "lobby");
+    f.tick(Duration::ZERO);
+    let (_, _) = (a.frames(), b.frames());
+    assert!(f.health.set_full(true));
+    let id = f.chat(&a, "too much");
+    let e = a.frames();
+    assert_eq!(
+        (e[0]["code"].as_str(), e[0]["id"].as_str()),
+        (Some("unavailable"), Some(id.to_string().as_str()))
+    );
+    assert!(e[0]["message"].as_str().unwrap().contains("full"));
+    assert!(e[0]["retry_after_ms"].as_u64().unwrap() >= 1000);
+    assert!(b.frames().is_empty(), "a refused message is not broadcast");
+    assert!(f.queued_ids().is_empty() && f.pending_ids("lobby").is_empty());
+    // Space is back: the same id goes through.
+    assert!(f.health.set_full(false));
+    f.send(&a, id, MsgKind::Chat, None, "too much");
+    assert_eq!(b.frames()[0]["id"], id.to_string());
+    assert_eq!(f.queued_ids(), [id]);
+    a.frames();
+    // Failed: refused the same way, private messages too.
+    f.health.fail("disk on fire".into());
+    f.send(&a, Uuid::new_v4(), MsgKind::Private, Some("bob"), "psst");
+    let e = a.frames();
+    assert_eq!(e[0]["code"], "unavailable");
+    assert!(e[0]["message"].as_str().unwrap().contains("failed"));
+    assert!(b.frames().is_empty() && f.queued_ids().is_empty());
 }

@@ -19,7 +19,7 @@ use crate::protocol::frames::{check_content, encode, encode_error, encode_retry,
 use crate::protocol::{
     ClientMsg, CloseCode, Frame, FrameError, MsgKind, ServerMsg, Status, WireMsg, time::now_ms,
 };
-use crate::storage::{AckCmd, StorageCmd};
+use crate::storage::{AckCmd, Refused, StorageCmd, StorageState};
 
 struct Reader<'a> {
     ctx: &'a SessionCtx,
@@ -194,14 +194,14 @@ impl Reader<'_> {
                     ids,
                     status,
                 });
-                if self.ctx.storage.try_send(cmd).is_err() {
+                if let Err(refused) = self.ctx.storage.try_send(cmd) {
                     self.fail(
                         ErrorCode::Unavailable,
                         encode_retry(
                             ErrorCode::Unavailable,
-                            "storage is busy; resend later",
+                            refused.message(),
                             None,
-                            RETRY_AFTER_MS,
+                            refused.retry_after_ms(),
                         ),
                     );
                 }
@@ -250,6 +250,19 @@ impl Reader<'_> {
     ) {
         let (user, room) = (&self.req.identity.username, &self.req.room);
         let id_text = id.to_string();
+        if self.ctx.storage.health().state() == StorageState::Failed {
+            // sled fails every read now too: answer without a lookup (and a log line) per message.
+            let why = Refused::Failed;
+            return self.fail(
+                ErrorCode::Unavailable,
+                encode_retry(
+                    ErrorCode::Unavailable,
+                    why.message(),
+                    Some(&id_text),
+                    why.retry_after_ms(),
+                ),
+            );
+        }
         match self.ctx.store.msgref(&id) {
             Ok(Some(r)) if &r.sender == user && &r.room == room => {
                 self.push(

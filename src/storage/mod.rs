@@ -12,6 +12,7 @@
 //!   big-endian u64): accounts (see `accounts.rs`).
 
 mod accounts;
+mod health;
 mod history;
 mod writer;
 
@@ -23,9 +24,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
 pub use accounts::{PurgeStats, RefreshRecord, SpendOutcome, UserRecord};
+pub use health::{StorageHealth, StorageState, free_bytes};
 pub use history::Page;
 pub use writer::{
-    AckCmd, DurableMsg, StorageCmd, StorageEvent, StorageFull, StorageHandle, StorageTask,
+    AckCmd, DurableMsg, Refused, StorageCmd, StorageEvent, StorageHandle, StorageTask,
     StorageWriterConfig,
 };
 

@@ -1,8 +1,14 @@
 //! The storage writer: one task, fed by a bounded write-ahead queue, that applies
 //! messages and receipts to sled in batches and flushes once per batch (group
 //! commit). Only after that flush does it report the batch's ids as durable.
+//!
+//! Before each batch, and every `SPACE_CHECK_EVERY`, it checks free space on
+//! the data directory's filesystem (`health.rs`). A batch that sled fails is
+//! reported to the hub as `Failed`, storage turns `Failed` for good, and the
+//! server stops: sled keeps such an error, so only a restart recovers.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,15 +17,24 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::health::{SpaceGuard, StorageHealth, StorageState};
 use super::{MsgRef, Result, Store, encode, log_key, receipt_key};
+use crate::error::InternalError;
 use crate::metrics::Metrics;
 use crate::protocol::{MsgKind, RoomName, Status, StoredMsg, Username};
 
 /// Most commands taken per batch: bounds one batch's latency and memory.
 const MAX_BATCH: usize = 1024;
+/// How often free space is checked while no batch comes: a full node notices
+/// freed space (and an idle one a filling disk) within this time.
+const SPACE_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// What `unavailable` tells a client to wait while the queue is full.
+const RETRY_BUSY_MS: u64 = 100;
+/// ... and while storage is full or failing: the state changes no faster than
+/// free space is checked.
+const RETRY_DEGRADED_MS: u64 = 1000;
 
 pub enum StorageCmd {
-    /// A message the hub accepted and is broadcasting.
     /// A message the hub accepted and is broadcasting, and when it did
     /// (for the send→durable latency metric).
     Append(Arc<StoredMsg>, Instant),
@@ -35,7 +50,7 @@ pub struct AckCmd {
     pub status: Status,
 }
 
-/// A message that is now on disk.
+/// A message the writer reports on: now on disk (`Durable`), or not written (`Failed`).
 #[derive(Clone, Debug)]
 pub struct DurableMsg {
     pub id: Uuid,
@@ -43,10 +58,13 @@ pub struct DurableMsg {
     pub sender: Username,
 }
 
-/// What the writer tells the hub after each flushed batch.
+/// What the writer tells the hub after each batch.
 #[derive(Debug)]
 pub enum StorageEvent {
     Durable(Vec<DurableMsg>),
+    /// These messages were broadcast but are not on disk, and will not be:
+    /// their senders get `unavailable` and may resend the same ids.
+    Failed(Vec<DurableMsg>),
     /// A recipient's status moved forward: route a `receipt` to the sender.
     Receipt {
         id: Uuid,
@@ -57,15 +75,45 @@ pub enum StorageEvent {
     },
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct StorageWriterConfig {
     /// Write-ahead queue capacity (messages and ack batches).
     pub queue: usize,
+    /// Whose filesystem the free-space guard watches.
+    pub data_dir: PathBuf,
+    /// Under this many free bytes storage is `Full`; 0 turns the guard off.
+    pub min_free_bytes: u64,
 }
 
-/// The queue was full: the caller refuses the message with `unavailable`.
-#[derive(Debug)]
-pub struct StorageFull;
+/// Why a command was not queued: the caller refuses the message with
+/// `unavailable` + `retry_after_ms` and does not broadcast it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The write-ahead queue is full.
+    Busy,
+    /// Free space is under the watermark (messages only; receipts still go).
+    Full,
+    /// Storage failed; the server is stopping.
+    Failed,
+}
+
+impl Refused {
+    /// The `message` of the `unavailable` error.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refused::Busy => "storage is busy; resend later",
+            Refused::Full => "storage is full; resend later",
+            Refused::Failed => "storage failed; resend later",
+        }
+    }
+
+    pub fn retry_after_ms(self) -> u64 {
+        match self {
+            Refused::Busy => RETRY_BUSY_MS,
+            Refused::Full | Refused::Failed => RETRY_DEGRADED_MS,
+        }
+    }
+}
 
 /// Handle on the writer task. Cloning shares the queue.
 #[derive(Clone)]
@@ -73,6 +121,7 @@ pub struct StorageHandle {
     /// Full → the caller refuses the message with `unavailable` + `retry_after_ms`
     /// and does not broadcast it: what is broadcast is always on its way to disk.
     tx: mpsc::Sender<StorageCmd>,
+    health: Arc<StorageHealth>,
 }
 
 pub struct StorageTask {
@@ -91,17 +140,38 @@ impl StorageHandle {
     ) -> (Self, StorageTask) {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(store, rx, events_tx, cancel.clone(), metrics));
-        (StorageHandle { tx }, StorageTask { cancel, task })
+        let health = StorageHealth::new();
+        let mut writer = Writer {
+            store,
+            events_tx,
+            metrics,
+            health: health.clone(),
+            guard: SpaceGuard::new(cfg.data_dir, cfg.min_free_bytes),
+        };
+        // Before the first message: a node started on a full disk is not ready.
+        writer.check_space();
+        let task = tokio::spawn(run(writer, rx, cancel.clone()));
+        (StorageHandle { tx, health }, StorageTask { cancel, task })
     }
 
-    pub fn try_send(&self, cmd: StorageCmd) -> std::result::Result<(), StorageFull> {
-        self.tx.try_send(cmd).map_err(|_| StorageFull)
+    /// Queues a command unless storage refuses it. A full or failed storage
+    /// refuses messages; a failed one refuses receipts too.
+    pub fn try_send(&self, cmd: StorageCmd) -> std::result::Result<(), Refused> {
+        match (self.health.state(), &cmd) {
+            (StorageState::Failed, _) => return Err(Refused::Failed),
+            (StorageState::Full, StorageCmd::Append(..)) => return Err(Refused::Full),
+            _ => {}
+        }
+        self.tx.try_send(cmd).map_err(|_| Refused::Busy)
     }
 
     /// Queued commands not yet taken by the writer.
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    pub fn health(&self) -> &Arc<StorageHealth> {
+        &self.health
     }
 }
 
@@ -115,15 +185,26 @@ impl StorageTask {
     }
 }
 
-async fn run(
+struct Writer {
     store: Store,
-    mut rx: mpsc::Receiver<StorageCmd>,
     events_tx: mpsc::Sender<StorageEvent>,
-    cancel: CancellationToken,
     metrics: Arc<Metrics>,
-) {
+    health: Arc<StorageHealth>,
+    guard: SpaceGuard,
+}
+
+/// What a batch wrote, counted only once its flush succeeded.
+struct Applied {
+    events: Vec<StorageEvent>,
+    stored: u64,
+    bytes: u64,
+}
+
+async fn run(mut w: Writer, mut rx: mpsc::Receiver<StorageCmd>, cancel: CancellationToken) {
     let mut buf = Vec::with_capacity(MAX_BATCH);
     let mut closing = false;
+    let mut space_tick = tokio::time::interval(SPACE_CHECK_EVERY);
+    space_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let n = tokio::select! {
             biased;
@@ -134,63 +215,150 @@ async fn run(
                 continue;
             }
             n = rx.recv_many(&mut buf, MAX_BATCH) => n,
+            _ = space_tick.tick() => {
+                w.check_space();
+                continue;
+            }
         };
         if n == 0 {
             break;
         }
-        metrics.storage_batch_size.observe(n as f64);
-        let events = match store.apply_batch(&buf, &metrics) {
-            Ok(ev) => ev,
-            Err(e) => {
-                metrics.storage_errors.inc();
-                tracing::error!(error = %e, batch = n, "storage batch failed; its messages get no saved receipt");
-                buf.clear();
-                continue;
-            }
-        };
-        let started = Instant::now();
-        if !flush_with_retry(&store).await {
-            metrics.storage_errors.inc();
-            buf.clear();
-            continue;
-        }
-        let flushed = Instant::now();
-        metrics
-            .storage_flush_seconds
-            .observe((flushed - started).as_secs_f64());
-        for cmd in buf.drain(..) {
-            if let StorageCmd::Append(_, queued_at) = cmd {
-                metrics
-                    .durable_latency_seconds
-                    .observe((flushed - queued_at).as_secs_f64());
-            }
-        }
-        for ev in events {
-            // The hub is gone only during shutdown, when receipts no longer matter.
-            let _ = events_tx.send(ev).await;
+        // Only changes what is accepted next: this batch was accepted, so it is
+        // written (the watermark leaves room for it).
+        w.check_space();
+        w.write(&mut buf).await;
+    }
+    if w.health.state() != StorageState::Failed {
+        // Flush once more: membership and account writes made outside the queue.
+        if let Err(e) = flush_with_retry(&w.store).await {
+            w.metrics.storage_errors.inc();
+            tracing::error!(error = %e, "final flush failed");
         }
     }
-    // Flush once more: membership and account writes made outside the queue.
-    let _ = flush_with_retry(&store).await;
     tracing::debug!("storage writer drained and flushed");
 }
 
-async fn flush_with_retry(store: &Store) -> bool {
+impl Writer {
+    /// Updates `Ok` ↔ `Full` from the free space on the data directory's filesystem.
+    fn check_space(&mut self) {
+        let full_now = self.health.state() == StorageState::Full;
+        let Some((full, free)) = self.guard.check(full_now) else {
+            return;
+        };
+        self.metrics.storage_free_bytes.set(free as i64);
+        if full == full_now || !self.health.set_full(full) {
+            return;
+        }
+        let min_free = self.guard.min_free();
+        if full {
+            tracing::warn!(
+                free_bytes = free,
+                min_free_bytes = min_free,
+                "storage full: free space under --min-free-mb; refusing new messages until space is freed"
+            );
+        } else {
+            tracing::info!(
+                free_bytes = free,
+                min_free_bytes = min_free,
+                "storage has free space again; accepting messages"
+            );
+        }
+        self.metrics.storage_state.set(self.health.state() as i64);
+    }
+
+    /// Applies and flushes one batch, then reports it: durable, or failed.
+    async fn write(&mut self, buf: &mut Vec<StorageCmd>) {
+        if self.health.state() == StorageState::Failed {
+            // sled keeps a failed state: nothing more is written before a restart.
+            let failed = failed_msgs(buf.drain(..));
+            self.report(StorageEvent::Failed(failed)).await;
+            return;
+        }
+        self.metrics.storage_batch_size.observe(buf.len() as f64);
+        let started = Instant::now();
+        let result = match self.store.apply_batch(buf) {
+            Ok(applied) => flush_with_retry(&self.store).await.map(|()| applied),
+            Err(e) => Err(e),
+        };
+        let applied = match result {
+            Ok(a) => a,
+            Err(e) => return self.fail(e, buf).await,
+        };
+        let flushed = Instant::now();
+        let m = &self.metrics;
+        m.storage_flush_seconds
+            .observe((flushed - started).as_secs_f64());
+        // Counted now, not when applied: these count what is on disk.
+        m.messages_stored.inc_by(applied.stored);
+        m.stored_bytes.inc_by(applied.bytes);
+        for cmd in buf.drain(..) {
+            if let StorageCmd::Append(_, queued_at) = cmd {
+                m.durable_latency_seconds
+                    .observe((flushed - queued_at).as_secs_f64());
+            }
+        }
+        for ev in applied.events {
+            self.report(ev).await;
+        }
+    }
+
+    /// A batch sled refused: storage is `Failed` (the server stops on it), and
+    /// the batch's messages go back to the hub as not stored. Its receipts are
+    /// dropped: recipients ack again when they see the messages after a restart.
+    async fn fail(&mut self, e: InternalError, buf: &mut Vec<StorageCmd>) {
+        self.metrics.storage_errors.inc();
+        self.health.fail(e.to_string());
+        self.metrics.storage_state.set(StorageState::Failed as i64);
+        let failed = failed_msgs(buf.drain(..));
+        tracing::debug!(error = %e, messages = failed.len(), "storage batch failed");
+        // The hub hears of the batch before the server starts to stop, so its
+        // senders can still get `unavailable` before their sessions close.
+        self.report(StorageEvent::Failed(failed)).await;
+        self.health.announce();
+    }
+
+    async fn report(&self, ev: StorageEvent) {
+        if matches!(&ev, StorageEvent::Durable(v) | StorageEvent::Failed(v) if v.is_empty()) {
+            return;
+        }
+        // The hub is gone only during shutdown, when receipts no longer matter
+        // (and a failed message's sender, having seen no `saved`, resends it).
+        let _ = self.events_tx.send(ev).await;
+    }
+}
+
+fn failed_msgs(cmds: impl Iterator<Item = StorageCmd>) -> Vec<DurableMsg> {
+    cmds.filter_map(|c| match c {
+        StorageCmd::Append(m, _) => Some(DurableMsg {
+            id: m.id,
+            room: m.room.clone(),
+            sender: m.sender.clone(),
+        }),
+        StorageCmd::Ack(_) => None,
+    })
+    .collect()
+}
+
+/// Flushes, retrying twice: a flush error that is not sticky may pass.
+async fn flush_with_retry(store: &Store) -> Result<()> {
+    let mut last = None;
     for attempt in 0..3u64 {
         match store.flush().await {
-            Ok(()) => return true,
+            Ok(()) => return Ok(()),
             Err(e) => {
-                tracing::error!(error = %e, attempt, "flush failed");
+                tracing::warn!(error = %e, attempt, "flush failed");
+                last = Some(e);
                 tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
             }
         }
     }
-    false
+    Err(last.unwrap_or(InternalError::Stopped))
 }
 
 impl Store {
     /// Applies one batch (not yet flushed) and returns what to report once it is durable.
-    fn apply_batch(&self, cmds: &[StorageCmd], metrics: &Metrics) -> Result<Vec<StorageEvent>> {
+    fn apply_batch(&self, cmds: &[StorageCmd]) -> Result<Applied> {
+        let (mut stored, mut bytes_total) = (0u64, 0u64);
         let mut durable = Vec::new();
         let mut receipts = Vec::new();
         let mut log = sled::Batch::default();
@@ -223,8 +391,8 @@ impl Store {
                 };
                 index.insert(m.id.as_bytes(), encode(&r)?);
                 let bytes = encode(&**m)?;
-                metrics.messages_stored.inc();
-                metrics.stored_bytes.inc_by(bytes.len() as u64);
+                stored += 1;
+                bytes_total += bytes.len() as u64;
                 log.insert(log_key(&m.room, m.cursor), bytes);
                 rooms.insert(&m.room);
             }
@@ -248,15 +416,27 @@ impl Store {
             events.push(StorageEvent::Durable(durable));
         }
         events.extend(receipts);
-        Ok(events)
+        Ok(Applied {
+            events,
+            stored,
+            bytes: bytes_total,
+        })
     }
 
     /// One recipient's receipt. Ignored (None) when PROTOCOL.md says so: unknown
     /// id, the sender's own message, a private message for someone else, a user
     /// who never joined the room, or a status that would move backwards.
     fn apply_ack(&self, id: &Uuid, by: &Username, status: Status) -> Result<Option<StorageEvent>> {
-        let Some(r) = self.msgref(id)? else {
-            return Ok(None);
+        let r = match self.msgref(id) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            // One unreadable index record must not fail the batch, and with it
+            // the node: only this receipt is lost.
+            Err(InternalError::Decode(e)) => {
+                tracing::warn!(error = %e, %id, "unreadable message index record; receipt ignored");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
         };
         if &r.sender == by {
             return Ok(None);
@@ -301,6 +481,11 @@ impl StorageHandle {
     /// which check what would be written without a writer task.
     pub fn detached(queue: usize) -> (Self, mpsc::Receiver<StorageCmd>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        (StorageHandle { tx }, rx)
+        let health = StorageHealth::new();
+        (StorageHandle { tx, health }, rx)
     }
 }
+
+#[cfg(test)]
+#[path = "writer_tests.rs"]
+mod tests;

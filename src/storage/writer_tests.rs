@@ -1,0 +1,135 @@
+//! The writer against real sled on a tmpfs that fills up (root only: the test
+//! mounts it; elsewhere it says it skipped).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::{Refused, StorageCmd, StorageEvent, StorageHandle, StorageWriterConfig};
+use crate::metrics::Metrics;
+use crate::protocol::{Cursor, MsgKind, RoomName, StoredMsg, Username};
+use crate::storage::{StorageState, Store};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A tmpfs on a fresh temp directory, lazily unmounted when dropped (also on panic).
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size_mb: u64) -> Option<Tmpfs> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs");
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+fn append(cursor: &mut Cursor) -> (Uuid, StorageCmd) {
+    *cursor = cursor.next(1_000_000);
+    let id = Uuid::new_v4();
+    let m = StoredMsg {
+        id,
+        kind: MsgKind::Chat,
+        room: RoomName::parse("lobby").unwrap(),
+        sender: Username::parse("alice").unwrap(),
+        target: None,
+        content: format!("{id} {}", "x".repeat(3000)),
+        action: false,
+        ts_ms: cursor.ms,
+        cursor: *cursor,
+    };
+    (id, StorageCmd::Append(Arc::new(m), Instant::now()))
+}
+
+/// Sorts one event's ids into `durable` or `failed`.
+fn note(ev: StorageEvent, durable: &mut HashSet<Uuid>, failed: &mut HashSet<Uuid>) {
+    match ev {
+        StorageEvent::Durable(v) => durable.extend(v.iter().map(|m| m.id)),
+        StorageEvent::Failed(v) => failed.extend(v.iter().map(|m| m.id)),
+        StorageEvent::Receipt { .. } => {}
+    }
+}
+
+#[tokio::test]
+async fn a_failed_batch_is_reported_and_only_flushed_messages_count() {
+    let Some(fs) = Tmpfs::mount(3) else { return };
+    let store = Store::open(&fs.path().join("db"), 1 << 20).unwrap();
+    let metrics = Metrics::new();
+    let (events_tx, mut events_rx) = mpsc::channel(1024);
+    let cfg = StorageWriterConfig {
+        queue: 64,
+        data_dir: fs.path().to_owned(),
+        // The guard off: the disk fills until sled fails.
+        min_free_bytes: 0,
+    };
+    let (h, task) = StorageHandle::spawn(store, cfg, events_tx, metrics.clone());
+    let (mut sent, mut durable, mut failed) = (HashSet::new(), HashSet::new(), HashSet::new());
+    let mut cursor = Cursor::ZERO;
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < LONG, "storage never failed");
+        let (id, cmd) = append(&mut cursor);
+        match h.try_send(cmd) {
+            Ok(()) => {
+                sent.insert(id);
+            }
+            Err(Refused::Busy) => {
+                let ev = tokio::time::timeout(LONG, events_rx.recv()).await.unwrap();
+                note(ev.unwrap(), &mut durable, &mut failed);
+            }
+            Err(Refused::Failed) => break,
+            Err(Refused::Full) => panic!("the guard is off"),
+        }
+        tokio::task::yield_now().await;
+    }
+    // Every message sent is reported once: on disk, or failed.
+    while durable.len() + failed.len() < sent.len() {
+        let ev = tokio::time::timeout(LONG, events_rx.recv()).await.unwrap();
+        note(ev.unwrap(), &mut durable, &mut failed);
+    }
+    assert!(!failed.is_empty() && !durable.is_empty());
+    assert!(durable.is_disjoint(&failed));
+    assert_eq!(durable.len() + failed.len(), sent.len());
+    // Counted once flushed, never for a failed batch.
+    assert_eq!(metrics.messages_stored.get(), durable.len() as u64);
+    assert!(metrics.storage_errors.get() >= 1);
+    assert_eq!(metrics.storage_state.get(), StorageState::Failed as i64);
+    let reason = tokio::time::timeout(LONG, h.health().failed())
+        .await
+        .unwrap();
+    assert!(reason.contains("No space left"), "{reason}");
+    assert!(matches!(
+        h.try_send(append(&mut cursor).1),
+        Err(Refused::Failed)
+    ));
+    drop(h);
+    task.shutdown().await;
+}
