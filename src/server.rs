@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Auth, AuthConfig, tokens};
 use crate::config::Config;
 use crate::http::guard::{ConnCaps, KeyedLimit, Limits};
-use crate::http::{self, AppState, Origins};
+use crate::http::{self, AppState, Edge, Origins};
 use crate::hub::{HubConfig, HubHandle};
 use crate::metrics::Metrics;
 use crate::session::{SessionConfig, SessionCtx};
@@ -34,6 +34,12 @@ const STORAGE_EVENTS_QUEUE: usize = 1024;
 const LIMITER_PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Sessions get this long to send their Close frames at shutdown.
 const SESSION_GRACE: Duration = Duration::from_secs(5);
+/// Descriptors besides client connections: sled's files, listeners, epoll,
+/// the metrics port, log and certificate files.
+const FD_HEADROOM: u64 = 256;
+/// The `--metrics-listen` port is for a scraper or two: small caps of its own,
+/// so an attack on the main port never locks the operator out of it.
+const METRICS_HTTP_CAPS: (usize, usize) = (64, 16);
 
 /// A started server. `shutdown` runs the ordered shutdown and waits for it.
 pub struct Running {
@@ -74,6 +80,7 @@ impl Running {
 /// Binds, starts everything, and returns once the server accepts connections.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     cfg.validate()?;
+    check_fd_limit(&cfg);
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
@@ -119,7 +126,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         signups: KeyedLimit::per_minute(cfg.signups_per_min),
         logins: KeyedLimit::per_minute(cfg.logins_per_min),
         logins_per_user: KeyedLimit::per_minute(cfg.logins_per_user_per_min),
-        conns: ConnCaps::new(cfg.max_connections, cfg.max_connections_per_address),
+        conns: Arc::new(ConnCaps::new(
+            cfg.max_connections,
+            cfg.max_connections_per_address,
+        )),
     });
     limits.spawn_pruner(LIMITER_PRUNE_EVERY);
     let head = store.last_cursor().context("reading the log heads")?;
@@ -188,12 +198,25 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let edge = Edge {
+        request_timeout: cfg.request_timeout(),
+        caps: Arc::new(ConnCaps::new(
+            cfg.max_http_connections,
+            cfg.max_http_connections_per_address,
+        )),
+        metrics: metrics.clone(),
+    };
     let metrics_task = metrics_listener.map(|l| {
+        let edge = Edge {
+            caps: Arc::new(ConnCaps::new(METRICS_HTTP_CAPS.0, METRICS_HTTP_CAPS.1)),
+            ..edge.clone()
+        };
         tokio::spawn(http::serve(
             l,
             http::metrics_routes(state.clone()),
             None,
             http_stop.clone(),
+            edge,
         ))
     });
     let http_task = tokio::spawn(http::serve(
@@ -201,6 +224,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         http::routes(state),
         tls.clone(),
         http_stop.clone(),
+        edge,
     ));
 
     let stop = CancellationToken::new();
@@ -237,6 +261,50 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         stop,
         task,
     })
+}
+
+/// Raises the open-files limit (every connection is a descriptor, and the
+/// usual soft default of 1024 is far below the connection caps) and warns
+/// when even the hard limit is below what the caps allow.
+fn check_fd_limit(cfg: &Config) {
+    let need = (cfg.max_connections as u64)
+        .saturating_add(cfg.max_http_connections as u64)
+        .saturating_add(FD_HEADROOM);
+    match raise_nofile_limit() {
+        Ok(limit) if limit < need => tracing::warn!(
+            limit,
+            need,
+            "the open-files limit (ulimit -n, hard) is below --max-connections + \
+             --max-http-connections + headroom: raise it or lower the caps"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.
+pub fn raise_nofile_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim = raised;
+        }
+    }
+    Ok(lim.rlim_cur)
 }
 
 /// Opens the database. A restart right after a stop may find the file lock

@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 mod api;
+mod conn;
 pub mod guard;
 mod policy;
 pub mod reply;
@@ -266,4 +267,4 @@ async fn recover(r: Rejection) -> Result<Response, Infallible> {
     Ok(resp)
 }
 
-pub use serve::{PeerAddr, serve};
+pub use serve::{Edge, PeerAddr, serve};
