@@ -93,7 +93,10 @@ fn trickle_head(addr: SocketAddr) -> String {
 
 /// Writes one byte every 500 ms until the server answers and closes; returns
 /// what it answered, or `None` when it kept the socket past `limit`.
-async fn trickle(io: &mut (impl AsyncRead + tokio::io::AsyncWrite + Unpin), limit: Duration) -> Option<String> {
+async fn trickle(
+    io: &mut (impl AsyncRead + tokio::io::AsyncWrite + Unpin),
+    limit: Duration,
+) -> Option<String> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut got = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -144,7 +147,10 @@ async fn silent_one_byte_and_trickling_connections_are_cut_on_the_plain_port() {
     let (silent, one_byte, keep_alive, slow_body) =
         tokio::join!(silent, one_byte, keep_alive, slow_body);
     assert!(silent, "a silent connection was kept open");
-    assert!(one_byte, "a connection with one byte of a head was kept open");
+    assert!(
+        one_byte,
+        "a connection with one byte of a head was kept open"
+    );
     assert!(keep_alive, "an idle keep-alive connection was kept open");
     let resp = slow_body.expect("a trickling body was waited for");
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp:?}");
@@ -190,7 +196,11 @@ async fn http_connections_over_the_per_address_cap_are_closed_at_once() {
     let other = Endpoint::from(s.addr).from_source(ip("127.0.0.2"));
     assert!(healthy_within(&other, T).await);
     assert_eq!(
-        metric(&other, "hubbub_http_connections_refused_total{reason=\"per_address\"}").await,
+        metric(
+            &other,
+            "hubbub_http_connections_refused_total{reason=\"per_address\"}"
+        )
+        .await,
         1.0
     );
     assert_eq!(metric(&other, "hubbub_http_connections").await, 5.0);
@@ -233,8 +243,314 @@ async fn http_connections_over_the_total_cap_are_closed_at_once() {
     drop(held);
     assert!(healthy_within(&other, T).await);
     assert_eq!(
-        metric(&other, "hubbub_http_connections_refused_total{reason=\"total\"}").await,
+        metric(
+            &other,
+            "hubbub_http_connections_refused_total{reason=\"total\"}"
+        )
+        .await,
         1.0
     );
     s.stop().await;
+}
+
+/// The binary under `RLIMIT_NOFILE` soft/hard, with its stderr (the log) collected.
+fn spawn_limited(
+    data: &Path,
+    extra: &[&str],
+    soft: u64,
+    hard: u64,
+) -> (Proc, Arc<Mutex<Vec<String>>>) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hubbub"));
+    cmd.args(proc_args(data, extra))
+        .env("RUST_LOG", "warn")
+        .env_remove("CAROOT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines() {
+            match l {
+                Ok(l) => sink.lock().unwrap().push(l),
+                Err(_) => break,
+            }
+        }
+    });
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let out = stdout.clone();
+    std::thread::spawn(move || {
+        for l in reader.lines() {
+            match l {
+                Ok(l) => out.lock().unwrap().push(l),
+                Err(_) => break,
+            }
+        }
+    });
+    let addr = line.trim().rsplit("://").next().unwrap().parse().ok();
+    // A Proc first, so the child is killed even when the assert fails.
+    let p = Proc {
+        child,
+        addr: addr.unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+        stdout,
+    };
+    assert!(
+        addr.is_some(),
+        "no address in {line:?}; log: {:?}",
+        log.lock().unwrap()
+    );
+    (p, log)
+}
+
+fn log_lines(log: &Mutex<Vec<String>>, needle: &str) -> usize {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// Waits (bounded) until the log has a line containing `needle`.
+async fn wait_for_log(log: &Mutex<Vec<String>>, needle: &str, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if log_lines(log, needle) > 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// `(soft, hard)` of "Max open files" for a process.
+fn nofile_of(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (v[0], v[1])
+}
+
+const FD_STRETCH_START: &str = "out of file descriptors";
+const FD_STRETCH_END: &str = "accepting connections again";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_pauses_accepts_and_recovers() {
+    hubbub::server::raise_nofile_limit().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Timeouts long and caps high, so only the descriptor limit stops accepts.
+    let extra = [
+        "--request-timeout-secs",
+        "120",
+        "--max-http-connections-per-address",
+        "100000",
+    ];
+    let (p, log) = spawn_limited(dir.path(), &extra, 64, 128);
+    // The soft limit was raised to the hard one, with a warning that it is low.
+    assert_eq!(nofile_of(p.child.id()), (128, 128));
+    assert!(
+        wait_for_log(&log, "open-files limit", T).await,
+        "{:?}",
+        log.lock().unwrap()
+    );
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(TcpStream::connect(p.addr).await.unwrap());
+    }
+    assert!(
+        wait_for_log(&log, FD_STRETCH_START, Duration::from_secs(30)).await,
+        "200 silent sockets under a limit of 128 never hit EMFILE: {:?}",
+        log.lock().unwrap()
+    );
+    // A few seconds out of descriptors: the old loop logged every 50 ms here.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        log_lines(&log, "accept failed"),
+        1,
+        "one warning per stretch of failures: {:?}",
+        log.lock().unwrap()
+    );
+    drop(silent);
+    let ep = Endpoint::from(p.addr);
+    assert!(
+        healthy_within(&ep, Duration::from_secs(30)).await,
+        "the server did not recover once the sockets closed"
+    );
+    assert!(wait_for_log(&log, FD_STRETCH_END, T).await);
+    // Closing 200 sockets at once may run the limit out a few more times; each
+    // stretch still logs once at its start and once at its end.
+    let starts = log_lines(&log, FD_STRETCH_START);
+    assert!(starts <= 5, "{starts} stretches: {:?}", log.lock().unwrap());
+    assert!(metric(&ep, "hubbub_accept_errors_total{kind=\"fd_limit\"}").await >= 1.0);
+    drop(p);
+}
+
+/// What became of one attacker socket.
+#[derive(Debug)]
+enum Fate {
+    Closed,
+    KeptOpen(&'static str),
+}
+
+/// One of four kinds of attack socket against a TLS server; `ready` is sent
+/// once it is in place, then it waits for the server to close it.
+async fn attack(
+    kind: usize,
+    ep: Endpoint,
+    limit: Duration,
+    ready: tokio::sync::mpsc::Sender<()>,
+) -> Fate {
+    let addr = ep.addr;
+    match kind % 4 {
+        0 => {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let _ = ready.send(()).await;
+            if closed_within(&mut tcp, limit).await {
+                Fate::Closed
+            } else {
+                Fate::KeptOpen("silent")
+            }
+        }
+        1 => {
+            // The first byte of a TLS handshake record, then nothing.
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            let _ = tcp.write_all(&[0x16]).await;
+            let _ = ready.send(()).await;
+            if closed_within(&mut tcp, limit).await {
+                Fate::Closed
+            } else {
+                Fate::KeptOpen("one byte")
+            }
+        }
+        2 => {
+            let io = ep.connect().await;
+            let _ = ready.send(()).await;
+            let Ok(mut io) = io else { return Fate::Closed };
+            if closed_within(&mut io, limit).await {
+                Fate::Closed
+            } else {
+                Fate::KeptOpen("TLS then silence")
+            }
+        }
+        _ => {
+            let io = ep.connect().await;
+            let Ok(mut io) = io else {
+                let _ = ready.send(()).await;
+                return Fate::Closed;
+            };
+            let head = io.write_all(trickle_head(addr).as_bytes()).await;
+            let _ = ready.send(()).await;
+            if head.is_err() {
+                return Fate::Closed;
+            }
+            match trickle(&mut io, limit).await {
+                Some(_) => Fate::Closed,
+                None => Fate::KeptOpen("trickling body"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_slow_sockets_from_one_address_do_not_lock_out_another() {
+    hubbub::server::raise_nofile_limit().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let timeout_s = 12;
+    let secs = timeout_s.to_string();
+    // 400 descriptors: fewer than the attack's 500 sockets, more than the
+    // per-address cap (256) plus what the server needs for itself.
+    let (p, log) = spawn_limited(
+        dir.path(),
+        &["--tls", "on", "--request-timeout-secs", &secs],
+        400,
+        400,
+    );
+    let ca = dir.path().join("certs").join("ca.pem");
+    let ep = Endpoint::tls(p.addr, &ca).unwrap();
+    let limit = Duration::from_secs(timeout_s) + SLACK;
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(500);
+    let mut attackers = tokio::task::JoinSet::new();
+    for i in 0..500 {
+        attackers.spawn(attack(i, ep.clone(), limit, ready_tx.clone()));
+    }
+    drop(ready_tx);
+    let mut ready = 0;
+    while tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
+        .await
+        .unwrap()
+        .is_some()
+    {
+        ready += 1;
+    }
+    assert_eq!(ready, 500);
+    // While the attack sockets are held, two clients from other addresses sign
+    // up and chat; well within the attack's request timeout.
+    let legit = async {
+        let a = ep.clone().from_source(ip("127.0.0.2"));
+        let b = ep.clone().from_source(ip("127.0.0.3"));
+        let alice = client::signup_or_login(a.clone(), &name("fd_a"), PASSWORD)
+            .await
+            .unwrap();
+        let bob = client::signup_or_login(b.clone(), &name("fd_b"), PASSWORD)
+            .await
+            .unwrap();
+        let mut wa = client::join(a, &alice, "lobby", None, None).await.unwrap();
+        let mut wb = client::join(b, &bob, "lobby", None, None).await.unwrap();
+        wa.expect("history", T).await.unwrap();
+        wb.expect("history", T).await.unwrap();
+        let id = say(&mut wa, "through the flood").await;
+        expect_msg(&mut wb, &id).await;
+    };
+    tokio::time::timeout(Duration::from_secs(timeout_s / 2), legit)
+        .await
+        .expect("another address could not sign up and chat during the attack");
+    let mut kept = Vec::new();
+    while let Some(f) = attackers.join_next().await {
+        if let Fate::KeptOpen(kind) = f.unwrap() {
+            kept.push(kind);
+        }
+    }
+    assert!(
+        kept.is_empty(),
+        "{} sockets kept open past {limit:?}: {kept:?}",
+        kept.len()
+    );
+    let plain_metrics = Endpoint::tls(p.addr, &ca).unwrap();
+    assert!(
+        metric(
+            &plain_metrics,
+            "hubbub_http_connections_refused_total{reason=\"per_address\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(
+        log_lines(&log, "accept failed"),
+        0,
+        "{:?}",
+        log.lock().unwrap()
+    );
+    drop(p);
 }
