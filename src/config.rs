@@ -265,6 +265,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn http_limit_flags() {
+        let c = Config::from_args(["hubbub"]).unwrap();
+        assert_eq!(
+            (
+                c.request_timeout_secs,
+                c.max_http_connections,
+                c.max_http_connections_per_address
+            ),
+            (10, 4096, 256)
+        );
+        for bad in [
+            ["--request-timeout-secs", "0"],
+            ["--max-http-connections", "0"],
+            ["--max-http-connections-per-address", "0"],
+        ] {
+            let c = Config::from_args(["hubbub", bad[0], bad[1]]).unwrap();
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn defaults_and_flags() {
         let c = Config::from_args(["hubbub"]).unwrap();
         c.validate().unwrap();

@@ -151,6 +151,10 @@ where
                 return;
             }
             _ = shared.stop.cancelled(), if !stopping => {
+                // No request yet: nothing in flight to finish.
+                if !head_seen.load(Ordering::Relaxed) {
+                    return;
+                }
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
             }
