@@ -117,12 +117,9 @@ where
             call_timed(shared.clone(), peer, req)
         })
     };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(shared.request_timeout);
-    let conn = builder.serve_connection(io, svc).with_upgrades();
+    let conn = http1(shared.request_timeout)
+        .serve_connection(io, svc)
+        .with_upgrades();
     tokio::pin!(conn);
     // The whole head phase shares one deadline from accept; once the first
     // head is in, this never fires (hyper times later heads itself).
@@ -161,6 +158,17 @@ where
             _ = shared.kill.cancelled() => return,
         }
     }
+}
+
+/// hyper's HTTP/1 server. Its `header_read_timeout` restarts whenever the
+/// connection goes idle after a response, which limits idle keep-alives.
+fn http1(request_timeout: Duration) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(request_timeout);
+    builder
 }
 
 /// Calls the routes with a body that must arrive within the request timeout;
