@@ -2,7 +2,7 @@
 //! The integration tests and `hubbub-bench` speak to a real server with it;
 //! it is also a starting point for bots.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -62,11 +62,17 @@ impl HttpResponse {
 pub struct Endpoint {
     pub addr: SocketAddr,
     tls: Option<TlsConnector>,
+    /// The local address to connect from (e.g. another loopback address).
+    source: Option<IpAddr>,
 }
 
 impl From<SocketAddr> for Endpoint {
     fn from(addr: SocketAddr) -> Self {
-        Endpoint { addr, tls: None }
+        Endpoint {
+            addr,
+            tls: None,
+            source: None,
+        }
     }
 }
 
@@ -98,7 +104,15 @@ impl Endpoint {
         Ok(Endpoint {
             addr,
             tls: Some(TlsConnector::from(Arc::new(cfg))),
+            source: None,
         })
+    }
+
+    /// Connects from `ip` (any port): a second client address on one machine,
+    /// e.g. `127.0.0.2` on Linux, where all of 127.0.0.0/8 is local.
+    pub fn from_source(mut self, ip: IpAddr) -> Self {
+        self.source = Some(ip);
+        self
     }
 
     pub fn is_tls(&self) -> bool {
@@ -112,7 +126,20 @@ impl Endpoint {
 
     /// Connects, completing the TLS handshake for `localhost` when TLS is on.
     pub async fn connect(&self) -> anyhow::Result<Box<dyn Io>> {
-        let tcp = TcpStream::connect(self.addr).await.context("connect")?;
+        let tcp = match self.source {
+            None => TcpStream::connect(self.addr).await.context("connect")?,
+            Some(ip) => {
+                let sock = if ip.is_ipv4() {
+                    TcpSocket::new_v4()
+                } else {
+                    TcpSocket::new_v6()
+                }
+                .context("socket")?;
+                sock.bind(SocketAddr::new(ip, 0))
+                    .with_context(|| format!("binding {ip}"))?;
+                sock.connect(self.addr).await.context("connect")?
+            }
+        };
         let _ = tcp.set_nodelay(true);
         match &self.tls {
             None => Ok(Box::new(tcp)),

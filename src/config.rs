@@ -170,6 +170,21 @@ pub struct Config {
         default_value_t = 1000
     )]
     pub max_connections_per_address: usize,
+    /// Seconds a client gets for everything before its request head is in
+    /// (TLS handshake, first byte, head), for each request body, and for the
+    /// next head on an idle keep-alive connection; then it is closed (a late body gets 408).
+    #[arg(long, env = "HUBBUB_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
+    pub request_timeout_secs: u64,
+    /// Open HTTP connections not upgraded to WebSockets, in total (closed at once beyond).
+    #[arg(long, env = "HUBBUB_MAX_HTTP_CONNECTIONS", default_value_t = 4096)]
+    pub max_http_connections: usize,
+    /// Open HTTP connections not upgraded to WebSockets, per client address (closed at once beyond).
+    #[arg(
+        long,
+        env = "HUBBUB_MAX_HTTP_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    pub max_http_connections_per_address: usize,
     /// Token for the admin endpoints (`/api/admin/*`); without it they answer 404.
     #[arg(long, env = "HUBBUB_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -251,6 +266,14 @@ impl Config {
             self.max_connections > 0 && self.max_connections_per_address > 0,
             "connection caps must be positive"
         );
+        anyhow::ensure!(
+            (1..=3600).contains(&self.request_timeout_secs),
+            "--request-timeout-secs must be 1..=3600"
+        );
+        anyhow::ensure!(
+            self.max_http_connections > 0 && self.max_http_connections_per_address > 0,
+            "HTTP connection caps must be positive"
+        );
         if let Some(t) = &self.admin_token {
             anyhow::ensure!(
                 t.len() >= 16,
@@ -285,6 +308,10 @@ impl Config {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_secs)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
     }
 }
 
@@ -366,6 +393,27 @@ impl FromStr for Cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_limit_flags() {
+        let c = Config::from_args(["hubbub"]).unwrap();
+        assert_eq!(
+            (
+                c.request_timeout_secs,
+                c.max_http_connections,
+                c.max_http_connections_per_address
+            ),
+            (10, 4096, 256)
+        );
+        for bad in [
+            ["--request-timeout-secs", "0"],
+            ["--max-http-connections", "0"],
+            ["--max-http-connections-per-address", "0"],
+        ] {
+            let c = Config::from_args(["hubbub", bad[0], bad[1]]).unwrap();
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn defaults_and_flags() {

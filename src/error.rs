@@ -28,6 +28,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// The HTTP method is not allowed on this route.
     MethodNotAllowed,
+    /// A request body did not arrive within `--request-timeout-secs`.
+    RequestTimeout,
     /// Something failed inside the server; the details are in its log only.
     Internal,
 }
@@ -45,6 +47,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Internal => "internal",
         }
     }
@@ -57,6 +60,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::Conflict => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,

@@ -63,6 +63,10 @@ pub struct Metrics {
     refresh_purged: IntCounterVec,
     refresh_rows: IntGaugeVec,
     pub http_requests: IntCounterVec,
+    pub http_connections: IntGauge,
+    pub http_refused: IntCounterVec,
+    pub http_timeouts: IntCounterVec,
+    pub accept_errors: IntCounterVec,
     history_seconds: HistogramVec,
     process_rss: IntGauge,
     process_fds: IntGauge,
@@ -306,6 +310,29 @@ impl Metrics {
                 "HTTP requests by route and status class.",
                 &["route", "class"],
             ),
+            http_connections: gauge(
+                &r,
+                "hubbub_http_connections",
+                "Open HTTP connections not (yet) upgraded to WebSockets.",
+            ),
+            http_refused: counter_vec(
+                &r,
+                "hubbub_http_connections_refused_total",
+                "HTTP connections closed at accept by a cap (total, per_address).",
+                &["reason"],
+            ),
+            http_timeouts: counter_vec(
+                &r,
+                "hubbub_http_timeouts_total",
+                "HTTP connections cut by --request-timeout-secs, by phase (head, body).",
+                &["phase"],
+            ),
+            accept_errors: counter_vec(
+                &r,
+                "hubbub_accept_errors_total",
+                "Failed accepts: fd_limit (EMFILE, ENFILE, no memory) or other.",
+                &["kind"],
+            ),
             history_seconds: reg(
                 &r,
                 HistogramVec::new(
@@ -384,6 +411,15 @@ impl Metrics {
         for t in ["tokens", "families"] {
             m.refresh_purged.with_label_values(&[t]);
             m.refresh_rows.with_label_values(&[t]);
+        }
+        for r in ["total", "per_address"] {
+            m.http_refused.with_label_values(&[r]);
+        }
+        for p in ["head", "body"] {
+            m.http_timeouts.with_label_values(&[p]);
+        }
+        for k in ["fd_limit", "other"] {
+            m.accept_errors.with_label_values(&[k]);
         }
         Arc::new(m)
     }

@@ -26,7 +26,7 @@ use crate::auth::{Auth, AuthConfig, purge, tokens};
 use crate::config::Config;
 use crate::http::client_ip::TrustedProxies;
 use crate::http::guard::{ConnCaps, KeyedLimit, LOGINS_PER_USER_GLOBAL_FACTOR, Limits};
-use crate::http::{self, AppState, Hosts, Origins};
+use crate::http::{self, AppState, Edge, Hosts, Origins};
 use crate::hub::{HubConfig, HubHandle};
 use crate::metrics::Metrics;
 use crate::session::{SessionConfig, SessionCtx};
@@ -42,6 +42,12 @@ const LIMITER_PRUNE_EVERY: Duration = Duration::from_secs(60);
 const FAILED_NOTICE_GRACE: Duration = Duration::from_millis(200);
 /// Sessions get this long to send their Close frames at shutdown.
 const SESSION_GRACE: Duration = Duration::from_secs(5);
+/// Descriptors besides client connections: sled's files, listeners, epoll,
+/// the metrics port, log and certificate files.
+const FD_HEADROOM: u64 = 256;
+/// The `--metrics-listen` port is for a scraper or two: small caps of its own,
+/// so an attack on the main port never locks the operator out of it.
+const METRICS_HTTP_CAPS: (usize, usize) = (64, 16);
 
 /// Exit status after storage failed (EX_TEMPFAIL): free disk space and start again.
 pub const EXIT_STORAGE_FAILED: u8 = 75;
@@ -97,6 +103,7 @@ impl Running {
 /// Binds, starts everything, and returns once the server accepts connections.
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     cfg.validate()?;
+    check_fd_limit(&cfg);
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
@@ -147,7 +154,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 .saturating_mul(LOGINS_PER_USER_GLOBAL_FACTOR),
         ),
         refreshes: KeyedLimit::per_minute(cfg.refreshes_per_min),
-        conns: ConnCaps::new(cfg.max_connections, cfg.max_connections_per_address),
+        conns: Arc::new(ConnCaps::new(
+            cfg.max_connections,
+            cfg.max_connections_per_address,
+        )),
     });
     limits.spawn_pruner(LIMITER_PRUNE_EVERY);
     let head = store.last_cursor().context("reading the log heads")?;
@@ -229,12 +239,25 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         None => None,
     };
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let edge = Edge {
+        request_timeout: cfg.request_timeout(),
+        caps: Arc::new(ConnCaps::new(
+            cfg.max_http_connections,
+            cfg.max_http_connections_per_address,
+        )),
+        metrics: metrics.clone(),
+    };
     let metrics_task = metrics_listener.map(|l| {
+        let edge = Edge {
+            caps: Arc::new(ConnCaps::new(METRICS_HTTP_CAPS.0, METRICS_HTTP_CAPS.1)),
+            ..edge.clone()
+        };
         tokio::spawn(http::serve(
             l,
             http::metrics_routes(state.clone()),
             None,
             http_stop.clone(),
+            edge,
         ))
     });
     let http_task = tokio::spawn(http::serve(
@@ -242,6 +265,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         http::routes(state),
         tls.clone(),
         http_stop.clone(),
+        edge,
     ));
 
     let stop = CancellationToken::new();
@@ -331,6 +355,50 @@ fn hosts(cfg: &Config, addr: SocketAddr, tls: Option<&Tls>) -> Hosts {
 async fn tell_senders(hub: &HubHandle) {
     let _ = tokio::time::timeout(FAILED_NOTICE_GRACE, hub.ping()).await;
     tokio::time::sleep(FAILED_NOTICE_GRACE).await;
+}
+
+/// Raises the open-files limit (every connection is a descriptor, and the
+/// usual soft default of 1024 is far below the connection caps) and warns
+/// when even the hard limit is below what the caps allow.
+fn check_fd_limit(cfg: &Config) {
+    let need = (cfg.max_connections as u64)
+        .saturating_add(cfg.max_http_connections as u64)
+        .saturating_add(FD_HEADROOM);
+    match raise_nofile_limit() {
+        Ok(limit) if limit < need => tracing::warn!(
+            limit,
+            need,
+            "the open-files limit (ulimit -n, hard) is below --max-connections + \
+             --max-http-connections + headroom: raise it or lower the caps"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.
+pub fn raise_nofile_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim = raised;
+        }
+    }
+    Ok(lim.rlim_cur)
 }
 
 /// Opens the database. A restart right after a stop may find the file lock

@@ -1,5 +1,6 @@
 //! Abuse limits at the edge: keyed rate limiters (per address, per username)
-//! and caps on open WebSocket connections. All are checked before any work.
+//! and caps on open connections (WebSockets, and HTTP before an upgrade).
+//! All are checked before any work.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -82,7 +83,8 @@ pub struct Limits {
     /// Per username from all addresses, `LOGINS_PER_USER_GLOBAL_FACTOR` times higher.
     pub logins_per_user_global: KeyedLimit<String>,
     pub refreshes: KeyedLimit<IpAddr>,
-    pub conns: ConnCaps,
+    /// Open WebSockets.
+    pub conns: Arc<ConnCaps>,
 }
 
 impl Limits {
@@ -125,7 +127,8 @@ impl Limits {
     }
 }
 
-/// Caps on open WebSocket connections, in total and per address.
+/// Caps on open connections, in total and per address: one instance for
+/// WebSockets, one for HTTP connections not (yet) upgraded.
 pub struct ConnCaps {
     max_total: usize,
     max_per_ip: usize,
@@ -136,8 +139,25 @@ pub struct ConnCaps {
 
 /// Holds one connection's place; dropping it frees the place.
 pub struct ConnSlot {
-    caps: Arc<Limits>,
+    caps: Arc<ConnCaps>,
     ip: IpAddr,
+}
+
+/// Which cap a refused connection hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CapHit {
+    Total,
+    PerAddress,
+}
+
+impl CapHit {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapHit::Total => "total",
+            CapHit::PerAddress => "per_address",
+        }
+    }
 }
 
 impl ConnCaps {
@@ -153,33 +173,37 @@ impl ConnCaps {
     pub fn open(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
+
+    /// Takes a place for a connection from `ip`, or says which cap is reached.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, CapHit> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if self.total.load(Ordering::Relaxed) >= self.max_total {
+            return Err(CapHit::Total);
+        }
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(CapHit::PerAddress);
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnSlot {
+            caps: self.clone(),
+            ip,
+        })
+    }
 }
 
-/// Takes a connection slot, or answers `503` (server full) / `429` (this address has too many).
+/// Takes a WebSocket slot, or answers `503` (server full) / `429` (this address has too many).
 pub fn acquire(limits: &Arc<Limits>, ip: IpAddr) -> Result<ConnSlot, Response> {
-    let caps = &limits.conns;
-    let mut per_ip = caps.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-    if caps.total.load(Ordering::Relaxed) >= caps.max_total {
-        return Err(reply::error(
-            ErrorCode::Unavailable,
-            "server is full; retry later",
-        ));
-    }
-    let n = per_ip.entry(ip).or_insert(0);
-    if *n >= caps.max_per_ip {
-        return Err(too_many(5));
-    }
-    *n += 1;
-    caps.total.fetch_add(1, Ordering::Relaxed);
-    Ok(ConnSlot {
-        caps: limits.clone(),
-        ip,
+    limits.conns.try_acquire(ip).map_err(|hit| match hit {
+        CapHit::Total => reply::error(ErrorCode::Unavailable, "server is full; retry later"),
+        CapHit::PerAddress => too_many(5),
     })
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
-        let caps = &self.caps.conns;
+        let caps = &self.caps;
         let mut per_ip = caps.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
@@ -217,7 +241,7 @@ mod tests {
             logins_per_user: KeyedLimit::per_minute(1),
             logins_per_user_global: KeyedLimit::per_minute(1),
             refreshes: KeyedLimit::per_minute(1),
-            conns: ConnCaps::new(3, 2),
+            conns: Arc::new(ConnCaps::new(3, 2)),
         });
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();

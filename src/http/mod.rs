@@ -8,6 +8,7 @@
 
 mod api;
 pub mod client_ip;
+mod conn;
 pub mod guard;
 mod policy;
 pub mod reply;
@@ -320,4 +321,4 @@ async fn recover(r: Rejection) -> Result<Response, Infallible> {
     Ok(resp)
 }
 
-pub use serve::{PeerAddr, serve};
+pub use serve::{Edge, PeerAddr, serve};

@@ -1,22 +1,26 @@
 //! The accept loop: our own, because warp 0.4 has no TLS and its graceful
-//! shutdown does not know about upgraded sockets. Each connection is served by
-//! hyper (HTTP/1.1, upgrades on) over TLS or plain TCP; the peer address rides
-//! along as a request extension.
+//! shutdown does not know about upgraded sockets. Each accepted connection
+//! takes a place under the HTTP connection caps (or is closed at once) and is
+//! served by `conn.rs` under its time limits; the peer address rides along as
+//! a request extension. Running out of file descriptors pauses accepting with
+//! a growing back-off instead of spinning.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use super::conn::{HttpSlot, Routes, Shared, serve_conn};
+use super::guard::ConnCaps;
+use crate::metrics::Metrics;
 use crate::tls::Tls;
 
 /// The client's address, readable in filters with `warp::ext::optional::<PeerAddr>()`.
@@ -25,12 +29,24 @@ pub struct PeerAddr(pub SocketAddr);
 
 /// In-flight HTTP requests get this long to finish at shutdown.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
-/// A TLS handshake, or a request's headers, that take longer are dropped (slowloris).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The first byte of every TLS connection (a handshake record).
-const TLS_HANDSHAKE_RECORD: u8 = 0x16;
-/// Sent to a plain-HTTP request on the TLS port instead of a hang.
-const PLAIN_ON_TLS_PORT_BODY: &str = r#"{"error":{"code":"bad_request","message":"this port speaks HTTPS: use https:// and wss://"}}"#;
+/// The first pause after an accept failed for lack of descriptors; it doubles
+/// up to `FD_BACKOFF_MAX` while the failures go on. Connections close on their
+/// own time limits meanwhile, so waiting frees descriptors; retrying at once
+/// only burns CPU and fills the log.
+const FD_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const FD_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// After any other accept error (e.g. a connection reset before it was taken).
+const OTHER_ERROR_PAUSE: Duration = Duration::from_millis(10);
+
+/// The limits of one listener's HTTP connections.
+#[derive(Clone)]
+pub struct Edge {
+    /// `--request-timeout-secs`: head phase, each body, idle keep-alive.
+    pub request_timeout: Duration,
+    /// Open HTTP connections not upgraded, in total and per address.
+    pub caps: Arc<ConnCaps>,
+    pub metrics: Arc<Metrics>,
+}
 
 /// Serves `routes` until `stop` is cancelled, then lets in-flight requests finish.
 /// Upgraded WebSockets are not tracked here: sessions close themselves (1001).
@@ -39,108 +55,146 @@ pub async fn serve(
     routes: BoxedFilter<(Response,)>,
     tls: Option<Arc<Tls>>,
     stop: CancellationToken,
+    edge: Edge,
 ) {
-    let graceful = GracefulShutdown::new();
     let svc = TowerToHyperService::new(warp::service(routes));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT);
+    let routes: Routes = Box::new(move |req| {
+        let fut = hyper::service::Service::call(&svc, req);
+        Box::pin(async move {
+            match fut.await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        })
+    });
+    let shared = Arc::new(Shared {
+        routes,
+        tls,
+        request_timeout: edge.request_timeout,
+        metrics: edge.metrics.clone(),
+        stop: stop.clone(),
+        kill: CancellationToken::new(),
+    });
+    let conns = TaskTracker::new();
+    let mut backoff = AcceptBackoff::default();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    let pause = backoff.failed(&e, &edge.metrics);
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
                 }
             },
         };
-        let _ = tcp.set_nodelay(true);
-        let (svc, builder, watcher, tls) = (
-            svc.clone(),
-            builder.clone(),
-            graceful.watcher(),
-            tls.clone(),
-        );
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(PeerAddr(peer));
-                    hyper::service::Service::call(&svc, req)
-                },
-            );
-            let result = match tls {
-                None => {
-                    watcher
-                        .watch(
-                            builder
-                                .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                                .into_owned(),
-                        )
-                        .await
-                }
-                Some(tls) => match tls_handshake(tcp, &tls).await {
-                    Some(s) => {
-                        watcher
-                            .watch(
-                                builder
-                                    .serve_connection_with_upgrades(TokioIo::new(s), svc)
-                                    .into_owned(),
-                            )
-                            .await
-                    }
-                    None => return,
-                },
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+        backoff.accepted();
+        // The clock starts at accept, before the TLS handshake.
+        let deadline = Instant::now() + edge.request_timeout;
+        let slot = match edge.caps.try_acquire(peer.ip()) {
+            Ok(s) => HttpSlot::new(s, edge.metrics.http_connections.clone()),
+            Err(hit) => {
+                // Closed at once: no handshake, no bytes, nothing to wait for.
+                edge.metrics
+                    .http_refused
+                    .with_label_values(&[hit.as_str()])
+                    .inc();
+                tracing::debug!(%peer, cap = hit.as_str(), "HTTP connection over a cap closed");
+                drop(tcp);
+                continue;
             }
-        });
+        };
+        conns.spawn(serve_conn(tcp, peer, deadline, shared.clone(), slot));
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_GRACE, graceful.shutdown())
+    conns.close();
+    if tokio::time::timeout(DRAIN_GRACE, conns.wait())
         .await
         .is_err()
     {
         tracing::warn!("some HTTP requests were still running after the drain grace period");
+        shared.kill.cancel();
     }
 }
 
-/// Completes the TLS handshake within the timeout. A client speaking plain
-/// HTTP gets a clear 400 instead of a hang.
-async fn tls_handshake(
-    mut tcp: TcpStream,
-    tls: &Tls,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
-        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {}
-        Ok(Ok(1)) => {
-            let resp = format!(
-                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{PLAIN_ON_TLS_PORT_BODY}",
-                PLAIN_ON_TLS_PORT_BODY.len()
+/// Out of descriptors (or kernel memory for sockets): waiting helps.
+fn is_fd_limit(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// One stretch of accept failures for lack of descriptors: a warning when it
+/// starts, a note with the count when it ends, a pause that grows in between.
+#[derive(Default)]
+struct AcceptBackoff {
+    failures: u64,
+    since: Option<Instant>,
+    pause: Duration,
+}
+
+impl AcceptBackoff {
+    /// Counts the error and returns how long to pause before the next accept.
+    fn failed(&mut self, e: &io::Error, metrics: &Metrics) -> Duration {
+        if !is_fd_limit(e) {
+            metrics.accept_errors.with_label_values(&["other"]).inc();
+            tracing::debug!(error = %e, "accept failed");
+            return OTHER_ERROR_PAUSE;
+        }
+        metrics.accept_errors.with_label_values(&["fd_limit"]).inc();
+        self.failures += 1;
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            self.pause = FD_BACKOFF_FIRST;
+            tracing::warn!(
+                error = %e,
+                "accept failed: out of file descriptors; pausing accepts until connections close"
             );
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), tcp.write_all(resp.as_bytes())).await;
-            let _ = tcp.shutdown().await;
-            return None;
+        } else {
+            self.pause = (self.pause * 2).min(FD_BACKOFF_MAX);
         }
-        _ => return None,
+        self.pause
     }
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => Some(s),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "TLS handshake failed");
-            None
+
+    /// An accept succeeded: ends a stretch of failures, if one was running.
+    fn accepted(&mut self) {
+        if let Some(since) = self.since.take() {
+            tracing::warn!(
+                failures = self.failures,
+                secs = since.elapsed().as_secs_f64(),
+                "accepting connections again"
+            );
+            self.failures = 0;
         }
-        Err(_) => {
-            tracing::debug!("TLS handshake timed out");
-            None
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fd_backoff_grows_to_a_ceiling_and_resets() {
+        let m = Metrics::new();
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        let mut b = AcceptBackoff::default();
+        let pauses: Vec<u64> = (0..6)
+            .map(|_| b.failed(&emfile, &m).as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1000, 1000]);
+        b.accepted();
+        assert_eq!(b.failed(&emfile, &m), FD_BACKOFF_FIRST);
+        let reset = io::Error::from_raw_os_error(libc::ECONNABORTED);
+        assert_eq!(b.failed(&reset, &m), OTHER_ERROR_PAUSE);
+        let text = m.render();
+        assert!(
+            text.contains("hubbub_accept_errors_total{kind=\"fd_limit\"} 7"),
+            "{text}"
+        );
+        assert!(text.contains("hubbub_accept_errors_total{kind=\"other\"} 1"));
     }
 }

@@ -286,6 +286,8 @@ fn lifted_limits(bin: &std::path::Path, tls: bool) -> Vec<String> {
         ("--logins-per-user-per-min", BIG),
         ("--max-connections", BIG),
         ("--max-connections-per-address", BIG),
+        ("--max-http-connections", BIG),
+        ("--max-http-connections-per-address", BIG),
         ("--tls", if tls { "on" } else { "off" }),
     ];
     let help = std::process::Command::new(bin)
