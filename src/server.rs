@@ -245,6 +245,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             cfg.max_http_connections,
             cfg.max_http_connections_per_address,
         )),
+        proxies: TrustedProxies::new(cfg.trusted_proxy.clone()),
         metrics: metrics.clone(),
     };
     let metrics_task = metrics_listener.map(|l| {

@@ -221,3 +221,66 @@ async fn connection_caps_per_address_count_forwarded_clients() {
     other.expect("welcome", T).await.unwrap();
     s.stop().await;
 }
+
+/// A trusted proxy's one address stands for every client behind it: the
+/// per-address cap on open HTTP connections does not apply to it (the total
+/// cap still does), while an untrusted address is still capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_is_not_held_to_the_per_address_http_cap() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(&[
+        "--trusted-proxy",
+        "127.0.0.1/32",
+        "--max-http-connections-per-address",
+        "2",
+        "--request-timeout-secs",
+        "60",
+    ])
+    .await;
+    // Held idle connections from the proxy, twice the per-address cap.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::net::TcpStream::connect(s.addr).await.unwrap());
+    }
+    // The proxy can still forward a request on a fifth connection.
+    let mut fifth = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let req = format!(
+        "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        s.addr
+    );
+    fifth.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    tokio::time::timeout(T, fifth.read_to_string(&mut resp))
+        .await
+        .expect("the proxy's fifth connection got no answer")
+        .unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.1 200"),
+        "the proxy's fifth connection was refused: {resp:?}"
+    );
+    drop(held);
+    s.stop().await;
+
+    // Without --trusted-proxy the same address is capped at two.
+    let s = TestServer::start_with(&[
+        "--max-http-connections-per-address",
+        "2",
+        "--request-timeout-secs",
+        "60",
+    ])
+    .await;
+    let _held = [
+        tokio::net::TcpStream::connect(s.addr).await.unwrap(),
+        tokio::net::TcpStream::connect(s.addr).await.unwrap(),
+    ];
+    let mut third = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(T, third.read(&mut buf))
+        .await
+        .expect("the third connection was neither answered nor closed");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "an untrusted address got past the per-address cap"
+    );
+    s.stop().await;
+}

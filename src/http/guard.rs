@@ -140,7 +140,8 @@ pub struct ConnCaps {
 /// Holds one connection's place; dropping it frees the place.
 pub struct ConnSlot {
     caps: Arc<ConnCaps>,
-    ip: IpAddr,
+    /// `None`: counted in the total only (a trusted proxy's connection).
+    ip: Option<IpAddr>,
 }
 
 /// Which cap a refused connection hit.
@@ -188,7 +189,23 @@ impl ConnCaps {
         self.total.fetch_add(1, Ordering::Relaxed);
         Ok(ConnSlot {
             caps: self.clone(),
-            ip,
+            ip: Some(ip),
+        })
+    }
+
+    /// Takes a place counted in the total only: for a trusted proxy, whose
+    /// one address stands for many clients (their per-address caps apply
+    /// later, by forwarded address, to the WebSockets they open).
+    pub fn try_acquire_total(self: &Arc<Self>) -> Result<ConnSlot, CapHit> {
+        // The same lock as `try_acquire`, so that check-and-add is atomic.
+        let _per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if self.total.load(Ordering::Relaxed) >= self.max_total {
+            return Err(CapHit::Total);
+        }
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(ConnSlot {
+            caps: self.clone(),
+            ip: None,
         })
     }
 }
@@ -205,10 +222,12 @@ impl Drop for ConnSlot {
     fn drop(&mut self) {
         let caps = &self.caps;
         let mut per_ip = caps.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = per_ip.get_mut(&self.ip) {
+        if let Some(ip) = self.ip
+            && let Some(n) = per_ip.get_mut(&ip)
+        {
             *n -= 1;
             if *n == 0 {
-                per_ip.remove(&self.ip);
+                per_ip.remove(&ip);
             }
         }
         caps.total.fetch_sub(1, Ordering::Relaxed);

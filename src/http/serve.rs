@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use super::client_ip::{TrustedProxies, limit_key};
 use super::conn::{HttpSlot, Routes, Shared, serve_conn};
 use super::guard::ConnCaps;
 use crate::metrics::Metrics;
@@ -45,6 +46,8 @@ pub struct Edge {
     pub request_timeout: Duration,
     /// Open HTTP connections not upgraded, in total and per address.
     pub caps: Arc<ConnCaps>,
+    /// Connections from these count in the total cap only.
+    pub proxies: TrustedProxies,
     pub metrics: Arc<Metrics>,
 }
 
@@ -94,7 +97,15 @@ pub async fn serve(
         backoff.accepted();
         // The clock starts at accept, before the TLS handshake.
         let deadline = Instant::now() + edge.request_timeout;
-        let slot = match edge.caps.try_acquire(peer.ip()) {
+        // Keyed like every per-address limit (IPv6 by /64); a trusted proxy
+        // speaks for many clients, so only the total cap applies to it.
+        let ip = peer.ip().to_canonical();
+        let acquired = if edge.proxies.trusts(ip) {
+            edge.caps.try_acquire_total()
+        } else {
+            edge.caps.try_acquire(limit_key(ip))
+        };
+        let slot = match acquired {
             Ok(s) => HttpSlot::new(s, edge.metrics.http_connections.clone()),
             Err(hit) => {
                 // Closed at once: no handshake, no bytes, nothing to wait for.
