@@ -357,6 +357,13 @@ impl Metrics {
         &self.frames_out[kind as usize]
     }
 
+    /// Adds a counter that storage keeps itself (it counts while the database
+    /// opens, before there is a server): `hubbub_storage_decode_errors_total`.
+    pub fn register_storage(&self, decode_errors: IntCounterVec) {
+        // Fails only if registered twice; one store per server registers once.
+        let _ = self.registry.register(Box::new(decode_errors));
+    }
+
     pub fn history(&self, kind: &str) -> Histogram {
         self.history_seconds.with_label_values(&[kind])
     }

@@ -239,10 +239,13 @@ pub async fn history(
         Ok(p) => p,
         Err(_) => return reply::error(ErrorCode::Unavailable, "shutting down"),
     };
-    match state
+    let user = who.username.clone();
+    // Off the async workers: the page reads sled.
+    let page = state
         .store
-        .page(&room, &who.username, dir, limit, None, &pending)
-    {
+        .blocking(move |store| store.page(&room, &user, dir, limit, None, &pending))
+        .await;
+    match page {
         Ok(page) => reply::json(
             StatusCode::OK,
             &PageBody {
