@@ -60,6 +60,9 @@ pub struct Metrics {
     pub refresh_reuse: IntCounter,
     pub http_requests: IntCounterVec,
     history_seconds: HistogramVec,
+    /// Log records a history page read (join, frame, HTTP): about `limit + 1`
+    /// with the view index, however many hidden messages the range holds.
+    pub history_examined: Histogram,
     process_rss: IntGauge,
     process_fds: IntGauge,
     /// A counter: `sample_process` adds what the kernel's figure grew by.
@@ -70,6 +73,16 @@ pub struct Metrics {
 const LATENCY: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     10.0,
+];
+const EXAMINED: &[f64] = &[
+    1.0,
+    10.0,
+    51.0,
+    101.0,
+    1001.0,
+    10_000.0,
+    100_000.0,
+    1_000_000.0,
 ];
 const BATCH: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
@@ -286,6 +299,12 @@ impl Metrics {
                     &["kind"],
                 )
                 .unwrap_or_else(|_| unreachable_metric()),
+            ),
+            history_examined: histogram(
+                &r,
+                "hubbub_history_records_examined",
+                "Stored records read for one history page.",
+                EXAMINED,
             ),
             process_rss: gauge(
                 &r,

@@ -246,13 +246,17 @@ pub async fn history(
         .blocking(move |store| store.page(&room, &user, dir, limit, None, &pending))
         .await;
     match page {
-        Ok(page) => reply::json(
-            StatusCode::OK,
-            &PageBody {
-                messages: page.msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
-                more: page.more,
-            },
-        ),
+        Ok(page) => {
+            let metrics = &state.sessions.metrics;
+            metrics.history_examined.observe(page.examined as f64);
+            reply::json(
+                StatusCode::OK,
+                &PageBody {
+                    messages: page.msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
+                    more: page.more,
+                },
+            )
+        }
         Err(e) => reply::internal(&e),
     }
 }

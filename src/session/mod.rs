@@ -171,6 +171,7 @@ async fn preamble(ctx: &SessionCtx, req: &JoinRequest, id: Uuid, joined: Joined)
         tracing::error!(error = %e, "history read failed on join");
         (None, crate::storage::Page::empty())
     });
+    ctx.metrics.history_examined.observe(page.examined as f64);
     let session = id.to_string();
     let welcome = encode(&ServerMsg::Welcome {
         user: user.as_str(),

@@ -314,14 +314,20 @@ impl Reader<'_> {
             .blocking(move |store| store.page(&room, &user, dir, limit, None, &pending))
             .await;
         match page {
-            Ok(page) => self.push(
-                encode(&ServerMsg::History {
-                    messages: page.msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
-                    more: page.more,
-                    req: req.as_deref(),
-                }),
-                Out::History,
-            ),
+            Ok(page) => {
+                self.ctx
+                    .metrics
+                    .history_examined
+                    .observe(page.examined as f64);
+                self.push(
+                    encode(&ServerMsg::History {
+                        messages: page.msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
+                        more: page.more,
+                        req: req.as_deref(),
+                    }),
+                    Out::History,
+                );
+            }
             Err(e) => {
                 tracing::error!(error = %e, "history read failed");
                 self.fail(

@@ -14,6 +14,8 @@
 
 mod accounts;
 mod history;
+#[cfg(test)]
+mod tests;
 mod views;
 mod writer;
 
