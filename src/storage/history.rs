@@ -14,6 +14,9 @@ use std::sync::Arc;
 use super::{Record, Result, Store, log_key};
 use crate::protocol::{Cursor, PageDir, RoomName, Status, StoredMsg, Username};
 
+/// A message of a page and its status (`None`: not on disk yet).
+type PageItem = (Arc<StoredMsg>, Option<Status>);
+
 /// One page, oldest first. `status` is `None` for a message still on its way to disk.
 pub struct Page {
     pub msgs: Vec<(Arc<StoredMsg>, Option<Status>)>,
@@ -68,32 +71,8 @@ impl Store {
             above && below
         };
 
-        let mut from_disk: Vec<(Arc<StoredMsg>, Option<Status>)> = Vec::new();
-        let mut examined = 0;
-        if self.room_known(room) {
-            let public = self.view_cursors(room, "", lo, hi, backward);
-            let mine = self.view_cursors(room, viewer.as_str(), lo, hi, backward);
-            for c in merge_cursors(public, mine, backward) {
-                let c = c?;
-                examined += 1;
-                let key = log_key(room, c);
-                // An index entry without its record (a crash between the two
-                // writes of one commit) is skipped like an undecodable one.
-                let Some(v) = self.inner.log.get(&key)? else {
-                    continue;
-                };
-                let Some(m) = self.decode_or_skip::<StoredMsg>(Record::Message, &key, &v) else {
-                    continue;
-                };
-                if visible(&m) {
-                    let status = self.status_of(&m.id)?;
-                    from_disk.push((Arc::new(m), Some(status)));
-                    if from_disk.len() == want {
-                        break;
-                    }
-                }
-            }
-        }
+        let (from_disk, examined) =
+            self.page_from_disk(room, viewer, (lo, hi), backward, want, &visible)?;
 
         let mut from_memory: Vec<(Arc<StoredMsg>, Option<Status>)> = pending
             .iter()
@@ -139,6 +118,46 @@ impl Store {
             more,
             examined,
         })
+    }
+
+    /// Up to `want` visible messages from disk in the page's direction, and
+    /// how many records were read for them.
+    fn page_from_disk(
+        &self,
+        room: &RoomName,
+        viewer: &Username,
+        (lo, hi): (Bound<Cursor>, Bound<Cursor>),
+        backward: bool,
+        want: usize,
+        visible: &dyn Fn(&StoredMsg) -> bool,
+    ) -> Result<(Vec<PageItem>, usize)> {
+        let mut from_disk: Vec<PageItem> = Vec::new();
+        let mut examined = 0;
+        if self.room_known(room) {
+            let public = self.view_cursors(room, "", lo, hi, backward);
+            let mine = self.view_cursors(room, viewer.as_str(), lo, hi, backward);
+            for c in merge_cursors(public, mine, backward) {
+                let c = c?;
+                examined += 1;
+                let key = log_key(room, c);
+                // An index entry without its record (never written so: the
+                // writer applies the log first) is skipped like an undecodable one.
+                let Some(v) = self.inner.log.get(&key)? else {
+                    continue;
+                };
+                let Some(m) = self.decode_or_skip::<StoredMsg>(Record::Message, &key, &v) else {
+                    continue;
+                };
+                if visible(&m) {
+                    let status = self.status_of(&m.id)?;
+                    from_disk.push((Arc::new(m), Some(status)));
+                    if from_disk.len() == want {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok((from_disk, examined))
     }
 
     /// Whether `cursor` names a message of this room, on disk or pending.
