@@ -100,6 +100,7 @@ impl Store {
     /// leaves an indexed prefix and the next start resumes it. Returns how many
     /// records it indexed.
     pub(super) fn catch_up_views(&self) -> Result<usize> {
+        let started = std::time::Instant::now();
         let rooms: Vec<RoomName> = self.lock_rooms().iter().cloned().collect();
         let mut indexed = 0;
         for room in &rooms {
@@ -132,6 +133,7 @@ impl Store {
             tracing::info!(
                 records = indexed,
                 rooms = rooms.len(),
+                ms = started.elapsed().as_millis() as u64,
                 "built the history view index for records written without it"
             );
         }
