@@ -107,6 +107,8 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
         eprintln!(
             "pre-filling {room}: {PUBLIC} public, {hidden} private alice->bob, {PUBLIC} public"
         );
+        // A private message needs a target who has joined the room.
+        drop(join_timed(t, &room, &bob, rb).await?);
         send(args, t, &room, &alice, PUBLIC, None, 1).await?;
         let st = send(
             args,
