@@ -2,14 +2,14 @@
 //!
 //! Tables (sled trees), named key_value:
 //! - `roomname_cursor_msg`: room `\0` cursor (16 bytes, big-endian) → `StoredMsg` (bincode): the
-//!   append-only logs of all rooms in one tree, each room a contiguous range.
+//!   append-only logs of all rooms in one tree, each room a contiguous range. Also, apart from
+//!   every room's range, the view index: `0x01` room `\0` viewer `\0` cursor → (): who may see
+//!   which message (see `views.rs`), so a history page costs O(limit) however much it may not see.
 //! - `roomname_unit`: room → () for every room that has messages.
 //! - `msgid_msgref`: message id → `MsgRef` (room, cursor, sender, kind, target): idempotency and receipts.
 //! - `msgid_status`: message id → highest status any recipient reached (u8).
 //! - `msgid_username_status`: message id ++ username → that recipient's status (u8).
 //! - `roomname_username_unit`: room `\0` username → () for every user who ever joined the room.
-//! - `roomname_viewer_cursor_unit`: room `\0` viewer `\0` cursor → (): who may see which message
-//!   (see `views.rs`), so a history page costs O(limit) however much it may not see.
 //! - `username_user`, `tokenhash_refresh`, `familyid_revoked`: accounts (see `accounts.rs`).
 
 mod accounts;
@@ -62,14 +62,13 @@ pub struct Store {
 struct Inner {
     db: sled::Db,
     rooms: sled::Tree,
-    /// Every room's messages: room ++ 0x00 ++ cursor → `StoredMsg`.
+    /// Every room's messages: room ++ 0x00 ++ cursor → `StoredMsg`; and the
+    /// view index: 0x01 ++ room ++ 0x00 ++ viewer ++ 0x00 ++ cursor → ().
     log: sled::Tree,
     msgid_msgref: sled::Tree,
     msgid_status: sled::Tree,
     msgid_username_status: sled::Tree,
     room_members: sled::Tree,
-    /// Which messages each reader may see: room ++ 0 ++ viewer ++ 0 ++ cursor → ().
-    views: sled::Tree,
     users: sled::Tree,
     refresh: sled::Tree,
     families: sled::Tree,
@@ -120,7 +119,7 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
 }
 
 /// The counter fails to build only for an invalid name or label, and these
-/// are constants (checked by `storage::views::tests`).
+/// are constants, and every `Store::open` (the storage unit tests open several) builds it.
 #[allow(clippy::panic)]
 fn decode_errors_counter() -> prometheus::IntCounterVec {
     let c = prometheus::IntCounterVec::new(
@@ -183,7 +182,6 @@ impl Store {
             refresh: db.open_tree("tokenhash_refresh")?,
             families: db.open_tree("familyid_revoked")?,
             log: db.open_tree("roomname_cursor_msg")?,
-            views: db.open_tree("roomname_viewer_cursor_unit")?,
             known_rooms: Mutex::new(HashSet::new()),
             decode_errors: decode_errors_counter(),
             db,

@@ -2,15 +2,15 @@
 //! reads O(limit) keys however many private messages between others lie in
 //! its range (the shared log holds both kinds, interleaved by cursor).
 //!
-//! Tree `roomname_viewer_cursor_unit`: room `\0` viewer `\0` cursor (16 bytes,
-//! big-endian) → (). `viewer` is empty for a chat message (everyone in the room
+//! Keys `0x01` room `\0` viewer `\0` cursor (16 bytes, big-endian) → (), in
+//! the log tree itself (`roomname_cursor_msg`): a commit is one batch, as
+//! before, and a message and its view keys land together. `viewer` is empty for a chat message (everyone in the room
 //! sees it) and the sender's and the target's name for a private one. Names
 //! never hold a 0 byte and usernames are never empty, so "public" and each
 //! reader's own privates are separate contiguous, time-ordered ranges; a page
 //! merges the two. The log stays the record; this tree holds keys only.
 //!
-//! The writer adds a message's view keys in the same group commit as the
-//! message. At open, [`Store::catch_up_views`] indexes what is in the log but
+//! The writer adds a message's view keys in the same batch as the message. At open, [`Store::catch_up_views`] indexes what is in the log but
 //! not here: the whole log on the first start after an upgrade, or a tail
 //! written by an older binary.
 
@@ -19,12 +19,18 @@ use std::ops::Bound;
 use super::{Record, Result, Store, log_key};
 use crate::protocol::{Cursor, MsgKind, RoomName, StoredMsg};
 
+/// The first byte of every view key. Room names start with a lowercase letter
+/// or digit, so the view keys are one range of the log tree apart from every
+/// room's log range, and a commit writes message and view keys in one batch.
+const VIEW_SPACE: u8 = 0x01;
+
 /// Index keys written per batch while catching up: bounds the memory of a
 /// one-time index build over a large log.
 const CATCH_UP_BATCH: usize = 10_000;
 
 fn view_prefix(room: &RoomName, viewer: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(room.as_str().len() + viewer.len() + 18);
+    let mut k = Vec::with_capacity(room.as_str().len() + viewer.len() + 19);
+    k.push(VIEW_SPACE);
     k.extend_from_slice(room.as_str().as_bytes());
     k.push(0);
     k.extend_from_slice(viewer.as_bytes());
@@ -73,7 +79,7 @@ impl Store {
         };
         let range = self
             .inner
-            .views
+            .log
             .range::<Vec<u8>, _>((key(lo, Cursor::ZERO), key(hi, Cursor::MAX)));
         let cursor_of = |kv: sled::Result<(sled::IVec, sled::IVec)>| -> Option<Result<Cursor>> {
             match kv {
@@ -122,11 +128,11 @@ impl Store {
                 }
                 indexed += 1;
                 if in_batch >= CATCH_UP_BATCH {
-                    self.inner.views.apply_batch(std::mem::take(&mut batch))?;
+                    self.inner.log.apply_batch(std::mem::take(&mut batch))?;
                     in_batch = 0;
                 }
             }
-            self.inner.views.apply_batch(batch)?;
+            self.inner.log.apply_batch(batch)?;
         }
         if indexed > 0 {
             self.inner.db.flush()?;
@@ -154,7 +160,7 @@ impl Store {
                 continue;
             };
             if let Some(first) = view_keys(&m).first()
-                && self.inner.views.contains_key(first)?
+                && self.inner.log.contains_key(first)?
             {
                 return Ok(Bound::Excluded(k.to_vec()));
             }

@@ -196,7 +196,6 @@ impl Store {
         let mut log = sled::Batch::default();
         let mut rooms: HashSet<&RoomName> = HashSet::new();
         let mut index = sled::Batch::default();
-        let mut views = sled::Batch::default();
         let mut seen_in_batch = HashSet::new();
         let mut i = 0;
         while i < cmds.len() {
@@ -228,16 +227,13 @@ impl Store {
                 metrics.stored_bytes.inc_by(bytes.len() as u64);
                 log.insert(log_key(&m.room, m.cursor), bytes);
                 for k in super::views::view_keys(m) {
-                    views.insert(k, &[]);
+                    log.insert(k, &[]);
                 }
                 rooms.insert(&m.room);
             }
             // One batch for all rooms: sled pays per batch, not per byte.
             self.note_rooms(rooms.drain())?;
             self.inner.log.apply_batch(std::mem::take(&mut log))?;
-            // After the log: a crash between the two leaves records the next
-            // open indexes (`catch_up_views`), never an index without records.
-            self.inner.views.apply_batch(std::mem::take(&mut views))?;
             self.inner
                 .msgid_msgref
                 .apply_batch(std::mem::take(&mut index))?;
