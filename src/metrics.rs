@@ -68,6 +68,9 @@ pub struct Metrics {
     pub http_timeouts: IntCounterVec,
     pub accept_errors: IntCounterVec,
     history_seconds: HistogramVec,
+    /// Log records a history page read (join, frame, HTTP): about `limit + 1`
+    /// with the view index, however many hidden messages the range holds.
+    pub history_examined: Histogram,
     process_rss: IntGauge,
     process_fds: IntGauge,
     /// A counter: `sample_process` adds what the kernel's figure grew by.
@@ -78,6 +81,16 @@ pub struct Metrics {
 const LATENCY: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     10.0,
+];
+const EXAMINED: &[f64] = &[
+    1.0,
+    10.0,
+    51.0,
+    101.0,
+    1001.0,
+    10_000.0,
+    100_000.0,
+    1_000_000.0,
 ];
 const BATCH: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
@@ -345,6 +358,12 @@ impl Metrics {
                 )
                 .unwrap_or_else(|_| unreachable_metric()),
             ),
+            history_examined: histogram(
+                &r,
+                "hubbub_history_records_examined",
+                "Stored records read for one history page.",
+                EXAMINED,
+            ),
             process_rss: gauge(
                 &r,
                 "hubbub_process_resident_memory_bytes",
@@ -435,6 +454,13 @@ impl Metrics {
 
     pub fn refresh_rows(&self, table: &str) -> IntGauge {
         self.refresh_rows.with_label_values(&[table])
+    }
+
+    /// Adds a counter that storage keeps itself (it counts while the database
+    /// opens, before there is a server): `hubbub_storage_decode_errors_total`.
+    pub fn register_storage(&self, decode_errors: IntCounterVec) {
+        // Fails only if registered twice; one store per server registers once.
+        let _ = self.registry.register(Box::new(decode_errors));
     }
 
     pub fn history(&self, kind: &str) -> Histogram {

@@ -163,6 +163,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let head = store.last_cursor().context("reading the log heads")?;
 
     let metrics = Metrics::new();
+    metrics.register_storage(store.decode_errors());
     let (events_tx, events_rx) = mpsc::channel(STORAGE_EVENTS_QUEUE);
     let (storage, storage_task) = StorageHandle::spawn(
         store.clone(),

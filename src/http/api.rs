@@ -246,17 +246,24 @@ pub async fn history(
         Ok(p) => p,
         Err(_) => return reply::error(ErrorCode::Unavailable, "shutting down"),
     };
-    match state
+    let user = who.username.clone();
+    // Off the async workers: the page reads sled.
+    let page = state
         .store
-        .page(&room, &who.username, dir, limit, None, &pending)
-    {
-        Ok(page) => reply::json(
-            StatusCode::OK,
-            &PageBody {
-                messages: page.msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
-                more: page.more,
-            },
-        ),
+        .blocking(move |store| store.page(&room, &user, dir, limit, None, &pending))
+        .await;
+    match page {
+        Ok(page) => {
+            let metrics = &state.sessions.metrics;
+            metrics.history_examined.observe(page.examined as f64);
+            reply::json(
+                StatusCode::OK,
+                &PageBody {
+                    messages: page.msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
+                    more: page.more,
+                },
+            )
+        }
         Err(e) => reply::internal(&e),
     }
 }

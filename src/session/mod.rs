@@ -103,7 +103,7 @@ where
         close_tx: close_tx.clone(),
     };
     let preamble = match ctx.hub.join(link).await {
-        Ok(joined) => preamble(&ctx, &req, id, joined),
+        Ok(joined) => preamble(&ctx, &req, id, joined).await,
         Err(_) => {
             close_tx.send_replace(Some(CloseCode::GoingAway));
             Vec::new()
@@ -140,36 +140,38 @@ where
 
 /// `welcome` and `history`: sent before anything from the queue, so nothing
 /// can come between them, and the live stream continues right after `head`.
-fn preamble(ctx: &SessionCtx, req: &JoinRequest, id: Uuid, joined: Joined) -> Vec<Frame> {
+async fn preamble(ctx: &SessionCtx, req: &JoinRequest, id: Uuid, joined: Joined) -> Vec<Frame> {
     let user = &req.identity.username;
-    let since = req.since.as_deref().and_then(Cursor::parse).filter(|c| {
-        ctx.store
-            .has_cursor(&req.room, *c, &joined.pending)
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "resume lookup failed");
-                false
-            })
-    });
-    let (dir, limit) = match since {
-        Some(c) => (PageDir::After(c), RESUME_MAX),
-        None => (PageDir::Latest, JOIN_HISTORY),
-    };
     let timer = ctx.metrics.history("join").start_timer();
-    let page = ctx.store.page(
-        &req.room,
-        user,
-        dir,
-        limit,
-        Some(joined.head),
-        &joined.pending,
-    );
-    let page = page.unwrap_or_else(|e| {
+    let read = {
+        let (room, user, since) = (req.room.clone(), user.clone(), req.since.clone());
+        let (head, pending) = (joined.head, joined.pending);
+        // Off the async workers: the resume lookup and the page read sled.
+        ctx.store.blocking(move |store| {
+            let since = match since.as_deref().and_then(Cursor::parse) {
+                Some(c)
+                    if store.has_cursor(&room, c, &pending).unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "resume lookup failed");
+                        false
+                    }) =>
+                {
+                    Some(c)
+                }
+                _ => None,
+            };
+            let (dir, limit) = match since {
+                Some(c) => (PageDir::After(c), RESUME_MAX),
+                None => (PageDir::Latest, JOIN_HISTORY),
+            };
+            let page = store.page(&room, &user, dir, limit, Some(head), &pending)?;
+            Ok((since, page))
+        })
+    };
+    let (since, page) = read.await.unwrap_or_else(|e| {
         tracing::error!(error = %e, "history read failed on join");
-        crate::storage::Page {
-            msgs: Vec::new(),
-            more: false,
-        }
+        (None, crate::storage::Page::empty())
     });
+    ctx.metrics.history_examined.observe(page.examined as f64);
     let session = id.to_string();
     let welcome = encode(&ServerMsg::Welcome {
         user: user.as_str(),

@@ -317,24 +317,30 @@ impl Reader<'_> {
 
     async fn history(&self, dir: crate::protocol::PageDir, limit: usize, req: Option<String>) {
         let _timer = self.ctx.metrics.history("page").start_timer();
-        let room = &self.req.room;
+        let room = self.req.room.clone();
         let pending = self.ctx.hub.pending(room.clone()).await.unwrap_or_default();
-        match self.ctx.store.page(
-            room,
-            &self.req.identity.username,
-            dir,
-            limit,
-            None,
-            &pending,
-        ) {
-            Ok(page) => self.push(
-                encode(&ServerMsg::History {
-                    messages: page.msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
-                    more: page.more,
-                    req: req.as_deref(),
-                }),
-                Out::History,
-            ),
+        let user = self.req.identity.username.clone();
+        // Off the async workers: the page reads sled.
+        let page = self
+            .ctx
+            .store
+            .blocking(move |store| store.page(&room, &user, dir, limit, None, &pending))
+            .await;
+        match page {
+            Ok(page) => {
+                self.ctx
+                    .metrics
+                    .history_examined
+                    .observe(page.examined as f64);
+                self.push(
+                    encode(&ServerMsg::History {
+                        messages: page.msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
+                        more: page.more,
+                        req: req.as_deref(),
+                    }),
+                    Out::History,
+                );
+            }
             Err(e) => {
                 tracing::error!(error = %e, "history read failed");
                 self.fail(

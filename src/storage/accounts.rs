@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Result, Store, decode, encode};
+use super::{Record, Result, Store, decode, encode};
 use crate::protocol::Username;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -119,14 +119,15 @@ impl Store {
         Ok(true)
     }
 
-    /// Every account, by username.
+    /// Every account, by username. A record that does not decode is skipped
+    /// and counted: one bad record must not hide every other account.
     pub fn users(&self) -> Result<Vec<UserRecord>> {
-        self.inner
-            .users
-            .iter()
-            .values()
-            .map(|v| decode(&v?))
-            .collect()
+        let mut out = Vec::new();
+        for kv in self.inner.users.iter() {
+            let (k, v) = kv?;
+            out.extend(self.decode_or_skip(Record::User, &k, &v));
+        }
+        Ok(out)
     }
 
     /// Marks a family revoked at `now_ms` (big-endian u64; revoking again

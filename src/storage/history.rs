@@ -3,18 +3,38 @@
 //! The log on disk lags the hub by at most one group commit, so every query
 //! also takes the hub's not-yet-durable messages of the room (`pending`) and
 //! merges them by cursor: a page never misses a message that was broadcast.
+//!
+//! The disk side reads the view index (`views.rs`): the room's public range
+//! merged with the reader's own private range, so a page examines about
+//! `limit + 1` records however many private messages between others it skips.
 
 use std::ops::Bound;
 use std::sync::Arc;
 
-use super::{Result, Store, decode, log_key};
+use super::{Record, Result, Store, log_key};
 use crate::protocol::{Cursor, PageDir, RoomName, Status, StoredMsg, Username};
+
+/// A message of a page and its status (`None`: not on disk yet).
+type PageItem = (Arc<StoredMsg>, Option<Status>);
 
 /// One page, oldest first. `status` is `None` for a message still on its way to disk.
 pub struct Page {
     pub msgs: Vec<(Arc<StoredMsg>, Option<Status>)>,
     /// More visible messages exist beyond this page in the direction asked.
     pub more: bool,
+    /// Log records read from disk for this page: at most `limit + 1` plus any
+    /// skipped (undecodable, or indexed but missing). The bound the view index buys.
+    pub examined: usize,
+}
+
+impl Page {
+    pub fn empty() -> Self {
+        Page {
+            msgs: Vec::new(),
+            more: false,
+            examined: 0,
+        }
+    }
 }
 
 impl Store {
@@ -51,36 +71,8 @@ impl Store {
             above && below
         };
 
-        let mut from_disk: Vec<(Arc<StoredMsg>, Option<Status>)> = Vec::new();
-        if self.room_known(room) {
-            let key = |b: Bound<Cursor>, unbounded: Cursor| match b {
-                Bound::Included(c) => Bound::Included(log_key(room, c)),
-                Bound::Excluded(c) => Bound::Excluded(log_key(room, c)),
-                // Stay inside this room's range of the shared log.
-                Bound::Unbounded => Bound::Included(log_key(room, unbounded)),
-            };
-            let range = self
-                .inner
-                .log
-                .range::<Vec<u8>, _>((key(lo, Cursor::ZERO), key(hi, Cursor::MAX)));
-            let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if backward
-            {
-                Box::new(range.rev())
-            } else {
-                Box::new(range)
-            };
-            for kv in iter {
-                let (_, v) = kv?;
-                let m: StoredMsg = decode(&v)?;
-                if visible(&m) {
-                    let status = self.status_of(&m.id)?;
-                    from_disk.push((Arc::new(m), Some(status)));
-                    if from_disk.len() == want {
-                        break;
-                    }
-                }
-            }
-        }
+        let (from_disk, examined) =
+            self.page_from_disk(room, viewer, (lo, hi), backward, want, &visible)?;
 
         let mut from_memory: Vec<(Arc<StoredMsg>, Option<Status>)> = pending
             .iter()
@@ -121,7 +113,51 @@ impl Store {
         if backward {
             merged.reverse();
         }
-        Ok(Page { msgs: merged, more })
+        Ok(Page {
+            msgs: merged,
+            more,
+            examined,
+        })
+    }
+
+    /// Up to `want` visible messages from disk in the page's direction, and
+    /// how many records were read for them.
+    fn page_from_disk(
+        &self,
+        room: &RoomName,
+        viewer: &Username,
+        (lo, hi): (Bound<Cursor>, Bound<Cursor>),
+        backward: bool,
+        want: usize,
+        visible: &dyn Fn(&StoredMsg) -> bool,
+    ) -> Result<(Vec<PageItem>, usize)> {
+        let mut from_disk: Vec<PageItem> = Vec::new();
+        let mut examined = 0;
+        if self.room_known(room) {
+            let public = self.view_cursors(room, "", lo, hi, backward);
+            let mine = self.view_cursors(room, viewer.as_str(), lo, hi, backward);
+            for c in merge_cursors(public, mine, backward) {
+                let c = c?;
+                examined += 1;
+                let key = log_key(room, c);
+                // An index entry without its record (never written so: the
+                // writer applies the log first) is skipped like an undecodable one.
+                let Some(v) = self.inner.log.get(&key)? else {
+                    continue;
+                };
+                let Some(m) = self.decode_or_skip::<StoredMsg>(Record::Message, &key, &v) else {
+                    continue;
+                };
+                if visible(&m) {
+                    let status = self.status_of(&m.id)?;
+                    from_disk.push((Arc::new(m), Some(status)));
+                    if from_disk.len() == want {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok((from_disk, examined))
     }
 
     /// Whether `cursor` names a message of this room, on disk or pending.
@@ -136,4 +172,35 @@ impl Store {
         }
         Ok(self.room_known(room) && self.inner.log.contains_key(log_key(room, cursor))?)
     }
+}
+
+/// Merges two cursor streams sorted in the page's direction into one, without
+/// duplicates (a message is either public or private, so a cursor in both
+/// would be an index fault, not two messages).
+fn merge_cursors(
+    a: impl Iterator<Item = Result<Cursor>>,
+    b: impl Iterator<Item = Result<Cursor>>,
+    backward: bool,
+) -> impl Iterator<Item = Result<Cursor>> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    let mut last: Option<Cursor> = None;
+    std::iter::from_fn(move || {
+        loop {
+            let take_a = match (a.peek(), b.peek()) {
+                (None, None) => return None,
+                (Some(Err(_)), _) | (Some(_), None) => true,
+                (_, Some(Err(_))) | (None, Some(_)) => false,
+                (Some(Ok(x)), Some(Ok(y))) => (x > y) == backward || x == y,
+            };
+            let next = if take_a { a.next() } else { b.next() };
+            match next {
+                Some(Ok(c)) if last == Some(c) => continue,
+                Some(Ok(c)) => {
+                    last = Some(c);
+                    return Some(Ok(c));
+                }
+                other => return other,
+            }
+        }
+    })
 }

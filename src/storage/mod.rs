@@ -2,7 +2,9 @@
 //!
 //! Tables (sled trees), named key_value:
 //! - `roomname_cursor_msg`: room `\0` cursor (16 bytes, big-endian) → `StoredMsg` (bincode): the
-//!   append-only logs of all rooms in one tree, each room a contiguous range.
+//!   append-only logs of all rooms in one tree, each room a contiguous range. Also, apart from
+//!   every room's range, the view index: `0x01` room `\0` viewer `\0` cursor → (): who may see
+//!   which message (see `views.rs`), so a history page costs O(limit) however much it may not see.
 //! - `roomname_unit`: room → () for every room that has messages.
 //! - `msgid_msgref`: message id → `MsgRef` (room, cursor, sender, kind, target): idempotency and receipts.
 //! - `msgid_status`: message id → highest status any recipient reached (u8).
@@ -14,10 +16,14 @@
 mod accounts;
 mod health;
 mod history;
+#[cfg(test)]
+mod tests;
+mod views;
 mod writer;
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -59,7 +65,8 @@ pub struct Store {
 struct Inner {
     db: sled::Db,
     rooms: sled::Tree,
-    /// Every room's messages: room ++ 0x00 ++ cursor → `StoredMsg`.
+    /// Every room's messages: room ++ 0x00 ++ cursor → `StoredMsg`; and the
+    /// view index: 0x01 ++ room ++ 0x00 ++ viewer ++ 0x00 ++ cursor → ().
     log: sled::Tree,
     msgid_msgref: sled::Tree,
     msgid_status: sled::Tree,
@@ -71,6 +78,39 @@ struct Inner {
     /// The rooms in `roomname_unit`, in memory. A std mutex: held for a set
     /// lookup only, never across `.await`.
     known_rooms: Mutex<HashSet<RoomName>>,
+    /// `hubbub_storage_decode_errors_total{what}`: records skipped because they
+    /// do not decode. Created here (errors can happen while opening); the
+    /// server registers it with its metrics.
+    decode_errors: prometheus::IntCounterVec,
+}
+
+/// The kinds of record whose decode failures are skipped rather than failing
+/// the whole read (a room's history, the user list).
+#[derive(Clone, Copy, Debug)]
+enum Record {
+    Message,
+    User,
+}
+
+impl Record {
+    fn label(self) -> &'static str {
+        match self {
+            Record::Message => "message",
+            Record::User => "user",
+        }
+    }
+
+    /// Logged once per process and kind: a corrupt range would otherwise log
+    /// once per record on every page read; the counter keeps the total.
+    fn first_failure(self) -> bool {
+        static MESSAGE: AtomicBool = AtomicBool::new(false);
+        static USER: AtomicBool = AtomicBool::new(false);
+        let flag = match self {
+            Record::Message => &MESSAGE,
+            Record::User => &USER,
+        };
+        !flag.swap(true, Ordering::Relaxed)
+    }
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -79,6 +119,25 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
 
 fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
     Ok(bincode::serde::decode_from_slice(b, BINCODE.with_limit::<{ 1 << 20 }>())?.0)
+}
+
+/// The counter fails to build only for an invalid name or label, and these
+/// are constants, and every `Store::open` (the storage unit tests open several) builds it.
+#[allow(clippy::panic)]
+fn decode_errors_counter() -> prometheus::IntCounterVec {
+    let c = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "hubbub_storage_decode_errors_total",
+            "Stored records skipped because they failed to decode, by kind",
+        ),
+        &["what"],
+    )
+    .unwrap_or_else(|e| panic!("invalid metric definition: {e}"));
+    // Both kinds show from the start (at 0), so a dashboard can alert on a rise.
+    for what in [Record::Message, Record::User] {
+        c.with_label_values(&[what.label()]);
+    }
+    c
 }
 
 fn member_key(room: &RoomName, user: &Username) -> Vec<u8> {
@@ -127,6 +186,7 @@ impl Store {
             families: db.open_tree("familyid_revoked")?,
             log: db.open_tree("roomname_cursor_msg")?,
             known_rooms: Mutex::new(HashSet::new()),
+            decode_errors: decode_errors_counter(),
             db,
         };
         let known: HashSet<RoomName> = inner
@@ -139,9 +199,48 @@ impl Store {
             })
             .collect();
         *inner.known_rooms.lock().unwrap_or_else(|p| p.into_inner()) = known;
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(inner),
-        })
+        };
+        store.catch_up_views()?;
+        Ok(store)
+    }
+
+    /// The decode-error counter, for the server's metrics registry.
+    pub fn decode_errors(&self) -> prometheus::IntCounterVec {
+        self.inner.decode_errors.clone()
+    }
+
+    /// Decodes one record, or counts and skips it: one bad record must not
+    /// fail every read of its room (or of the user list).
+    fn decode_or_skip<T: DeserializeOwned>(&self, what: Record, key: &[u8], b: &[u8]) -> Option<T> {
+        match decode(b) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.inner
+                    .decode_errors
+                    .with_label_values(&[what.label()])
+                    .inc();
+                if what.first_failure() {
+                    tracing::warn!(what = what.label(), key = %String::from_utf8_lossy(key), error = %e,
+                        "skipping a stored record that does not decode (logged once; see hubbub_storage_decode_errors_total)");
+                }
+                None
+            }
+        }
+    }
+
+    /// Runs a storage read on tokio's blocking pool, off the async workers: a
+    /// read may touch the disk. The pool has at most 512 threads (tokio's
+    /// default) and queues beyond that; each session and HTTP request waits
+    /// for its own read, so what is queued is bounded by the connection caps.
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store)).await?
     }
 
     /// Flushes everything written so far to disk (one fsync for all trees).

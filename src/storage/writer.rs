@@ -394,6 +394,9 @@ impl Store {
                 stored += 1;
                 bytes_total += bytes.len() as u64;
                 log.insert(log_key(&m.room, m.cursor), bytes);
+                for k in super::views::view_keys(m) {
+                    log.insert(k, &[]);
+                }
                 rooms.insert(&m.room);
             }
             // One batch for all rooms: sled pays per batch, not per byte.

@@ -20,7 +20,7 @@ use crate::{Args, Outcome};
 /// How long a phase waits for the last receipts after it stops sending.
 const DRAIN: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct PhaseCfg {
     /// Msgs/s for this sender; 0 = closed loop with `window`.
     pub rate: f64,
@@ -31,6 +31,8 @@ pub struct PhaseCfg {
     pub sender: usize,
     /// Messages to send at most in this phase.
     pub count: u64,
+    /// Send private messages to this user instead of chat (history-hidden pre-fill).
+    pub target: Option<String>,
 }
 
 #[derive(Default)]
@@ -112,10 +114,16 @@ pub async fn phase(
         if sending && want > 0 {
             for _ in 0..want.min(c.count - (st.sent - st.unavailable)) {
                 let id = msg_id(&c, *seq);
-                let frame = format!(
-                    "{{\"type\":\"chat\",\"id\":\"{id}\",\"content\":\"{}\"}}",
-                    make(*seq)
-                );
+                let frame = match &c.target {
+                    None => format!(
+                        "{{\"type\":\"chat\",\"id\":\"{id}\",\"content\":\"{}\"}}",
+                        make(*seq)
+                    ),
+                    Some(to) => format!(
+                        "{{\"type\":\"private\",\"id\":\"{id}\",\"target\":\"{to}\",\"content\":\"{}\"}}",
+                        make(*seq)
+                    ),
+                };
                 inflight.insert(key(id), now_ns());
                 *seq += 1;
                 st.sent += 1;
@@ -229,6 +237,7 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
                 run,
                 sender: i,
                 count: u64::MAX,
+                target: None,
             };
             set.spawn(async move {
                 let mut seq = seq0;

@@ -20,7 +20,7 @@ use crate::{Args, Outcome};
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connects and reads up to the join `history`; returns the socket, the time it took, and the frame.
-async fn join_timed(
+pub async fn join_timed(
     t: &Target,
     room: &str,
     account: &Account,
@@ -34,7 +34,7 @@ async fn join_timed(
 }
 
 /// The next text frame that starts with `prefix` (and has `"req":"REQ"`), parsed.
-async fn next_of(ws: &mut Ws, prefix: &str, req: Option<&str>) -> anyhow::Result<Value> {
+pub async fn next_of(ws: &mut Ws, prefix: &str, req: Option<&str>) -> anyhow::Result<Value> {
     let want_req = req.map(|r| format!("\"req\":\"{r}\""));
     loop {
         let m = tokio::time::timeout(TIMEOUT, ws.next())
@@ -183,6 +183,7 @@ async fn prefill(
             run,
             sender: i + 1,
             count,
+            target: None,
         };
         set.spawn(async move {
             let mut ws = net::join(&ep, false, &path, account.as_ref(), rb).await?;
@@ -205,6 +206,7 @@ async fn prefill(
         run,
         sender: 0,
         count: 1,
+        target: None,
     };
     let mk = marker(args.messages);
     let make = move |_q: u64| mk.clone();

@@ -8,6 +8,7 @@
 
 mod durable;
 mod fanout;
+mod hidden;
 mod history;
 mod idle;
 mod net;
@@ -33,6 +34,9 @@ pub enum Scenario {
     Durable,
     /// Pre-fill a room with M messages, then join→history and paging latency.
     History,
+    /// A room with H private messages between two users among a few public
+    /// ones: a third user's join→history and `before` page latency.
+    HistoryHidden,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -106,6 +110,9 @@ pub struct Args {
     /// Unsaved messages in flight per sender in closed-loop phases (durable max, history pre-fill).
     #[arg(long, default_value_t = 64)]
     pub window: usize,
+    /// Private messages between two other users (history-hidden).
+    #[arg(long, default_value_t = 100_000)]
+    pub hidden: u64,
     /// Latency samples (history joins and latest pages).
     #[arg(long, default_value_t = 300)]
     pub samples: usize,
@@ -158,7 +165,7 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         bail!("--spawn starts hubbub; start the raw peer yourself and pass --url and --server-pid");
     }
     let mut args = args;
-    if args.scenario == Scenario::History
+    if matches!(args.scenario, Scenario::History | Scenario::HistoryHidden)
         && args.spawn
         && !args.server_arg.iter().any(|a| a.contains("session-queue"))
     {
@@ -174,6 +181,7 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         Scenario::Idle => idle::run(&args, &target).await,
         Scenario::Durable => durable::run(&args, &target).await,
         Scenario::History => history::run(&args, &target).await,
+        Scenario::HistoryHidden => hidden::run(&args, &target).await,
     };
     let server_rss_kib = target.pid.and_then(net::rss_kib);
     target.close().await;
