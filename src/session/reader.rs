@@ -71,10 +71,9 @@ where
                 return Some(CloseCode::Normal);
             }
             Ok(None) => return None,
-            Ok(Some(Err(tungstenite::Error::Capacity(_)))) => return Some(CloseCode::TooBig),
             Ok(Some(Err(e))) => {
                 tracing::debug!(error = %e, "read failed");
-                return None;
+                return read_error_close(&e);
             }
             Ok(Some(Ok(m))) => m,
         };
@@ -124,6 +123,19 @@ where
                 me.fail(e.code, encode_error(&e));
             }
         }
+    }
+}
+
+/// The close code for a failed read: the client broke the rules (RFC 6455
+/// §7.4.1 names the code), or `None` when the peer is simply gone.
+fn read_error_close(e: &tungstenite::Error) -> Option<CloseCode> {
+    use tungstenite::error::ProtocolError as P;
+    match e {
+        tungstenite::Error::Capacity(_) => Some(CloseCode::TooBig),
+        tungstenite::Error::Utf8(_) => Some(CloseCode::InvalidData),
+        tungstenite::Error::Protocol(P::ResetWithoutClosingHandshake) => None,
+        tungstenite::Error::Protocol(_) => Some(CloseCode::ProtocolError),
+        _ => None,
     }
 }
 
