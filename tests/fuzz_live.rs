@@ -43,8 +43,13 @@ async fn twenty_thousand_hostile_frames_are_each_answered_as_documented() {
     let calm = {
         let stop = stop.clone();
         tokio::spawn(async move {
-            pair.chat(Duration::from_millis(20), None, &stop, Duration::from_secs(20))
-                .await
+            pair.chat(
+                Duration::from_millis(20),
+                None,
+                &stop,
+                Duration::from_secs(20),
+            )
+            .await
         })
     };
     let tally = drive::run(&s.endpoint(), &accounts, &settings(20_000, 9)).await;
@@ -53,26 +58,64 @@ async fn twenty_thousand_hostile_frames_are_each_answered_as_documented() {
     let report = tally.json();
     eprintln!("fuzz: {report}\ncalm: {}", calm.json());
 
-    assert_eq!(tally.mismatches, 0, "answers differ from PROTOCOL.md: {report}");
+    assert_eq!(
+        tally.mismatches, 0,
+        "answers differ from PROTOCOL.md: {report}"
+    );
     assert!(tally.frames >= 20_000, "{report}");
     // Every kind of abuse was tried and every kind of answer seen.
     for class in [
-        "not_json", "truncated", "wrong_type", "huge_number", "deep_nesting", "unknown_type",
-        "missing_field", "bad_value", "too_long", "command_error", "forged_chat",
-        "private_unknown", "fragmented", "control_ping", "binary", "invalid_utf8", "oversize",
-        "bad_framing", "client_close",
+        "not_json",
+        "json_array",
+        "truncated",
+        "wrong_type",
+        "huge_number",
+        "deep_nesting",
+        "unknown_type",
+        "missing_field",
+        "bad_value",
+        "too_long",
+        "command_error",
+        "forged_chat",
+        "private_unknown",
+        "fragmented",
+        "control_ping",
+        "binary",
+        "invalid_utf8",
+        "oversize",
+        "bad_framing",
+        "client_close",
     ] {
-        assert!(tally.classes.get(class).is_some_and(|n| *n > 0), "no {class}: {report}");
+        assert!(
+            tally.classes.get(class).is_some_and(|n| *n > 0),
+            "no {class}: {report}"
+        );
     }
     for answer in [
-        "error:bad_request", "error:too_large", "error:unknown_command", "error:not_found",
-        "echo", "system", "history", "pong", "close:1002", "close:1003", "close:1007",
+        "error:bad_request",
+        "error:too_large",
+        "error:unknown_command",
+        "error:not_found",
+        "echo",
+        "system",
+        "history",
+        "pong",
+        "close:1002",
+        "close:1003",
+        "close:1007",
         "close:1009",
     ] {
-        assert!(tally.answers.get(answer).is_some_and(|n| *n > 0), "no {answer}: {report}");
+        assert!(
+            tally.answers.get(answer).is_some_and(|n| *n > 0),
+            "no {answer}: {report}"
+        );
     }
     assert!(calm.failure.is_none(), "{:?}", calm.failure);
-    assert!(calm.sent > 0 && calm.missing == 0, "well-behaved pair lost messages: {}", calm.json());
+    assert!(
+        calm.sent > 0 && calm.missing == 0,
+        "well-behaved pair lost messages: {}",
+        calm.json()
+    );
     assert_eq!(raw_get(s.addr, "/healthz").await.0, 200);
     // A fresh client still joins and chats.
     let c = s.user(&name("after")).await;
@@ -82,9 +125,17 @@ async fn twenty_thousand_hostile_frames_are_each_answered_as_documented() {
 }
 
 /// Connects a raw socket as a fresh user and reads past `welcome` and `history`.
-async fn raw_joined(s: &TestServer) -> (hubbub::hostile::raw::RawReader, hubbub::hostile::raw::RawWriter) {
+async fn raw_joined(
+    s: &TestServer,
+) -> (
+    hubbub::hostile::raw::RawReader,
+    hubbub::hostile::raw::RawWriter,
+) {
     let acct = s.user(&name("raw")).await;
-    let (mut rd, wr) = RawWs::connect(&s.endpoint(), "/ws?room=raw", &acct).await.unwrap().split();
+    let (mut rd, wr) = RawWs::connect(&s.endpoint(), "/ws?room=raw", &acct)
+        .await
+        .unwrap()
+        .split();
     let mut seen = 0;
     while seen < 2 {
         match tokio::time::timeout(T, rd.next()).await.unwrap().unwrap() {
@@ -105,7 +156,10 @@ async fn close_code_for(s: &TestServer, frames: &[RawFrame]) -> u16 {
     }
     wr.write(&bytes).await.unwrap();
     loop {
-        match tokio::time::timeout(T, rd.next()).await.expect("no close within 5 s") {
+        match tokio::time::timeout(T, rd.next())
+            .await
+            .expect("no close within 5 s")
+        {
             Ok(Some(ServerFrame::Close(code, _))) => return code,
             Ok(Some(_)) => continue,
             other => panic!("connection ended without a close frame: {other:?}"),
@@ -138,7 +192,10 @@ async fn broken_framing_closes_with_1002() {
     unmasked.masked = false;
     for frames in [
         vec![RawFrame::new(OP_CONT, typing.clone())],
-        vec![RawFrame::text(typing.clone()).fin(false), RawFrame::new(OP_TEXT, typing.clone())],
+        vec![
+            RawFrame::text(typing.clone()).fin(false),
+            RawFrame::new(OP_TEXT, typing.clone()),
+        ],
         vec![RawFrame::new(0x3, typing.clone())],
         vec![rsv],
         vec![unmasked],

@@ -63,7 +63,13 @@ impl Pair {
     }
 
     /// Chats every `every` until `count` messages went out or `stop` is set.
-    pub async fn chat(&mut self, every: Duration, count: Option<u64>, stop: &StopFlag, wait: Duration) -> Calm {
+    pub async fn chat(
+        &mut self,
+        every: Duration,
+        count: Option<u64>,
+        stop: &StopFlag,
+        wait: Duration,
+    ) -> Calm {
         let mut out = Calm::default();
         let mut tick = tokio::time::interval(every);
         while !stop.load(Ordering::Relaxed) && count.is_none_or(|c| out.sent < c) {

@@ -10,6 +10,7 @@ use super::{Case, Expect, Rng};
 /// Text cases (the connection stays open) by weight; the rest close it.
 const TEXT_CASES: &[(u32, &str)] = &[
     (12, "not_json"),
+    (2, "json_array"),
     (10, "truncated"),
     (14, "wrong_type"),
     (6, "huge_number"),
@@ -87,10 +88,20 @@ pub fn text(rng: &mut Rng, ctx: &Ctx) -> Case {
             let tail = rng.garbage(64);
             text_case(class, format!("{first}{tail}"), err("bad_request", None))
         }
+        "json_array" => {
+            // A valid chat with its fields by position (serde would take it).
+            let v = json!([
+                "chat", ids, null, "hi", null, null, null, null, null, null, null
+            ]);
+            text_case(class, v.to_string(), err("bad_request", None))
+        }
         "truncated" => {
             let full = valid_frame(rng, ids).to_string();
             let cut = rng.below(full.len() as u64) as usize;
-            let cut = (0..=cut).rev().find(|i| full.is_char_boundary(*i)).unwrap_or(0);
+            let cut = (0..=cut)
+                .rev()
+                .find(|i| full.is_char_boundary(*i))
+                .unwrap_or(0);
             text_case(class, full[..cut].to_owned(), err("bad_request", None))
         }
         "wrong_type" => wrong_type(rng, ids),
@@ -110,14 +121,21 @@ pub fn text(rng: &mut Rng, ctx: &Ctx) -> Case {
                     format!(r#"{{"type":"chat","id":"{ids}","content":{big}}}"#),
                     Some(ids),
                 ),
-                _ => (format!(r#"{{"type":"chat","id":{big},"content":"x"}}"#), None),
+                _ => (
+                    format!(r#"{{"type":"chat","id":{big},"content":"x"}}"#),
+                    None,
+                ),
             };
             text_case(class, text, err("bad_request", echo))
         }
         "deep_nesting" => {
             // Far past serde_json's depth limit (128), within the frame limit.
             let depth = (ctx.max_frame.saturating_sub(64) / 2).clamp(200, 10_000);
-            let (open, close) = if rng.chance(0.5) { ("[", "]") } else { ("{\"a\":", "}") };
+            let (open, close) = if rng.chance(0.5) {
+                ("[", "]")
+            } else {
+                ("{\"a\":", "}")
+            };
             let depth = depth * 2 / (open.len() + close.len());
             let body = format!("{}1{}", open.repeat(depth), close.repeat(depth));
             let text = match rng.below(3) {
@@ -281,12 +299,20 @@ fn wrong_type(rng: &mut Rng, id: &str) -> Case {
         }
     };
     let (mut frame, field, keeps_id) = match rng.below(7) {
-        0 => (json!({"type":"chat","id":id,"content":"x"}), "content", true),
+        0 => (
+            json!({"type":"chat","id":id,"content":"x"}),
+            "content",
+            true,
+        ),
         1 => (json!({"type":"chat","id":id,"content":"x"}), "id", false),
         2 => (json!({"type":"chat","id":id,"content":"x"}), "type", true),
         3 => (json!({"type":"typing","active":true}), "active", false),
         4 => (json!({"type":"history","limit":5}), "limit", false),
-        5 => (json!({"type":"ack","ids":[id],"status":"seen"}), "ids", false),
+        5 => (
+            json!({"type":"ack","ids":[id],"status":"seen"}),
+            "ids",
+            false,
+        ),
         _ => (
             json!({"type":"private","id":id,"target":"bob_1","content":"x"}),
             "target",
@@ -310,7 +336,9 @@ fn wrong_type(rng: &mut Rng, id: &str) -> Case {
 
 /// Right types, wrong values.
 fn bad_value(rng: &mut Rng, id: &str) -> Case {
-    let c = |v: Value, echo: Option<&str>| text_case("bad_value", v.to_string(), err("bad_request", echo));
+    let c = |v: Value, echo: Option<&str>| {
+        text_case("bad_value", v.to_string(), err("bad_request", echo))
+    };
     match rng.below(9) {
         0 => c(json!({"type":"chat","id":id,"content":" \t\n "}), Some(id)),
         1 => {
@@ -321,8 +349,14 @@ fn bad_value(rng: &mut Rng, id: &str) -> Case {
                 err("bad_request", Some(&bad)),
             )
         }
-        2 => c(json!({"type":"private","id":id,"target":"B@d","content":"x"}), Some(id)),
-        3 => c(json!({"type":"history","limit":*rng.pick(&[0, 101, -1])}), None),
+        2 => c(
+            json!({"type":"private","id":id,"target":"B@d","content":"x"}),
+            Some(id),
+        ),
+        3 => c(
+            json!({"type":"history","limit":*rng.pick(&[0, 101, -1])}),
+            None,
+        ),
         4 => c(
             json!({"type":"history","before":"00","after":"0000000000000000000000000000000a"}),
             None,
@@ -353,7 +387,10 @@ fn fragmented(rng: &mut Rng, ctx: &Ctx) -> Case {
     let mut start = 0;
     for (i, end) in cuts.into_iter().chain([payload.len()]).enumerate() {
         let op = if i == 0 { OP_TEXT } else { OP_CONT };
-        frames.push(RawFrame::new(op, payload[start..end].to_vec()).fin(end == payload.len() && i == parts - 1));
+        frames.push(
+            RawFrame::new(op, payload[start..end].to_vec())
+                .fin(end == payload.len() && i == parts - 1),
+        );
         start = end;
     }
     if rng.chance(0.3) {
@@ -377,12 +414,17 @@ pub fn closing(rng: &mut Rng, ctx: &Ctx) -> Case {
         frames,
         expect: vec![Expect::Close(code)],
     };
-    let valid = json!({"type":"typing","active":true}).to_string().into_bytes();
+    let valid = json!({"type":"typing","active":true})
+        .to_string()
+        .into_bytes();
     match class {
-        "binary" => close(vec![RawFrame::new(OP_BINARY, {
-            let n = rng.below(64) as usize;
-            rng.bytes(n)
-        })], 1003),
+        "binary" => close(
+            vec![RawFrame::new(OP_BINARY, {
+                let n = rng.below(64) as usize;
+                rng.bytes(n)
+            })],
+            1003,
+        ),
         "invalid_utf8" => {
             let bad: &[u8] = *rng.pick::<&[u8]>(&[
                 &b"\xff"[..],
@@ -418,7 +460,10 @@ pub fn closing(rng: &mut Rng, ctx: &Ctx) -> Case {
                 // Each fragment fits; together they do not.
                 let a = vec![b' '; ctx.max_frame - 8];
                 close(
-                    vec![RawFrame::text(a).fin(false), RawFrame::new(OP_CONT, vec![b' '; 16])],
+                    vec![
+                        RawFrame::text(a).fin(false),
+                        RawFrame::new(OP_CONT, vec![b' '; 16]),
+                    ],
                     1009,
                 )
             }
@@ -426,7 +471,10 @@ pub fn closing(rng: &mut Rng, ctx: &Ctx) -> Case {
         "bad_framing" => {
             let frames = match rng.below(7) {
                 0 => vec![RawFrame::new(OP_CONT, valid)],
-                1 => vec![RawFrame::text(valid[..5].to_vec()).fin(false), RawFrame::text(valid)],
+                1 => vec![
+                    RawFrame::text(valid[..5].to_vec()).fin(false),
+                    RawFrame::text(valid),
+                ],
                 2 => vec![RawFrame::new(OP_PING, b"x".to_vec()).fin(false)],
                 3 => vec![RawFrame::new(OP_PING, vec![b'x'; 126])],
                 4 => vec![RawFrame::new(*rng.pick(&[3u8, 7, 0xB, 0xF]), valid)],
@@ -446,7 +494,13 @@ pub fn closing(rng: &mut Rng, ctx: &Ctx) -> Case {
         _ => {
             // A client close is answered with its own code; a code no endpoint
             // may send is a protocol error.
-            let (code, want) = *rng.pick(&[(1000u16, 1000u16), (4000, 4000), (3001, 3001), (1005, 1002), (999, 1002)]);
+            let (code, want) = *rng.pick(&[
+                (1000u16, 1000u16),
+                (4000, 4000),
+                (3001, 3001),
+                (1005, 1002),
+                (999, 1002),
+            ]);
             let mut p = code.to_be_bytes().to_vec();
             p.extend_from_slice(b"bye");
             close(vec![RawFrame::new(OP_CLOSE, p)], want)

@@ -172,7 +172,12 @@ async fn connection(
             let mut pending = Pending::default();
             for c in &cases {
                 for f in &c.frames {
-                    f.encode(rng.next_u64().to_le_bytes()[..4].try_into().unwrap_or([7; 4]), &mut bytes);
+                    f.encode(
+                        rng.next_u64().to_le_bytes()[..4]
+                            .try_into()
+                            .unwrap_or([7; 4]),
+                        &mut bytes,
+                    );
                 }
                 *t.classes.entry(c.class).or_default() += 1;
                 pending.add(c);
@@ -181,7 +186,10 @@ async fn connection(
             t.cases += cases.len() as u64;
             t.bytes += bytes.len() as u64;
             // Write and read at once: a peer that only writes would fill its queue.
-            let (w, open) = tokio::join!(wr.write(&bytes), pending.answer(&mut rd, &me, &mut t, s.answer_timeout));
+            let (w, open) = tokio::join!(
+                wr.write(&bytes),
+                pending.answer(&mut rd, &me, &mut t, s.answer_timeout)
+            );
             if let Err(e) = w {
                 if !closing {
                     t.miss(format!("conn {i}: write failed: {e}"));
@@ -198,7 +206,9 @@ async fn connection(
 /// Takes `n` frames from the budget; false when it is used up.
 fn take(budget: &AtomicU64, n: u64) -> bool {
     budget
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(n).or((b > 0).then_some(0)))
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+            b.checked_sub(n).or((b > 0).then_some(0))
+        })
         .is_ok_and(|b| b > 0)
 }
 
@@ -251,9 +261,11 @@ impl Pending {
             self.left += 1;
             match e {
                 Expect::Error { code, id: None } => self.no_id.push_back((c.class, code)),
-                Expect::Error { id: Some(id), .. } | Expect::Echo { id, .. } => {
-                    self.by_id.entry(id.clone()).or_default().push((c.class, e.clone()))
-                }
+                Expect::Error { id: Some(id), .. } | Expect::Echo { id, .. } => self
+                    .by_id
+                    .entry(id.clone())
+                    .or_default()
+                    .push((c.class, e.clone())),
                 Expect::System(s) => self.systems.push_back((c.class, s.clone())),
                 Expect::History(r) => {
                     self.histories.insert(r.clone(), c.class);
@@ -267,13 +279,23 @@ impl Pending {
 
     /// Reads until every answer came (true: the connection stays open), the
     /// expected close came, or something went wrong (false: reconnect).
-    async fn answer(&mut self, rd: &mut RawReader, me: &Me<'_>, t: &mut Tally, limit: Duration) -> bool {
+    async fn answer(
+        &mut self,
+        rd: &mut RawReader,
+        me: &Me<'_>,
+        t: &mut Tally,
+        limit: Duration,
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         while self.left > 0 {
             let f = match tokio::time::timeout_at(deadline, rd.next()).await {
                 Ok(Ok(Some(f))) => f,
                 other => {
-                    t.miss(format!("{} answers missing ({other:?}): {}", self.left, self.describe()));
+                    t.miss(format!(
+                        "{} answers missing ({other:?}): {}",
+                        self.left,
+                        self.describe()
+                    ));
                     return false;
                 }
             };
@@ -318,7 +340,10 @@ impl Pending {
             "error" => {
                 let code = v["code"].as_str().unwrap_or("");
                 let found = match id {
-                    Some(id) => self.take_id(id, |e| matches!(e, Expect::Error { code: c, .. } if *c == code)),
+                    Some(id) => self.take_id(
+                        id,
+                        |e| matches!(e, Expect::Error { code: c, .. } if *c == code),
+                    ),
                     None => match self.no_id.front() {
                         Some((_, c)) if *c == code => self.no_id.pop_front().is_some(),
                         _ => false,
@@ -351,7 +376,10 @@ impl Pending {
                     {
                         self.done(t, "echo")
                     }
-                    Some(content) => t.miss(format!("echo differs: want {content:?} from {} in {}: {v}", me.user, me.room)),
+                    Some(content) => t.miss(format!(
+                        "echo differs: want {content:?} from {} in {}: {v}",
+                        me.user, me.room
+                    )),
                     None => t.miss(format!("unexpected message {v}")),
                 }
             }
@@ -391,11 +419,20 @@ impl Pending {
     fn describe(&self) -> String {
         let mut out: Vec<String> = Vec::new();
         out.extend(self.no_id.iter().map(|(c, code)| format!("{c}:{code}")));
-        out.extend(self.by_id.values().flatten().map(|(c, e)| format!("{c}:{e:?}")));
+        out.extend(
+            self.by_id
+                .values()
+                .flatten()
+                .map(|(c, e)| format!("{c}:{e:?}")),
+        );
         out.extend(self.systems.iter().map(|(c, s)| format!("{c}:system {s}")));
         out.extend(self.histories.values().map(|c| format!("{c}:history")));
         out.extend(self.pongs.iter().map(|(c, _)| format!("{c}:pong")));
-        out.extend(self.close.iter().map(|(c, code)| format!("{c}:close {code}")));
+        out.extend(
+            self.close
+                .iter()
+                .map(|(c, code)| format!("{c}:close {code}")),
+        );
         out.truncate(6);
         out.join(", ")
     }

@@ -9,8 +9,8 @@
 //! `hubbub-bench fuzz` and tests/fuzz_live.rs; the server never uses it.
 
 pub mod calm;
-pub mod drive;
 pub mod cases;
+pub mod drive;
 pub mod raw;
 
 use raw::RawFrame;

@@ -115,7 +115,9 @@ impl RawWs {
             ep.addr,
             acct.cookie_header()
         );
-        wr.write_all(req.as_bytes()).await.context("upgrade write")?;
+        wr.write_all(req.as_bytes())
+            .await
+            .context("upgrade write")?;
         let mut rd = BufReader::new(rd);
         let mut status = String::new();
         rd.read_line(&mut status).await.context("upgrade read")?;
