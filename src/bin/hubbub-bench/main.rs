@@ -8,6 +8,7 @@
 
 mod durable;
 mod fanout;
+mod fuzz;
 mod history;
 mod idle;
 mod net;
@@ -33,6 +34,9 @@ pub enum Scenario {
     Durable,
     /// Pre-fill a room with M messages, then join→history and paging latency.
     History,
+    /// Hostile frames over N connections, each answer checked against PROTOCOL.md,
+    /// while a well-behaved pair chats: frames/s, outcomes, latency, RSS.
+    Fuzz,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -127,6 +131,12 @@ pub struct Args {
     /// Hard cap on the whole run, seconds.
     #[arg(long, default_value_t = 900)]
     pub max_secs: u64,
+    /// Raw WebSocket frames the fuzz sends in total.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub frames: u64,
+    /// Seed of the fuzz's case generator (the same seed repeats the same cases per connection).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     /// Free text copied into the JSON (e.g. a round number).
     #[arg(long, default_value = "")]
     pub label: String,
@@ -167,6 +177,14 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         args.server_arg
             .extend(["--session-queue".into(), "4096".into()]);
     }
+    if args.scenario == Scenario::Fuzz
+        && args.spawn
+        && !args.server_arg.iter().any(|a| a.contains("max-frame"))
+    {
+        // Room for 10 000-deep nesting inside one frame.
+        args.server_arg
+            .extend(["--max-frame".into(), "65536".into()]);
+    }
     let target = net::Target::open(&args).await?;
     let started = std::time::Instant::now();
     let result = match args.scenario {
@@ -174,6 +192,7 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         Scenario::Idle => idle::run(&args, &target).await,
         Scenario::Durable => durable::run(&args, &target).await,
         Scenario::History => history::run(&args, &target).await,
+        Scenario::Fuzz => fuzz::run(&args, &target).await,
     };
     let server_rss_kib = target.pid.and_then(net::rss_kib);
     target.close().await;

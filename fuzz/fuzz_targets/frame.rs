@@ -1,0 +1,28 @@
+//! The frame parser on arbitrary input: it must never panic, must reject with
+//! a code PROTOCOL.md lists for frames, and may echo only the id the client
+//! sent as a string.
+#![no_main]
+
+use hubbub::error::ErrorCode;
+use hubbub::protocol::frames::parse_client;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    // tungstenite hands the reader only valid UTF-8.
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Err(e) = parse_client(text) {
+        assert!(
+            matches!(e.code, ErrorCode::BadRequest | ErrorCode::TooLarge),
+            "{text:?} -> {:?}",
+            e.code
+        );
+        assert!(!e.message.is_empty());
+        if let Some(id) = &e.id {
+            let v: serde_json::Value = serde_json::from_str(text).expect("echoed an id from non-JSON");
+            assert!(v.is_object(), "echoed an id from a non-object: {text:?}");
+            assert_eq!(v.get("id").and_then(|i| i.as_str()), Some(id.as_str()));
+        }
+    }
+});
