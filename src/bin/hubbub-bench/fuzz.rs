@@ -53,7 +53,7 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
         // Leave time for the report inside --max-secs.
         max_time: Duration::from_secs(args.max_secs.saturating_sub(60).max(10)),
         round: 32,
-        close_chance: 0.02,
+        close_chance: 0.05,
         answer_timeout: WAIT,
         seed: args.seed,
         room_prefix: format!("fz{}-", run % 1_000_000),
