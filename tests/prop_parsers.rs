@@ -344,7 +344,6 @@ proptest! {
 #[test]
 fn json_arrays_are_not_frames() {
     let id = Uuid::new_v4().to_string();
-    let null = Value::Null;
     let positional = json!([
         "chat", id, null, "hi", null, null, null, null, null, null, null
     ]);

@@ -426,7 +426,7 @@ pub fn closing(rng: &mut Rng, ctx: &Ctx) -> Case {
             1003,
         ),
         "invalid_utf8" => {
-            let bad: &[u8] = *rng.pick::<&[u8]>(&[
+            let bad: &[u8] = rng.pick::<&[u8]>(&[
                 &b"\xff"[..],
                 &b"\xc0\xaf"[..],
                 &b"\xed\xa0\x80"[..],
