@@ -20,9 +20,16 @@ fuzz_target!(|data: &[u8]| {
         );
         assert!(!e.message.is_empty());
         if let Some(id) = &e.id {
-            let v: serde_json::Value = serde_json::from_str(text).expect("echoed an id from non-JSON");
-            assert!(v.is_object(), "echoed an id from a non-object: {text:?}");
-            assert_eq!(v.get("id").and_then(|i| i.as_str()), Some(id.as_str()));
+            assert!(
+                text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{'),
+                "echoed an id from a non-object: {text:?}"
+            );
+            // serde_json::Value refuses numbers like 1e999 that the parser
+            // skips (the frame is still answered, with its id): check the id
+            // wherever Value can read the frame.
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+                assert_eq!(v.get("id").and_then(|i| i.as_str()), Some(id.as_str()));
+            }
         }
     }
 });
