@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::raw::{OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawFrame};
+use super::raw::{OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawFrame};
 use super::{Case, Expect, Rng};
 
 /// Text cases (the connection stays open) by weight; the rest close it.
@@ -31,21 +31,12 @@ const TEXT_CASES: &[(u32, &str)] = &[
     (2, "control_pong"),
 ];
 
-/// Cases that close the connection, by weight.
-const CLOSE_CASES: &[(u32, &str)] = &[
-    (3, "binary"),
-    (4, "invalid_utf8"),
-    (3, "oversize"),
-    (6, "bad_framing"),
-    (2, "client_close"),
-];
-
 /// What the generator needs to know about the connection.
 pub struct Ctx {
     pub max_frame: usize,
 }
 
-fn pick_weighted(rng: &mut Rng, table: &[(u32, &'static str)]) -> &'static str {
+pub(super) fn pick_weighted(rng: &mut Rng, table: &[(u32, &'static str)]) -> &'static str {
     let total: u32 = table.iter().map(|(w, _)| w).sum();
     let mut x = rng.below(u64::from(total)) as u32;
     for (w, name) in table {
@@ -57,7 +48,7 @@ fn pick_weighted(rng: &mut Rng, table: &[(u32, &'static str)]) -> &'static str {
     table[0].1
 }
 
-fn err(code: &'static str, id: Option<&str>) -> Expect {
+pub(super) fn err(code: &'static str, id: Option<&str>) -> Expect {
     Expect::Error {
         code,
         id: id.map(str::to_owned),
@@ -76,11 +67,43 @@ fn text_case(class: &'static str, text: String, expect: Expect) -> Case {
     one(class, RawFrame::text(text), expect)
 }
 
+const MALFORMED: &[&str] = &[
+    "not_json",
+    "json_array",
+    "truncated",
+    "huge_number",
+    "deep_nesting",
+];
+const INVALID: &[&str] = &["unknown_type", "missing_field", "too_long", "command_error"];
+
+/// Every class above has an arm; this only keeps the generator total.
+fn unreachable_case(class: &'static str) -> Case {
+    text_case(class, "{".to_owned(), err("bad_request", None))
+}
+
 /// A text case that keeps the connection open.
 pub fn text(rng: &mut Rng, ctx: &Ctx) -> Case {
     let class = pick_weighted(rng, TEXT_CASES);
     let id = rng.uuid();
     let ids = id.as_str();
+    match class {
+        "wrong_type" => wrong_type(rng, ids),
+        "bad_value" => bad_value(rng, ids),
+        "fragmented" => fragmented(rng, ctx),
+        "control_ping" => {
+            let n = rng.below(126) as usize;
+            let p = rng.bytes(n);
+            one(class, RawFrame::new(OP_PING, p.clone()), Expect::Pong(p))
+        }
+        "control_pong" => one(class, RawFrame::new(OP_PONG, rng.bytes(8)), Expect::Silent),
+        c if MALFORMED.contains(&c) => malformed(c, rng, ctx, ids),
+        c if INVALID.contains(&c) => invalid(c, rng, ctx, ids),
+        c => accepted(c, rng, ids),
+    }
+}
+
+/// Frames that are not a JSON object, or not one serde can read.
+fn malformed(class: &'static str, rng: &mut Rng, ctx: &Ctx, ids: &str) -> Case {
     match class {
         "not_json" => {
             // Anything whose first character is not `{` cannot be an object.
@@ -104,7 +127,6 @@ pub fn text(rng: &mut Rng, ctx: &Ctx) -> Case {
                 .unwrap_or(0);
             text_case(class, full[..cut].to_owned(), err("bad_request", None))
         }
-        "wrong_type" => wrong_type(rng, ids),
         "huge_number" => {
             let big = *rng.pick(&[
                 "18446744073709551616",
@@ -145,6 +167,13 @@ pub fn text(rng: &mut Rng, ctx: &Ctx) -> Case {
             };
             text_case(class, text, err("bad_request", None))
         }
+        _ => unreachable_case(class),
+    }
+}
+
+/// Well-formed objects the protocol rejects.
+fn invalid(class: &'static str, rng: &mut Rng, ctx: &Ctx, ids: &str) -> Case {
+    match class {
         "unknown_type" => {
             let t = rng.pick(&["dance", "CHAT", "chat ", "", "welcome", "error", "admin"]);
             text_case(
@@ -175,7 +204,6 @@ pub fn text(rng: &mut Rng, ctx: &Ctx) -> Case {
                 err("bad_request", Some(ids)),
             ),
         },
-        "bad_value" => bad_value(rng, ids),
         "too_long" => {
             // Over 4000 characters, within the frame limit (the smallest is 8 KiB...
             // or less: `x` still fits 4001 in 4.1 KB).
@@ -204,6 +232,13 @@ pub fn text(rng: &mut Rng, ctx: &Ctx) -> Case {
                 err(code, Some(ids)),
             )
         }
+        _ => unreachable_case(class),
+    }
+}
+
+/// Valid frames: their normal answer (or none).
+fn accepted(class: &'static str, rng: &mut Rng, ids: &str) -> Case {
+    match class {
         "ping_command" => text_case(
             class,
             json!({"type":"chat","id":ids,"content":" /ping "}).to_string(),
@@ -217,7 +252,7 @@ pub fn text(rng: &mut Rng, ctx: &Ctx) -> Case {
                 (format!("  hello {word}  "), format!("hello {word}"))
             };
             let v = json!({"type":"chat","id":ids,"content":content,
-                "room":"admin","sender":"root","ts":"1970-01-01T00:00:00.000Z","action":true});
+            "room":"admin","sender":"root","ts":"1970-01-01T00:00:00.000Z","action":true});
             text_case(
                 class,
                 v.to_string(),
@@ -257,15 +292,7 @@ pub fn text(rng: &mut Rng, ctx: &Ctx) -> Case {
                 Expect::History(req),
             )
         }
-        "fragmented" => fragmented(rng, ctx),
-        "control_ping" => {
-            let p = {
-                let n = rng.below(126) as usize;
-                rng.bytes(n)
-            };
-            one(class, RawFrame::new(OP_PING, p.clone()), Expect::Pong(p))
-        }
-        _ => one(class, RawFrame::new(OP_PONG, rng.bytes(8)), Expect::Silent),
+        _ => unreachable_case(class),
     }
 }
 
@@ -403,107 +430,5 @@ fn fragmented(rng: &mut Rng, ctx: &Ctx) -> Case {
         class: "fragmented",
         frames,
         expect: inner.expect,
-    }
-}
-
-/// A case after which the server must close with the documented code.
-pub fn closing(rng: &mut Rng, ctx: &Ctx) -> Case {
-    let class = pick_weighted(rng, CLOSE_CASES);
-    let close = |frames: Vec<RawFrame>, code: u16| Case {
-        class,
-        frames,
-        expect: vec![Expect::Close(code)],
-    };
-    let valid = json!({"type":"typing","active":true})
-        .to_string()
-        .into_bytes();
-    match class {
-        "binary" => close(
-            vec![RawFrame::new(OP_BINARY, {
-                let n = rng.below(64) as usize;
-                rng.bytes(n)
-            })],
-            1003,
-        ),
-        "invalid_utf8" => {
-            let bad: &[u8] = rng.pick::<&[u8]>(&[
-                &b"\xff"[..],
-                &b"\xc0\xaf"[..],
-                &b"\xed\xa0\x80"[..],
-                &b"\xe2\x82"[..],
-                &b"\xf8\x88\x80\x80\x80"[..],
-            ]);
-            let mut p = br#"{"type":"chat","content":""#.to_vec();
-            p.extend_from_slice(bad);
-            p.extend_from_slice(br#""}"#);
-            if rng.chance(0.3) {
-                // The broken sequence spans two fragments.
-                let mid = 27;
-                close(
-                    vec![
-                        RawFrame::text(p[..mid].to_vec()).fin(false),
-                        RawFrame::new(OP_CONT, p[mid..].to_vec()),
-                    ],
-                    1007,
-                )
-            } else {
-                close(vec![RawFrame::text(p)], 1007)
-            }
-        }
-        "oversize" => {
-            if rng.chance(0.5) {
-                // The header alone is over the limit; the server reads no further.
-                let mut f = RawFrame::text(Vec::new());
-                f.claimed_len = Some(ctx.max_frame as u64 + 1 + rng.below(1 << 20));
-                close(vec![f], 1009)
-            } else {
-                // Each fragment fits; together they do not.
-                let a = vec![b' '; ctx.max_frame - 8];
-                close(
-                    vec![
-                        RawFrame::text(a).fin(false),
-                        RawFrame::new(OP_CONT, vec![b' '; 16]),
-                    ],
-                    1009,
-                )
-            }
-        }
-        "bad_framing" => {
-            let frames = match rng.below(7) {
-                0 => vec![RawFrame::new(OP_CONT, valid)],
-                1 => vec![
-                    RawFrame::text(valid[..5].to_vec()).fin(false),
-                    RawFrame::text(valid),
-                ],
-                2 => vec![RawFrame::new(OP_PING, b"x".to_vec()).fin(false)],
-                3 => vec![RawFrame::new(OP_PING, vec![b'x'; 126])],
-                4 => vec![RawFrame::new(*rng.pick(&[3u8, 7, 0xB, 0xF]), valid)],
-                5 => {
-                    let mut f = RawFrame::text(valid);
-                    f.rsv = 1 + rng.below(7) as u8;
-                    vec![f]
-                }
-                _ => {
-                    let mut f = RawFrame::text(valid);
-                    f.masked = false;
-                    vec![f]
-                }
-            };
-            close(frames, 1002)
-        }
-        _ => {
-            // A client close is answered with its own code; a code no endpoint
-            // may send is a protocol error.
-            let (code, want) = *rng.pick(&[
-                (1000u16, 1000u16),
-                (4000, 4000),
-                (3001, 3001),
-                (1005, 1002),
-                (999, 1002),
-            ]);
-            let mut p = code.to_be_bytes().to_vec();
-            p.extend_from_slice(b"bye");
-            close(vec![RawFrame::new(OP_CLOSE, p)], want)
-        }
     }
 }

@@ -5,16 +5,18 @@
 //! must close it, sent alone once the round is fully answered (the server may
 //! drop queued replies when it closes), then a reconnect.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::answers::{Me, Pending};
 use super::cases::{self, Ctx};
-use super::raw::{RawReader, RawWs, ServerFrame};
-use super::{Case, Expect, Rng};
+use super::closing;
+use super::raw::{RawReader, RawWriter, RawWs, ServerFrame};
+use super::{Case, Rng};
 use crate::client::{Account, Endpoint};
 
 /// How hard and how long to push.
@@ -73,14 +75,14 @@ impl Tally {
         self.connect_failures += o.connect_failures;
     }
 
-    fn miss(&mut self, what: String) {
+    pub(super) fn miss(&mut self, what: String) {
         self.mismatches += 1;
         if self.samples.len() < 20 {
             self.samples.push(what);
         }
     }
 
-    fn answer(&mut self, kind: impl Into<String>) {
+    pub(super) fn answer(&mut self, kind: impl Into<String>) {
         *self.answers.entry(kind.into()).or_default() += 1;
     }
 
@@ -124,7 +126,8 @@ async fn connection(
 ) -> Tally {
     let mut t = Tally::default();
     let mut rng = Rng::new(s.seed ^ (i as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
-    let path = format!("/ws?room={}{i}", s.room_prefix);
+    let room = format!("{}{i}", s.room_prefix);
+    let path = format!("/ws?room={room}");
     let mut failures = 0;
     while budget.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         let ws = match RawWs::connect(ep, &path, acct).await {
@@ -142,7 +145,7 @@ async fn connection(
         };
         failures = 0;
         t.connects += 1;
-        let (mut rd, mut wr) = ws.split();
+        let (mut rd, wr) = ws.split();
         let max_frame = match joined(&mut rd, s.answer_timeout).await {
             Ok(m) => m,
             Err(e) => {
@@ -150,58 +153,77 @@ async fn connection(
                 continue;
             }
         };
-        let ctx = Ctx { max_frame };
         let me = Me {
             user: &acct.username,
-            room: format!("{}{i}", s.room_prefix),
+            room: room.clone(),
+        };
+        let mut conn = Conn {
+            rd,
+            wr,
+            ctx: Ctx { max_frame },
+            me,
         };
         // Rounds until a closing case (or a failure) ends this connection.
-        loop {
-            let closing = rng.chance(s.close_chance);
-            let cases: Vec<Case> = if closing {
-                vec![cases::closing(&mut rng, &ctx)]
-            } else {
-                (0..s.round).map(|_| cases::text(&mut rng, &ctx)).collect()
-            };
-            let frames: u64 = cases.iter().map(|c| c.frames.len() as u64).sum();
-            if !take(budget, frames) || Instant::now() >= deadline {
-                wr.shutdown().await;
-                break;
-            }
-            let mut bytes = Vec::new();
-            let mut pending = Pending::default();
-            for c in &cases {
-                for f in &c.frames {
-                    f.encode(
-                        rng.next_u64().to_le_bytes()[..4]
-                            .try_into()
-                            .unwrap_or([7; 4]),
-                        &mut bytes,
-                    );
-                }
-                *t.classes.entry(c.class).or_default() += 1;
-                pending.add(c);
-            }
-            t.frames += frames;
-            t.cases += cases.len() as u64;
-            t.bytes += bytes.len() as u64;
-            // Write and read at once: a peer that only writes would fill its queue.
-            let (w, open) = tokio::join!(
-                wr.write(&bytes),
-                pending.answer(&mut rd, &me, &mut t, s.answer_timeout)
-            );
-            // A closing case may find the socket closed before all of it is written.
-            if let Err(e) = w
-                && !closing
-            {
-                t.miss(format!("conn {i}: write failed: {e}"));
-            }
-            if !open {
-                break;
-            }
-        }
+        while conn.round(&mut rng, s, budget, deadline, &mut t).await {}
     }
     t
+}
+
+/// One open hostile connection.
+struct Conn<'a> {
+    rd: RawReader,
+    wr: RawWriter,
+    ctx: Ctx,
+    me: Me<'a>,
+}
+
+impl Conn<'_> {
+    /// Sends one round and checks its answers; false when the connection is done.
+    async fn round(
+        &mut self,
+        rng: &mut Rng,
+        s: &Settings,
+        budget: &AtomicU64,
+        deadline: Instant,
+        t: &mut Tally,
+    ) -> bool {
+        let closing = rng.chance(s.close_chance);
+        let cases: Vec<Case> = if closing {
+            vec![closing::closing(rng, &self.ctx)]
+        } else {
+            (0..s.round).map(|_| cases::text(rng, &self.ctx)).collect()
+        };
+        let frames: u64 = cases.iter().map(|c| c.frames.len() as u64).sum();
+        if !take(budget, frames) || Instant::now() >= deadline {
+            self.wr.shutdown().await;
+            return false;
+        }
+        let mut bytes = Vec::new();
+        let mut pending = Pending::default();
+        for c in &cases {
+            for f in &c.frames {
+                let key = rng.next_u64().to_le_bytes();
+                f.encode([key[0], key[1], key[2], key[3]], &mut bytes);
+            }
+            *t.classes.entry(c.class).or_default() += 1;
+            pending.add(c);
+        }
+        t.frames += frames;
+        t.cases += cases.len() as u64;
+        t.bytes += bytes.len() as u64;
+        // Write and read at once: a peer that only writes would fill its queue.
+        let (w, open) = tokio::join!(
+            self.wr.write(&bytes),
+            pending.answer(&mut self.rd, &self.me, t, s.answer_timeout)
+        );
+        // A closing case may find the socket closed before all of it is written.
+        if let Err(e) = w
+            && !closing
+        {
+            t.miss(format!("{}: write failed: {e}", self.me.room));
+        }
+        open
+    }
 }
 
 /// Takes `n` frames from the budget; false when it is used up.
@@ -234,208 +256,6 @@ async fn joined(rd: &mut RawReader, limit: Duration) -> Result<usize, String> {
             }
             _ => {}
         }
-    }
-}
-
-struct Me<'a> {
-    user: &'a str,
-    room: String,
-}
-
-/// The answers a round still waits for.
-#[derive(Default)]
-struct Pending {
-    /// Errors and echoes that name an id.
-    by_id: HashMap<String, Vec<(&'static str, Expect)>>,
-    /// Errors without an id, in the order their frames were sent.
-    no_id: VecDeque<(&'static str, &'static str)>,
-    systems: VecDeque<(&'static str, String)>,
-    histories: HashMap<String, &'static str>,
-    pongs: Vec<(&'static str, Vec<u8>)>,
-    close: Option<(&'static str, u16)>,
-    left: usize,
-}
-
-impl Pending {
-    fn add(&mut self, c: &Case) {
-        for e in &c.expect {
-            self.left += 1;
-            match e {
-                Expect::Error { code, id: None } => self.no_id.push_back((c.class, code)),
-                Expect::Error { id: Some(id), .. } | Expect::Echo { id, .. } => self
-                    .by_id
-                    .entry(id.clone())
-                    .or_default()
-                    .push((c.class, e.clone())),
-                Expect::System(s) => self.systems.push_back((c.class, s.clone())),
-                Expect::History(r) => {
-                    self.histories.insert(r.clone(), c.class);
-                }
-                Expect::Pong(p) => self.pongs.push((c.class, p.clone())),
-                Expect::Close(code) => self.close = Some((c.class, *code)),
-                Expect::Silent => self.left -= 1,
-            }
-        }
-    }
-
-    /// Reads until every answer came (true: the connection stays open), the
-    /// expected close came, or something went wrong (false: reconnect).
-    async fn answer(
-        &mut self,
-        rd: &mut RawReader,
-        me: &Me<'_>,
-        t: &mut Tally,
-        limit: Duration,
-    ) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.left > 0 {
-            let f = match tokio::time::timeout_at(deadline, rd.next()).await {
-                Ok(Ok(Some(f))) => f,
-                other => {
-                    t.miss(format!(
-                        "{} answers missing ({other:?}): {}",
-                        self.left,
-                        self.describe()
-                    ));
-                    return false;
-                }
-            };
-            match f {
-                ServerFrame::Text(text) => match serde_json::from_str::<Value>(&text) {
-                    Ok(v) => self.text(&v, me, t),
-                    Err(e) => t.miss(format!("server sent non-JSON ({e}): {text:.200}")),
-                },
-                ServerFrame::Pong(p) => match self.pongs.iter().position(|(_, q)| *q == p) {
-                    Some(i) => {
-                        self.pongs.swap_remove(i);
-                        self.done(t, "pong");
-                    }
-                    None => t.miss(format!("unexpected pong {p:?}")),
-                },
-                ServerFrame::Close(code, reason) => {
-                    match self.close.take() {
-                        Some((_, want)) if want == code && self.left == 1 => self.done(t, format!("close:{code}")),
-                        Some((class, want)) => {
-                            t.miss(format!("{class}: close {code} ({reason}), expected {want} with {} other answers pending", self.left - 1))
-                        }
-                        None => t.miss(format!("unexpected close {code} ({reason}): {}", self.describe())),
-                    }
-                    return false;
-                }
-                ServerFrame::Ping(_) => {}
-                ServerFrame::Binary(b) => t.miss(format!("server sent binary ({} bytes)", b.len())),
-            }
-        }
-        self.close.is_none()
-    }
-
-    fn done(&mut self, t: &mut Tally, kind: impl Into<String>) {
-        self.left -= 1;
-        t.answer(kind);
-    }
-
-    fn text(&mut self, v: &Value, me: &Me<'_>, t: &mut Tally) {
-        let ty = v["type"].as_str().unwrap_or("");
-        let id = v["id"].as_str();
-        match ty {
-            "error" => {
-                let code = v["code"].as_str().unwrap_or("");
-                let found = match id {
-                    Some(id) => self.take_id(
-                        id,
-                        |e| matches!(e, Expect::Error { code: c, .. } if *c == code),
-                    ),
-                    None => match self.no_id.front() {
-                        Some((_, c)) if *c == code => self.no_id.pop_front().is_some(),
-                        _ => false,
-                    },
-                };
-                if found {
-                    self.done(t, format!("error:{code}"));
-                } else {
-                    t.miss(format!("unexpected {v}; waiting for {}", self.describe()));
-                }
-            }
-            "chat" | "private" => {
-                let want = id.and_then(|id| {
-                    let mut got = None;
-                    self.take_id(id, |e| match e {
-                        Expect::Echo { content, .. } => {
-                            got = Some(content.clone());
-                            true
-                        }
-                        _ => false,
-                    });
-                    got
-                });
-                match want {
-                    Some(content)
-                        if v["content"] == content.as_str()
-                            && v["sender"] == me.user
-                            && v["room"] == me.room.as_str()
-                            && v.get("action").is_none() =>
-                    {
-                        self.done(t, "echo")
-                    }
-                    Some(content) => t.miss(format!(
-                        "echo differs: want {content:?} from {} in {}: {v}",
-                        me.user, me.room
-                    )),
-                    None => t.miss(format!("unexpected message {v}")),
-                }
-            }
-            "system" => match self.systems.front() {
-                Some((_, s)) if v["content"] == s.as_str() => {
-                    self.systems.pop_front();
-                    self.done(t, "system");
-                }
-                _ => t.miss(format!("unexpected {v}")),
-            },
-            "history" => match v["req"].as_str().and_then(|r| self.histories.remove(r)) {
-                Some(_) => self.done(t, "history"),
-                None => t.miss(format!("unexpected history page (req {:?})", v["req"])),
-            },
-            // Receipts for earlier chats, presence and typing of the room: not answers.
-            "receipt" | "presence" | "typing" => {}
-            _ => t.miss(format!("unexpected {v:.300}")),
-        }
-    }
-
-    /// Removes the first expectation for `id` that `pred` accepts.
-    fn take_id(&mut self, id: &str, mut pred: impl FnMut(&Expect) -> bool) -> bool {
-        let Some(list) = self.by_id.get_mut(id) else {
-            return false;
-        };
-        let Some(i) = list.iter().position(|(_, e)| pred(e)) else {
-            return false;
-        };
-        list.remove(i);
-        if list.is_empty() {
-            self.by_id.remove(id);
-        }
-        true
-    }
-
-    /// A short list of what is still missing.
-    fn describe(&self) -> String {
-        let mut out: Vec<String> = Vec::new();
-        out.extend(self.no_id.iter().map(|(c, code)| format!("{c}:{code}")));
-        out.extend(
-            self.by_id
-                .values()
-                .flatten()
-                .map(|(c, e)| format!("{c}:{e:?}")),
-        );
-        out.extend(self.systems.iter().map(|(c, s)| format!("{c}:system {s}")));
-        out.extend(self.histories.values().map(|c| format!("{c}:history")));
-        out.extend(self.pongs.iter().map(|(c, _)| format!("{c}:pong")));
-        out.extend(
-            self.close
-                .iter()
-                .map(|(c, code)| format!("{c}:close {code}")),
-        );
-        out.truncate(6);
-        out.join(", ")
     }
 }
 

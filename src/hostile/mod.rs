@@ -8,8 +8,10 @@
 //! [`calm`] keeps a well-behaved pair chatting meanwhile. Used by
 //! `hubbub-bench fuzz` and tests/fuzz_live.rs; the server never uses it.
 
+mod answers;
 pub mod calm;
 pub mod cases;
+pub mod closing;
 pub mod drive;
 pub mod raw;
 

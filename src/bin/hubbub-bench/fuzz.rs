@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hubbub::hostile::calm::Pair;
-use hubbub::hostile::drive::{self, Settings};
+use hubbub::hostile::calm::{Calm, Pair};
+use hubbub::hostile::drive::{self, Settings, Tally};
 use serde_json::json;
 
 use crate::net::{self, CpuMeter, Target};
@@ -97,10 +97,25 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
         "cpu": cpu,
         "pass": ok,
     });
-    let q = |c: &hubbub::hostile::calm::Calm, x: f64| {
-        c.quantile(x).map_or("-".into(), |v| format!("{v:.1}"))
-    };
-    let summary = format!(
+    let summary = summary(&tally, secs, n, &idle, &during, health, rss, ok);
+    Ok((results, summary))
+}
+
+/// The human summary on stderr.
+#[allow(clippy::too_many_arguments)]
+fn summary(
+    tally: &Tally,
+    secs: f64,
+    n: usize,
+    idle: &Calm,
+    during: &Calm,
+    health: Option<u16>,
+    rss: Option<u64>,
+    ok: bool,
+) -> String {
+    let fps = tally.frames as f64 / secs.max(1e-9);
+    let q = |c: &Calm, x: f64| c.quantile(x).map_or("-".into(), |v| format!("{v:.1}"));
+    format!(
         "fuzz: {} frames ({} cases) in {secs:.1}s = {fps:.0} frames/s over {n} connections, {} reconnects\n\
          answers: {:?}\n\
          mismatches: {} {:?}\n\
@@ -112,15 +127,14 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
         tally.answers,
         tally.mismatches,
         tally.samples.iter().take(5).collect::<Vec<_>>(),
-        q(&idle, 0.5),
-        q(&idle, 0.99),
+        q(idle, 0.5),
+        q(idle, 0.99),
         idle.sent,
         idle.missing,
-        q(&during, 0.5),
-        q(&during, 0.99),
+        q(during, 0.5),
+        q(during, 0.99),
         during.sent,
         during.missing,
         if ok { "PASS" } else { "FAIL" },
-    );
-    Ok((results, summary))
+    )
 }
