@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(Command::Private { content, .. }) => assert!(!content.is_empty()),
         Ok(Command::Who | Command::Reply(_)) => {}
         Err((code, msg)) => {
-            assert!(matches!(code, ErrorCode::BadRequest | ErrorCode::UnknownCommand), "{code:?}");
+            assert!(
+                matches!(code, ErrorCode::BadRequest | ErrorCode::UnknownCommand),
+                "{code:?}"
+            );
             assert!(!msg.is_empty());
         }
     }

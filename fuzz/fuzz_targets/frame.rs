@@ -21,7 +21,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(!e.message.is_empty());
         if let Some(id) = &e.id {
             assert!(
-                text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{'),
+                text.trim_start_matches([' ', '\t', '\n', '\r'])
+                    .starts_with('{'),
                 "echoed an id from a non-object: {text:?}"
             );
             // serde_json::Value refuses numbers like 1e999 that the parser
