@@ -103,9 +103,16 @@ fn bad_framing(rng: &mut Rng) -> Vec<RawFrame> {
     }
 }
 
-/// A client close is answered with its own code; a code no endpoint may send
-/// is a protocol error.
+/// A client close is answered with its own code; a code no endpoint may send,
+/// or a 1-byte payload, is a protocol error; a reason that is not UTF-8 is 1007.
 fn client_close(rng: &mut Rng) -> (Vec<RawFrame>, u16) {
+    if rng.chance(0.3) {
+        return if rng.chance(0.5) {
+            (vec![RawFrame::new(OP_CLOSE, vec![0x03])], 1002)
+        } else {
+            (vec![RawFrame::new(OP_CLOSE, b"\x03\xe8bye\xff".to_vec())], 1007)
+        };
+    }
     let (code, want) = *rng.pick(&[
         (1000u16, 1000u16),
         (4000, 4000),
