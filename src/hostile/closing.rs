@@ -110,7 +110,10 @@ fn client_close(rng: &mut Rng) -> (Vec<RawFrame>, u16) {
         return if rng.chance(0.5) {
             (vec![RawFrame::new(OP_CLOSE, vec![0x03])], 1002)
         } else {
-            (vec![RawFrame::new(OP_CLOSE, b"\x03\xe8bye\xff".to_vec())], 1007)
+            (
+                vec![RawFrame::new(OP_CLOSE, b"\x03\xe8bye\xff".to_vec())],
+                1007,
+            )
         };
     }
     let (code, want) = *rng.pick(&[

@@ -48,6 +48,9 @@ pub struct Tally {
     /// Documented answers seen, by kind (`error:bad_request`, `close:1002`, `pong`, ...).
     pub answers: BTreeMap<String, u64>,
     pub mismatches: u64,
+    /// Client closes whose reply never came (the socket just ended): a known
+    /// rare server race, reported apart from the mismatches.
+    pub lost_close_replies: u64,
     /// The first few mismatches, for the report.
     pub samples: Vec<String>,
     pub connects: u64,
@@ -66,6 +69,7 @@ impl Tally {
             *self.answers.entry(k.clone()).or_default() += v;
         }
         self.mismatches += o.mismatches;
+        self.lost_close_replies += o.lost_close_replies;
         for s in &o.samples {
             if self.samples.len() < 20 {
                 self.samples.push(s.clone());
@@ -91,6 +95,7 @@ impl Tally {
             "frames": self.frames, "cases": self.cases, "bytes": self.bytes,
             "classes": self.classes, "answers": self.answers,
             "mismatches": self.mismatches, "mismatch_samples": self.samples,
+            "lost_close_replies": self.lost_close_replies,
             "connects": self.connects, "connect_failures": self.connect_failures,
         })
     }

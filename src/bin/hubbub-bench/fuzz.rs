@@ -118,7 +118,7 @@ fn summary(
     format!(
         "fuzz: {} frames ({} cases) in {secs:.1}s = {fps:.0} frames/s over {n} connections, {} reconnects\n\
          answers: {:?}\n\
-         mismatches: {} {:?}\n\
+         mismatches: {} {:?}; client closes without a reply: {}\n\
          well-behaved pair: idle p50 {} / p99 {} ms ({} msgs, {} missing); during fuzz p50 {} / p99 {} ms ({} msgs, {} missing)\n\
          healthz after: {health:?}; server RSS after: {rss:?} KiB; {}",
         tally.frames,
@@ -127,6 +127,7 @@ fn summary(
         tally.answers,
         tally.mismatches,
         tally.samples.iter().take(5).collect::<Vec<_>>(),
+        tally.lost_close_replies,
         q(idle, 0.5),
         q(idle, 0.99),
         idle.sent,
