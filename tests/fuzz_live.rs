@@ -63,6 +63,10 @@ async fn twenty_thousand_hostile_frames_are_each_answered_as_documented() {
         "answers differ from PROTOCOL.md: {report}"
     );
     assert!(tally.frames >= 20_000, "{report}");
+    assert_eq!(
+        tally.lost_close_replies, 0,
+        "client closes not answered: {report}"
+    );
     assert_every_kind_seen(&tally, &report);
     assert!(calm.failure.is_none(), "{:?}", calm.failure);
     assert!(

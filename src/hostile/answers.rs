@@ -64,9 +64,9 @@ impl Pending {
         while self.left > 0 {
             let f = match tokio::time::timeout_at(deadline, rd.next()).await {
                 Ok(Ok(Some(f))) => f,
-                // A known server race (NOTES): the reply to a client's close
-                // can be lost when the writer had a frame to send at that
-                // instant. Counted on its own, so it is neither hidden nor flaky.
+                // The server race the fuzz found (a writer failing right
+                // after the client's Close dropped the reply; fixed in the
+                // reader): counted on its own so a recurrence is named.
                 Ok(Ok(None))
                     if self.left == 1 && matches!(self.close, Some(("client_close", _))) =>
                 {

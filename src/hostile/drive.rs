@@ -48,8 +48,8 @@ pub struct Tally {
     /// Documented answers seen, by kind (`error:bad_request`, `close:1002`, `pong`, ...).
     pub answers: BTreeMap<String, u64>,
     pub mismatches: u64,
-    /// Client closes whose reply never came (the socket just ended): a known
-    /// rare server race, reported apart from the mismatches.
+    /// Client closes whose reply never came (the socket just ended): the
+    /// race the fuzz found in the session's close, reported by name.
     pub lost_close_replies: u64,
     /// The first few mismatches, for the report.
     pub samples: Vec<String>,

@@ -81,8 +81,11 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
     let rss = t.pid.and_then(net::rss_kib);
 
     let fps = tally.frames as f64 / secs.max(1e-9);
-    let ok =
-        tally.mismatches == 0 && during.missing == 0 && idle.missing == 0 && health == Some(200);
+    let ok = tally.mismatches == 0
+        && tally.lost_close_replies == 0
+        && during.missing == 0
+        && idle.missing == 0
+        && health == Some(200);
     let results = json!({
         "connections": n,
         "seed": args.seed,
