@@ -378,7 +378,7 @@ mod tests {
     use super::*;
 
     /// The writer's send fails right after the client's Close was read (the
-    /// race the live fuzz hit once in ~4 000 closes); the reply must still go out.
+    /// race the live fuzz hit once in ~420 client closes); the reply must still go out.
     #[tokio::test]
     async fn close_reply_survives_a_failed_writer() {
         let (a, b) = tokio::io::duplex(4096);
