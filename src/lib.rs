@@ -26,12 +26,15 @@
 //! - [`config`], [`error`]: used anywhere.
 //! - [`client`]: a small Rust client of the wire protocol, used by the tests
 //!   and the load generator.
+//! - [`hostile`]: a client that sends bad frames by hand and checks each
+//!   documented answer (fuzzing over real sockets; tests and the load generator).
 
 pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod hostile;
 pub mod http;
 pub mod hub;
 pub mod metrics;

@@ -100,6 +100,18 @@ struct IdOnly {
 
 /// Parses one text frame. Every failure is a `FrameError` with the code PROTOCOL.md names.
 pub fn parse_client(text: &str) -> Result<ClientMsg, FrameError> {
+    // serde's derived structs also accept a JSON array (fields by position):
+    // a frame is an object, so anything else stops here (JSON whitespace only).
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(FrameError::new(
+            ErrorCode::BadRequest,
+            "not a JSON object",
+            None,
+        ));
+    }
     let raw: RawFrame = serde_json::from_str(text).map_err(|e| {
         let id = serde_json::from_str::<IdOnly>(text)
             .ok()

@@ -71,10 +71,9 @@ where
                 return Some(CloseCode::Normal);
             }
             Ok(None) => return None,
-            Ok(Some(Err(tungstenite::Error::Capacity(_)))) => return Some(CloseCode::TooBig),
             Ok(Some(Err(e))) => {
                 tracing::debug!(error = %e, "read failed");
-                return None;
+                return read_error_close(&e);
             }
             Ok(Some(Ok(m))) => m,
         };
@@ -84,7 +83,10 @@ where
                 me.count_in("binary");
                 return Some(CloseCode::Unsupported);
             }
-            Message::Close(_) => return Some(CloseCode::Normal),
+            Message::Close(_) => {
+                flush_close_reply(&mut stream).await;
+                return Some(CloseCode::Normal);
+            }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
         };
         if let Err(not_until) = limiter.check() {
@@ -124,6 +126,33 @@ where
                 me.fail(e.code, encode_error(&e));
             }
         }
+    }
+}
+
+/// How long the reply to a client's Close may take to go out.
+const CLOSE_REPLY_GRACE: Duration = Duration::from_secs(1);
+
+/// tungstenite queued the reply to the client's Close; one more read writes
+/// it (and then ends the stream). Without this the reply went out only with
+/// the writer's next write, and a writer that was sending at that instant
+/// failed ("send after closing") and dropped it: found by the live fuzz.
+async fn flush_close_reply<R>(stream: &mut R)
+where
+    R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_REPLY_GRACE, stream.next()).await;
+}
+
+/// The close code for a failed read: the client broke the rules (RFC 6455
+/// §7.4.1 names the code), or `None` when the peer is simply gone.
+fn read_error_close(e: &tungstenite::Error) -> Option<CloseCode> {
+    use tungstenite::error::ProtocolError as P;
+    match e {
+        tungstenite::Error::Capacity(_) => Some(CloseCode::TooBig),
+        tungstenite::Error::Utf8(_) => Some(CloseCode::InvalidData),
+        tungstenite::Error::Protocol(P::ResetWithoutClosingHandshake) => None,
+        tungstenite::Error::Protocol(_) => Some(CloseCode::ProtocolError),
+        _ => None,
     }
 }
 
@@ -353,6 +382,43 @@ impl Reader<'_> {
                     ),
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::{
+        CloseFrame, Role, frame::coding::CloseCode as Code,
+    };
+
+    use super::*;
+
+    /// The writer's send fails right after the client's Close was read (the
+    /// race the live fuzz hit once in ~420 client closes); the reply must still go out.
+    #[tokio::test]
+    async fn close_reply_survives_a_failed_writer() {
+        let (a, b) = tokio::io::duplex(4096);
+        let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
+        let bye = CloseFrame {
+            code: Code::from(4000),
+            reason: "bye".into(),
+        };
+        client.send(Message::Close(Some(bye))).await.unwrap();
+        let (mut sink, mut stream) = server.split();
+        assert!(matches!(stream.next().await, Some(Ok(Message::Close(_)))));
+        // The writer, sending at that instant, fails and gives up.
+        assert!(sink.send(Message::Text("late".into())).await.is_err());
+        drop(sink);
+        flush_close_reply(&mut stream).await;
+        drop(stream);
+        let reply = tokio::time::timeout(Duration::from_secs(5), client.next()).await;
+        match reply {
+            Ok(Some(Ok(Message::Close(Some(f))))) => assert_eq!(u16::from(f.code), 4000),
+            other => panic!("no close reply: {other:?}"),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 mod durable;
 mod fanout;
+mod fuzz;
 mod hidden;
 mod history;
 mod idle;
@@ -37,6 +38,9 @@ pub enum Scenario {
     /// A room with H private messages between two users among a few public
     /// ones: a third user's join→history and `before` page latency.
     HistoryHidden,
+    /// Hostile frames over N connections, each answer checked against PROTOCOL.md,
+    /// while a well-behaved pair chats: frames/s, outcomes, latency, RSS.
+    Fuzz,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -134,6 +138,12 @@ pub struct Args {
     /// Hard cap on the whole run, seconds.
     #[arg(long, default_value_t = 900)]
     pub max_secs: u64,
+    /// Raw WebSocket frames the fuzz sends in total.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub frames: u64,
+    /// Seed of the fuzz's case generator (the same seed repeats the same cases per connection).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     /// Free text copied into the JSON (e.g. a round number).
     #[arg(long, default_value = "")]
     pub label: String,
@@ -174,6 +184,14 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         args.server_arg
             .extend(["--session-queue".into(), "4096".into()]);
     }
+    if args.scenario == Scenario::Fuzz
+        && args.spawn
+        && !args.server_arg.iter().any(|a| a.contains("max-frame"))
+    {
+        // Room for 10 000-deep nesting inside one frame.
+        args.server_arg
+            .extend(["--max-frame".into(), "65536".into()]);
+    }
     let target = net::Target::open(&args).await?;
     let started = std::time::Instant::now();
     let result = match args.scenario {
@@ -182,6 +200,7 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         Scenario::Durable => durable::run(&args, &target).await,
         Scenario::History => history::run(&args, &target).await,
         Scenario::HistoryHidden => hidden::run(&args, &target).await,
+        Scenario::Fuzz => fuzz::run(&args, &target).await,
     };
     let server_rss_kib = target.pid.and_then(net::rss_kib);
     target.close().await;
