@@ -230,13 +230,7 @@ async fn tls_cert_files_are_served_and_sighup_reloads_them_without_dropping_sock
         .unwrap();
     ws.expect("history", T).await.unwrap();
 
-    std::fs::copy(b.join("server.key"), &key).unwrap();
-    std::fs::copy(b.join("server.pem"), &cert).unwrap();
-    let st = std::process::Command::new("kill")
-        .args(["-HUP", &p.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    swap_cert_and_hup(&b, &cert, &key, p.child.id());
     let deadline = tokio::time::Instant::now() + T;
     while !healthy(ca_b.clone()).await {
         assert!(
@@ -270,6 +264,18 @@ async fn plain_http_on_the_tls_port_gets_a_quick_400() {
 }
 
 /// Reads until the peer closes; `true` when it closed within 15 s.
+/// Puts the certificate and key from directory `from` in place of the served
+/// ones and tells the server (pid) to reload them.
+fn swap_cert_and_hup(from: &Path, cert: &Path, key: &Path, pid: u32) {
+    std::fs::copy(from.join("server.key"), key).unwrap();
+    std::fs::copy(from.join("server.pem"), cert).unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
 async fn closed_within_15s(io: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(15), io.read_to_end(&mut buf))
@@ -390,13 +396,7 @@ async fn the_served_certificates_names_are_allowed_hosts_and_follow_sighup() {
         assert_eq!(st, Some(want), "Host {host} with the first certificate");
     }
 
-    std::fs::copy(b.join("server.key"), &key).unwrap();
-    std::fs::copy(b.join("server.pem"), &cert).unwrap();
-    let st = std::process::Command::new("kill")
-        .args(["-HUP", &p.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    swap_cert_and_hup(&b, &cert, &key, p.child.id());
     let deadline = tokio::time::Instant::now() + T;
     while status_with_host(addr, &ca_b, "other.test", "other.test").await != Some(200) {
         assert!(
