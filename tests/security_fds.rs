@@ -255,14 +255,14 @@ async fn http_connections_over_the_total_cap_are_closed_at_once() {
     }
     drop(held);
     assert!(healthy_within(&other, T).await);
-    assert_eq!(
-        metric(
-            &other,
-            "hubbub_http_connections_refused_total{reason=\"total\"}"
-        )
-        .await,
-        1.0
-    );
+    // At least the fourth: `healthy_within` may also be refused while the
+    // server has not yet seen the held sockets close.
+    let refused = metric(
+        &other,
+        "hubbub_http_connections_refused_total{reason=\"total\"}",
+    )
+    .await;
+    assert!(refused >= 1.0, "the refusal was not counted: {refused}");
     s.stop().await;
 }
 
