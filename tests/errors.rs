@@ -52,6 +52,7 @@ async fn bad_request_for_every_malformed_frame() {
             .to_string(),
         json!({"type": 7}).to_string(),
     ];
+    let frames = no_id.len();
     for f in no_id {
         let e = error_for(&mut a, f.clone()).await;
         assert_eq!(e["code"], "bad_request", "{f}: {e}");
@@ -71,6 +72,7 @@ async fn bad_request_for_every_malformed_frame() {
         json!({"type": "private", "id": id, "target": alice.username}).to_string(),
         json!({"type": "private", "id": id, "target": alice.username, "content": "  "}).to_string(),
     ];
+    let frames = frames + with_id.len();
     for f in with_id {
         let e = error_for(&mut a, f.clone()).await;
         assert_eq!(e["code"], "bad_request", "{f}: {e}");
@@ -78,9 +80,10 @@ async fn bad_request_for_every_malformed_frame() {
         assert_eq!(e["id"], sent["id"], "error echoes the frame's id: {f}: {e}");
     }
 
-    // Nothing of that was stored; only the "still open" lines were.
+    // Nothing of that was stored; only the "still open" lines were, one per frame.
+    assert!(frames <= 100, "one page must hold them all");
     let h = http_history(&s, &alice, "bad", "limit=100").await.json();
-    assert!(contents_of(&h).iter().all(|c| c == "still open"), "{h}");
+    assert_eq!(contents_of(&h), vec!["still open"; frames], "{h}");
     s.stop().await;
 }
 
@@ -186,7 +189,44 @@ async fn rate_limit_counts_every_frame_before_parsing() {
     assert_eq!(e["code"], "rate_limited");
     assert!(e.get("id").is_none(), "{e}");
     assert!(e["retry_after_ms"].is_u64(), "{e}");
+    // The limited chat was dropped: once tokens are back, a marker goes
+    // through with no "third" before it, and history holds only the marker.
+    let frames = marker_when_allowed(&mut a, e["retry_after_ms"].as_u64().unwrap()).await;
+    assert!(
+        !frames.iter().any(|f| f["id"] == id.as_str()),
+        "the rate-limited chat was delivered: {frames:?}"
+    );
+    let h = http_history(&s, &alice, "slow2", "").await.json();
+    assert_eq!(contents_of(&h), vec!["-- marker --"], "{h}");
     s.stop().await;
+}
+
+/// After `wait_ms` (a `retry_after_ms`: frames before then are dropped without
+/// an error), sends a marker chat, retrying (bounded) while it is rate
+/// limited; returns every frame up to its echo.
+async fn marker_when_allowed(a: &mut WsClient, wait_ms: u64) -> Vec<Value> {
+    tokio::time::sleep(std::time::Duration::from_millis(wait_ms + 50)).await;
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let id = say(a, "-- marker --").await;
+        loop {
+            let v = next_frame(a).await;
+            let done = v["id"] == id.as_str() && v["type"] == "chat";
+            let limited = v["type"] == "error" && v["code"] == "rate_limited";
+            if limited {
+                let wait = v["retry_after_ms"].as_u64().unwrap_or(1000);
+                tokio::time::sleep(std::time::Duration::from_millis(wait + 50)).await;
+            }
+            seen.push(v);
+            if done {
+                return seen;
+            }
+            if limited {
+                break;
+            }
+        }
+    }
+    panic!("the marker was rate limited 20 times: {seen:?}");
 }
 
 #[tokio::test]

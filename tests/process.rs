@@ -5,44 +5,23 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use hubbub::client::{self, Incoming};
 
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
-}
-
+/// The binary on `data`; killed when dropped, even when the test panics.
 fn spawn(data: &Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hubbub"))
-        .args(base_args(data).iter().skip(1))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .rsplit("://")
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap_or_else(|_| panic!("no address in {line:?}"));
-    Proc { child, addr }
+    spawn_hubbub(&proc_args(data, &[]), &[])
 }
 
-/// All message ids in a room's history, paging back over HTTP.
+/// All message ids in a room's history, paging back over HTTP; checks that
+/// they come in strictly increasing cursor order.
 async fn history_ids(addr: SocketAddr, cookie: &str, room: &str) -> Vec<String> {
+    let mut cursors = Vec::new();
     let mut ids = Vec::new();
     let mut before: Option<String> = None;
     loop {
@@ -64,6 +43,7 @@ async fn history_ids(addr: SocketAddr, cookie: &str, room: &str) -> Vec<String> 
         let msgs = v["messages"].as_array().unwrap().clone();
         for m in msgs.iter().rev() {
             ids.push(m["id"].as_str().unwrap().to_owned());
+            cursors.push(m["cursor"].as_str().unwrap().to_owned());
         }
         if !v["more"].as_bool().unwrap() || msgs.is_empty() {
             break;
@@ -71,13 +51,19 @@ async fn history_ids(addr: SocketAddr, cookie: &str, room: &str) -> Vec<String> 
         before = Some(msgs[0]["cursor"].as_str().unwrap().to_owned());
     }
     ids.reverse();
+    cursors.reverse();
+    // Cursors are fixed-width and sort as strings (PROTOCOL.md: history is in cursor order).
+    assert!(
+        cursors.windows(2).all(|w| w[0] < w[1]),
+        "history not in strictly increasing cursor order: {cursors:?}"
+    );
     ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_every_broadcast_message_to_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let mut p = spawn(dir.path());
+    let p = spawn(dir.path());
     let alice = client::signup_or_login(p.addr, "alice", PASSWORD)
         .await
         .unwrap();
@@ -106,12 +92,20 @@ async fn sigterm_drains_every_broadcast_message_to_disk() {
         .unwrap();
     assert!(status.success());
     assert_eq!(ws.expect_close(T).await.unwrap(), Some(1001));
-    let exit = tokio::task::spawn_blocking(move || p.child.wait().unwrap())
-        .await
-        .unwrap();
+    // Bounded: a server that does not exit fails the test (and is killed when `p` drops).
+    let exit = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            let mut p = p;
+            p.child.wait().unwrap()
+        }),
+    )
+    .await
+    .expect("hubbub did not exit within 30 s of SIGTERM")
+    .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
 
-    let mut p = spawn(dir.path());
+    let p = spawn(dir.path());
     let alice = client::signup_or_login(p.addr, "alice", PASSWORD)
         .await
         .unwrap();
@@ -120,9 +114,13 @@ async fn sigterm_drains_every_broadcast_message_to_disk() {
         ids, sent,
         "history after SIGTERM must hold every broadcast message, once, in order"
     );
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
 }
+
+/// Messages in the burst, and how many `saved` receipts to see before kill -9:
+/// the kill lands while the rest of the burst is being sent and stored.
+const BURST: usize = 800;
+const KILL_AFTER_SAVED: usize = 100;
+const CHUNK: usize = 60;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_nothing_that_was_saved() {
@@ -135,37 +133,68 @@ async fn kill_9_loses_nothing_that_was_saved() {
         .await
         .unwrap();
     ws.expect("history", T).await.unwrap();
+    let mut sent = Vec::with_capacity(BURST);
     let mut saved = HashSet::new();
-    for i in 0..200 {
-        say(&mut ws, &format!("durable {i}")).await;
-        if i % 50 == 49 {
-            // Let some receipts arrive between bursts.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    // Send the burst in chunks, reading what has arrived (without waiting)
+    // after each chunk; kill -9 as soon as KILL_AFTER_SAVED are saved, with
+    // up to a chunk of messages still on their way to disk.
+    'burst: for i in 0..BURST {
+        sent.push(say(&mut ws, &format!("durable {i}")).await);
+        if (i + 1) % CHUNK != 0 {
+            continue;
+        }
+        while let Some(m) = ws.recv(Duration::ZERO).await {
+            note_saved(m, &mut saved);
+            if saved.len() >= KILL_AFTER_SAVED {
+                break 'burst;
+            }
         }
     }
-    // Collect saved receipts until 150 are in, then kill at once.
-    while saved.len() < 150 {
-        match ws.recv(T).await {
-            Some(Incoming::Frame(v)) if v["type"] == "receipt" && v["status"] == "saved" => {
-                saved.insert(v["id"].as_str().unwrap().to_owned());
-            }
-            Some(Incoming::Frame(_)) => {}
-            other => panic!("waiting for receipts: {other:?}"),
-        }
+    // On a machine where the burst went out first, wait (bounded) for the receipts.
+    while saved.len() < KILL_AFTER_SAVED {
+        let m = ws.recv(T).await.expect("waiting for saved receipts");
+        note_saved(m, &mut saved);
     }
     p.child.kill().unwrap();
     p.child.wait().unwrap();
+    drop(p);
+    eprintln!("kill -9 after {} sent, {} saved", sent.len(), saved.len());
 
-    let mut p = spawn(dir.path());
+    let p = spawn(dir.path());
     let bob = client::signup_or_login(p.addr, "bob", PASSWORD)
         .await
         .unwrap();
-    let ids: HashSet<String> = history_ids(p.addr, &bob.cookie_header(), "lobby")
-        .await
-        .into_iter()
-        .collect();
-    let lost: Vec<_> = saved.difference(&ids).collect();
+    let ids = history_ids(p.addr, &bob.cookie_header(), "lobby").await;
+    let in_history: HashSet<&String> = ids.iter().collect();
+    assert_eq!(
+        in_history.len(),
+        ids.len(),
+        "duplicates in history: {ids:?}"
+    );
+    let lost: Vec<_> = saved.iter().filter(|id| !in_history.contains(id)).collect();
     assert!(lost.is_empty(), "saved but lost after kill -9: {lost:?}");
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
+    // Everything in history was sent, and in the order it was sent.
+    let pos: Vec<usize> = ids
+        .iter()
+        .map(|id| {
+            sent.iter()
+                .position(|s| s == id)
+                .unwrap_or_else(|| panic!("{id} in history was never sent"))
+        })
+        .collect();
+    assert!(
+        pos.windows(2).all(|w| w[0] < w[1]),
+        "history is not in send order: {pos:?}"
+    );
+}
+
+/// Notes a `saved` receipt; panics if the socket closed or went quiet too long.
+fn note_saved(m: Incoming, saved: &mut HashSet<String>) {
+    match m {
+        Incoming::Frame(v) if v["type"] == "receipt" && v["status"] == "saved" => {
+            saved.insert(v["id"].as_str().unwrap().to_owned());
+        }
+        Incoming::Frame(_) => {}
+        other => panic!("waiting for receipts: {other:?}"),
+    }
 }

@@ -189,6 +189,23 @@ async fn no_error_response_leaks_internal_detail() {
         let e = expect_error(&mut ws).await;
         assert_no_leak(&format!("error frame for {f:.40}"), &e.to_string());
     }
+
+    // `before` and `after` together are bad_request even when both are valid
+    // cursors with a message between them (garbage cursors fail for another reason).
+    let mut cursors = Vec::new();
+    for i in 0..3 {
+        let echo = say_saved(&mut ws, &format!("cursor {i}")).await;
+        cursors.push(echo["cursor"].as_str().unwrap().to_owned());
+    }
+    let f = json!({"type":"history","after":cursors[0],"before":cursors[2],"req":"both"});
+    ws.send_json(&f).await.unwrap();
+    let answer = expect_where(&mut ws, "history or error", |v| {
+        v["type"] == "history" || v["type"] == "error"
+    })
+    .await;
+    assert_eq!(answer["type"], "error", "{f} got {answer}");
+    assert_eq!(answer["code"], "bad_request", "{f} got {answer}");
+    assert_no_leak("error frame for before+after", &answer.to_string());
     s.stop().await;
 }
 

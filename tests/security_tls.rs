@@ -72,16 +72,16 @@ async fn https_and_wss_work_with_the_generated_ca() {
     let r = client::request(&ep, "GET", "/", &[], None).await.unwrap();
     assert_eq!(r.status, 200);
     // A plain client gets nothing useful from the TLS port.
-    let plain = client::request(s.addr, "GET", "/healthz", &[], None).await;
-    assert!(plain.is_err() || plain.unwrap().status == 400);
+    let plain = client::request(s.addr, "GET", "/healthz", &[], None)
+        .await
+        .expect("plain HTTP on the TLS port gets an answer");
+    assert_eq!(plain.status, 400, "{}", plain.body);
     // A client that does not trust the CA refuses the server.
     let other = tempfile::tempdir().unwrap();
     hubbub::tls::certs::ensure_ca(other.path(), &[]).unwrap();
     let untrusted = Endpoint::tls(s.addr, &other.path().join("ca.pem")).unwrap();
     assert!(
-        client::request(&untrusted, "GET", "/healthz", &[], None)
-            .await
-            .is_err(),
+        !serves_for(&untrusted).await,
         "a foreign CA must not validate the server"
     );
 
@@ -212,10 +212,7 @@ async fn tls_cert_files_are_served_and_sighup_reloads_them_without_dropping_sock
     // A fresh client config each time: no TLS session resumption, so every
     // check sees the certificate the server presents now.
     let healthy = |ca: std::path::PathBuf| async move {
-        let ep = Endpoint::tls(addr, &ca).unwrap();
-        client::request(ep, "GET", "/healthz", &[], None)
-            .await
-            .is_ok_and(|r| r.status == 200)
+        serves_for(&Endpoint::tls(addr, &ca).unwrap()).await
     };
     let (ca_a, ca_b) = (a.join("ca.pem"), b.join("ca.pem"));
     assert!(healthy(ca_a.clone()).await, "serves --tls-cert");
@@ -261,6 +258,27 @@ async fn plain_http_on_the_tls_port_gets_a_quick_400() {
     let v: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(v["error"]["code"], "bad_request", "{body}");
     s.stop().await;
+}
+
+/// `true` when a client trusting `ep`'s CA gets `200` from `/healthz`, `false`
+/// when its TLS handshake rejects the server's certificate. Anything else (the
+/// server gone, a refused connection, another status) panics: "not this
+/// certificate" checks must not pass because the server is down.
+async fn serves_for(ep: &Endpoint) -> bool {
+    match client::request(ep.clone(), "GET", "/healthz", &[], None).await {
+        Ok(r) => {
+            assert_eq!(r.status, 200, "{}", r.body);
+            true
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(
+                e.contains("certificate"),
+                "expected a certificate rejection, got: {e}"
+            );
+            false
+        }
+    }
 }
 
 /// Reads until the peer closes; `true` when it closed within 15 s.

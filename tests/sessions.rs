@@ -146,20 +146,35 @@ async fn every_session_of_a_user_gets_messages() {
 
 #[tokio::test]
 async fn expired_access_token_closes_with_1008() {
-    let s = TestServer::start_with(&["--access-ttl-secs", "2"]).await;
+    // 3 s: long enough for bob to log in and send during alice's gap on a busy machine.
+    let s = TestServer::start_with(&["--access-ttl-secs", "3"]).await;
     let alice = s.user(&name("alice")).await;
     let mut a = s.join(&alice, "ttl").await;
-    say_saved(&mut a, "before expiry").await;
+    let echo = say_saved(&mut a, "before expiry").await;
+    let mut last_cursor = echo["cursor"].as_str().unwrap().to_owned();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let code = loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match a.recv(left).await {
-            Some(Incoming::Frame(_)) => continue,
+            Some(Incoming::Frame(v)) => {
+                if let Some(c) = v["cursor"].as_str() {
+                    last_cursor = c.to_owned();
+                }
+            }
             Some(Incoming::Closed(c)) => break c,
             None => panic!("socket still open after the token expired"),
         }
     };
     assert_eq!(code, Some(1008));
+
+    // While alice is away, bob writes; each one is durable before she comes back.
+    let bob = s.user(&name("bob")).await;
+    let mut b = s.join(&bob, "ttl").await;
+    let mut gap = Vec::new();
+    for i in 0..5 {
+        gap.push(say_saved(&mut b, &format!("gap {i}")).await["id"].clone());
+    }
+    drop(b);
 
     // After a refresh over HTTP, reconnecting with `since` loses nothing.
     let r = client::request(
@@ -177,8 +192,25 @@ async fn expired_access_token_closes_with_1008() {
         access: r.cookie("access_token").unwrap(),
         refresh: r.cookie("refresh_token").unwrap(),
     };
-    let mut b = s.join(&fresh, "ttl").await;
-    say_saved(&mut b, "after refresh").await;
+    let (mut back, w, h) = join_full(&s, &fresh, "ttl", None, Some(&last_cursor)).await;
+    assert_eq!(w["resumed"], true, "{w}");
+    // Exactly the gap, each once, in order: nothing from before the cursor again.
+    let got: Vec<_> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    assert_eq!(got, gap, "history after `since`: {h}");
+    assert_eq!(h["more"], false, "{h}");
+    // And the live stream does not repeat them either.
+    let m = say(&mut back, "after refresh").await;
+    let live = until_msg(&mut back, &m).await;
+    let again: Vec<_> = of_type(&live, "chat")
+        .into_iter()
+        .filter(|c| gap.contains(&c["id"]))
+        .collect();
+    assert!(again.is_empty(), "gap messages delivered twice: {again:?}");
     s.stop().await;
 }
 
@@ -220,7 +252,7 @@ async fn logout_and_refresh_reuse_close_that_login_with_1008() {
     let r = client::request(s.addr, "POST", "/api/auth/logout", &[("cookie", &c)], None)
         .await
         .unwrap();
-    assert!((200..300).contains(&r.status), "{}", r.status);
+    assert_eq!(r.status, 204, "logout answers 204: {}", r.body);
     assert_eq!(a1.expect_close(T).await.unwrap(), Some(1008));
     // The other log-in is untouched.
     say_saved(&mut a2, "still logged in").await;

@@ -384,17 +384,24 @@ fn a_held_back_typing_stop_is_sent_when_the_interval_ends() {
 fn leaving_frees_the_room_and_cursors_keep_increasing() {
     let mut f = Fixture::new(8, 64);
     let a = f.join("alice", "a", "lobby");
-    f.chat(&a, "one");
+    let one = f.chat(&a, "one");
     f.ms -= 10_000; // the clock jumps back
-    f.chat(&a, "two");
+    let two = f.chat(&a, "two");
     f.apply(HubCmd::Leave { session: a.id });
     assert_eq!(f.hub.room_count(), 0);
-    let mut cursors = Vec::new();
+    let mut appended = Vec::new();
     while let Ok(StorageCmd::Append(m, _)) = f.storage_rx.try_recv() {
-        cursors.push(m.cursor);
+        appended.push((m.id, m.cursor));
     }
-    assert!(cursors[0] < cursors[1]);
-    f.flush_storage();
+    // Exactly the two chats, in order; the later one sorts after the earlier
+    // although its wall-clock time is 10 s older.
+    let ids: Vec<Uuid> = appended.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, vec![one, two]);
+    assert!(
+        appended[0].1 < appended[1].1,
+        "cursors went backwards with the clock: {:?}",
+        appended
+    );
 }
 
 fn lobby_msg(id: Uuid, sender: &str) -> DurableMsg {

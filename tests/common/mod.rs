@@ -571,9 +571,12 @@ impl Drop for ChildGuard {
 }
 
 /// Runs `hubbub` with `args` (without the program name) and extra environment;
-/// returns once it printed `hubbub listening on URL`.
+/// returns once it printed `hubbub listening on URL`. A server that prints
+/// nothing within `FIRST_LINE` is killed and the test fails (no hang).
 pub fn spawn_hubbub(args: &[String], env: &[(&str, &Path)]) -> Proc {
     use std::io::{BufRead, BufReader};
+    // Generous: a debug build on a loaded 2-core machine, generating a CA.
+    const FIRST_LINE: Duration = Duration::from_secs(60);
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hubbub"));
     cmd.args(args)
         .env("RUST_LOG", "warn")
@@ -585,20 +588,15 @@ pub fn spawn_hubbub(args: &[String], env: &[(&str, &Path)]) -> Proc {
     }
     let mut guard = ChildGuard(Some(cmd.spawn().unwrap()));
     let stdout = guard.0.as_mut().unwrap().stdout.take().unwrap();
-    let mut reader = BufReader::new(stdout);
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .rsplit("://")
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap_or_else(|_| panic!("no address in {line:?}"));
-    // Keep reading stdout so later prints never hit a closed pipe.
+    // One thread reads stdout for the child's whole life: the first line goes
+    // to `first`, the rest to `lines`, so later prints never hit a closed pipe.
+    let (first_tx, first) = std::sync::mpsc::channel();
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = lines.clone();
     std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = first_tx.send(reader.read_line(&mut line).map(|_| line));
         for l in reader.lines() {
             match l {
                 Ok(l) => sink.lock().unwrap().push(l),
@@ -606,6 +604,18 @@ pub fn spawn_hubbub(args: &[String], env: &[(&str, &Path)]) -> Proc {
             }
         }
     });
+    // On a panic here `guard` kills the child, which ends the reading thread.
+    let line = first
+        .recv_timeout(FIRST_LINE)
+        .unwrap_or_else(|_| panic!("hubbub printed no address within {FIRST_LINE:?}"))
+        .unwrap();
+    let addr = line
+        .trim()
+        .rsplit("://")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("no address in {line:?}"));
     Proc {
         child: guard.0.take().unwrap(),
         addr,
