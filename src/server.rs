@@ -93,11 +93,6 @@ impl Running {
         self.stop.cancel();
         self.task.await.context("server task")?
     }
-
-    /// Waits until the server stops on its own (after `stop` fires elsewhere).
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await.context("server task")?
-    }
 }
 
 /// Binds, starts everything, and returns once the server accepts connections.
@@ -177,7 +172,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     );
     let hub_cfg = HubConfig {
         metrics: metrics.clone(),
-        node: cfg.node_id.clone(),
         max_sessions_per_user: cfg.max_sessions_per_user,
         queue: cfg.hub_queue,
     };

@@ -40,7 +40,6 @@ pub struct HubTask {
 }
 
 pub struct HubConfig {
-    pub node: String,
     pub max_sessions_per_user: usize,
     pub queue: usize,
     pub metrics: Arc<Metrics>,
@@ -56,13 +55,7 @@ impl HubHandle {
     ) -> (Self, HubTask) {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let metrics = cfg.metrics.clone();
-        let state = HubState::new(
-            cfg.node,
-            cfg.max_sessions_per_user,
-            head,
-            storage,
-            cfg.metrics,
-        );
+        let state = HubState::new(cfg.max_sessions_per_user, head, storage, cfg.metrics);
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run(state, rx, events_rx, cancel.clone(), metrics));
         (HubHandle { tx }, HubTask { cancel, task })

@@ -130,7 +130,6 @@ struct Known {
 }
 
 pub struct HubState {
-    node: String,
     max_sessions_per_user: usize,
     sessions: HashMap<Uuid, Session>,
     /// Each user's sessions, oldest first.
@@ -150,14 +149,12 @@ pub struct HubState {
 
 impl HubState {
     pub fn new(
-        node: String,
         max_sessions_per_user: usize,
         head: Cursor,
         storage: StorageHandle,
         metrics: Arc<Metrics>,
     ) -> Self {
         HubState {
-            node,
             max_sessions_per_user: max_sessions_per_user.max(1),
             sessions: HashMap::new(),
             by_user: HashMap::new(),
@@ -170,10 +167,6 @@ impl HubState {
             storage,
             metrics,
         }
-    }
-
-    pub fn node(&self) -> &str {
-        &self.node
     }
 
     pub fn session_count(&self) -> usize {
@@ -189,7 +182,7 @@ impl HubState {
         match cmd {
             HubCmd::Join { link, reply } => {
                 let room = link.room.clone();
-                self.join(link, now);
+                self.join(link);
                 let pending = self
                     .pending
                     .get(&room)
@@ -265,7 +258,7 @@ impl HubState {
         }
     }
 
-    fn join(&mut self, link: SessionLink, now: Instant) {
+    fn join(&mut self, link: SessionLink) {
         let SessionLink {
             id,
             user,
@@ -324,7 +317,6 @@ impl HubState {
         if !was_present && self.sessions.contains_key(&id) {
             self.system_to_others(&room, &user, &format!("{user} joined"));
         }
-        let _ = now;
     }
 
     /// Removes a session, closing it with `close` if given. A user's last

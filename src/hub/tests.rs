@@ -55,7 +55,6 @@ impl Fixture {
         let (storage, storage_rx) = StorageHandle::detached(storage_queue);
         let health = storage.health().clone();
         let hub = HubState::new(
-            "n1".into(),
             max_sessions,
             Cursor::ZERO,
             storage,

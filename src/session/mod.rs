@@ -83,6 +83,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (sink, stream) = ws.split();
+    // One item per hub turn (a batch of frames), `--session-queue` of them.
+    // Full → the hub evicts this session (close 4002) instead of waiting:
+    // one slow reader never slows the room. The close itself goes through
+    // the `close` watch, not this queue. `Config::validate` requires at
+    // least 2; the floor repeats it for a `SessionConfig` built by hand.
     let (out_tx, out_rx) = mpsc::channel::<Vec<Frame>>(ctx.cfg.queue.max(2));
     let (close_tx, close_rx) = watch::channel(None);
     let user = req.identity.username.clone();

@@ -482,7 +482,8 @@ impl Store {
 impl StorageHandle {
     /// A handle whose queue the caller drains itself: for the hub's unit tests,
     /// which check what would be written without a writer task.
-    pub fn detached(queue: usize) -> (Self, mpsc::Receiver<StorageCmd>) {
+    #[cfg(test)]
+    pub(crate) fn detached(queue: usize) -> (Self, mpsc::Receiver<StorageCmd>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let health = StorageHealth::new();
         (StorageHandle { tx, health }, rx)
