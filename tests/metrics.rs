@@ -532,20 +532,17 @@ async fn process_metrics_are_present_and_nonzero() {
 
 #[tokio::test]
 async fn metrics_listen_serves_metrics_on_its_own_port_only() {
-    // Port 0 cannot be discovered from outside the server: probe a free port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    // Port 0: the server binds it and says where (`Running::metrics_addr`,
+    // also printed at start), so no free port is probed and raced for.
+    let s = TestServer::start_with(&["--metrics-listen", "127.0.0.1:0"]).await;
+    let maddr: SocketAddr = s
+        .running
+        .as_ref()
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let s = TestServer::start_with(&["--metrics-listen", &listen]).await;
-    let maddr: SocketAddr = listen.parse().unwrap();
-    assert_eq!(
-        s.running.as_ref().unwrap().metrics_addr,
-        Some(maddr),
-        "Running::metrics_addr"
-    );
+        .metrics_addr
+        .expect("Running::metrics_addr");
+    assert!(maddr.ip().is_loopback() && maddr.port() != 0, "{maddr}");
+    assert_ne!(maddr, s.addr, "the metrics port is a port of its own");
 
     // The server's own registry, not an empty one: both families are there
     // (the events reaching it are checked at the end).
