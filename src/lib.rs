@@ -21,7 +21,10 @@
 //! - [`http`]: the only module that imports warp. Routes, the upgrade, the
 //!   accept loop. Imports `session`, `auth`.
 //! - [`server`]: the composition root and ordered shutdown.
-//! - [`tls`]: the local CA (rcgen, or mkcert's), certificate reload, rustls config.
+//! - [`tls`]: the local CA (rcgen, or mkcert's), certificate reload, rustls
+//!   config. Imports `files`.
+//! - [`files`]: a leaf: the private data directory and owner-only files
+//!   (keys, the JWT secret). Used by `auth`, `tls` and `server`.
 //! - [`admin`]: `hubbub user …` against a stopped server's data directory.
 //! - [`config`], [`error`]: used anywhere.
 //! - [`client`]: a small Rust client of the wire protocol, used by the tests
@@ -34,6 +37,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod hostile;
 pub mod http;
 pub mod hub;

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, AuthConfig, purge, tokens};
 use crate::config::Config;
+use crate::files;
 use crate::http::client_ip::TrustedProxies;
 use crate::http::guard::{ConnCaps, KeyedLimit, LOGINS_PER_USER_GLOBAL_FACTOR, Limits};
 use crate::http::{self, AppState, Edge, Hosts, Origins};
@@ -103,7 +104,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr().context("local address")?;
-    tokens::create_private_dir(&cfg.data_dir)?;
+    files::create_private_dir(&cfg.data_dir)?;
     let store = open_store(&cfg).await?;
     let secret = match &cfg.jwt_secret {
         Some(s) => s.as_bytes().to_vec(),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::InternalError;
+use crate::files;
 use crate::protocol::Username;
 
 const ISSUER: &str = "hubbub";
@@ -150,7 +151,7 @@ pub fn load_or_create_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secret = hex(&random_bytes::<32>()?);
-            write_private(path, secret.as_bytes())
+            files::write_private(path, secret.as_bytes())
                 .with_context(|| format!("writing {}", path.display()))?;
             Ok(secret.into_bytes())
         }
@@ -174,48 +175,6 @@ fn warn_if_shared(path: &Path) {
             );
         }
     }
-}
-
-/// Creates `dir` (and missing parents) readable by its owner only, or
-/// tightens an existing one to 0700 with a warning: the database under it
-/// holds every private message and password hash, and sled creates its files
-/// with the process umask (often 0644).
-pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let m = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
-        let mode = m.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            tracing::warn!(
-                dir = %dir.display(),
-                was = format!("{mode:o}"),
-                "directory was readable by other users; setting it to 0700"
-            );
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("setting {} to 0700", dir.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Writes a file readable by its owner only.
-pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 #[cfg(test)]

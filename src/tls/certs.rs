@@ -13,7 +13,7 @@ use rcgen::{
     GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints,
 };
 
-use crate::auth::tokens::write_private;
+use crate::files::write_private;
 use crate::protocol::time::{now_ms, ymd};
 
 /// A server certificate this close to expiry is renewed at start.
