@@ -131,3 +131,120 @@ async fn refused_refresh_is_401_and_clears_both_cookies() {
     assert_both_cleared("spent token", &r);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_rate_limited_error_per_limited_stretch() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = TestServer::start_with(&["--msgs-per-sec", "1", "--burst", "2"]).await;
+    let alice = s.user(&name("alice")).await;
+    let mut ws = s.join(&alice, &name("room")).await;
+    // Ten frames in one write: they reach the server together, well inside
+    // one limited stretch (the first dropped frame's retry_after_ms).
+    for i in 0..10 {
+        let m = chat(&uuid(), &format!("flood {i}")).to_string();
+        ws.ws.feed(Message::text(m)).await.unwrap();
+    }
+    ws.ws.flush().await.unwrap();
+    let frames = drain(&mut ws, Duration::from_secs(3)).await;
+    let errors = of_type(&frames, "error");
+    assert_eq!(errors.len(), 1, "errors: {errors:?}");
+    let e = errors[0];
+    assert_eq!(e["code"], "rate_limited", "{e}");
+    assert!(e["retry_after_ms"].as_u64().is_some(), "{e}");
+    assert!(e.get("id").is_none(), "rate_limited carries no id: {e}");
+    // The burst got through: two echoes.
+    assert_eq!(of_type(&frames, "chat").len(), 2, "{frames:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_to_oneself_reaches_only_the_senders_sessions() {
+    let s = TestServer::start().await;
+    let room = name("room");
+    let alice = s.user(&name("alice")).await;
+    let bob = s.user(&name("bob")).await;
+    let mut b = s.join(&bob, &room).await;
+    let (mut a1, _, _) = join_full(&s, &alice, &room, Some("tab-1"), None).await;
+    let (mut a2, _, _) = join_full(&s, &alice, &room, Some("tab-2"), None).await;
+    let id = uuid();
+    a1.send_json(&private(&id, &alice.username, "note to self"))
+        .await
+        .unwrap();
+    let m1 = expect_msg(&mut a1, &id).await;
+    let m2 = expect_msg(&mut a2, &id).await;
+    for m in [&m1, &m2] {
+        assert_eq!(m["type"], "private", "{m}");
+        assert_eq!(m["content"], "note to self", "{m}");
+    }
+    // Frames from a1 reach the hub in order: bob's frames up to a later
+    // marker show everything the private could have given him.
+    let seen = marker(&mut a1, &mut [&mut b]).await;
+    assert!(
+        seen[1].iter().all(|f| f["id"] != id.as_str()),
+        "bob saw alice's note: {:?}",
+        seen[1]
+    );
+    assert!(of_type(&seen[1], "private").is_empty(), "{:?}", seen[1]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_from_a_user_who_never_joined_the_room_is_ignored() {
+    let s = TestServer::start().await;
+    let room = name("room");
+    let alice = s.user(&name("alice")).await;
+    let bob = s.user(&name("bob")).await;
+    let carol = s.user(&name("carol")).await;
+    let mut a = s.join(&alice, &room).await;
+    let mut b = s.join(&bob, &room).await;
+    let mut c = s.join(&carol, &name("elsewhere")).await;
+    let id = say(&mut a, "hello room").await;
+    expect_msg(&mut a, &id).await;
+    expect_receipt(&mut a, &id, "saved").await;
+    expect_msg(&mut b, &id).await;
+
+    // Carol, who never joined `room`, acks seen from her other room; her
+    // next chat's echo proves the hub has handled the ack.
+    c.send_json(&json!({"type": "ack", "id": id, "status": "seen"}))
+        .await
+        .unwrap();
+    let after = say(&mut c, "sync").await;
+    expect_msg(&mut c, &after).await;
+    // Bob, a member, acks delivered: the receipt alice must get.
+    b.send_json(&json!({"type": "ack", "id": id, "status": "delivered"}))
+        .await
+        .unwrap();
+    let before: Vec<Value> = {
+        let mut out = Vec::new();
+        loop {
+            let f = next_frame(&mut a).await;
+            let done = f["type"] == "receipt" && f["id"] == id.as_str() && f["by"] == bob.username;
+            out.push(f);
+            if done {
+                break out;
+            }
+        }
+    };
+    let last = before.last().unwrap();
+    assert_eq!(last["status"], "delivered", "{last}");
+    assert!(
+        of_type(&before, "receipt")
+            .iter()
+            .all(|r| r["by"] != carol.username.as_str() && r["status"] != "seen"),
+        "carol's ack counted: {before:?}"
+    );
+    // History keeps bob's `delivered`, not carol's `seen`.
+    let r = http_history(&s, &alice, &room, "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let page = r.json();
+    let m = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} not in {page}"))
+        .clone();
+    assert_eq!(m["status"], "delivered", "{m}");
+    s.stop().await;
+}
