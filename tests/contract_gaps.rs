@@ -248,3 +248,103 @@ async fn ack_from_a_user_who_never_joined_the_room_is_ignored() {
     assert_eq!(m["status"], "delivered", "{m}");
     s.stop().await;
 }
+
+/// Reads server frames (unmasked) from a raw socket until a close frame;
+/// returns the opcodes seen before it and the close code. Panics after 30 s.
+async fn raw_frames_until_close(tcp: &mut tokio::net::TcpStream, mut buf: Vec<u8>) -> (Vec<u8>, u16) {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut ops = Vec::new();
+    loop {
+        // Parse every complete frame in `buf`.
+        while buf.len() >= 2 {
+            let op = buf[0] & 0x0f;
+            let (len, hdr) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                127 if buf.len() >= 10 => {
+                    (u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize, 10)
+                }
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if buf.len() < hdr + len {
+                break;
+            }
+            let payload = buf[hdr..hdr + len].to_vec();
+            buf.drain(..hdr + len);
+            if op == 0x8 {
+                assert!(payload.len() >= 2, "close without a code after {ops:?}");
+                return (ops, u16::from_be_bytes([payload[0], payload[1]]));
+            }
+            ops.push(op);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no close within 30 s; frames so far {ops:?}"))
+            .unwrap();
+        assert!(n > 0, "connection ended without a close frame after {ops:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_answers_pings_is_closed_with_1000() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(&["--ping-secs", "1", "--idle-secs", "3"]).await;
+    let alice = s.user(&name("alice")).await;
+    let room = name("room");
+    // A real upgrade, then silence: this socket never sends a byte again
+    // (no pong), unlike tungstenite, which answers pings while it reads.
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let req = format!(
+        "GET /ws?room={room} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\nCookie: {}\r\n\r\n",
+        s.addr,
+        alice.cookie_header()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let head_end = loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(T, tcp.read(&mut chunk))
+            .await
+            .expect("upgrade response")
+            .unwrap();
+        assert!(n > 0, "closed during upgrade: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let rest = buf.split_off(head_end);
+    let (ops, code) = raw_frames_until_close(&mut tcp, rest).await;
+    assert_eq!(code, 1000, "frames before the close: {ops:?}");
+    assert!(ops.contains(&0x9), "the server pinged before giving up: {ops:?}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_answers_pings_stays_open_past_the_idle_timeout() {
+    let s = TestServer::start_with(&["--ping-secs", "1", "--idle-secs", "3"]).await;
+    let alice = s.user(&name("alice")).await;
+    let mut ws = s.join(&alice, &name("room")).await;
+    // Keep reading (tungstenite answers each ping) for three idle timeouts
+    // without sending anything of our own.
+    let until = tokio::time::Instant::now() + Duration::from_secs(9);
+    while tokio::time::Instant::now() < until {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match ws.recv(left).await {
+            None => break,
+            Some(Incoming::Frame(_)) => continue,
+            Some(Incoming::Closed(c)) => panic!("closed with {c:?} while answering pings"),
+        }
+    }
+    // Still open and served.
+    let id = say(&mut ws, "still here").await;
+    expect_msg(&mut ws, &id).await;
+    s.stop().await;
+}
