@@ -348,3 +348,45 @@ async fn a_client_that_answers_pings_stays_open_past_the_idle_timeout() {
     expect_msg(&mut ws, &id).await;
     s.stop().await;
 }
+
+/// The `error.code` of a JSON error body.
+fn body_code(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body:?}"));
+    assert!(
+        v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "no message: {body}"
+    );
+    v["error"]["code"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_origin_gets_forbidden_on_upgrade_and_on_api_posts() {
+    // `forbidden` is an HTTP answer only (src: the upgrade's Origin check and
+    // the cross-site guard on state-changing /api requests); no frame carries it.
+    let s = TestServer::start().await;
+    let alice = s.user(&name("alice")).await;
+    let room = name("room");
+    let cookie = alice.cookie_header();
+    let evil = [("cookie", cookie.as_str()), ("origin", "http://evil.example")];
+    match client::connect(s.addr, &format!("room={room}"), &evil).await {
+        Err(client::ConnectError::Status(403, Some(body))) => {
+            assert_eq!(body_code(&body), "forbidden", "{body}")
+        }
+        Err(e) => panic!("upgrade from a foreign origin: {e} {e:?}"),
+        Ok(_) => panic!("upgrade from a foreign origin was accepted"),
+    }
+
+    // A cross-site logout is refused before it can log alice out: her open
+    // socket is not closed (a real logout closes it with 1008).
+    let mut ws = s.join(&alice, &room).await;
+    let r = client::request(s.addr, "POST", "/api/auth/logout", &evil, None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(error_code(&r), "forbidden");
+    assert!(r.set_cookies().is_empty(), "{:?}", r.set_cookies());
+    say_saved(&mut ws, "still logged in").await;
+    let r = http(&s, "GET", "/api/me", Some(&alice), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    s.stop().await;
+}
