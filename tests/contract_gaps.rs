@@ -77,18 +77,18 @@ fn clears(set_cookie: &str) -> bool {
         .is_some_and(|kv| kv.split_once('=').is_some_and(|(_, v)| v.trim().is_empty()));
     empty
         && set_cookie.split(';').skip(1).any(|a| {
-        let a = a.trim();
-        let l = a.to_ascii_lowercase();
-        if let Some(v) = l.strip_prefix("max-age=") {
-            return v.trim().parse::<i64>().is_ok_and(|n| n <= 0);
-        }
-        // An Expires date in the past: hubbub has no clock-skew reason to use
-        // anything but the epoch, so only 1970 is accepted here.
-        if let Some(v) = l.strip_prefix("expires=") {
-            return v.contains("1970");
-        }
-        false
-    })
+            let a = a.trim();
+            let l = a.to_ascii_lowercase();
+            if let Some(v) = l.strip_prefix("max-age=") {
+                return v.trim().parse::<i64>().is_ok_and(|n| n <= 0);
+            }
+            // An Expires date in the past: hubbub has no clock-skew reason to use
+            // anything but the epoch, so only 1970 is accepted here.
+            if let Some(v) = l.strip_prefix("expires=") {
+                return v.contains("1970");
+            }
+            false
+        })
 }
 
 fn assert_both_cleared(what: &str, r: &HttpResponse) {
@@ -251,7 +251,10 @@ async fn ack_from_a_user_who_never_joined_the_room_is_ignored() {
 
 /// Reads server frames (unmasked) from a raw socket until a close frame;
 /// returns the opcodes seen before it and the close code. Panics after 30 s.
-async fn raw_frames_until_close(tcp: &mut tokio::net::TcpStream, mut buf: Vec<u8>) -> (Vec<u8>, u16) {
+async fn raw_frames_until_close(
+    tcp: &mut tokio::net::TcpStream,
+    mut buf: Vec<u8>,
+) -> (Vec<u8>, u16) {
     use tokio::io::AsyncReadExt;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut ops = Vec::new();
@@ -261,9 +264,10 @@ async fn raw_frames_until_close(tcp: &mut tokio::net::TcpStream, mut buf: Vec<u8
             let op = buf[0] & 0x0f;
             let (len, hdr) = match buf[1] & 0x7f {
                 126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-                127 if buf.len() >= 10 => {
-                    (u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize, 10)
-                }
+                127 if buf.len() >= 10 => (
+                    u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
                 126 | 127 => break,
                 n => (n as usize, 2),
             };
@@ -283,7 +287,10 @@ async fn raw_frames_until_close(tcp: &mut tokio::net::TcpStream, mut buf: Vec<u8
             .await
             .unwrap_or_else(|_| panic!("no close within 30 s; frames so far {ops:?}"))
             .unwrap();
-        assert!(n > 0, "connection ended without a close frame after {ops:?}");
+        assert!(
+            n > 0,
+            "connection ended without a close frame after {ops:?}"
+        );
         buf.extend_from_slice(&chunk[..n]);
     }
 }
@@ -312,7 +319,11 @@ async fn a_client_that_never_answers_pings_is_closed_with_1000() {
             .await
             .expect("upgrade response")
             .unwrap();
-        assert!(n > 0, "closed during upgrade: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "closed during upgrade: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
@@ -323,7 +334,10 @@ async fn a_client_that_never_answers_pings_is_closed_with_1000() {
     let rest = buf.split_off(head_end);
     let (ops, code) = raw_frames_until_close(&mut tcp, rest).await;
     assert_eq!(code, 1000, "frames before the close: {ops:?}");
-    assert!(ops.contains(&0x9), "the server pinged before giving up: {ops:?}");
+    assert!(
+        ops.contains(&0x9),
+        "the server pinged before giving up: {ops:?}"
+    );
     s.stop().await;
 }
 
@@ -353,7 +367,9 @@ async fn a_client_that_answers_pings_stays_open_past_the_idle_timeout() {
 fn body_code(body: &str) -> String {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body:?}"));
     assert!(
-        v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
         "no message: {body}"
     );
     v["error"]["code"].as_str().unwrap_or_default().to_owned()
@@ -367,7 +383,10 @@ async fn foreign_origin_gets_forbidden_on_upgrade_and_on_api_posts() {
     let alice = s.user(&name("alice")).await;
     let room = name("room");
     let cookie = alice.cookie_header();
-    let evil = [("cookie", cookie.as_str()), ("origin", "http://evil.example")];
+    let evil = [
+        ("cookie", cookie.as_str()),
+        ("origin", "http://evil.example"),
+    ];
     match client::connect(s.addr, &format!("room={room}"), &evil).await {
         Err(client::ConnectError::Status(403, Some(body))) => {
             assert_eq!(body_code(&body), "forbidden", "{body}")
