@@ -55,14 +55,7 @@ async fn read_all(mut ws: WsClient, want: HashSet<String>) -> (WsClient, Vec<Str
 
 /// One series of `/metrics` (exact name and labels as exposed), 0 when absent.
 async fn metric(s: &TestServer, series: &str) -> f64 {
-    let r = hubbub::client::request(s.addr, "GET", "/metrics", &[], None)
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.body
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    metric_sample(s.addr, series).await.unwrap_or(0.0)
 }
 
 const EVICTED_SLOW: &str = "hubbub_evictions_total{reason=\"slow\"}";

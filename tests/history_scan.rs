@@ -71,11 +71,8 @@ fn seed(data: &Path, room: &str, msgs: &[StoredMsg], bad: &[u64], bad_user: bool
 
 /// One sample of the server's `/metrics` text: `name{labels} value`.
 async fn metric(s: &TestServer, series: &str) -> f64 {
-    let r = http(s, "GET", "/metrics", None, None).await;
-    assert_eq!(r.status, 200);
-    r.body
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    metric_sample(s.endpoint(), series)
+        .await
         .unwrap_or_else(|| panic!("{series} not in /metrics"))
 }
 

@@ -55,13 +55,8 @@ async fn still_open(tcp: &mut TcpStream) -> bool {
 
 /// The value of one exact metric line (`name{labels}`), read over HTTP from `ep`.
 async fn metric(ep: &Endpoint, series: &str) -> f64 {
-    let r = client::request(ep, "GET", "/metrics", &[], None)
+    metric_sample(ep, series)
         .await
-        .unwrap();
-    r.body
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in /metrics"))
 }
 

@@ -51,17 +51,9 @@ fn account(user: &str, r: &HttpResponse) -> Account {
 
 /// The value of the metric line starting with `series ` (name and labels).
 async fn metric(ep: &Endpoint, series: &str) -> u64 {
-    let r = client::request(ep, "GET", "/metrics", &[], None)
+    metric_sample(ep, series)
         .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.body
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
-        .trim()
-        .parse::<f64>()
-        .unwrap() as u64
+        .unwrap_or_else(|| panic!("no {series} in /metrics")) as u64
 }
 
 fn rows(table: &str) -> String {

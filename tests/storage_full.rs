@@ -217,13 +217,9 @@ async fn get(addr: SocketAddr, path: &str) -> HttpResponse {
 
 /// The value of an unlabelled metric.
 async fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let text = get(addr, "/metrics").await.body;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+    metric_sample(addr, name)
+        .await
         .unwrap_or_else(|| panic!("no {name} in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Polls `/readyz` until it answers `status` (bounded).

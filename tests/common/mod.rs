@@ -649,3 +649,21 @@ pub fn cookie_attrs(r: &hubbub::client::HttpResponse, name: &str) -> Vec<String>
     attrs.sort();
     attrs
 }
+
+/// One sample of `/metrics` at `ep`: the value on the line that starts with
+/// `series` (exact name and labels as exposed) and a space; `None` when no
+/// such line exists. The scrape itself must answer 200.
+pub async fn metric_sample(ep: impl Into<Endpoint>, series: &str) -> Option<f64> {
+    let r = client::request(ep, "GET", "/metrics", &[], None)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "GET /metrics: {}", r.body);
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("{series} = {v:?}: {e}"))
+        })
+}
