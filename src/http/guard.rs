@@ -177,35 +177,33 @@ impl ConnCaps {
 
     /// Takes a place for a connection from `ip`, or says which cap is reached.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, CapHit> {
-        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if self.total.load(Ordering::Relaxed) >= self.max_total {
-            return Err(CapHit::Total);
-        }
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
-            return Err(CapHit::PerAddress);
-        }
-        *n += 1;
-        self.total.fetch_add(1, Ordering::Relaxed);
-        Ok(ConnSlot {
-            caps: self.clone(),
-            ip: Some(ip),
-        })
+        self.acquire_slot(Some(ip))
     }
 
     /// Takes a place counted in the total only: for a trusted proxy, whose
     /// one address stands for many clients (their per-address caps apply
     /// later, by forwarded address, to the WebSockets they open).
     pub fn try_acquire_total(self: &Arc<Self>) -> Result<ConnSlot, CapHit> {
-        // The same lock as `try_acquire`, so that check-and-add is atomic.
-        let _per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        self.acquire_slot(None)
+    }
+
+    /// Check-and-add under one lock, so two accepts never both take the last place.
+    fn acquire_slot(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<ConnSlot, CapHit> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         if self.total.load(Ordering::Relaxed) >= self.max_total {
             return Err(CapHit::Total);
+        }
+        if let Some(ip) = ip {
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= self.max_per_ip {
+                return Err(CapHit::PerAddress);
+            }
+            *n += 1;
         }
         self.total.fetch_add(1, Ordering::Relaxed);
         Ok(ConnSlot {
             caps: self.clone(),
-            ip: None,
+            ip,
         })
     }
 }
