@@ -59,6 +59,9 @@
 //!   HTTP), `Store::classify_id` (the message-id rule), `Store::remember_member`,
 //!   `Store::was_member`, `StorageHandle::ack`, `StorageHandle::health`,
 //!   `StorageHandle::depth`.
+//!
+//! `client` and `hostile` are outside the checked map (test and load-generator
+//! code on its way into a crate of its own).
 
 pub mod admin;
 pub mod auth;
