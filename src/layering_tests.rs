@@ -279,6 +279,39 @@ fn imports_follow_the_map_in_lib_rs() {
     assert!(bad.is_empty(), "layering breaches:\n{}", bad.join("\n"));
 }
 
+/// The "may import" table of docs/ARCHITECTURE.md, parsed like the map.
+fn doc_edges(md: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let start = md
+        .find("| module | may import |")
+        .expect("docs/ARCHITECTURE.md has no `| module | may import |` table");
+    let mut map = BTreeMap::new();
+    for row in md[start..].lines().skip(2) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        if cells.len() < 4 {
+            break;
+        }
+        let ticked = |s: &str| -> BTreeSet<String> {
+            s.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+        };
+        for m in ticked(cells[1]) {
+            map.insert(m, ticked(cells[2]));
+        }
+    }
+    map
+}
+
+#[test]
+fn architecture_md_shows_the_same_map() {
+    let lib_rs = std::fs::read_to_string(src_dir().join("lib.rs")).unwrap();
+    let md_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ARCHITECTURE.md");
+    let md = std::fs::read_to_string(md_path).unwrap();
+    assert_eq!(
+        doc_edges(&md),
+        map_edges(&lib_rs),
+        "docs/ARCHITECTURE.md's table and the map in lib.rs differ"
+    );
+}
+
 #[test]
 fn the_map_parses() {
     let lib_rs = std::fs::read_to_string(src_dir().join("lib.rs")).unwrap();
