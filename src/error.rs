@@ -1,81 +1,14 @@
-//! The error codes a client may see. Everything else (sled, io, argon2 details)
-//! is logged and mapped to `internal` at the edge, never shown.
-
-use serde::Serialize;
-
-/// A client-facing error code: the `code` of an `error` frame or an HTTP error body.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// Not JSON, unknown type, missing or mistyped field, empty content, invalid name.
-    BadRequest,
-    /// Content over 4000 characters, or an HTTP body over its limit.
-    TooLarge,
-    /// Over a rate limit; `retry_after_ms` / `Retry-After` says when to retry.
-    RateLimited,
-    /// A `/command` the server does not know.
-    UnknownCommand,
-    /// A private message's target never joined the room; an unknown HTTP route.
-    NotFound,
-    /// A message id already names another sender's or room's message; a taken username.
-    Conflict,
-    /// Not allowed for this user, or an Origin outside the allow-list.
-    Forbidden,
-    /// The storage queue is full, the disk is nearly full, or storage failed:
-    /// the message was not accepted (not broadcast); resend later.
-    Unavailable,
-    /// Missing, invalid or expired credentials.
-    Unauthorized,
-    /// The HTTP method is not allowed on this route.
-    MethodNotAllowed,
-    /// A request body did not arrive within `--request-timeout-secs`.
-    RequestTimeout,
-    /// Something failed inside the server; the details are in its log only.
-    Internal,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::UnknownCommand => "unknown_command",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::Conflict => "conflict",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::MethodNotAllowed => "method_not_allowed",
-            ErrorCode::RequestTimeout => "request_timeout",
-            ErrorCode::Internal => "internal",
-        }
-    }
-
-    /// The HTTP status that carries this code.
-    pub fn http_status(self) -> u16 {
-        match self {
-            ErrorCode::BadRequest | ErrorCode::UnknownCommand => 400,
-            ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
-            ErrorCode::NotFound => 404,
-            ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::RequestTimeout => 408,
-            ErrorCode::Conflict => 409,
-            ErrorCode::TooLarge => 413,
-            ErrorCode::RateLimited => 429,
-            ErrorCode::Internal => 500,
-            ErrorCode::Unavailable => 503,
-        }
-    }
-}
+//! Failures inside the server. None of them is shown to a client: each is
+//! logged and answered as `internal` (or `unavailable`) at the edge; the codes
+//! a client may see are `protocol::ErrorCode`.
 
 /// Failures inside the server: storage, crypto, I/O. Logged, shown as `internal`.
 #[derive(Debug, thiserror::Error)]
 pub enum InternalError {
-    /// The embedded database failed.
+    /// The embedded database failed, as storage classified it (only
+    /// `storage` knows which database it is).
     #[error("storage: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(StorageFault),
     /// A stored record could not be decoded (corruption or a format change).
     #[error("decode: {0}")]
     Decode(#[from] bincode::error::DecodeError),
@@ -96,10 +29,40 @@ pub enum InternalError {
     Stopped,
 }
 
+/// A database failure: what kind (decided inside `storage`, the only module
+/// that can read the database's errors) and the database's own error.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct StorageFault {
+    pub kind: StorageFaultKind,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// The kinds of database failure the rest of the server acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageFaultKind {
+    /// The database's file lock is held by another process (or by a store
+    /// of this one not yet dropped): opening may succeed a moment later.
+    LockHeld,
+    /// Anything else: logged, answered as `internal` or `unavailable`.
+    Other,
+}
+
+impl StorageFault {
+    pub fn new(
+        kind: StorageFaultKind,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StorageFault {
+            kind,
+            source: Box::new(source),
+        }
+    }
+}
+
 impl InternalError {
     /// The database's file lock is held by another process (or a store not yet dropped).
     pub fn is_lock_held(&self) -> bool {
-        // sled wraps the lock failure in an `Other` error; its text is the only mark.
-        matches!(self, InternalError::Storage(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock"))
+        matches!(self, InternalError::Storage(f) if f.kind == StorageFaultKind::LockHeld)
     }
 }

@@ -5,32 +5,63 @@
 //!
 //! # Layout
 //!
-//! Imports point one way, from the leaves up:
+//! Imports point one way, from the leaves up. Each module below says which
+//! others it may import (`crate::…`); `layering_tests` reads this list and
+//! fails the build's tests on any edge not on it, and on the rules after it.
 //!
-//! - [`protocol`]: the wire contract as pure data: names, cursors, frames. No I/O.
-//! - [`storage`]: the only module that imports sled. Room logs, the message-id
-//!   index, receipts, accounts; the storage writer task with its bounded
-//!   write-ahead queue and group commit; storage health (ok, full under the
-//!   free-space watermark, failed) for the hub and `/readyz`. Imports `protocol`.
-//! - [`auth`]: passwords (argon2id), JWTs, refresh-token rotation. Imports
-//!   `storage` for the account tables.
-//! - [`hub`]: one task that owns all room state; synchronous decisions in
-//!   `hub::state`, bounded queues out. Imports `protocol`, `storage`.
-//! - [`session`]: one WebSocket connection: reader (rate limit, size, parse,
-//!   commands) and writer (batched writes, pings, close). Imports `hub`.
-//! - [`http`]: the only module that imports warp. Routes, the upgrade, the
-//!   accept loop. Imports `session`, `auth`.
-//! - [`server`]: the composition root and ordered shutdown.
-//! - [`tls`]: the local CA (rcgen, or mkcert's), certificate reload, rustls
-//!   config. Imports `files`.
+//! - [`protocol`]: the wire contract as pure data: names, cursors, frames
+//!   (its own `Frame`: shared bytes of UTF-8 JSON), close and error codes.
+//!   No I/O. May import: nothing.
 //! - [`files`]: a leaf: the private data directory and owner-only files
-//!   (keys, the JWT secret). Used by `auth`, `tls` and `server`.
+//!   (keys, the JWT secret). May import: nothing.
+//! - [`config`]: the flags and their checks. May import: nothing.
+//! - [`error`]: the internal error type (never shown to a client; storage
+//!   classifies its own failures into it). May import: nothing.
+//! - [`metrics`]: one Prometheus registry per server, typed label values.
+//!   May import: `protocol`.
+//! - [`storage`]: the only module that names sled. Room logs, the message-id
+//!   index and its rule (`ids.rs`), receipts, accounts; the storage writer
+//!   task with its bounded write-ahead queue and group commit; storage health
+//!   (ok, full under the free-space watermark, failed) for the hub and
+//!   `/readyz`. May import: `protocol`, `error`, `metrics`.
+//! - [`auth`]: passwords (argon2id), JWTs, refresh-token rotation, on the
+//!   account tables. May import: `storage`, `protocol`, `error`, `files`,
+//!   `metrics`.
+//! - [`tls`]: the local CA (rcgen, or mkcert's), certificate reload, rustls
+//!   config. May import: `files`, `protocol`.
+//! - [`hub`]: one task that owns all room state; synchronous decisions in
+//!   `hub::state`, bounded queues out. May import: `storage`, `protocol`,
+//!   `error`, `metrics`.
+//! - [`session`]: one WebSocket connection: reader (rate limit, size, parse,
+//!   commands) and writer (batched writes, pings, close). May import: `hub`,
+//!   `storage`, `auth`, `protocol`, `metrics`.
+//! - [`http`]: the only module that names warp and hyper. Routes, the
+//!   upgrade, the accept loop. May import: `session`, `hub`, `auth`,
+//!   `storage`, `tls`, `protocol`, `metrics`, `config`.
+//! - [`server`]: the composition root and ordered shutdown. May import:
+//!   `http`, `session`, `hub`, `auth`, `storage`, `tls`, `files`, `metrics`,
+//!   `config`.
 //! - [`admin`]: `hubbub user …` against a stopped server's data directory.
-//! - [`config`], [`error`]: used anywhere.
+//!   May import: `storage`, `protocol`, `config`.
 //! - [`client`]: a small Rust client of the wire protocol, used by the tests
 //!   and the load generator.
 //! - [`hostile`]: a client that sends bad frames by hand and checks each
 //!   documented answer (fuzzing over real sockets; tests and the load generator).
+//!
+//! Rules beyond the edges, checked the same way:
+//! - only `storage` names `sled`; only `http` names `warp`, `hyper`,
+//!   `hyper_util` and `http_body_util` (the accept loop, each connection's
+//!   limits, the upgrade);
+//! - only `session` and `http` name `tungstenite` (the socket and the
+//!   upgrade); `protocol` names no `tokio`;
+//! - `session` and `http` reach storage only through these functions:
+//!   `Store::fetch_history` (the one history read: join, the `history` frame,
+//!   HTTP), `Store::classify_id` (the message-id rule), `Store::remember_member`,
+//!   `Store::was_member`, `StorageHandle::ack`, `StorageHandle::health`,
+//!   `StorageHandle::depth`.
+//!
+//! `client` and `hostile` are outside the checked map (test and load-generator
+//! code on its way into a crate of its own).
 
 pub mod admin;
 pub mod auth;
@@ -41,6 +72,8 @@ pub mod files;
 pub mod hostile;
 pub mod http;
 pub mod hub;
+#[cfg(test)]
+mod layering_tests;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::protocol::CloseCode;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -27,6 +29,59 @@ const OUT_KINDS: [&str; 9] = [
     "welcome", "history", "chat", "private", "receipt", "typing", "presence", "system", "error",
 ];
 
+/// How a WebSocket upgrade ended: `hubbub_upgrades_total{result}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upgrade {
+    Accepted,
+    /// Refused: an Origin outside the allow-list.
+    Origin,
+    /// Refused: over the per-address upgrade rate.
+    Rate,
+    /// Refused: no valid access token.
+    Auth,
+    /// Refused: an invalid room name.
+    Room,
+    /// Refused: an invalid client id.
+    Client,
+    /// Refused: not a WebSocket upgrade request.
+    BadRequest,
+    /// Refused: a connection cap is reached.
+    Capacity,
+}
+
+impl Upgrade {
+    pub const ALL: [Upgrade; 8] = [
+        Upgrade::Accepted,
+        Upgrade::Origin,
+        Upgrade::Rate,
+        Upgrade::Auth,
+        Upgrade::Room,
+        Upgrade::Client,
+        Upgrade::BadRequest,
+        Upgrade::Capacity,
+    ];
+
+    /// The label value (dashboards and tests depend on these strings).
+    pub fn label(self) -> &'static str {
+        match self {
+            Upgrade::Accepted => "accepted",
+            Upgrade::Origin => "origin",
+            Upgrade::Rate => "rate",
+            Upgrade::Auth => "auth",
+            Upgrade::Room => "room",
+            Upgrade::Client => "client",
+            Upgrade::BadRequest => "bad_request",
+            Upgrade::Capacity => "capacity",
+        }
+    }
+}
+
+/// The `code` label of `hubbub_closes_total`: the close code's number, or
+/// `none` when the peer went away without a close handshake. Logs use it too.
+pub fn close_label(code: Option<CloseCode>) -> String {
+    code.map_or_else(|| "none".to_owned(), |c| c.code().to_string())
+}
+
 /// Client frame types as counted in `frames_in`.
 pub const IN_KINDS: [&str; 7] = [
     "chat", "private", "typing", "ack", "history", "invalid", "binary",
@@ -37,12 +92,14 @@ pub struct Metrics {
     pub connections: IntGauge,
     pub sessions: IntGaugeVec,
     pub rooms_active: IntGauge,
-    pub upgrades: IntCounterVec,
+    /// By `Upgrade`: see [`Metrics::upgrade`].
+    upgrades: IntCounterVec,
     pub frames_in: IntCounterVec,
     frames_out: Vec<IntCounter>,
     pub deliveries: IntCounter,
     pub errors_sent: IntCounterVec,
-    pub closes: IntCounterVec,
+    /// By close code: see [`Metrics::closed`].
+    closes: IntCounterVec,
     pub evictions: IntCounterVec,
     pub rate_limited: IntCounter,
     pub storage_queue_depth: IntGauge,
@@ -388,17 +445,8 @@ impl Metrics {
         for s in ["joining", "active"] {
             m.sessions.with_label_values(&[s]);
         }
-        for r in [
-            "accepted",
-            "origin",
-            "rate",
-            "auth",
-            "room",
-            "client",
-            "bad_request",
-            "capacity",
-        ] {
-            m.upgrades.with_label_values(&[r]);
+        for r in Upgrade::ALL {
+            m.upgrade(r);
         }
         for c in [
             "bad_request",
@@ -412,10 +460,8 @@ impl Metrics {
         ] {
             m.errors_sent.with_label_values(&[c]);
         }
-        for c in [
-            "1000", "1001", "1003", "1008", "1009", "4001", "4002", "none",
-        ] {
-            m.closes.with_label_values(&[c]);
+        for c in CloseCode::ALL.map(Some).into_iter().chain([None]) {
+            m.closed(c);
         }
         for e in ["slow", "replaced", "too_many_sessions", "revoked"] {
             m.evictions.with_label_values(&[e]);
@@ -441,6 +487,16 @@ impl Metrics {
             m.accept_errors.with_label_values(&[k]);
         }
         Arc::new(m)
+    }
+
+    /// `hubbub_upgrades_total{result}`.
+    pub fn upgrade(&self, result: Upgrade) -> IntCounter {
+        self.upgrades.with_label_values(&[result.label()])
+    }
+
+    /// `hubbub_closes_total{code}`; `None`: the peer went away without a close handshake.
+    pub fn closed(&self, code: Option<CloseCode>) -> IntCounter {
+        self.closes.with_label_values(&[&close_label(code)])
     }
 
     pub fn out(&self, kind: Out) -> &IntCounter {
@@ -515,11 +571,18 @@ mod tests {
         let m = Metrics::new();
         m.connections.inc();
         m.out(Out::Chat).inc_by(3);
-        m.upgrades.with_label_values(&["accepted"]).inc();
+        m.upgrade(Upgrade::Accepted).inc();
+        m.closed(Some(CloseCode::Evicted)).inc();
+        m.closed(None).inc();
         m.durable_latency_seconds.observe(0.002);
         let text = m.render();
         assert!(text.contains("hubbub_connections 1"), "{text}");
         assert!(text.contains("hubbub_frames_out_total{type=\"chat\"} 3"));
+        assert!(text.contains("hubbub_upgrades_total{result=\"accepted\"} 1"));
+        assert!(text.contains("hubbub_upgrades_total{result=\"bad_request\"} 0"));
+        assert!(text.contains("hubbub_closes_total{code=\"4002\"} 1"));
+        assert!(text.contains("hubbub_closes_total{code=\"none\"} 1"));
+        assert!(text.contains("hubbub_closes_total{code=\"1008\"} 0"));
         assert!(text.contains("hubbub_send_to_durable_seconds_bucket"));
         assert!(text.contains("hubbub_build_info{version="));
         assert!(text.contains("hubbub_process_resident_memory_bytes"));

@@ -8,7 +8,7 @@
 //! echoes the frame's `id` only when the client sent one as a string.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use hubbub::error::ErrorCode;
+use hubbub::protocol::ErrorCode;
 use hubbub::protocol::frames::{MAX_ACK_IDS, MAX_CONTENT_CHARS, MAX_PAGE, parse_client};
 use hubbub::protocol::{ClientMsg, Cursor, FrameError, PageDir, Status, Username};
 use hubbub::session::commands::{self, Command};

@@ -2,7 +2,7 @@
 //! `bad_request` (usage) or `unknown_command`, as PROTOCOL.md's table says.
 #![no_main]
 
-use hubbub::error::ErrorCode;
+use hubbub::protocol::ErrorCode;
 use hubbub::session::commands::{Command, parse};
 use libfuzzer_sys::fuzz_target;
 

@@ -3,7 +3,7 @@
 //! sent as a string.
 #![no_main]
 
-use hubbub::error::ErrorCode;
+use hubbub::protocol::ErrorCode;
 use hubbub::protocol::frames::parse_client;
 use libfuzzer_sys::fuzz_target;
 

@@ -14,12 +14,12 @@ use super::reply::{
     self, REFRESH_COOKIE, access_token, auth_error, clear_cookies, cookie, set_cookies, user_body,
 };
 use crate::auth::{AuthError, Identity, Session};
-use crate::error::ErrorCode;
 use crate::hub::HubCmd;
-use crate::protocol::frames::page_limit;
+use crate::protocol::ErrorCode;
+use crate::protocol::frames::{HistoryPage, page_limit};
 use crate::protocol::time::format_ts;
-use crate::protocol::{Cursor, PageDir, RoomName, WireMsg};
-use crate::storage::StorageState;
+use crate::protocol::{Cursor, PageDir, RoomName};
+use crate::storage::{HistoryQuery, StorageState, Want};
 
 #[derive(Deserialize)]
 struct Credentials {
@@ -206,12 +206,6 @@ pub async fn me(state: AppState, headers: HeaderMap) -> Response {
     }
 }
 
-#[derive(Serialize)]
-struct PageBody<'a> {
-    messages: Vec<WireMsg<'a>>,
-    more: bool,
-}
-
 pub async fn history(
     room: String,
     query: HashMap<String, String>,
@@ -246,24 +240,15 @@ pub async fn history(
         Ok(p) => p,
         Err(_) => return reply::error(ErrorCode::Unavailable, "shutting down"),
     };
-    let user = who.username.clone();
-    // Off the async workers: the page reads sled.
-    let page = state
-        .store
-        .blocking(move |store| store.page(&room, &user, dir, limit, None, &pending))
-        .await;
-    match page {
-        Ok(page) => {
-            let metrics = &state.sessions.metrics;
-            metrics.history_examined.observe(page.examined as f64);
-            reply::json(
-                StatusCode::OK,
-                &PageBody {
-                    messages: page.msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
-                    more: page.more,
-                },
-            )
-        }
+    let query = HistoryQuery {
+        room,
+        viewer: who.username,
+        want: Want::Page(dir, limit),
+        upto: None,
+    };
+    let metrics = &state.sessions.metrics;
+    match state.store.fetch_history(query, pending, metrics).await {
+        Ok(f) => reply::json(StatusCode::OK, &HistoryPage::new(&f.page.msgs, f.page.more)),
         Err(e) => reply::internal(&e),
     }
 }

@@ -28,8 +28,8 @@ use warp::reply::Response;
 use super::guard::ConnSlot;
 use super::reply;
 use super::serve::PeerAddr;
-use crate::error::ErrorCode;
 use crate::metrics::Metrics;
+use crate::protocol::ErrorCode;
 use crate::tls::Tls;
 
 /// The first byte of every TLS connection (a handshake record).

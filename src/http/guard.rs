@@ -17,7 +17,7 @@ use warp::reply::Response;
 
 use super::client_ip::{TrustedProxies, limit_key};
 use super::reply;
-use crate::error::ErrorCode;
+use crate::protocol::ErrorCode;
 
 /// A per-key limit of `n` per minute, all of it usable as a burst.
 pub struct KeyedLimit<K: Hash + Eq + Clone> {

@@ -32,8 +32,8 @@ use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use crate::auth::Auth;
-use crate::error::ErrorCode;
 use crate::hub::HubHandle;
+use crate::protocol::ErrorCode;
 use crate::session::SessionCtx;
 use crate::storage::{StorageState, Store};
 

@@ -13,8 +13,8 @@ use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use super::reply;
-use crate::error::ErrorCode;
 use crate::metrics::Metrics;
+use crate::protocol::ErrorCode;
 use crate::tls::ServedNames;
 
 /// The web UI's Content-Security-Policy: only our own scripts, styles and

@@ -5,7 +5,7 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 
 use crate::auth::AuthError;
-use crate::error::ErrorCode;
+use crate::protocol::ErrorCode;
 use crate::protocol::time::format_ts;
 use crate::storage::UserRecord;
 

@@ -17,8 +17,8 @@ use super::AppState;
 use super::api::identify;
 use super::guard::{acquire, too_many};
 use super::reply;
-use crate::error::ErrorCode;
-use crate::protocol::{ClientId, RoomName};
+use crate::metrics::Upgrade;
+use crate::protocol::{ClientId, ErrorCode, RoomName};
 use crate::session::{self, JoinRequest};
 
 /// tungstenite's read buffer per connection. On a bare warp hub this measured
@@ -37,43 +37,38 @@ pub async fn upgrade(
     state: AppState,
 ) -> warp::reply::Response {
     let (result, resp) = decide(ip, query, headers, on_upgrade, &state);
-    state
-        .sessions
-        .metrics
-        .upgrades
-        .with_label_values(&[result])
-        .inc();
+    state.sessions.metrics.upgrade(result).inc();
     resp
 }
 
-/// The upgrade's outcome as a metric label (`accepted` or the refusal reason) and the response.
+/// The upgrade's outcome (`accepted` or the refusal reason, counted) and the response.
 fn decide(
     ip: IpAddr,
     query: HashMap<String, String>,
     headers: HeaderMap,
     on_upgrade: Option<OnUpgrade>,
     state: &AppState,
-) -> (&'static str, warp::reply::Response) {
+) -> (Upgrade, warp::reply::Response) {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         if !origin.to_str().is_ok_and(|o| state.origins.allows(o, host)) {
             return (
-                "origin",
+                Upgrade::Origin,
                 reply::error(ErrorCode::Forbidden, "origin not allowed"),
             );
         }
     }
     // Cheap refusals first: a flood from one address costs a map lookup each.
     if let Err(wait) = state.limits.upgrades.check(&ip) {
-        return ("rate", too_many(wait));
+        return (Upgrade::Rate, too_many(wait));
     }
     let identity = match identify(state, &headers) {
         Ok(i) => i,
-        Err(r) => return ("auth", r),
+        Err(r) => return (Upgrade::Auth, r),
     };
     let Some(room) = RoomName::parse_or_default(query.get("room").map(String::as_str)) else {
         return (
-            "room",
+            Upgrade::Room,
             reply::error(ErrorCode::BadRequest, "invalid room name"),
         );
     };
@@ -83,7 +78,7 @@ fn decide(
             Some(c) => c,
             None => {
                 return (
-                    "client",
+                    Upgrade::Client,
                     reply::error(ErrorCode::BadRequest, "invalid client id"),
                 );
             }
@@ -91,19 +86,19 @@ fn decide(
     };
     let Some(accept) = handshake_key(&headers) else {
         return (
-            "bad_request",
+            Upgrade::BadRequest,
             reply::error(ErrorCode::BadRequest, "not a WebSocket upgrade request"),
         );
     };
     let Some(on_upgrade) = on_upgrade else {
         return (
-            "bad_request",
+            Upgrade::BadRequest,
             reply::error(ErrorCode::BadRequest, "this connection cannot be upgraded"),
         );
     };
     let slot = match acquire(&state.limits, ip) {
         Ok(s) => s,
-        Err(r) => return ("capacity", r),
+        Err(r) => return (Upgrade::Capacity, r),
     };
     let req = JoinRequest {
         identity,
@@ -140,7 +135,7 @@ fn decide(
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
-    ("accepted", resp)
+    (Upgrade::Accepted, resp)
 }
 
 /// `Sec-WebSocket-Accept` for a valid RFC 6455 upgrade request, else `None`.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use crate::error::ErrorCode;
 use crate::metrics::{Metrics, Out};
+use crate::protocol::ErrorCode;
 use crate::protocol::frames::{encode, encode_message, encode_retry};
 use crate::protocol::{
     ClientId, CloseCode, Cursor, Frame, MsgKind, RoomName, ServerMsg, Status, StoredMsg, Username,

@@ -26,6 +26,18 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    pub const ALL: [CloseCode; 9] = [
+        CloseCode::Normal,
+        CloseCode::GoingAway,
+        CloseCode::ProtocolError,
+        CloseCode::Unsupported,
+        CloseCode::InvalidData,
+        CloseCode::Policy,
+        CloseCode::TooBig,
+        CloseCode::Replaced,
+        CloseCode::Evicted,
+    ];
+
     pub fn code(self) -> u16 {
         match self {
             CloseCode::Normal => 1000,

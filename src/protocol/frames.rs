@@ -2,18 +2,63 @@
 //! Parsing is strict about types and lenient about extra fields (`room`,
 //! `sender`, `ts` sent by a client are ignored: the session supplies them).
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
+use super::error_code::ErrorCode;
 use super::message::{Cursor, Status, StoredMsg};
 use super::names::Username;
 use super::time::format_ts;
-use crate::error::ErrorCode;
 
 /// An encoded server frame: JSON text, reference-counted so one broadcast is
-/// serialized once and shared by every recipient's queue.
-pub type Frame = Utf8Bytes;
+/// serialized once and shared by every recipient's queue (a clone is a
+/// reference-count bump, never a copy). Always valid UTF-8: it is built only
+/// from a `String`, so the session writer hands it to the WebSocket library
+/// as text without checking it again.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    pub fn as_str(&self) -> &str {
+        // Built only from `String`s (see `From<String>`), so always UTF-8;
+        // the fallback is never taken and needs no unsafe.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The UTF-8 bytes, shared (no copy).
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for Frame {
+    fn from(s: String) -> Self {
+        Frame(Bytes::from(s))
+    }
+}
+
+impl From<&'static str> for Frame {
+    fn from(s: &'static str) -> Self {
+        Frame(Bytes::from_static(s.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
 
 /// Content limit in Unicode scalar values, after trimming.
 pub const MAX_CONTENT_CHARS: usize = 4000;
@@ -278,6 +323,24 @@ impl<'a> WireMsg<'a> {
     }
 }
 
+/// A page of history as clients see it, oldest first: the body of the HTTP
+/// history endpoint, and (with `type` and `req`) of the `history` frame.
+#[derive(Serialize)]
+pub struct HistoryPage<'a> {
+    pub messages: Vec<WireMsg<'a>>,
+    pub more: bool,
+}
+
+impl<'a> HistoryPage<'a> {
+    /// `msgs`: each message with its status (`None`: not on disk yet).
+    pub fn new(msgs: &'a [(Arc<StoredMsg>, Option<Status>)], more: bool) -> Self {
+        HistoryPage {
+            messages: msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
+            more,
+        }
+    }
+}
+
 #[derive(Serialize)]
 pub struct Limits {
     pub max_frame: usize,
@@ -352,6 +415,30 @@ pub fn encode_error(e: &FrameError) -> Frame {
         id: e.id.as_deref(),
         retry_after_ms: None,
     })
+}
+
+/// The `history` frame: one page, answering `req` if the client sent one.
+pub fn encode_history(page: HistoryPage<'_>, req: Option<&str>) -> Frame {
+    encode(&ServerMsg::History {
+        messages: page.messages,
+        more: page.more,
+        req,
+    })
+}
+
+/// The `saved` receipt to a message's sender: it is on disk.
+pub fn encode_saved(id: &Uuid) -> Frame {
+    encode(&ServerMsg::Receipt {
+        id,
+        status: Status::Saved.as_str(),
+        by: None,
+    })
+}
+
+/// `unavailable`: the message (its `id`, if any) was not accepted; resend
+/// after `retry_after_ms`.
+pub fn encode_unavailable(message: &str, id: Option<&str>, retry_after_ms: u64) -> Frame {
+    encode_retry(ErrorCode::Unavailable, message, id, retry_after_ms)
 }
 
 pub fn encode_retry(
@@ -480,6 +567,39 @@ mod tests {
             ))
             .is_ok()
         );
+    }
+
+    #[test]
+    fn saved_and_unavailable_frames() {
+        let id = Uuid::parse_str(ID).unwrap();
+        assert_eq!(
+            encode_saved(&id).as_str(),
+            format!(r#"{{"type":"receipt","id":"{ID}","status":"saved"}}"#)
+        );
+        assert_eq!(
+            encode_unavailable("busy", Some(ID), 100).as_str(),
+            format!(
+                r#"{{"type":"error","code":"unavailable","message":"busy","id":"{ID}","retry_after_ms":100}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn a_frame_clone_shares_its_bytes() {
+        let f = encode_message(&StoredMsg {
+            id: Uuid::parse_str(ID).unwrap(),
+            kind: crate::protocol::MsgKind::Chat,
+            room: crate::protocol::RoomName::parse("lobby").unwrap(),
+            sender: Username::parse("ann").unwrap(),
+            target: None,
+            content: "hi".into(),
+            action: false,
+            ts_ms: 0,
+            cursor: Cursor::ZERO,
+        });
+        let g = f.clone();
+        assert_eq!(f.as_str().as_ptr(), g.as_str().as_ptr());
+        assert_eq!(f.into_bytes().as_ptr(), g.into_bytes().as_ptr());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `/commands`, parsed on the session's task (never in the hub).
 
-use crate::error::ErrorCode;
+use crate::protocol::ErrorCode;
 use crate::protocol::Username;
 
 /// What a command turns into.

@@ -22,10 +22,10 @@ use tracing::Instrument;
 
 use crate::auth::Identity;
 use crate::hub::{HubHandle, Joined, SessionLink};
-use crate::metrics::{Metrics, Out};
-use crate::protocol::frames::{Limits, MAX_CONTENT_CHARS, encode};
-use crate::protocol::{ClientId, CloseCode, Cursor, Frame, PageDir, RoomName, ServerMsg, WireMsg};
-use crate::storage::{StorageHandle, Store};
+use crate::metrics::{Metrics, Out, close_label};
+use crate::protocol::frames::{HistoryPage, Limits, MAX_CONTENT_CHARS, encode, encode_history};
+use crate::protocol::{ClientId, CloseCode, Cursor, Frame, RoomName, ServerMsg};
+use crate::storage::{HistoryQuery, StorageHandle, Store, Want};
 
 /// Messages a resume (`since`) replays at most; `more: true` beyond.
 const RESUME_MAX: usize = 1000;
@@ -135,12 +135,10 @@ where
         tracing::error!(error = %e, "session writer failed");
     }
     active.dec();
-    // `none`: the peer went away without a close handshake.
-    let code = close_tx
-        .borrow()
-        .map_or_else(|| "none".to_owned(), |c| c.code().to_string());
-    ctx.metrics.closes.with_label_values(&[&code]).inc();
-    tracing::debug!(close = %code, "session ended");
+    // `None`: the peer went away without a close handshake.
+    let code = *close_tx.borrow();
+    ctx.metrics.closed(code).inc();
+    tracing::debug!(close = %close_label(code), "session ended");
 }
 
 /// `welcome` and `history`: sent before anything from the queue, so nothing
@@ -148,35 +146,27 @@ where
 async fn preamble(ctx: &SessionCtx, req: &JoinRequest, id: Uuid, joined: Joined) -> Vec<Frame> {
     let user = &req.identity.username;
     let timer = ctx.metrics.history("join").start_timer();
-    let read = {
-        let (room, user, since) = (req.room.clone(), user.clone(), req.since.clone());
-        let (head, pending) = (joined.head, joined.pending);
-        // Off the async workers: the resume lookup and the page read sled.
-        ctx.store.blocking(move |store| {
-            let since = match since.as_deref().and_then(Cursor::parse) {
-                Some(c)
-                    if store.has_cursor(&room, c, &pending).unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "resume lookup failed");
-                        false
-                    }) =>
-                {
-                    Some(c)
-                }
-                _ => None,
-            };
-            let (dir, limit) = match since {
-                Some(c) => (PageDir::After(c), RESUME_MAX),
-                None => (PageDir::Latest, JOIN_HISTORY),
-            };
-            let page = store.page(&room, &user, dir, limit, Some(head), &pending)?;
-            Ok((since, page))
-        })
+    let query = HistoryQuery {
+        room: req.room.clone(),
+        viewer: user.clone(),
+        want: Want::Resume {
+            since: req.since.as_deref().and_then(Cursor::parse),
+            max: RESUME_MAX,
+            latest: JOIN_HISTORY,
+        },
+        upto: Some(joined.head),
     };
-    let (since, page) = read.await.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "history read failed on join");
-        (None, crate::storage::Page::empty())
-    });
-    ctx.metrics.history_examined.observe(page.examined as f64);
+    let fetched = ctx
+        .store
+        .fetch_history(query, joined.pending, &ctx.metrics)
+        .await;
+    let (page, resumed) = match &fetched {
+        Ok(f) => (HistoryPage::new(&f.page.msgs, f.page.more), f.resumed),
+        Err(e) => {
+            tracing::error!(error = %e, "history read failed on join");
+            (HistoryPage::new(&[], false), false)
+        }
+    };
     let session = id.to_string();
     let welcome = encode(&ServerMsg::Welcome {
         user: user.as_str(),
@@ -184,7 +174,7 @@ async fn preamble(ctx: &SessionCtx, req: &JoinRequest, id: Uuid, joined: Joined)
         node: &ctx.node,
         session: &session,
         client: req.client.as_str(),
-        resumed: since.is_some(),
+        resumed,
         limits: Limits {
             max_frame: ctx.cfg.max_frame,
             max_content: MAX_CONTENT_CHARS,
@@ -192,11 +182,7 @@ async fn preamble(ctx: &SessionCtx, req: &JoinRequest, id: Uuid, joined: Joined)
             burst: ctx.cfg.burst,
         },
     });
-    let history = encode(&ServerMsg::History {
-        messages: page.msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
-        more: page.more,
-        req: None,
-    });
+    let history = encode_history(page, None);
     drop(timer);
     ctx.metrics.out(Out::Welcome).inc();
     ctx.metrics.out(Out::History).inc();

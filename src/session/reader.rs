@@ -12,14 +12,17 @@ use uuid::Uuid;
 
 use super::commands::{self, Command};
 use super::{JoinRequest, SessionCtx};
-use crate::error::ErrorCode;
 use crate::hub::{HubCmd, NewMsg, RETRY_AFTER_MS};
 use crate::metrics::Out;
-use crate::protocol::frames::{check_content, encode, encode_error, encode_retry, parse_client};
-use crate::protocol::{
-    ClientMsg, CloseCode, Frame, FrameError, MsgKind, ServerMsg, Status, WireMsg, time::now_ms,
+use crate::protocol::ErrorCode;
+use crate::protocol::frames::{
+    HistoryPage, check_content, encode, encode_error, encode_history, encode_retry, encode_saved,
+    encode_unavailable, parse_client,
 };
-use crate::storage::{AckCmd, Refused, StorageCmd, StorageState};
+use crate::protocol::{
+    ClientMsg, CloseCode, Frame, FrameError, MsgKind, PageDir, ServerMsg, time::now_ms,
+};
+use crate::storage::{HistoryQuery, IdUse, Refused, StorageState, Want};
 
 struct Reader<'a> {
     ctx: &'a SessionCtx,
@@ -218,21 +221,9 @@ impl Reader<'_> {
                 .await
             }
             ClientMsg::Ack { ids, status } => {
-                let cmd = StorageCmd::Ack(AckCmd {
-                    by: self.req.identity.username.clone(),
-                    ids,
-                    status,
-                });
-                if let Err(refused) = self.ctx.storage.try_send(cmd) {
-                    self.fail(
-                        ErrorCode::Unavailable,
-                        encode_retry(
-                            ErrorCode::Unavailable,
-                            refused.message(),
-                            None,
-                            refused.retry_after_ms(),
-                        ),
-                    );
+                let by = self.req.identity.username.clone();
+                if let Err(refused) = self.ctx.storage.ack(by, ids, status) {
+                    self.fail(ErrorCode::Unavailable, refused.frame(None));
                 }
             }
             ClientMsg::History { dir, limit, req } => self.history(dir, limit, req).await,
@@ -281,48 +272,29 @@ impl Reader<'_> {
         let id_text = id.to_string();
         if self.ctx.storage.health().state() == StorageState::Failed {
             // sled fails every read now too: answer without a lookup (and a log line) per message.
-            let why = Refused::Failed;
             return self.fail(
                 ErrorCode::Unavailable,
-                encode_retry(
-                    ErrorCode::Unavailable,
-                    why.message(),
-                    Some(&id_text),
-                    why.retry_after_ms(),
-                ),
+                Refused::Failed.frame(Some(&id_text)),
             );
         }
-        match self.ctx.store.msgref(&id) {
-            Ok(Some(r)) if &r.sender == user && &r.room == room => {
-                self.push(
-                    encode(&ServerMsg::Receipt {
-                        id: &id,
-                        status: Status::Saved.as_str(),
-                        by: None,
-                    }),
-                    Out::Receipt,
-                );
-                return;
-            }
-            Ok(Some(_)) => {
+        match self.ctx.store.classify_id(&id, user, room) {
+            Ok(IdUse::Resend) => return self.push(encode_saved(&id), Out::Receipt),
+            Ok(IdUse::Conflict) => {
                 return self.error(
                     ErrorCode::Conflict,
                     "this id names another message",
                     Some(&id_text),
                 );
             }
-            Ok(None) => {}
+            Ok(IdUse::Fresh) => {}
             Err(e) => {
                 tracing::error!(error = %e, "id index lookup failed");
-                return self.fail(
-                    ErrorCode::Unavailable,
-                    encode_retry(
-                        ErrorCode::Unavailable,
-                        "storage error; resend later",
-                        Some(&id_text),
-                        RETRY_AFTER_MS,
-                    ),
+                let f = encode_unavailable(
+                    "storage error; resend later",
+                    Some(&id_text),
+                    RETRY_AFTER_MS,
                 );
+                return self.fail(ErrorCode::Unavailable, f);
             }
         }
         let target_known = match &target {
@@ -344,43 +316,26 @@ impl Reader<'_> {
         .await;
     }
 
-    async fn history(&self, dir: crate::protocol::PageDir, limit: usize, req: Option<String>) {
+    async fn history(&self, dir: PageDir, limit: usize, req: Option<String>) {
         let _timer = self.ctx.metrics.history("page").start_timer();
         let room = self.req.room.clone();
         let pending = self.ctx.hub.pending(room.clone()).await.unwrap_or_default();
-        let user = self.req.identity.username.clone();
-        // Off the async workers: the page reads sled.
-        let page = self
-            .ctx
-            .store
-            .blocking(move |store| store.page(&room, &user, dir, limit, None, &pending))
-            .await;
-        match page {
-            Ok(page) => {
-                self.ctx
-                    .metrics
-                    .history_examined
-                    .observe(page.examined as f64);
-                self.push(
-                    encode(&ServerMsg::History {
-                        messages: page.msgs.iter().map(|(m, s)| WireMsg::new(m, *s)).collect(),
-                        more: page.more,
-                        req: req.as_deref(),
-                    }),
-                    Out::History,
-                );
-            }
+        let query = HistoryQuery {
+            room,
+            viewer: self.req.identity.username.clone(),
+            want: Want::Page(dir, limit),
+            upto: None,
+        };
+        let ctx = self.ctx;
+        match ctx.store.fetch_history(query, pending, &ctx.metrics).await {
+            Ok(f) => self.push(
+                encode_history(HistoryPage::new(&f.page.msgs, f.page.more), req.as_deref()),
+                Out::History,
+            ),
             Err(e) => {
                 tracing::error!(error = %e, "history read failed");
-                self.fail(
-                    ErrorCode::Unavailable,
-                    encode_retry(
-                        ErrorCode::Unavailable,
-                        "storage error; retry",
-                        None,
-                        RETRY_AFTER_MS,
-                    ),
-                );
+                let f = encode_unavailable("storage error; retry", None, RETRY_AFTER_MS);
+                self.fail(ErrorCode::Unavailable, f);
             }
         }
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures_util::{Sink, SinkExt};
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::protocol::{CloseCode, Frame};
 
@@ -78,9 +78,18 @@ where
     W: Sink<Message> + Unpin,
 {
     for f in batch.drain(..).flatten() {
-        sink.feed(Message::Text(f)).await?;
+        sink.feed(Message::Text(text(f))).await?;
     }
     sink.flush().await
+}
+
+/// Our frame as tungstenite's text payload: the same shared bytes (a frame
+/// sent to a thousand sessions is still one allocation), and no second UTF-8
+/// check per recipient, which `Utf8Bytes::try_from` would make.
+fn text(f: Frame) -> Utf8Bytes {
+    // SAFETY: a `Frame` is made only from a `String` or a `&str`
+    // (protocol::frames, private field), so its bytes are valid UTF-8.
+    unsafe { Utf8Bytes::from_bytes_unchecked(f.into_bytes()) }
 }
 
 #[cfg(test)]
@@ -111,6 +120,19 @@ mod tests {
         fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
             Poll::Pending
         }
+    }
+
+    #[test]
+    fn a_frame_becomes_text_without_a_copy() {
+        let f = Frame::from(String::from(r#"{"type":"system","content":"héllo"}"#));
+        let ptr = f.as_str().as_ptr();
+        let t = text(f.clone());
+        assert_eq!(t.as_str(), f.as_str());
+        assert_eq!(
+            t.as_str().as_ptr(),
+            ptr,
+            "the payload must share the frame's bytes"
+        );
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ use std::ops::Bound;
 use std::sync::Arc;
 
 use super::{Record, Result, Store, log_key};
+use crate::metrics::Metrics;
 use crate::protocol::{Cursor, PageDir, RoomName, Status, StoredMsg, Username};
 
 /// A message of a page and its status (`None`: not on disk yet).
@@ -37,11 +38,81 @@ impl Page {
     }
 }
 
+/// One history read: whose, where, which page.
+pub struct HistoryQuery {
+    pub room: RoomName,
+    pub viewer: Username,
+    pub want: Want,
+    /// The newest cursor considered (the room's head when a session joined),
+    /// so that a page and the live stream after it never overlap.
+    pub upto: Option<Cursor>,
+}
+
+/// Which page a history read wants.
+#[derive(Clone, Copy, Debug)]
+pub enum Want {
+    /// `limit` messages in direction `dir` (the `history` frame, HTTP).
+    Page(PageDir, usize),
+    /// A join: up to `max` messages after `since` if it names a message of
+    /// the room (a resume), else the latest `latest`.
+    Resume {
+        since: Option<Cursor>,
+        max: usize,
+        latest: usize,
+    },
+}
+
+/// What a history read found.
+pub struct Fetched {
+    pub page: Page,
+    /// A `Want::Resume` found its cursor and continued after it.
+    pub resumed: bool,
+}
+
 impl Store {
+    /// The one history read used by a join, the `history` frame and the HTTP
+    /// endpoint: the disk page merged with the hub's not-yet-durable messages
+    /// of the room (`pending`), read off the async workers, its work counted
+    /// in `hubbub_history_examined`.
+    pub async fn fetch_history(
+        &self,
+        q: HistoryQuery,
+        pending: Vec<Arc<StoredMsg>>,
+        metrics: &Metrics,
+    ) -> Result<Fetched> {
+        let fetched = self
+            .blocking(move |store| store.fetch_now(&q, &pending))
+            .await?;
+        metrics
+            .history_examined
+            .observe(fetched.page.examined as f64);
+        Ok(fetched)
+    }
+
+    fn fetch_now(&self, q: &HistoryQuery, pending: &[Arc<StoredMsg>]) -> Result<Fetched> {
+        let (dir, limit, resumed) = match q.want {
+            Want::Page(dir, limit) => (dir, limit, false),
+            Want::Resume { since, max, latest } => {
+                let found = since.filter(|&c| {
+                    self.has_cursor(&q.room, c, pending).unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "resume lookup failed");
+                        false
+                    })
+                });
+                match found {
+                    Some(c) => (PageDir::After(c), max, true),
+                    None => (PageDir::Latest, latest, false),
+                }
+            }
+        };
+        let page = self.page(&q.room, &q.viewer, dir, limit, q.upto, pending)?;
+        Ok(Fetched { page, resumed })
+    }
+
     /// Up to `limit` visible messages in direction `dir`; `upto` caps the newest
     /// cursor considered (the room's head when a session joined), so a page and
     /// the live stream after it never overlap.
-    pub fn page(
+    pub(super) fn page(
         &self,
         room: &RoomName,
         viewer: &Username,
@@ -161,7 +232,7 @@ impl Store {
     }
 
     /// Whether `cursor` names a message of this room, on disk or pending.
-    pub fn has_cursor(
+    pub(super) fn has_cursor(
         &self,
         room: &RoomName,
         cursor: Cursor,

@@ -16,6 +16,7 @@
 mod accounts;
 mod health;
 mod history;
+mod ids;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -31,16 +32,35 @@ use uuid::Uuid;
 
 pub use accounts::{PurgeStats, RefreshRecord, SpendOutcome, UserRecord};
 pub use health::{StorageHealth, StorageState, free_bytes};
-pub use history::Page;
+pub use history::{Fetched, HistoryQuery, Page, Want};
+pub use ids::IdUse;
 pub use writer::{
     AckCmd, DurableMsg, Refused, StorageCmd, StorageEvent, StorageHandle, StorageTask,
     StorageWriterConfig,
 };
 
-use crate::error::InternalError;
+use crate::error::{InternalError, StorageFault, StorageFaultKind};
 use crate::protocol::{Cursor, MsgKind, RoomName, Status, Username};
 
 pub type Result<T> = std::result::Result<T, InternalError>;
+
+/// sled's errors become `InternalError::Storage`, classified here: the rest of
+/// the server sees a `StorageFaultKind`, never sled.
+impl From<sled::Error> for InternalError {
+    fn from(e: sled::Error) -> Self {
+        InternalError::Storage(StorageFault::new(fault_kind(&e), e))
+    }
+}
+
+fn fault_kind(e: &sled::Error) -> StorageFaultKind {
+    match e {
+        // sled wraps the lock failure in an `Io` error; its text is the only mark.
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StorageFaultKind::LockHeld
+        }
+        _ => StorageFaultKind::Other,
+    }
+}
 
 const BINCODE: bincode::config::Configuration = bincode::config::standard();
 
@@ -297,8 +317,9 @@ impl Store {
         Ok(last)
     }
 
-    /// The index entry of a stored message.
-    pub fn msgref(&self, id: &Uuid) -> Result<Option<MsgRef>> {
+    /// The index entry of a stored message. Outside storage, ids are judged
+    /// by `classify_id` (ids.rs).
+    fn msgref(&self, id: &Uuid) -> Result<Option<MsgRef>> {
         self.inner
             .msgid_msgref
             .get(id.as_bytes())?

@@ -205,3 +205,46 @@ async fn an_undecodable_record_is_skipped_and_counted() {
     assert!(store.users().unwrap().is_empty());
     assert_eq!(store.decode_errors().with_label_values(&["user"]).get(), 1);
 }
+
+/// sled's lock failure is classified here, in storage: the server retries an
+/// open only on `LockHeld`, and the rest of the server never matches sled.
+#[test]
+fn a_held_lock_is_classified_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = Store::open(dir.path(), 1 << 20).unwrap();
+    let Err(e) = Store::open(dir.path(), 1 << 20) else {
+        panic!("a second open of a held database succeeded");
+    };
+    assert!(e.is_lock_held(), "not classified as a held lock: {e}");
+    assert!(e.to_string().contains("could not acquire lock"), "{e}");
+}
+
+/// The id index answers the id rule (ids.rs): the sender's own resend in
+/// the same room, someone else's id, and a fresh one.
+#[tokio::test]
+async fn classify_id_follows_the_rule_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 16 << 20).unwrap();
+    let room = RoomName::parse("r").unwrap();
+    let m = msg(&room, 1, "alice", None);
+    let id = m.id;
+    write(&store, vec![m]).await;
+    let other = RoomName::parse("s").unwrap();
+    assert_eq!(
+        store.classify_id(&id, &user("alice"), &room).unwrap(),
+        IdUse::Resend
+    );
+    assert_eq!(
+        store.classify_id(&id, &user("bob"), &room).unwrap(),
+        IdUse::Conflict
+    );
+    assert_eq!(
+        store.classify_id(&id, &user("alice"), &other).unwrap(),
+        IdUse::Conflict
+    );
+    let fresh = Uuid::new_v4();
+    assert_eq!(
+        store.classify_id(&fresh, &user("alice"), &room).unwrap(),
+        IdUse::Fresh
+    );
+}

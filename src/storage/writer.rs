@@ -18,10 +18,12 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::health::{SpaceGuard, StorageHealth, StorageState};
+use super::ids::IdUse;
 use super::{MsgRef, Result, Store, encode, log_key, receipt_key};
 use crate::error::InternalError;
 use crate::metrics::Metrics;
-use crate::protocol::{MsgKind, RoomName, Status, StoredMsg, Username};
+use crate::protocol::frames::encode_unavailable;
+use crate::protocol::{Frame, MsgKind, RoomName, Status, StoredMsg, Username};
 
 /// Most commands taken per batch: bounds one batch's latency and memory.
 const MAX_BATCH: usize = 1024;
@@ -113,6 +115,12 @@ impl Refused {
             Refused::Full | Refused::Failed => RETRY_DEGRADED_MS,
         }
     }
+
+    /// The `unavailable` error frame for the refused message (its `id`, if
+    /// any), with this refusal's message and `retry_after_ms`.
+    pub fn frame(self, id: Option<&str>) -> Frame {
+        encode_unavailable(self.message(), id, self.retry_after_ms())
+    }
 }
 
 /// Handle on the writer task. Cloning shares the queue.
@@ -163,6 +171,16 @@ impl StorageHandle {
             _ => {}
         }
         self.tx.try_send(cmd).map_err(|_| Refused::Busy)
+    }
+
+    /// Queues one recipient's receipts (`ack`), unless storage refuses them.
+    pub fn ack(
+        &self,
+        by: Username,
+        ids: Vec<Uuid>,
+        status: Status,
+    ) -> std::result::Result<(), Refused> {
+        self.try_send(StorageCmd::Ack(AckCmd { by, ids, status }))
     }
 
     /// Queued commands not yet taken by the writer.
@@ -377,9 +395,7 @@ impl Store {
                 });
                 // Keyed by id: a message already stored (a resend that raced the
                 // hub's in-memory check) is reported durable and written once.
-                if !seen_in_batch.insert(m.id)
-                    || self.inner.msgid_msgref.contains_key(m.id.as_bytes())?
-                {
+                if !seen_in_batch.insert(m.id) || !self.id_is_fresh(m)? {
                     continue;
                 }
                 let r = MsgRef {
@@ -424,6 +440,18 @@ impl Store {
             stored,
             bytes: bytes_total,
         })
+    }
+
+    /// Whether an appended message's id is new on disk (ids.rs has the rule).
+    /// The hub let only fresh ids through, from its cache of the index; a
+    /// resend that raced it is not written again. An index record that does
+    /// not decode names a message too: it is not overwritten.
+    fn id_is_fresh(&self, m: &StoredMsg) -> Result<bool> {
+        match self.classify_id(&m.id, &m.sender, &m.room) {
+            Ok(class) => Ok(class == IdUse::Fresh),
+            Err(InternalError::Decode(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// One recipient's receipt. Ignored (None) when PROTOCOL.md says so: unknown
