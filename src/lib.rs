@@ -27,18 +27,12 @@
 //!   (keys, the JWT secret). Used by `auth`, `tls` and `server`.
 //! - [`admin`]: `hubbub user …` against a stopped server's data directory.
 //! - [`config`], [`error`]: used anywhere.
-//! - [`client`]: a small Rust client of the wire protocol, used by the tests
-//!   and the load generator.
-//! - [`hostile`]: a client that sends bad frames by hand and checks each
-//!   documented answer (fuzzing over real sockets; tests and the load generator).
 
 pub mod admin;
 pub mod auth;
-pub mod client;
 pub mod config;
 pub mod error;
 pub mod files;
-pub mod hostile;
 pub mod http;
 pub mod hub;
 pub mod metrics;
