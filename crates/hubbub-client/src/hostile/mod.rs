@@ -6,7 +6,7 @@
 //! [`raw`] frames them by hand (tungstenite refuses to send most of them),
 //! [`drive`] sends them over many connections and checks every answer, and
 //! [`calm`] keeps a well-behaved pair chatting meanwhile. Used by
-//! `hubbub-bench fuzz` and tests/fuzz_live.rs; the server never uses it.
+//! `hubbub-bench fuzz` and tests/it/fuzz_live.rs; the server never uses it.
 
 mod answers;
 pub mod calm;
