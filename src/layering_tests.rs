@@ -7,10 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Modules outside the map for now: they are moving out into the client
-/// crate (tests and the load generator are their only users).
-const EXEMPT: [&str; 2] = ["client", "hostile"];
-
 /// External crates and the modules that alone may name them.
 const CRATE_OWNERS: [(&str, &[&str]); 8] = [
     ("sled", &["storage"]),
@@ -72,11 +68,7 @@ fn map_edges(lib_rs: &str) -> BTreeMap<String, BTreeSet<String>> {
             continue;
         };
         let Some((_, allowed)) = rest.split_once("May import:") else {
-            assert!(
-                EXEMPT.contains(&name),
-                "the map's bullet for `{name}` does not say what it may import"
-            );
-            continue;
+            panic!("the map's bullet for `{name}` does not say what it may import");
         };
         let allowed = allowed.split('.').next().unwrap_or("");
         let names: BTreeSet<String> = allowed
@@ -221,9 +213,6 @@ fn breaches(src: &Path) -> Vec<String> {
             continue;
         };
         seen.insert(module.clone());
-        if EXEMPT.contains(&module.as_str()) {
-            continue;
-        }
         let Some(allowed) = map.get(&module) else {
             bad.push(format!(
                 "{}: module `{module}` is not on the map in lib.rs",
@@ -322,7 +311,6 @@ fn the_map_parses() {
         ["protocol", "error", "metrics"].map(String::from).into()
     );
     assert!(map["server"].contains("http"));
-    assert!(!map.contains_key("client"));
 }
 
 #[test]

@@ -43,10 +43,6 @@
 //!   `config`.
 //! - [`admin`]: `hubbub user …` against a stopped server's data directory.
 //!   May import: `storage`, `protocol`, `config`.
-//! - [`client`]: a small Rust client of the wire protocol, used by the tests
-//!   and the load generator.
-//! - [`hostile`]: a client that sends bad frames by hand and checks each
-//!   documented answer (fuzzing over real sockets; tests and the load generator).
 //!
 //! Rules beyond the edges, checked the same way:
 //! - only `storage` names `sled`; only `http` names `warp`, `hyper`,
@@ -60,16 +56,14 @@
 //!   `Store::was_member`, `StorageHandle::ack`, `StorageHandle::health`,
 //!   `StorageHandle::depth`.
 //!
-//! `client` and `hostile` are outside the checked map (test and load-generator
-//! code on its way into a crate of its own).
+//! The protocol client (`hubbub-client`) and the load generator
+//! (`hubbub-bench`) are crates of their own in the workspace (crates/).
 
 pub mod admin;
 pub mod auth;
-pub mod client;
 pub mod config;
 pub mod error;
 pub mod files;
-pub mod hostile;
 pub mod http;
 pub mod hub;
 #[cfg(test)]

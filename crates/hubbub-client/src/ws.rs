@@ -1,0 +1,178 @@
+//! WebSocket sessions: the upgrade (with the server's refusal status), typed
+//! frames out, JSON frames and the close code in.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use futures_util::{SinkExt, StreamExt};
+use hubbub::protocol::ClientMsg;
+use serde_json::Value;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::frames;
+use crate::http::{Account, Endpoint, Io};
+
+/// A WebSocket session.
+pub struct WsClient {
+    pub ws: WebSocketStream<Box<dyn Io>>,
+}
+
+/// Why an upgrade did not happen: the HTTP status (401, 403, 307, …) or a transport error.
+#[derive(Debug)]
+pub enum ConnectError {
+    Status(u16, Option<String>),
+    Other(anyhow::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Status(s, _) => write!(f, "upgrade refused with {s}"),
+            ConnectError::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// Opens `/ws?{query}` with the given extra headers (cookie, origin, …).
+pub async fn connect(
+    ep: impl Into<Endpoint>,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Result<WsClient, ConnectError> {
+    let ep = ep.into();
+    let addr = ep.addr;
+    let url = format!(
+        "{}://{addr}/ws{}{query}",
+        if ep.is_tls() { "wss" } else { "ws" },
+        if query.is_empty() { "" } else { "?" }
+    );
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| ConnectError::Other(e.into()))?;
+    for (k, v) in headers {
+        let v = HeaderValue::from_str(v).map_err(|e| ConnectError::Other(e.into()))?;
+        let k = tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|e| ConnectError::Other(e.into()))?;
+        req.headers_mut().insert(k, v);
+    }
+    let tcp = ep.connect().await.map_err(ConnectError::Other)?;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .max_message_size(Some(64 << 20));
+    match tokio_tungstenite::client_async_with_config(req, tcp, Some(config)).await {
+        Ok((ws, _)) => Ok(WsClient { ws }),
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned());
+            Err(ConnectError::Status(resp.status().as_u16(), body))
+        }
+        Err(e) => Err(ConnectError::Other(e.into())),
+    }
+}
+
+/// Connects as `account` to `room` with optional client id and `since`.
+pub async fn join(
+    ep: impl Into<Endpoint>,
+    account: &Account,
+    room: &str,
+    client: Option<&str>,
+    since: Option<&str>,
+) -> anyhow::Result<WsClient> {
+    let mut q = format!("room={room}");
+    if let Some(c) = client {
+        q.push_str(&format!("&client={c}"));
+    }
+    if let Some(s) = since {
+        q.push_str(&format!("&since={s}"));
+    }
+    let cookie = account.cookie_header();
+    connect(ep, &q, &[("cookie", &cookie)])
+        .await
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// What `WsClient::recv` returns: a JSON frame or how the connection ended.
+#[derive(Debug)]
+pub enum Incoming {
+    Frame(Value),
+    Closed(Option<u16>),
+}
+
+impl WsClient {
+    /// Sends a frame of the protocol, serialized as the server parses it.
+    pub async fn send(&mut self, msg: &ClientMsg) -> anyhow::Result<()> {
+        self.send_text(frames::encode(msg)).await
+    }
+
+    /// Sends any JSON value as a text frame (for frames the protocol does not
+    /// allow: the tests of the server's answers to them).
+    pub async fn send_json(&mut self, v: &Value) -> anyhow::Result<()> {
+        self.send_text(v.to_string()).await
+    }
+
+    pub async fn send_text(&mut self, s: String) -> anyhow::Result<()> {
+        self.ws.send(Message::Text(s.into())).await.context("send")
+    }
+
+    pub async fn send_raw(&mut self, m: Message) -> anyhow::Result<()> {
+        self.ws.send(m).await.context("send")
+    }
+
+    /// The next JSON frame or close, skipping pings; `None` after `timeout`.
+    pub async fn recv(&mut self, timeout: Duration) -> Option<Incoming> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match m {
+                None => return Some(Incoming::Closed(None)),
+                Some(Err(_)) => return Some(Incoming::Closed(None)),
+                Some(Ok(Message::Text(t))) => {
+                    return Some(Incoming::Frame(
+                        serde_json::from_str(t.as_str()).unwrap_or(Value::Null),
+                    ));
+                }
+                Some(Ok(Message::Close(f))) => {
+                    return Some(Incoming::Closed(f.map(|f| u16::from(f.code))));
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next frame whose `type` is `ty`, skipping others; errors on close or timeout.
+    pub async fn expect(&mut self, ty: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv(left).await {
+                Some(Incoming::Frame(v)) if v["type"] == ty => return Ok(v),
+                Some(Incoming::Frame(_)) => continue,
+                Some(Incoming::Closed(c)) => bail!("closed ({c:?}) while waiting for {ty}"),
+                None => bail!("timed out waiting for {ty}"),
+            }
+        }
+    }
+
+    /// Waits for the server to close the connection; returns the close code.
+    pub async fn expect_close(&mut self, timeout: Duration) -> anyhow::Result<Option<u16>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv(left).await {
+                Some(Incoming::Frame(_)) => continue,
+                Some(Incoming::Closed(c)) => return Ok(c),
+                None => bail!("timed out waiting for close"),
+            }
+        }
+    }
+}
