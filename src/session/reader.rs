@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::commands::{self, Command};
 use super::{JoinRequest, SessionCtx};
 use crate::error::ErrorCode;
-use crate::hub::{HubCmd, NewMsg, RETRY_AFTER_MS};
+use crate::hub::{NewMsg, RETRY_AFTER_MS};
 use crate::metrics::Out;
 use crate::protocol::frames::{check_content, encode, encode_error, encode_retry, parse_client};
 use crate::protocol::{
@@ -189,11 +189,6 @@ impl Reader<'_> {
         );
     }
 
-    async fn hub(&self, cmd: HubCmd) {
-        // The hub is gone only during shutdown; the session is about to close.
-        let _ = self.ctx.hub.send(cmd).await;
-    }
-
     async fn handle(&self, m: ClientMsg) {
         match m {
             ClientMsg::Chat { id, content } if content.starts_with('/') => {
@@ -211,11 +206,8 @@ impl Reader<'_> {
                     .await
             }
             ClientMsg::Typing { active } => {
-                self.hub(HubCmd::Typing {
-                    session: self.session,
-                    active,
-                })
-                .await
+                // The hub is gone only during shutdown; the session is about to close.
+                let _ = self.ctx.hub.typing(self.session, active).await;
             }
             ClientMsg::Ack { ids, status } => {
                 let cmd = StorageCmd::Ack(AckCmd {
@@ -251,10 +243,7 @@ impl Reader<'_> {
                     .await
             }
             Ok(Command::Who) => {
-                self.hub(HubCmd::Who {
-                    session: self.session,
-                })
-                .await
+                let _ = self.ctx.hub.who(self.session).await;
             }
             Ok(Command::Reply(text)) => self.push(
                 encode(&ServerMsg::System {
@@ -337,11 +326,8 @@ impl Reader<'_> {
             action,
             target_known,
         };
-        self.hub(HubCmd::Send {
-            session: self.session,
-            msg,
-        })
-        .await;
+        // The hub is gone only during shutdown; the session is about to close.
+        let _ = self.ctx.hub.post(self.session, msg).await;
     }
 
     async fn history(&self, dir: crate::protocol::PageDir, limit: usize, req: Option<String>) {

@@ -33,8 +33,8 @@ pub use accounts::{PurgeStats, RefreshRecord, SpendOutcome, UserRecord};
 pub use health::{StorageHealth, StorageState, free_bytes};
 pub use history::Page;
 pub use writer::{
-    AckCmd, DurableMsg, Refused, StorageCmd, StorageEvent, StorageHandle, StorageTask,
-    StorageWriterConfig,
+    AckCmd, AppendPermit, DurableMsg, Refused, StorageCmd, StorageEvent, StorageHandle,
+    StorageTask, StorageWriterConfig,
 };
 
 use crate::error::InternalError;
