@@ -14,8 +14,11 @@
 //!   free-space watermark, failed) for the hub and `/readyz`. Imports `protocol`.
 //! - [`auth`]: passwords (argon2id), JWTs, refresh-token rotation. Imports
 //!   `storage` for the account tables.
-//! - [`hub`]: one task that owns all room state; synchronous decisions in
-//!   `hub::state`, bounded queues out. Imports `protocol`, `storage`.
+//! - [`hub`]: one task that owns all room state, used through `HubHandle`'s
+//!   typed methods. A pure core (`HubState::apply(event, now) -> Effects`,
+//!   no tokio, channels, storage handle or metrics) and a shell that carries
+//!   the effects out over bounded queues. Imports `protocol`, `storage`,
+//!   `metrics`.
 //! - [`session`]: one WebSocket connection: reader (rate limit, size, parse,
 //!   commands) and writer (batched writes, pings, close). Imports `hub`.
 //! - [`http`]: the only module that imports warp. Routes, the upgrade, the
