@@ -75,6 +75,19 @@ impl HubState {
             unavailable_to(vec![session], refused, msg.id, fx);
             return;
         }
+        self.accept(msg, user, room, now_ms, fx);
+    }
+
+    /// An admitted new message: cursor, pending, the id cache, the fan-out
+    /// (one frame shared by every recipient), and the append.
+    fn accept(
+        &mut self,
+        msg: NewMsg,
+        user: Username,
+        room: RoomName,
+        now_ms: u64,
+        fx: &mut Effects,
+    ) {
         let cursor = self.head.next(now_ms);
         let stored = Arc::new(StoredMsg {
             id: msg.id,
