@@ -29,8 +29,10 @@
 //!   `metrics`.
 //! - [`tls`]: the local CA (rcgen, or mkcert's), certificate reload, rustls
 //!   config. May import: `files`, `protocol`.
-//! - [`hub`]: one task that owns all room state; synchronous decisions in
-//!   `hub::state`, bounded queues out. May import: `storage`, `protocol`,
+//! - [`hub`]: one task that owns all room state, used through `HubHandle`'s
+//!   typed methods. A pure core (`HubState::apply(event, now) -> Effects`:
+//!   no tokio, channels, storage handle or metrics) and a shell that carries
+//!   the effects out over bounded queues. May import: `storage`, `protocol`,
 //!   `error`, `metrics`.
 //! - [`session`]: one WebSocket connection: reader (rate limit, size, parse,
 //!   commands) and writer (batched writes, pings, close). May import: `hub`,

@@ -25,6 +25,37 @@ pub enum Out {
     Error,
 }
 
+/// Why the server closed a session, as counted in `evictions`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    /// Its queue was full (4002).
+    Slow,
+    /// The same client id joined again (4001).
+    Replaced,
+    /// Over the per-user session cap: the oldest went (4001).
+    TooManySessions,
+    /// Its token family was revoked or its user disabled (1008).
+    Revoked,
+}
+
+impl Eviction {
+    pub const ALL: [Eviction; 4] = [
+        Eviction::Slow,
+        Eviction::Replaced,
+        Eviction::TooManySessions,
+        Eviction::Revoked,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Eviction::Slow => "slow",
+            Eviction::Replaced => "replaced",
+            Eviction::TooManySessions => "too_many_sessions",
+            Eviction::Revoked => "revoked",
+        }
+    }
+}
+
 const OUT_KINDS: [&str; 9] = [
     "welcome", "history", "chat", "private", "receipt", "typing", "presence", "system", "error",
 ];
@@ -463,8 +494,8 @@ impl Metrics {
         for c in CloseCode::ALL.map(Some).into_iter().chain([None]) {
             m.closed(c);
         }
-        for e in ["slow", "replaced", "too_many_sessions", "revoked"] {
-            m.evictions.with_label_values(&[e]);
+        for e in Eviction::ALL {
+            m.eviction(e);
         }
         for r in ["ok", "failed"] {
             m.logins.with_label_values(&[r]);
@@ -501,6 +532,10 @@ impl Metrics {
 
     pub fn out(&self, kind: Out) -> &IntCounter {
         &self.frames_out[kind as usize]
+    }
+
+    pub fn eviction(&self, why: Eviction) -> IntCounter {
+        self.evictions.with_label_values(&[why.as_str()])
     }
 
     /// `table`: `tokens` or `families`.

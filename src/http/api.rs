@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 
@@ -14,11 +15,10 @@ use super::reply::{
     self, REFRESH_COOKIE, access_token, auth_error, clear_cookies, cookie, set_cookies, user_body,
 };
 use crate::auth::{AuthError, Identity, Session};
-use crate::hub::HubCmd;
 use crate::protocol::ErrorCode;
 use crate::protocol::frames::{HistoryPage, page_limit};
 use crate::protocol::time::format_ts;
-use crate::protocol::{Cursor, PageDir, RoomName};
+use crate::protocol::{Cursor, PageDir, RoomName, Username};
 use crate::storage::{HistoryQuery, StorageState, Want};
 
 #[derive(Deserialize)]
@@ -143,13 +143,7 @@ pub async fn refresh(state: AppState, ip: IpAddr, headers: HeaderMap) -> Respons
             if let AuthError::Reused { username, family } = e {
                 state.sessions.metrics.refresh_reuse.inc();
                 // Someone replayed a spent token: whoever holds this family is logged out everywhere.
-                let _ = state
-                    .hub
-                    .send(HubCmd::Kick {
-                        user: username,
-                        family: Some(family),
-                    })
-                    .await;
+                kick_revoked(&state, username, Some(family)).await;
             }
             let mut r = reply::error(
                 ErrorCode::Unauthorized,
@@ -162,16 +156,18 @@ pub async fn refresh(state: AppState, ip: IpAddr, headers: HeaderMap) -> Respons
     }
 }
 
+/// Closes the sessions that a revocation just made invalid (1008): those
+/// opened with `family`, or all of `user`'s when `family` is `None` (account
+/// disabled). Their tokens are refused from now on; this ends what is open.
+async fn kick_revoked(state: &AppState, user: Username, family: Option<Uuid>) {
+    // The hub is gone only during shutdown, which closes every session anyway.
+    let _ = state.hub.kick(user, family).await;
+}
+
 pub async fn logout(state: AppState, headers: HeaderMap) -> Response {
     match state.auth.logout(cookie(&headers, REFRESH_COOKIE)).await {
         Ok(Some((user, family))) => {
-            let _ = state
-                .hub
-                .send(HubCmd::Kick {
-                    user,
-                    family: Some(family),
-                })
-                .await;
+            kick_revoked(&state, user, Some(family)).await;
         }
         Ok(None) => {}
         Err(e) => return auth_error(e),
@@ -324,13 +320,7 @@ pub async fn admin_set_disabled(
     match state.auth.set_disabled(&user, disabled).await {
         Ok(true) => {
             if disabled {
-                let _ = state
-                    .hub
-                    .send(HubCmd::Kick {
-                        user: user.clone(),
-                        family: None,
-                    })
-                    .await;
+                kick_revoked(&state, user.clone(), None).await;
             }
             reply::json(
                 StatusCode::OK,

@@ -1,9 +1,16 @@
-//! The hub: one task that owns all room state. Sessions talk to it through
-//! `HubHandle`; storage reports durable ids and receipts back to it.
+//! The hub: one task that owns all room state. Sessions and HTTP handlers
+//! talk to it through `HubHandle`'s typed methods; storage reports durable
+//! ids and receipts back to it.
 //!
-//! The loop takes commands in batches and applies them with the synchronous
-//! `HubState`; the only timer is the next presence flush.
+//! Two halves. `state` is the pure core: `HubState::apply(event, now)`
+//! returns `Effects` (frames for sessions, the message to append, sessions to
+//! close, what to count, the next timer) and performs none of them. This file
+//! is the shell: the task loop, the session links and per-turn outbox
+//! (`outbox`), the write-ahead queue reservation and the metrics. Whatever
+//! happens out there (a session queue full or closed) goes back into `apply`
+//! as an event, so every decision stays in the core and its tests.
 
+mod outbox;
 mod state;
 
 #[cfg(test)]
@@ -17,15 +24,37 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use state::{HubCmd, HubState, Joined, NewMsg, RETRY_AFTER_MS, SessionLink};
+pub use outbox::SessionLink;
+pub use state::{Joined, NewMsg};
 
 use crate::error::InternalError;
 use crate::metrics::Metrics;
-use crate::protocol::{CloseCode, Cursor, RoomName, StoredMsg, time::now_ms};
+use crate::protocol::{CloseCode, Cursor, RoomName, StoredMsg, Username};
 use crate::storage::{StorageEvent, StorageHandle};
+use outbox::{Outbox, Refusal};
+use state::{Count, Effects, Event, HubState, Now};
 
 /// Commands taken per loop turn: bounds how long presence or shutdown can wait.
 const MAX_BATCH: usize = 256;
+
+/// What the handle sends the task. Private: callers use `HubHandle`'s methods.
+enum HubCmd {
+    Join {
+        link: SessionLink,
+        reply: oneshot::Sender<Joined>,
+    },
+    /// Everything else that is a core event as it is (`Leave`, `Typing`, …).
+    Event(Event),
+    /// A `Post` before admission: the shell reserves a storage slot first.
+    Post { session: Uuid, msg: NewMsg },
+    /// A room's not-yet-durable messages, for an HTTP history query.
+    Pending {
+        room: RoomName,
+        reply: oneshot::Sender<Vec<Arc<StoredMsg>>>,
+    },
+    /// Readiness probe: answered at once.
+    Ping { reply: oneshot::Sender<()> },
+}
 
 #[derive(Clone)]
 pub struct HubHandle {
@@ -54,14 +83,18 @@ impl HubHandle {
         events_rx: mpsc::Receiver<StorageEvent>,
     ) -> (Self, HubTask) {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-        let metrics = cfg.metrics.clone();
-        let state = HubState::new(cfg.max_sessions_per_user, head, storage, cfg.metrics);
+        let shell = Shell {
+            state: HubState::new(cfg.max_sessions_per_user, head),
+            outbox: Outbox::default(),
+            storage,
+            metrics: cfg.metrics,
+        };
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(state, rx, events_rx, cancel.clone(), metrics));
+        let task = tokio::spawn(run(shell, rx, events_rx, cancel.clone()));
         (HubHandle { tx }, HubTask { cancel, task })
     }
 
-    pub async fn send(&self, cmd: HubCmd) -> Result<(), InternalError> {
+    async fn send(&self, cmd: HubCmd) -> Result<(), InternalError> {
         self.tx.send(cmd).await.map_err(|_| InternalError::Stopped)
     }
 
@@ -69,6 +102,28 @@ impl HubHandle {
         let (reply, rx) = oneshot::channel();
         self.send(HubCmd::Join { link, reply }).await?;
         rx.await.map_err(|_| InternalError::Stopped)
+    }
+
+    /// Sends a `chat` or `private`: broadcast once storage took it, or
+    /// refused with `unavailable` to this session only.
+    pub async fn post(&self, session: Uuid, msg: NewMsg) -> Result<(), InternalError> {
+        self.send(HubCmd::Post { session, msg }).await
+    }
+
+    pub async fn typing(&self, session: Uuid, active: bool) -> Result<(), InternalError> {
+        self.send(HubCmd::Event(Event::Typing { session, active }))
+            .await
+    }
+
+    /// The room's presence, to this session only.
+    pub async fn who(&self, session: Uuid) -> Result<(), InternalError> {
+        self.send(HubCmd::Event(Event::Who { session })).await
+    }
+
+    /// Closes `user`'s sessions with 1008: all of them (`family: None`, the
+    /// account was disabled) or those of one refresh-token family.
+    pub async fn kick(&self, user: Username, family: Option<Uuid>) -> Result<(), InternalError> {
+        self.send(HubCmd::Event(Event::Kick { user, family })).await
     }
 
     pub async fn pending(&self, room: RoomName) -> Result<Vec<Arc<StoredMsg>>, InternalError> {
@@ -91,9 +146,8 @@ impl HubHandle {
     /// Removes a session; never waits (a session ending must not block on a busy hub
     /// during shutdown), so the Leave goes through a spawned send when the queue is full.
     pub fn leave(&self, session: Uuid) {
-        if let Err(mpsc::error::TrySendError::Full(cmd)) =
-            self.tx.try_send(HubCmd::Leave { session })
-        {
+        let cmd = HubCmd::Event(Event::Leave { session });
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.tx.try_send(cmd) {
             let tx = self.tx.clone();
             tokio::spawn(async move {
                 let _ = tx.send(cmd).await;
@@ -113,55 +167,161 @@ impl HubTask {
     }
 }
 
+/// The effects side: owns what the core must not (channels, storage, metrics).
+struct Shell {
+    state: HubState,
+    outbox: Outbox,
+    storage: StorageHandle,
+    metrics: Arc<Metrics>,
+}
+
+impl Shell {
+    fn command(&mut self, cmd: HubCmd, now: Now) {
+        match cmd {
+            HubCmd::Join { link, reply } => {
+                let join = self.outbox.attach(link);
+                let mut fx = self.state.apply(join, now);
+                // A joiner that gave up waiting just leaves; its Leave follows.
+                if let Some(joined) = fx.joined.take() {
+                    let _ = reply.send(joined);
+                }
+                self.carry_out(fx);
+            }
+            HubCmd::Post { session, msg } => self.post(session, msg, now),
+            HubCmd::Event(ev) => self.event(ev, now),
+            HubCmd::Pending { room, reply } => {
+                let _ = reply.send(self.state.pending(&room));
+            }
+            HubCmd::Ping { reply } => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Reserves the message's slot on the write-ahead queue BEFORE the core
+    /// decides, so that the core can refuse without effects; the slot is used
+    /// only if the core appends, and is freed otherwise.
+    fn post(&mut self, session: Uuid, msg: NewMsg, now: Now) {
+        let permit = self.storage.try_reserve_append();
+        let storage = permit.as_ref().map(|_| ()).map_err(|r| *r);
+        let mut fx = self.state.apply(
+            Event::Post {
+                session,
+                msg,
+                storage,
+            },
+            now,
+        );
+        // The core appends only when admitted, so the permit is there.
+        if let (Some(m), Ok(p)) = (fx.append.take(), permit) {
+            p.append(m);
+        }
+        self.carry_out(fx);
+    }
+
+    fn event(&mut self, ev: Event, now: Now) {
+        let fx = self.state.apply(ev, now);
+        self.carry_out(fx);
+    }
+
+    /// Counts, removals and deliveries of one event; appends are the caller's.
+    fn carry_out(&mut self, fx: Effects) {
+        for c in fx.counts {
+            match c {
+                Count::Eviction(why) => self.metrics.eviction(why).inc(),
+                Count::ErrorSent(code, n) => self
+                    .metrics
+                    .errors_sent
+                    .with_label_values(&[code.as_str()])
+                    .inc_by(n),
+                Count::Deliveries(n) => self.metrics.deliveries.inc_by(n),
+            }
+        }
+        for r in fx.removed {
+            self.outbox.remove(r.session, r.close);
+        }
+        for d in fx.deliveries {
+            self.metrics.out(d.kind).inc_by(d.to.len() as u64);
+            self.outbox.push(&d.to, &d.frame);
+        }
+    }
+
+    /// Ends a turn: a full queue evicts that session (4002) and nobody else
+    /// waits; the `left` line that causes goes out in the same call.
+    fn flush(&mut self, now: Now) {
+        while !self.outbox.is_empty() {
+            for (session, refusal) in self.outbox.flush() {
+                let ev = match refusal {
+                    Refusal::Full => {
+                        tracing::info!(session = %session, "evicting a session whose queue is full");
+                        Event::Evicted { session }
+                    }
+                    Refusal::Closed => Event::Gone { session },
+                };
+                self.event(ev, now);
+                // Gone from the core either way; its channels go too.
+                self.outbox.remove(session, None);
+            }
+        }
+    }
+}
+
 async fn run(
-    mut state: HubState,
+    mut shell: Shell,
     mut rx: mpsc::Receiver<HubCmd>,
     mut events_rx: mpsc::Receiver<StorageEvent>,
     cancel: CancellationToken,
-    metrics: Arc<Metrics>,
 ) {
     let mut cmds = Vec::with_capacity(MAX_BATCH);
     let mut events = Vec::with_capacity(MAX_BATCH);
-    let mut next_presence: Option<Instant> = None;
+    let mut next_timer: Option<Instant> = None;
     let mut storage_open = true;
     loop {
-        let presence_at = next_presence.map(tokio::time::Instant::from_std);
+        let timer_at = next_timer.map(tokio::time::Instant::from_std);
         let turn = tokio::select! {
             // Storage first: `saved` receipts and freed pending slots are never starved.
             biased;
             n = events_rx.recv_many(&mut events, MAX_BATCH), if storage_open => {
                 // 0: the writer stopped (shutdown); keep serving sessions until cancelled.
                 storage_open = n > 0;
-                let turn = Instant::now();
+                let now = Now::read();
                 for ev in events.drain(..) {
-                    state.apply_storage(ev);
+                    shell.event(ev.into(), now);
                 }
-                Some(turn)
+                Some(now.at)
             }
             n = rx.recv_many(&mut cmds, MAX_BATCH) => {
                 if n == 0 {
                     break;
                 }
-                let (now, ms) = (Instant::now(), now_ms());
+                let now = Now::read();
                 for cmd in cmds.drain(..) {
-                    state.apply(cmd, now, ms);
+                    shell.command(cmd, now);
                 }
-                Some(now)
+                Some(now.at)
             }
-            _ = sleep_until_opt(presence_at) => None,
+            _ = sleep_until_opt(timer_at) => None,
             _ = cancel.cancelled() => break,
         };
-        next_presence = state.flush_timers(Instant::now());
-        state.flush_outbox();
+        let now = Now::read();
+        let mut fx = shell.state.apply(Event::Tick, now);
+        next_timer = fx.next_timer.take();
+        shell.carry_out(fx);
+        shell.flush(now);
         if let Some(started) = turn {
-            metrics
+            shell
+                .metrics
                 .hub_turn_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
-        metrics.rooms_active.set(state.room_count() as i64);
+        shell
+            .metrics
+            .rooms_active
+            .set(shell.state.room_count() as i64);
     }
-    state.close_all(CloseCode::GoingAway);
-    state.flush_outbox();
+    let now = Now::read();
+    shell.event(Event::Shutdown(CloseCode::GoingAway), now);
+    shell.flush(now);
     tracing::debug!("hub stopped");
 }
 

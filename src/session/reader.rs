@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::commands::{self, Command};
 use super::{JoinRequest, SessionCtx};
-use crate::hub::{HubCmd, NewMsg, RETRY_AFTER_MS};
+use crate::hub::NewMsg;
 use crate::metrics::Out;
 use crate::protocol::ErrorCode;
 use crate::protocol::frames::{
@@ -23,6 +23,10 @@ use crate::protocol::{
     ClientMsg, CloseCode, Frame, FrameError, MsgKind, PageDir, ServerMsg, time::now_ms,
 };
 use crate::storage::{HistoryQuery, IdUse, Refused, StorageState, Want};
+
+/// What `unavailable` tells a client to wait after a failed read of the id
+/// index or a history page (the write-ahead queue's refusals carry their own).
+const READ_RETRY_MS: u64 = 100;
 
 struct Reader<'a> {
     ctx: &'a SessionCtx,
@@ -192,11 +196,6 @@ impl Reader<'_> {
         );
     }
 
-    async fn hub(&self, cmd: HubCmd) {
-        // The hub is gone only during shutdown; the session is about to close.
-        let _ = self.ctx.hub.send(cmd).await;
-    }
-
     async fn handle(&self, m: ClientMsg) {
         match m {
             ClientMsg::Chat { id, content } if content.starts_with('/') => {
@@ -214,11 +213,8 @@ impl Reader<'_> {
                     .await
             }
             ClientMsg::Typing { active } => {
-                self.hub(HubCmd::Typing {
-                    session: self.session,
-                    active,
-                })
-                .await
+                // The hub is gone only during shutdown; the session is about to close.
+                let _ = self.ctx.hub.typing(self.session, active).await;
             }
             ClientMsg::Ack { ids, status } => {
                 let by = self.req.identity.username.clone();
@@ -242,10 +238,7 @@ impl Reader<'_> {
                     .await
             }
             Ok(Command::Who) => {
-                self.hub(HubCmd::Who {
-                    session: self.session,
-                })
-                .await
+                let _ = self.ctx.hub.who(self.session).await;
             }
             Ok(Command::Reply(text)) => self.push(
                 encode(&ServerMsg::System {
@@ -292,7 +285,7 @@ impl Reader<'_> {
                 let f = encode_unavailable(
                     "storage error; resend later",
                     Some(&id_text),
-                    RETRY_AFTER_MS,
+                    READ_RETRY_MS,
                 );
                 return self.fail(ErrorCode::Unavailable, f);
             }
@@ -309,11 +302,8 @@ impl Reader<'_> {
             action,
             target_known,
         };
-        self.hub(HubCmd::Send {
-            session: self.session,
-            msg,
-        })
-        .await;
+        // The hub is gone only during shutdown; the session is about to close.
+        let _ = self.ctx.hub.post(self.session, msg).await;
     }
 
     async fn history(&self, dir: PageDir, limit: usize, req: Option<String>) {
@@ -334,7 +324,7 @@ impl Reader<'_> {
             ),
             Err(e) => {
                 tracing::error!(error = %e, "history read failed");
-                let f = encode_unavailable("storage error; retry", None, RETRY_AFTER_MS);
+                let f = encode_unavailable("storage error; retry", None, READ_RETRY_MS);
                 self.fail(ErrorCode::Unavailable, f);
             }
         }

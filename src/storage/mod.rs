@@ -35,8 +35,8 @@ pub use health::{StorageHealth, StorageState, free_bytes};
 pub use history::{Fetched, HistoryQuery, Page, Want};
 pub use ids::IdUse;
 pub use writer::{
-    AckCmd, DurableMsg, Refused, StorageCmd, StorageEvent, StorageHandle, StorageTask,
-    StorageWriterConfig,
+    AckCmd, AppendPermit, DurableMsg, Refused, StorageCmd, StorageEvent, StorageHandle,
+    StorageTask, StorageWriterConfig,
 };
 
 use crate::error::{InternalError, StorageFault, StorageFaultKind};

@@ -183,6 +183,22 @@ impl StorageHandle {
         self.try_send(StorageCmd::Ack(AckCmd { by, ids, status }))
     }
 
+    /// Reserves a slot for one message append, with the checks of `try_send`:
+    /// refused while storage is full or failed, or when the queue is full.
+    /// The hub asks before it decides on a message, so that its pure core can
+    /// refuse without effects; a permit it does not use frees the slot.
+    pub fn try_reserve_append(&self) -> std::result::Result<AppendPermit<'_>, Refused> {
+        match self.health.state() {
+            StorageState::Failed => return Err(Refused::Failed),
+            StorageState::Full => return Err(Refused::Full),
+            StorageState::Ok => {}
+        }
+        self.tx
+            .try_reserve()
+            .map(AppendPermit)
+            .map_err(|_| Refused::Busy)
+    }
+
     /// Queued commands not yet taken by the writer.
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
@@ -190,6 +206,16 @@ impl StorageHandle {
 
     pub fn health(&self) -> &Arc<StorageHealth> {
         &self.health
+    }
+}
+
+/// One reserved slot on the write-ahead queue (see `try_reserve_append`).
+pub struct AppendPermit<'a>(mpsc::Permit<'a, StorageCmd>);
+
+impl AppendPermit<'_> {
+    /// Queues the message, timed from now for the send→durable latency.
+    pub fn append(self, msg: Arc<StoredMsg>) {
+        self.0.send(StorageCmd::Append(msg, Instant::now()));
     }
 }
 
@@ -504,17 +530,6 @@ impl Store {
             by: by.clone(),
             status,
         }))
-    }
-}
-
-impl StorageHandle {
-    /// A handle whose queue the caller drains itself: for the hub's unit tests,
-    /// which check what would be written without a writer task.
-    #[cfg(test)]
-    pub(crate) fn detached(queue: usize) -> (Self, mpsc::Receiver<StorageCmd>) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        let health = StorageHealth::new();
-        (StorageHandle { tx, health }, rx)
     }
 }
 

@@ -133,3 +133,28 @@ async fn a_failed_batch_is_reported_and_only_flushed_messages_count() {
     drop(h);
     task.shutdown().await;
 }
+
+/// The hub reserves a slot before deciding on a message: refused like
+/// `try_send` (full queue, full or failed storage); an unused slot is freed.
+#[test]
+fn an_append_reservation_is_refused_like_try_send_and_freed_when_unused() {
+    let (tx, mut rx) = mpsc::channel(1);
+    let handle = StorageHandle {
+        tx,
+        health: super::StorageHealth::new(),
+    };
+    let first = handle.try_reserve_append().unwrap();
+    assert_eq!(handle.try_reserve_append().err(), Some(Refused::Busy));
+    drop(first);
+    let slot = handle.try_reserve_append().unwrap();
+    let mut cursor = Cursor::ZERO;
+    let StorageCmd::Append(m, _) = append(&mut cursor).1 else {
+        unreachable!()
+    };
+    slot.append(m.clone());
+    assert!(matches!(rx.try_recv(), Ok(StorageCmd::Append(got, _)) if got.id == m.id));
+    assert!(handle.health().set_full(true));
+    assert_eq!(handle.try_reserve_append().err(), Some(Refused::Full));
+    handle.health().fail("test".into());
+    assert_eq!(handle.try_reserve_append().err(), Some(Refused::Failed));
+}

@@ -1,0 +1,126 @@
+//! The shell's side of sessions: where each session's frames go and how to
+//! close it, and the per-turn outbox. The core decides who gets what; this
+//! carries it out without ever waiting.
+
+use std::collections::HashMap;
+
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use super::state::Event;
+use crate::protocol::{ClientId, CloseCode, Frame, RoomName, Username};
+
+/// A session as the hub sees it: who it is, where its frames go, how to close it.
+pub struct SessionLink {
+    pub id: Uuid,
+    pub user: Username,
+    pub client: ClientId,
+    pub room: RoomName,
+    /// The refresh-token family of the access token it connected with.
+    pub family: Option<Uuid>,
+    /// Bounded (the session queue), one item per hub turn: every frame the
+    /// session gets in one turn travels together, so a burst counts once.
+    /// Full → the session is evicted with 4002.
+    pub out_tx: mpsc::Sender<Vec<Frame>>,
+    /// Set once to close the session with a code; the writer sends the Close frame.
+    pub close_tx: watch::Sender<Option<CloseCode>>,
+}
+
+struct Link {
+    out_tx: mpsc::Sender<Vec<Frame>>,
+    close_tx: watch::Sender<Option<CloseCode>>,
+    /// Frames for this session in this turn.
+    frames: Vec<Frame>,
+}
+
+/// What became of a session's queue when the turn's frames went out.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Refusal {
+    /// Full: the session is too slow and gets evicted (4002).
+    Full,
+    /// Closed: its writer is gone; it is removed silently.
+    Closed,
+}
+
+#[derive(Default)]
+pub(super) struct Outbox {
+    links: HashMap<Uuid, Link>,
+    /// Sessions with frames this turn, each once.
+    dirty: Vec<Uuid>,
+}
+
+impl Outbox {
+    /// Keeps the session's channels; the rest of the link is the core's `Join`.
+    pub(super) fn attach(&mut self, link: SessionLink) -> Event {
+        let SessionLink {
+            id,
+            user,
+            client,
+            room,
+            family,
+            out_tx,
+            close_tx,
+        } = link;
+        self.links.insert(
+            id,
+            Link {
+                out_tx,
+                close_tx,
+                frames: Vec::new(),
+            },
+        );
+        Event::Join {
+            session: id,
+            user,
+            client,
+            room,
+            family,
+        }
+    }
+
+    /// Adds one shared frame to each session's frames for this turn.
+    pub(super) fn push(&mut self, to: &[Uuid], frame: &Frame) {
+        for id in to {
+            if let Some(link) = self.links.get_mut(id) {
+                if link.frames.is_empty() {
+                    self.dirty.push(*id);
+                }
+                link.frames.push(frame.clone());
+            }
+        }
+    }
+
+    /// Forgets a session (its unsent frames with it), closing it with `close`.
+    pub(super) fn remove(&mut self, id: Uuid, close: Option<CloseCode>) {
+        if let Some(link) = self.links.remove(&id)
+            && let Some(code) = close
+        {
+            link.close_tx.send_replace(Some(code));
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.dirty.is_empty()
+    }
+
+    /// Ends a turn: each session's frames go to its queue as one item, never
+    /// waiting. Returns the sessions whose queue refused them; the caller
+    /// feeds those back to the core and flushes again.
+    pub(super) fn flush(&mut self) -> Vec<(Uuid, Refusal)> {
+        let mut refused = Vec::new();
+        for id in self.dirty.drain(..) {
+            let Some(link) = self.links.get_mut(&id) else {
+                continue;
+            };
+            if link.frames.is_empty() {
+                continue;
+            }
+            match link.out_tx.try_send(std::mem::take(&mut link.frames)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => refused.push((id, Refusal::Full)),
+                Err(mpsc::error::TrySendError::Closed(_)) => refused.push((id, Refusal::Closed)),
+            }
+        }
+        refused
+    }
+}

@@ -1,0 +1,134 @@
+//! Who is in which room: join (anti-zombie replace, the per-user cap), leave,
+//! kick, eviction of a slow session, shutdown.
+
+use uuid::Uuid;
+
+use super::{Count, Effects, HubState, Removed, Session};
+use crate::metrics::{Eviction, Out};
+use crate::protocol::frames::encode;
+use crate::protocol::{CloseCode, RoomName, ServerMsg, Username};
+
+impl HubState {
+    pub(super) fn join(&mut self, id: Uuid, s: Session, fx: &mut Effects) {
+        let (user, room) = (s.user.clone(), s.room.clone());
+        // Anti-zombie: the same (user, client id) replaces the live session.
+        let replaced: Vec<Uuid> = self
+            .by_user
+            .get(&user)
+            .map(|ids| {
+                ids.iter()
+                    .copied()
+                    .filter(|o| self.sessions.get(o).is_some_and(|o| o.client == s.client))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let r = self.rooms.entry(room.clone()).or_default();
+        let was_present = r.members.contains_key(&user);
+        r.members.entry(user.clone()).or_default().push(id);
+        r.presence_dirty = true;
+        self.sessions.insert(id, s);
+        self.by_user.entry(user.clone()).or_default().push(id);
+        for old in replaced {
+            fx.counts.push(Count::Eviction(Eviction::Replaced));
+            self.remove_session(old, Some(CloseCode::Replaced), fx);
+        }
+        // Over the per-user cap: the oldest sessions go.
+        while let Some(ids) = self.by_user.get(&user) {
+            if ids.len() <= self.max_sessions_per_user {
+                break;
+            }
+            let oldest = ids[0];
+            fx.counts.push(Count::Eviction(Eviction::TooManySessions));
+            self.remove_session(oldest, Some(CloseCode::Replaced), fx);
+        }
+        if !was_present && self.sessions.contains_key(&id) {
+            self.system_to_others(&room, &user, &format!("{user} joined"), fx);
+        }
+        fx.joined = Some(super::Joined {
+            head: self.head,
+            pending: self.pending(&room),
+        });
+    }
+
+    pub(super) fn kick(&mut self, user: &Username, family: Option<Uuid>, fx: &mut Effects) {
+        let ids: Vec<Uuid> = self.by_user.get(user).cloned().unwrap_or_default();
+        for id in ids {
+            if family.is_none() || self.sessions.get(&id).is_some_and(|s| s.family == family) {
+                fx.counts.push(Count::Eviction(Eviction::Revoked));
+                self.remove_session(id, Some(CloseCode::Policy), fx);
+            }
+        }
+    }
+
+    /// A session whose queue was full: closed with 4002; nobody else waits.
+    pub(super) fn evict(&mut self, id: Uuid, fx: &mut Effects) {
+        if self.sessions.contains_key(&id) {
+            fx.counts.push(Count::Eviction(Eviction::Slow));
+            self.remove_session(id, Some(CloseCode::Evicted), fx);
+        }
+    }
+
+    /// Removes a session, closing it with `close` if given. A user's last
+    /// session in a room leaving makes a `left` line and a presence update.
+    pub(super) fn remove_session(&mut self, id: Uuid, close: Option<CloseCode>, fx: &mut Effects) {
+        let Some(s) = self.sessions.remove(&id) else {
+            return;
+        };
+        fx.removed.push(Removed { session: id, close });
+        if let Some(ids) = self.by_user.get_mut(&s.user) {
+            ids.retain(|x| *x != id);
+            if ids.is_empty() {
+                self.by_user.remove(&s.user);
+            }
+        }
+        let Some(room) = self.rooms.get_mut(&s.room) else {
+            return;
+        };
+        let mut user_left = false;
+        if let Some(ids) = room.members.get_mut(&s.user) {
+            ids.retain(|x| *x != id);
+            if ids.is_empty() {
+                room.members.remove(&s.user);
+                room.typing_sent.remove(&s.user);
+                room.typing_held.remove(&s.user);
+                user_left = true;
+            }
+        }
+        if room.members.is_empty() {
+            // Room state is freed with its last member; its log stays on disk.
+            self.rooms.remove(&s.room);
+            return;
+        }
+        if user_left {
+            room.presence_dirty = true;
+            self.system_to_others(&s.room, &s.user, &format!("{} left", s.user), fx);
+        }
+    }
+
+    /// Closes every session (shutdown). Nobody stays to hear `left` lines, so
+    /// none are made: one pass, not one per session and room member.
+    pub(super) fn close_all(&mut self, code: CloseCode, fx: &mut Effects) {
+        fx.removed
+            .extend(self.sessions.drain().map(|(session, _)| Removed {
+                session,
+                close: Some(code),
+            }));
+        self.by_user.clear();
+        self.rooms.clear();
+    }
+
+    pub(super) fn system_to_others(
+        &self,
+        room: &RoomName,
+        user: &Username,
+        content: &str,
+        fx: &mut Effects,
+    ) {
+        let to = self.others_in(room, user);
+        let f = encode(&ServerMsg::System {
+            room: room.as_str(),
+            content,
+        });
+        fx.deliver(to, f, Out::System);
+    }
+}

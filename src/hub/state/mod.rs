@@ -1,0 +1,351 @@
+//! The hub's pure core: every decision about rooms, sessions and messages.
+//!
+//! `HubState::apply(event, now) -> Effects` is a plain function of its state
+//! and its input. It holds no channels, no storage handle and no metrics, and
+//! it never reads a clock: the shell in `hub/mod.rs` feeds it events, carries
+//! the returned `Effects` out (queues, closes, appends, counters) and feeds
+//! back what happened out there (a session's queue was full or closed).
+//!
+//! By concern: `membership` (join, leave, kick, caps, eviction, shutdown),
+//! `messages` (posts, durable/failed reports, receipts, the id cache),
+//! `presence` (presence and typing, the timers).
+//!
+//! New kinds of input (the cluster's replicated log, gossip) are new `Event`
+//! variants and a line in `apply`'s dispatch; their outputs fit `Effects`.
+
+mod membership;
+mod messages;
+mod presence;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use uuid::Uuid;
+
+use crate::metrics::{Eviction, Out};
+use crate::protocol::ErrorCode;
+use crate::protocol::time::now_ms;
+use crate::protocol::{
+    ClientId, CloseCode, Cursor, Frame, MsgKind, RoomName, Status, StoredMsg, Username,
+};
+use crate::storage::{DurableMsg, Refused, StorageEvent};
+
+/// The time of an event: monotonic for timers, wall-clock ms for message
+/// timestamps and cursors. Taken once per batch by the shell, made up by tests.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub at: Instant,
+    pub ms: u64,
+}
+
+impl Now {
+    pub fn read() -> Self {
+        Now {
+            at: Instant::now(),
+            ms: now_ms(),
+        }
+    }
+}
+
+/// A message a session wants sent; the hub adds sender, room, time and cursor.
+#[derive(Debug)]
+pub struct NewMsg {
+    pub id: Uuid,
+    pub kind: MsgKind,
+    pub target: Option<Username>,
+    pub content: String,
+    pub action: bool,
+    /// The session found the target in the room's on-disk member list.
+    pub target_known: bool,
+}
+
+/// What a joining session needs to build its `welcome` and `history`.
+#[derive(Debug)]
+pub struct Joined {
+    /// The newest cursor at the moment of joining: history goes up to it, the
+    /// live stream starts after it.
+    pub head: Cursor,
+    /// This room's messages not yet on disk.
+    pub pending: Vec<Arc<StoredMsg>>,
+}
+
+/// Everything the core reacts to.
+#[derive(Debug)]
+pub enum Event {
+    /// A session enters its room (the shell already holds its queue).
+    Join {
+        session: Uuid,
+        user: Username,
+        client: ClientId,
+        room: RoomName,
+        /// The refresh-token family of the access token it connected with.
+        family: Option<Uuid>,
+    },
+    /// The session ended by itself: removed without a close code.
+    Leave {
+        session: Uuid,
+    },
+    /// A `chat`/`private`. `storage` is the write-ahead queue's answer, asked
+    /// by the shell before this event (it holds a reserved slot if `Ok`).
+    Post {
+        session: Uuid,
+        msg: NewMsg,
+        storage: Result<(), Refused>,
+    },
+    Typing {
+        session: Uuid,
+        active: bool,
+    },
+    /// `/who`: the room's presence, to this session only.
+    Who {
+        session: Uuid,
+    },
+    /// Closes a user's sessions with 1008: all of them (account disabled), or
+    /// those opened with one refresh-token family (logout, token reuse).
+    Kick {
+        user: Username,
+        family: Option<Uuid>,
+    },
+    /// Storage flushed these messages.
+    Durable(Vec<DurableMsg>),
+    /// Storage could not write these broadcast messages.
+    Failed(Vec<DurableMsg>),
+    /// A recipient's status moved forward: route a `receipt` to the sender.
+    Receipt {
+        id: Uuid,
+        room: RoomName,
+        sender: Username,
+        by: Username,
+        status: Status,
+    },
+    /// Timers: due presence frames and held-back typing states.
+    Tick,
+    /// Closes every session with this code.
+    Shutdown(CloseCode),
+    /// The session's queue was full: closed with 4002.
+    Evicted {
+        session: Uuid,
+    },
+    /// The session's queue was closed (its writer is gone): removed silently.
+    Gone {
+        session: Uuid,
+    },
+}
+
+impl From<StorageEvent> for Event {
+    fn from(ev: StorageEvent) -> Self {
+        match ev {
+            StorageEvent::Durable(m) => Event::Durable(m),
+            StorageEvent::Failed(m) => Event::Failed(m),
+            StorageEvent::Receipt {
+                id,
+                room,
+                sender,
+                by,
+                status,
+            } => Event::Receipt {
+                id,
+                room,
+                sender,
+                by,
+                status,
+            },
+        }
+    }
+}
+
+/// One frame for several sessions: encoded once, the bytes shared.
+#[derive(Debug)]
+pub struct Delivery {
+    pub frame: Frame,
+    pub to: Vec<Uuid>,
+    pub kind: Out,
+}
+
+/// A session the core dropped; the shell closes it with `close`, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    pub session: Uuid,
+    pub close: Option<CloseCode>,
+}
+
+/// What the shell counts besides `frames_out` (which it counts per delivery).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    Eviction(Eviction),
+    /// `n` error frames with this code.
+    ErrorSent(ErrorCode, u64),
+    /// Chat and private messages queued to recipients (fan-out).
+    Deliveries(u64),
+}
+
+/// What one event asks the shell to do, in this order: append, remove,
+/// deliver. The order does not matter for correctness: a removed session's
+/// frames are dropped, and no delivery names a session already removed.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub deliveries: Vec<Delivery>,
+    /// The message to put on the write-ahead queue (through the slot the
+    /// shell reserved for this `Post`). `None`: the reservation is dropped.
+    pub append: Option<Arc<StoredMsg>>,
+    pub removed: Vec<Removed>,
+    pub counts: Vec<Count>,
+    /// From `Tick`: when the next timer falls due, if any is waiting.
+    pub next_timer: Option<Instant>,
+    /// From `Join`: the reply to the joining session.
+    pub joined: Option<Joined>,
+}
+
+impl Effects {
+    /// Adds one shared frame for `to` (nothing when `to` is empty).
+    fn deliver(&mut self, to: Vec<Uuid>, frame: Frame, kind: Out) {
+        if !to.is_empty() {
+            self.deliveries.push(Delivery { frame, to, kind });
+        }
+    }
+}
+
+struct Session {
+    user: Username,
+    client: ClientId,
+    room: RoomName,
+    family: Option<Uuid>,
+}
+
+#[derive(Default)]
+struct Room {
+    /// Online users (sorted: presence lists them in order) → their sessions here.
+    members: BTreeMap<Username, Vec<Uuid>>,
+    presence_dirty: bool,
+    presence_sent: Option<Instant>,
+    typing_sent: HashMap<Username, Instant>,
+    /// The latest state of a user whose typing frame was held back by the
+    /// 2/s limit: sent when the interval ends, so a quick stop is not lost.
+    typing_held: HashMap<Username, bool>,
+}
+
+pub struct HubState {
+    max_sessions_per_user: usize,
+    sessions: HashMap<Uuid, Session>,
+    /// Each user's sessions, oldest first.
+    by_user: HashMap<Username, Vec<Uuid>>,
+    rooms: HashMap<RoomName, Room>,
+    /// Broadcast but not yet durable, per room, in cursor order.
+    pending: HashMap<RoomName, VecDeque<Arc<StoredMsg>>>,
+    /// A CACHE of storage's message-id index, not the authority: ids in flight
+    /// (not on disk yet, so storage cannot know them) or made durable lately.
+    /// Sessions classify an id against storage first; this catches what
+    /// storage cannot see yet and the moment between their check and ours.
+    known: HashMap<Uuid, messages::Known>,
+    /// Durable ids in `known`, oldest first, for the cap.
+    known_durable: VecDeque<Uuid>,
+    head: Cursor,
+}
+
+impl HubState {
+    pub fn new(max_sessions_per_user: usize, head: Cursor) -> Self {
+        HubState {
+            max_sessions_per_user: max_sessions_per_user.max(1),
+            sessions: HashMap::new(),
+            by_user: HashMap::new(),
+            rooms: HashMap::new(),
+            pending: HashMap::new(),
+            known: HashMap::new(),
+            known_durable: VecDeque::new(),
+            head,
+        }
+    }
+
+    /// Applies one event and says what to do about it.
+    pub fn apply(&mut self, event: Event, now: Now) -> Effects {
+        let mut fx = Effects::default();
+        match event {
+            Event::Join {
+                session,
+                user,
+                client,
+                room,
+                family,
+            } => {
+                let s = Session {
+                    user,
+                    client,
+                    room,
+                    family,
+                };
+                self.join(session, s, &mut fx);
+            }
+            Event::Leave { session } | Event::Gone { session } => {
+                self.remove_session(session, None, &mut fx)
+            }
+            Event::Evicted { session } => self.evict(session, &mut fx),
+            Event::Post {
+                session,
+                msg,
+                storage,
+            } => self.post(session, msg, storage, now.ms, &mut fx),
+            Event::Typing { session, active } => self.typing(session, active, now.at, &mut fx),
+            Event::Who { session } => self.who(session, &mut fx),
+            Event::Kick { user, family } => self.kick(&user, family, &mut fx),
+            Event::Durable(msgs) => msgs.into_iter().for_each(|m| self.durable(m, &mut fx)),
+            Event::Failed(msgs) => msgs.into_iter().for_each(|m| self.failed(m, &mut fx)),
+            Event::Receipt {
+                id,
+                room,
+                sender,
+                by,
+                status,
+            } => self.receipt(id, &room, &sender, &by, status, &mut fx),
+            Event::Tick => fx.next_timer = self.flush_timers(now.at, &mut fx),
+            Event::Shutdown(code) => self.close_all(code, &mut fx),
+        }
+        fx
+    }
+
+    #[cfg(test)]
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// A room's not-yet-durable messages, for history merges (a query, not an event).
+    pub fn pending(&self, room: &RoomName) -> Vec<Arc<StoredMsg>> {
+        self.pending
+            .get(room)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every session of `user` in `room`.
+    fn sessions_of(&self, room: &RoomName, user: &Username) -> Vec<Uuid> {
+        self.rooms
+            .get(room)
+            .and_then(|r| r.members.get(user))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every session in `room`.
+    fn everyone_in(&self, room: &RoomName) -> Vec<Uuid> {
+        self.rooms
+            .get(room)
+            .map(|r| r.members.values().flatten().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every session in `room` that is not `user`'s.
+    fn others_in(&self, room: &RoomName, user: &Username) -> Vec<Uuid> {
+        let Some(r) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        r.members
+            .iter()
+            .filter(|(u, _)| *u != user)
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect()
+    }
+}

@@ -1,0 +1,121 @@
+//! Presence (coalesced per room) and typing (2/s per user and room, the
+//! latest held-back state sent when the interval ends): the hub's timers.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::{Effects, HubState};
+use crate::metrics::Out;
+use crate::protocol::frames::encode;
+use crate::protocol::{Frame, RoomName, ServerMsg, Username};
+
+/// Presence frames per room are coalesced to one per this interval.
+pub const PRESENCE_INTERVAL: Duration = Duration::from_millis(500);
+/// Typing frames forwarded per user and room: at most one per this interval (2/s).
+pub const TYPING_INTERVAL: Duration = Duration::from_millis(500);
+/// Presence lists at most this many names; `count` has the total.
+const PRESENCE_MAX_USERS: usize = 1000;
+
+impl HubState {
+    pub(super) fn typing(&mut self, session: Uuid, active: bool, now: Instant, fx: &mut Effects) {
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let (user, room_name) = (s.user.clone(), s.room.clone());
+        let Some(room) = self.rooms.get_mut(&room_name) else {
+            return;
+        };
+        if room
+            .typing_sent
+            .get(&user)
+            .is_some_and(|t| now.duration_since(*t) < TYPING_INTERVAL)
+        {
+            room.typing_held.insert(user, active);
+            return;
+        }
+        room.typing_sent.insert(user.clone(), now);
+        room.typing_held.remove(&user);
+        self.typing_to_others(&room_name, &user, active, fx);
+    }
+
+    pub(super) fn who(&self, session: Uuid, fx: &mut Effects) {
+        if let Some(s) = self.sessions.get(&session) {
+            fx.deliver(vec![session], self.presence_frame(&s.room), Out::Presence);
+        }
+    }
+
+    fn typing_to_others(&self, room: &RoomName, user: &Username, active: bool, fx: &mut Effects) {
+        let to = self.others_in(room, user);
+        let f = encode(&ServerMsg::Typing {
+            room: room.as_str(),
+            sender: user.as_str(),
+            active,
+        });
+        fx.deliver(to, f, Out::Typing);
+    }
+
+    /// Sends due presence frames and held-back typing states; returns when the
+    /// next one falls due, if any is waiting.
+    pub(super) fn flush_timers(&mut self, now: Instant, fx: &mut Effects) -> Option<Instant> {
+        let mut due = Vec::new();
+        let mut typing_due = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (name, room) in &mut self.rooms {
+            let first_due = typing_due.len();
+            for (user, active) in &room.typing_held {
+                let at = room
+                    .typing_sent
+                    .get(user)
+                    .map_or(now, |t| *t + TYPING_INTERVAL);
+                if at <= now {
+                    typing_due.push((name.clone(), user.clone(), *active));
+                } else {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+            for (_, user, _) in &typing_due[first_due..] {
+                room.typing_held.remove(user);
+                room.typing_sent.insert(user.clone(), now);
+            }
+            if !room.presence_dirty {
+                continue;
+            }
+            let at = room.presence_sent.map_or(now, |t| t + PRESENCE_INTERVAL);
+            if at <= now {
+                room.presence_dirty = false;
+                room.presence_sent = Some(now);
+                due.push(name.clone());
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        for name in due {
+            let frame = self.presence_frame(&name);
+            fx.deliver(self.everyone_in(&name), frame, Out::Presence);
+        }
+        for (room, user, active) in typing_due {
+            self.typing_to_others(&room, &user, active, fx);
+        }
+        next
+    }
+
+    fn presence_frame(&self, room: &RoomName) -> Frame {
+        let members = self.rooms.get(room).map(|r| &r.members);
+        let users: Vec<&str> = members
+            .map(|m| {
+                m.keys()
+                    .take(PRESENCE_MAX_USERS)
+                    .map(Username::as_str)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let count = members.map_or(0, BTreeMap::len);
+        encode(&ServerMsg::Presence {
+            room: room.as_str(),
+            users,
+            count,
+        })
+    }
+}

@@ -1,0 +1,87 @@
+//! Presence coalescing, typing throttling and the timers.
+
+use super::*;
+
+#[test]
+fn join_sends_presence_and_join_lines_to_others_only() {
+    let mut f = Fixture::new(8, 16);
+    let a = f.join("alice", "a", "lobby");
+    f.tick(Duration::ZERO);
+    assert_eq!(f.types(a), ["presence"]);
+    let b = f.join("bob", "b", "lobby");
+    f.tick(Duration::from_millis(600));
+    let af = f.frames(a);
+    assert_eq!(af[0]["type"], "system");
+    assert_eq!(af[0]["content"], "bob joined");
+    assert_eq!(af[1]["users"], serde_json::json!(["alice", "bob"]));
+    assert_eq!(f.types(b), ["presence"]);
+    // A second session of bob: no join line.
+    let _b2 = f.join("bob", "b2", "lobby");
+    f.tick(Duration::from_millis(600));
+    assert_eq!(f.types(a), ["presence"]);
+}
+
+#[test]
+fn presence_is_coalesced_per_room() {
+    let mut f = Fixture::new(8, 16);
+    let a = f.join("alice", "a", "lobby");
+    f.tick(Duration::ZERO);
+    f.frames(a);
+    for u in ["bob", "carol", "dave"] {
+        f.join(u, "x", "lobby");
+        // The deadline the shell sleeps to: the end of the 500 ms window.
+        assert!(f.tick(Duration::from_millis(10)).is_some());
+    }
+    // None yet within the 500 ms after the previous one.
+    assert_eq!(f.types(a).iter().filter(|t| *t == "presence").count(), 0);
+    f.tick(Duration::from_millis(500));
+    let frames = f.frames(a);
+    let presences: Vec<_> = frames.iter().filter(|f| f["type"] == "presence").collect();
+    assert_eq!(presences.len(), 1, "{frames:?}");
+    assert_eq!(presences[0]["count"], 4, "{frames:?}");
+    assert_eq!(f.tick(Duration::ZERO), None, "no timer once all is sent");
+}
+
+#[test]
+fn who_answers_the_asker_only() {
+    let (mut f, a, b) = alice_and_bob(16);
+    f.apply(Event::Who { session: a.0 });
+    let w = f.frames(a);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0]["users"], serde_json::json!(["alice", "bob"]));
+    assert!(f.frames(b).is_empty());
+}
+
+#[test]
+fn typing_is_throttled_and_never_echoed() {
+    let (mut f, a, b) = alice_and_bob(16);
+    f.typing(a, true);
+    f.typing(a, true);
+    assert_eq!(f.types(b), ["typing"]);
+    assert!(f.frames(a).is_empty());
+    f.now.at += Duration::from_millis(500);
+    f.typing(a, false);
+    let t = f.frames(b);
+    assert_eq!((t.len(), &t[0]["active"]), (1, &Value::Bool(false)));
+    assert!(f.queue.is_empty(), "typing is never stored");
+}
+
+#[test]
+fn a_held_back_typing_stop_is_sent_when_the_interval_ends() {
+    let (mut f, a, b) = alice_and_bob(16);
+    f.typing(a, true);
+    f.typing(a, false);
+    let t = f.frames(b);
+    assert_eq!((t.len(), &t[0]["active"]), (1, &Value::Bool(true)));
+    // The held state sets the timer: due at the end of the interval, not before.
+    assert_eq!(
+        f.tick(Duration::ZERO),
+        Some(f.now.at + Duration::from_millis(500))
+    );
+    assert!(f.frames(b).is_empty(), "held back until the interval ends");
+    assert_eq!(f.tick(Duration::from_millis(500)), None);
+    let t = f.frames(b);
+    assert_eq!((t.len(), &t[0]["active"]), (1, &Value::Bool(false)));
+    f.tick(Duration::from_millis(500));
+    assert!(f.frames(b).is_empty(), "sent once");
+}
