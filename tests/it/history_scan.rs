@@ -42,7 +42,7 @@ fn log_key(room: &str, n: u64) -> Vec<u8> {
 /// view index did (room log + room list), plus garbage under `bad` cursors
 /// of the room log and a garbage account record when `bad_user`.
 fn seed(data: &Path, room: &str, msgs: &[StoredMsg], bad: &[u64], bad_user: bool) {
-    let db = sled::open(data.join("db")).unwrap();
+    let db = reopen(|| sled::open(data.join("db")));
     let log = db.open_tree("roomname_cursor_msg").unwrap();
     let mut batch = sled::Batch::default();
     for m in msgs {

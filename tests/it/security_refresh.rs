@@ -79,7 +79,7 @@ async fn wait_metric(ep: &Endpoint, series: &str, want: u64) {
 
 /// Rows in the refresh-token and family tables of a stopped server's data directory.
 fn table_rows(dir: &tempfile::TempDir) -> (usize, usize) {
-    let store = Store::open(&dir.path().join("db"), 8 << 20).unwrap();
+    let store = reopen(|| Store::open(&dir.path().join("db"), 8 << 20));
     store.refresh_rows()
 }
 

@@ -140,3 +140,19 @@ pub async fn join_on(s: &TestServer, acct: &Account, room: &str) -> WsClient {
     ws.expect("history", T).await.unwrap();
     ws
 }
+
+/// Opens a stopped server's database from the test. sled lets go of its file
+/// lock a moment after the last handle drops (its I/O threads finish their
+/// writes), so, like the server's own `open_store`, this retries for a while.
+pub fn reopen<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match open() {
+            Ok(x) => return x,
+            Err(e) if std::time::Instant::now() > deadline => {
+                panic!("could not reopen the database: {e:?}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
