@@ -4,108 +4,19 @@
 
 use std::sync::Arc;
 
-use crate::protocol::CloseCode;
+use crate::protocol::{CloseCode, ErrorCode};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Server frame types, each with its own pre-resolved `frames_out` counter.
-#[derive(Clone, Copy, Debug)]
-pub enum Out {
-    Welcome,
-    History,
-    Chat,
-    Private,
-    Receipt,
-    Typing,
-    Presence,
-    System,
-    Error,
-}
+mod labels;
 
-/// Why the server closed a session, as counted in `evictions`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Eviction {
-    /// Its queue was full (4002).
-    Slow,
-    /// The same client id joined again (4001).
-    Replaced,
-    /// Over the per-user session cap: the oldest went (4001).
-    TooManySessions,
-    /// Its token family was revoked or its user disabled (1008).
-    Revoked,
-}
-
-impl Eviction {
-    pub const ALL: [Eviction; 4] = [
-        Eviction::Slow,
-        Eviction::Replaced,
-        Eviction::TooManySessions,
-        Eviction::Revoked,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Eviction::Slow => "slow",
-            Eviction::Replaced => "replaced",
-            Eviction::TooManySessions => "too_many_sessions",
-            Eviction::Revoked => "revoked",
-        }
-    }
-}
-
-const OUT_KINDS: [&str; 9] = [
-    "welcome", "history", "chat", "private", "receipt", "typing", "presence", "system", "error",
-];
-
-/// How a WebSocket upgrade ended: `hubbub_upgrades_total{result}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Upgrade {
-    Accepted,
-    /// Refused: an Origin outside the allow-list.
-    Origin,
-    /// Refused: over the per-address upgrade rate.
-    Rate,
-    /// Refused: no valid access token.
-    Auth,
-    /// Refused: an invalid room name.
-    Room,
-    /// Refused: an invalid client id.
-    Client,
-    /// Refused: not a WebSocket upgrade request.
-    BadRequest,
-    /// Refused: a connection cap is reached.
-    Capacity,
-}
-
-impl Upgrade {
-    pub const ALL: [Upgrade; 8] = [
-        Upgrade::Accepted,
-        Upgrade::Origin,
-        Upgrade::Rate,
-        Upgrade::Auth,
-        Upgrade::Room,
-        Upgrade::Client,
-        Upgrade::BadRequest,
-        Upgrade::Capacity,
-    ];
-
-    /// The label value (dashboards and tests depend on these strings).
-    pub fn label(self) -> &'static str {
-        match self {
-            Upgrade::Accepted => "accepted",
-            Upgrade::Origin => "origin",
-            Upgrade::Rate => "rate",
-            Upgrade::Auth => "auth",
-            Upgrade::Room => "room",
-            Upgrade::Client => "client",
-            Upgrade::BadRequest => "bad_request",
-            Upgrade::Capacity => "capacity",
-        }
-    }
-}
+pub use labels::{
+    AcceptError, AuthResult, CapHit, Eviction, HistoryKind, In, Out, RefreshTable, Route,
+    SessionState, StatusClass, TimeoutPhase, Upgrade,
+};
 
 /// The `code` label of `hubbub_closes_total`: the close code's number, or
 /// `none` when the peer went away without a close handshake. Logs use it too.
@@ -113,25 +24,24 @@ pub fn close_label(code: Option<CloseCode>) -> String {
     code.map_or_else(|| "none".to_owned(), |c| c.code().to_string())
 }
 
-/// Client frame types as counted in `frames_in`.
-pub const IN_KINDS: [&str; 7] = [
-    "chat", "private", "typing", "ack", "history", "invalid", "binary",
-];
-
 pub struct Metrics {
     registry: Registry,
     pub connections: IntGauge,
-    pub sessions: IntGaugeVec,
+    /// By `SessionState`: see [`Metrics::session_state`].
+    sessions: IntGaugeVec,
     pub rooms_active: IntGauge,
     /// By `Upgrade`: see [`Metrics::upgrade`].
     upgrades: IntCounterVec,
-    pub frames_in: IntCounterVec,
+    /// By `In`: see [`Metrics::frame_in`].
+    frames_in: IntCounterVec,
     frames_out: Vec<IntCounter>,
     pub deliveries: IntCounter,
-    pub errors_sent: IntCounterVec,
+    /// By `ErrorCode`: see [`Metrics::error_sent`].
+    errors_sent: IntCounterVec,
     /// By close code: see [`Metrics::closed`].
     closes: IntCounterVec,
-    pub evictions: IntCounterVec,
+    /// By `Eviction`: see [`Metrics::eviction`].
+    evictions: IntCounterVec,
     pub rate_limited: IntCounter,
     pub storage_queue_depth: IntGauge,
     pub storage_batch_size: Histogram,
@@ -144,17 +54,25 @@ pub struct Metrics {
     pub storage_free_bytes: IntGauge,
     pub hub_queue_depth: IntGauge,
     pub hub_turn_seconds: Histogram,
-    pub logins: IntCounterVec,
+    /// By `AuthResult`: see [`Metrics::login`].
+    logins: IntCounterVec,
     pub signups: IntCounter,
-    pub refreshes: IntCounterVec,
+    /// By `AuthResult`: see [`Metrics::refresh`].
+    refreshes: IntCounterVec,
     pub refresh_reuse: IntCounter,
+    /// By `RefreshTable`: see [`Metrics::refresh_purged`].
     refresh_purged: IntCounterVec,
     refresh_rows: IntGaugeVec,
-    pub http_requests: IntCounterVec,
+    /// By `Route` and `StatusClass`: see [`Metrics::http_request`].
+    http_requests: IntCounterVec,
     pub http_connections: IntGauge,
-    pub http_refused: IntCounterVec,
-    pub http_timeouts: IntCounterVec,
-    pub accept_errors: IntCounterVec,
+    /// By `CapHit`: see [`Metrics::http_refused`].
+    http_refused: IntCounterVec,
+    /// By `TimeoutPhase`: see [`Metrics::http_timeout`].
+    http_timeouts: IntCounterVec,
+    /// By `AcceptError`: see [`Metrics::accept_error`].
+    accept_errors: IntCounterVec,
+    /// By `HistoryKind`: see [`Metrics::history`].
     history_seconds: HistogramVec,
     /// Log records a history page read (join, frame, HTTP): about `limit + 1`
     /// with the view index, however many hidden messages the range holds.
@@ -235,9 +153,9 @@ impl Metrics {
             "Frames queued to sessions, by type.",
             &["type"],
         );
-        let frames_out = OUT_KINDS
+        let frames_out = Out::ALL
             .iter()
-            .map(|k| frames_out_vec.with_label_values(&[k]))
+            .map(|k| frames_out_vec.with_label_values(&[k.label()]))
             .collect();
         let frames_in = counter_vec(
             &r,
@@ -245,9 +163,6 @@ impl Metrics {
             "Frames received from clients, by type.",
             &["type"],
         );
-        for k in IN_KINDS {
-            frames_in.with_label_values(&[k]);
-        }
         let build = reg(
             &r,
             IntGaugeVec::new(
@@ -472,52 +387,68 @@ impl Metrics {
             ),
             registry: r,
         };
-        // Every known label value exists from the start, so dashboards show 0, not "no data".
-        for s in ["joining", "active"] {
-            m.sessions.with_label_values(&[s]);
+        m.preregister();
+        Arc::new(m)
+    }
+
+    /// Every known label value exists from the start, so dashboards show 0,
+    /// not "no data". Not `hubbub_http_requests_total`: its route × class
+    /// series appear with their first request (docs/ARCHITECTURE.md).
+    fn preregister(&self) {
+        for s in SessionState::ALL {
+            self.session_state(s);
+        }
+        for k in In::ALL {
+            self.frame_in(k);
         }
         for r in Upgrade::ALL {
-            m.upgrade(r);
+            self.upgrade(r);
         }
-        for c in [
-            "bad_request",
-            "too_large",
-            "rate_limited",
-            "unknown_command",
-            "not_found",
-            "conflict",
-            "forbidden",
-            "unavailable",
-        ] {
-            m.errors_sent.with_label_values(&[c]);
+        // Only the codes an error frame can carry; the rest are HTTP's.
+        for c in ErrorCode::ALL.into_iter().filter(|c| c.in_frames()) {
+            self.error_sent(c);
         }
         for c in CloseCode::ALL.map(Some).into_iter().chain([None]) {
-            m.closed(c);
+            self.closed(c);
         }
         for e in Eviction::ALL {
-            m.eviction(e);
+            self.eviction(e);
         }
-        for r in ["ok", "failed"] {
-            m.logins.with_label_values(&[r]);
-            m.refreshes.with_label_values(&[r]);
+        for r in AuthResult::ALL {
+            self.login(r);
+            self.refresh(r);
         }
-        for k in ["join", "page"] {
-            m.history_seconds.with_label_values(&[k]);
+        for k in HistoryKind::ALL {
+            self.history(k);
         }
-        for t in ["tokens", "families"] {
-            m.refresh_purged.with_label_values(&[t]);
-            m.refresh_rows.with_label_values(&[t]);
+        for t in RefreshTable::ALL {
+            self.refresh_purged(t);
+            self.refresh_rows(t);
         }
-        for r in ["total", "per_address"] {
-            m.http_refused.with_label_values(&[r]);
+        for c in CapHit::ALL {
+            self.http_refused(c);
         }
-        for p in ["head", "body"] {
-            m.http_timeouts.with_label_values(&[p]);
+        for p in TimeoutPhase::ALL {
+            self.http_timeout(p);
         }
-        for k in ["fd_limit", "other"] {
-            m.accept_errors.with_label_values(&[k]);
+        for k in AcceptError::ALL {
+            self.accept_error(k);
         }
-        Arc::new(m)
+    }
+
+    /// `hubbub_sessions{state}`.
+    pub fn session_state(&self, state: SessionState) -> IntGauge {
+        self.sessions.with_label_values(&[state.label()])
+    }
+
+    /// `hubbub_frames_in_total{type}`.
+    pub fn frame_in(&self, kind: In) -> IntCounter {
+        self.frames_in.with_label_values(&[kind.label()])
+    }
+
+    /// `hubbub_frames_out_total{type}`: pre-resolved, one per `Out`.
+    pub fn out(&self, kind: Out) -> &IntCounter {
+        &self.frames_out[kind as usize]
     }
 
     /// `hubbub_upgrades_total{result}`.
@@ -525,26 +456,65 @@ impl Metrics {
         self.upgrades.with_label_values(&[result.label()])
     }
 
+    /// `hubbub_errors_sent_total{code}`: error frames sent.
+    pub fn error_sent(&self, code: ErrorCode) -> IntCounter {
+        self.errors_sent.with_label_values(&[code.as_str()])
+    }
+
     /// `hubbub_closes_total{code}`; `None`: the peer went away without a close handshake.
     pub fn closed(&self, code: Option<CloseCode>) -> IntCounter {
         self.closes.with_label_values(&[&close_label(code)])
     }
 
-    pub fn out(&self, kind: Out) -> &IntCounter {
-        &self.frames_out[kind as usize]
-    }
-
+    /// `hubbub_evictions_total{reason}`.
     pub fn eviction(&self, why: Eviction) -> IntCounter {
-        self.evictions.with_label_values(&[why.as_str()])
+        self.evictions.with_label_values(&[why.label()])
     }
 
-    /// `table`: `tokens` or `families`.
-    pub fn refresh_purged(&self, table: &str) -> IntCounter {
-        self.refresh_purged.with_label_values(&[table])
+    /// `hubbub_logins_total{result}`.
+    pub fn login(&self, result: AuthResult) -> IntCounter {
+        self.logins.with_label_values(&[result.label()])
     }
 
-    pub fn refresh_rows(&self, table: &str) -> IntGauge {
-        self.refresh_rows.with_label_values(&[table])
+    /// `hubbub_refreshes_total{result}`.
+    pub fn refresh(&self, result: AuthResult) -> IntCounter {
+        self.refreshes.with_label_values(&[result.label()])
+    }
+
+    /// `hubbub_refresh_tokens_purged_total{table}`.
+    pub fn refresh_purged(&self, table: RefreshTable) -> IntCounter {
+        self.refresh_purged.with_label_values(&[table.label()])
+    }
+
+    /// `hubbub_refresh_token_rows{table}`.
+    pub fn refresh_rows(&self, table: RefreshTable) -> IntGauge {
+        self.refresh_rows.with_label_values(&[table.label()])
+    }
+
+    /// `hubbub_http_requests_total{route, class}`.
+    pub fn http_request(&self, route: Route, class: StatusClass) -> IntCounter {
+        self.http_requests
+            .with_label_values(&[route.label(), class.label()])
+    }
+
+    /// `hubbub_http_connections_refused_total{reason}`.
+    pub fn http_refused(&self, cap: CapHit) -> IntCounter {
+        self.http_refused.with_label_values(&[cap.label()])
+    }
+
+    /// `hubbub_http_timeouts_total{phase}`.
+    pub fn http_timeout(&self, phase: TimeoutPhase) -> IntCounter {
+        self.http_timeouts.with_label_values(&[phase.label()])
+    }
+
+    /// `hubbub_accept_errors_total{kind}`.
+    pub fn accept_error(&self, kind: AcceptError) -> IntCounter {
+        self.accept_errors.with_label_values(&[kind.label()])
+    }
+
+    /// `hubbub_history_seconds{kind}`.
+    pub fn history(&self, kind: HistoryKind) -> Histogram {
+        self.history_seconds.with_label_values(&[kind.label()])
     }
 
     /// Adds a counter that storage keeps itself (it counts while the database
@@ -552,10 +522,6 @@ impl Metrics {
     pub fn register_storage(&self, decode_errors: IntCounterVec) {
         // Fails only if registered twice; one store per server registers once.
         let _ = self.registry.register(Box::new(decode_errors));
-    }
-
-    pub fn history(&self, kind: &str) -> Histogram {
-        self.history_seconds.with_label_values(&[kind])
     }
 
     /// The Prometheus text exposition of every metric, process figures included.

@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Auth;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RefreshTable};
 
 /// A revoked family's marker outlives its longest-lived token by this much:
 /// the JWT check's 5 s leeway, and a rotation that passed the family check
@@ -35,13 +35,17 @@ pub fn spawn(
             }
             match auth.purge_refresh(stop.clone()).await {
                 Ok(st) => {
-                    metrics.refresh_purged("tokens").inc_by(st.tokens_purged);
                     metrics
-                        .refresh_purged("families")
+                        .refresh_purged(RefreshTable::Tokens)
+                        .inc_by(st.tokens_purged);
+                    metrics
+                        .refresh_purged(RefreshTable::Families)
                         .inc_by(st.families_purged);
-                    metrics.refresh_rows("tokens").set(gauge(st.tokens_left));
                     metrics
-                        .refresh_rows("families")
+                        .refresh_rows(RefreshTable::Tokens)
+                        .set(gauge(st.tokens_left));
+                    metrics
+                        .refresh_rows(RefreshTable::Families)
                         .set(gauge(st.families_left));
                     tracing::info!(
                         tokens_purged = st.tokens_purged,

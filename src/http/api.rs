@@ -15,6 +15,7 @@ use super::reply::{
     self, REFRESH_COOKIE, access_token, auth_error, clear_cookies, cookie, set_cookies, user_body,
 };
 use crate::auth::{AuthError, Identity, Session};
+use crate::metrics::AuthResult;
 use crate::protocol::ErrorCode;
 use crate::protocol::frames::{HistoryPage, page_limit};
 use crate::protocol::time::format_ts;
@@ -95,21 +96,11 @@ pub async fn login(state: AppState, ip: IpAddr, body: Bytes) -> Response {
     }
     match state.auth.login(&c.username, &c.password).await {
         Ok(s) => {
-            state
-                .sessions
-                .metrics
-                .logins
-                .with_label_values(&["ok"])
-                .inc();
+            state.sessions.metrics.login(AuthResult::Ok).inc();
             session_reply(&state, StatusCode::OK, &s)
         }
         Err(e) => {
-            state
-                .sessions
-                .metrics
-                .logins
-                .with_label_values(&["failed"])
-                .inc();
+            state.sessions.metrics.login(AuthResult::Failed).inc();
             auth_error(e)
         }
     }
@@ -125,21 +116,11 @@ pub async fn refresh(state: AppState, ip: IpAddr, headers: HeaderMap) -> Respons
     };
     match state.auth.refresh(token).await {
         Ok(s) => {
-            state
-                .sessions
-                .metrics
-                .refreshes
-                .with_label_values(&["ok"])
-                .inc();
+            state.sessions.metrics.refresh(AuthResult::Ok).inc();
             session_reply(&state, StatusCode::OK, &s)
         }
         Err(e @ (AuthError::Reused { .. } | AuthError::Unauthorized)) => {
-            state
-                .sessions
-                .metrics
-                .refreshes
-                .with_label_values(&["failed"])
-                .inc();
+            state.sessions.metrics.refresh(AuthResult::Failed).inc();
             if let AuthError::Reused { username, family } = e {
                 state.sessions.metrics.refresh_reuse.inc();
                 // Someone replayed a spent token: whoever holds this family is logged out everywhere.

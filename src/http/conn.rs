@@ -28,7 +28,7 @@ use warp::reply::Response;
 use super::guard::ConnSlot;
 use super::reply;
 use super::serve::PeerAddr;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TimeoutPhase};
 use crate::protocol::ErrorCode;
 use crate::tls::Tls;
 
@@ -136,14 +136,14 @@ where
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     if e.is_timeout() {
-                        shared.metrics.http_timeouts.with_label_values(&["head"]).inc();
+                        shared.metrics.http_timeout(TimeoutPhase::Head).inc();
                     }
                     tracing::debug!(error = %e, %peer, "connection ended with an error");
                 }
                 return;
             }
             _ = &mut head_deadline => {
-                shared.metrics.http_timeouts.with_label_values(&["head"]).inc();
+                shared.metrics.http_timeout(TimeoutPhase::Head).inc();
                 tracing::debug!(%peer, "no request head within the request timeout");
                 return;
             }
@@ -186,11 +186,7 @@ async fn call_timed(
     if !timed_out.load(Ordering::Relaxed) {
         return Ok(resp);
     }
-    shared
-        .metrics
-        .http_timeouts
-        .with_label_values(&["body"])
-        .inc();
+    shared.metrics.http_timeout(TimeoutPhase::Body).inc();
     tracing::debug!(%peer, "request body not received within the request timeout");
     let mut r = reply::error(
         ErrorCode::RequestTimeout,
@@ -270,7 +266,7 @@ async fn tls_handshake(
     metrics: &Metrics,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let timed_out = || {
-        metrics.http_timeouts.with_label_values(&["head"]).inc();
+        metrics.http_timeout(TimeoutPhase::Head).inc();
         tracing::debug!("TLS handshake not done within the request timeout");
         None
     };

@@ -17,6 +17,7 @@ use warp::reply::Response;
 
 use super::client_ip::{TrustedProxies, limit_key};
 use super::reply;
+use crate::metrics::CapHit;
 use crate::protocol::ErrorCode;
 
 /// A per-key limit of `n` per minute, all of it usable as a burst.
@@ -142,23 +143,6 @@ pub struct ConnSlot {
     caps: Arc<ConnCaps>,
     /// `None`: counted in the total only (a trusted proxy's connection).
     ip: Option<IpAddr>,
-}
-
-/// Which cap a refused connection hit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CapHit {
-    Total,
-    PerAddress,
-}
-
-impl CapHit {
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CapHit::Total => "total",
-            CapHit::PerAddress => "per_address",
-        }
-    }
 }
 
 impl ConnCaps {

@@ -13,7 +13,7 @@ use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use super::reply;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Route, StatusClass};
 use crate::protocol::ErrorCode;
 use crate::tls::ServedNames;
 
@@ -152,31 +152,21 @@ pub struct Policy {
 
 /// A fixed route name for the request metric (never the raw path: no
 /// unbounded label values).
-fn route_label(path: &str) -> &'static str {
+fn route_label(path: &str) -> Route {
     match path {
-        "/api/auth/signup" => "signup",
-        "/api/auth/login" => "login",
-        "/api/auth/refresh" => "refresh",
-        "/api/auth/logout" => "logout",
-        "/api/me" => "me",
-        "/ws" => "ws",
-        "/healthz" => "healthz",
-        "/readyz" => "readyz",
-        "/metrics" => "metrics",
-        p if p.starts_with("/api/rooms/") => "history",
-        p if p.starts_with("/api/admin/") => "admin",
-        p if p.starts_with("/api/") => "api_other",
-        _ => "static",
-    }
-}
-
-fn status_class(s: StatusCode) -> &'static str {
-    match s.as_u16() / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
+        "/api/auth/signup" => Route::Signup,
+        "/api/auth/login" => Route::Login,
+        "/api/auth/refresh" => Route::Refresh,
+        "/api/auth/logout" => Route::Logout,
+        "/api/me" => Route::Me,
+        "/ws" => Route::Ws,
+        "/healthz" => Route::Healthz,
+        "/readyz" => Route::Readyz,
+        "/metrics" => Route::Metrics,
+        p if p.starts_with("/api/rooms/") => Route::History,
+        p if p.starts_with("/api/admin/") => Route::Admin,
+        p if p.starts_with("/api/") => Route::ApiOther,
+        _ => Route::Static,
     }
 }
 
@@ -240,8 +230,10 @@ impl Policy {
 
     fn decorate(&self, mut r: Response, path: &FullPath, origin: Option<&str>) -> Response {
         self.metrics
-            .http_requests
-            .with_label_values(&[route_label(path.as_str()), status_class(r.status())])
+            .http_request(
+                route_label(path.as_str()),
+                StatusClass::of(r.status().as_u16()),
+            )
             .inc();
         let api = is_api(path);
         let h = r.headers_mut();

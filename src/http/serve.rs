@@ -21,7 +21,7 @@ use warp::reply::Response;
 use super::client_ip::{TrustedProxies, limit_key};
 use super::conn::{HttpSlot, Routes, Shared, serve_conn};
 use super::guard::ConnCaps;
-use crate::metrics::Metrics;
+use crate::metrics::{AcceptError, Metrics};
 use crate::tls::Tls;
 
 /// The client's address, readable in filters with `warp::ext::optional::<PeerAddr>()`.
@@ -109,11 +109,8 @@ pub async fn serve(
             Ok(s) => HttpSlot::new(s, edge.metrics.http_connections.clone()),
             Err(hit) => {
                 // Closed at once: no handshake, no bytes, nothing to wait for.
-                edge.metrics
-                    .http_refused
-                    .with_label_values(&[hit.as_str()])
-                    .inc();
-                tracing::debug!(%peer, cap = hit.as_str(), "HTTP connection over a cap closed");
+                edge.metrics.http_refused(hit).inc();
+                tracing::debug!(%peer, cap = hit.label(), "HTTP connection over a cap closed");
                 drop(tcp);
                 continue;
             }
@@ -152,11 +149,11 @@ impl AcceptBackoff {
     /// Counts the error and returns how long to pause before the next accept.
     fn failed(&mut self, e: &io::Error, metrics: &Metrics) -> Duration {
         if !is_fd_limit(e) {
-            metrics.accept_errors.with_label_values(&["other"]).inc();
+            metrics.accept_error(AcceptError::Other).inc();
             tracing::debug!(error = %e, "accept failed");
             return OTHER_ERROR_PAUSE;
         }
-        metrics.accept_errors.with_label_values(&["fd_limit"]).inc();
+        metrics.accept_error(AcceptError::FdLimit).inc();
         self.failures += 1;
         if self.since.is_none() {
             self.since = Some(Instant::now());

@@ -229,11 +229,7 @@ impl Shell {
         for c in fx.counts {
             match c {
                 Count::Eviction(why) => self.metrics.eviction(why).inc(),
-                Count::ErrorSent(code, n) => self
-                    .metrics
-                    .errors_sent
-                    .with_label_values(&[code.as_str()])
-                    .inc_by(n),
+                Count::ErrorSent(code, n) => self.metrics.error_sent(code).inc_by(n),
                 Count::Deliveries(n) => self.metrics.deliveries.inc_by(n),
             }
         }

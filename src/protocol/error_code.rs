@@ -35,6 +35,41 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order (metrics pre-register from it).
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::BadRequest,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::UnknownCommand,
+        ErrorCode::NotFound,
+        ErrorCode::Conflict,
+        ErrorCode::Forbidden,
+        ErrorCode::Unavailable,
+        ErrorCode::Unauthorized,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::RequestTimeout,
+        ErrorCode::Internal,
+    ];
+
+    /// Whether an `error` frame may carry this code; the others are HTTP's
+    /// only (PROTOCOL.md, "HTTP error codes beyond the frame codes").
+    pub fn in_frames(self) -> bool {
+        match self {
+            ErrorCode::BadRequest
+            | ErrorCode::TooLarge
+            | ErrorCode::RateLimited
+            | ErrorCode::UnknownCommand
+            | ErrorCode::NotFound
+            | ErrorCode::Conflict
+            | ErrorCode::Forbidden
+            | ErrorCode::Unavailable => true,
+            ErrorCode::Unauthorized
+            | ErrorCode::MethodNotAllowed
+            | ErrorCode::RequestTimeout
+            | ErrorCode::Internal => false,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
@@ -67,5 +102,20 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn all_lists_each_code_once() {
+        let mut names = ErrorCode::ALL.map(ErrorCode::as_str).to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+        let frames = ErrorCode::ALL.into_iter().filter(|c| c.in_frames()).count();
+        assert_eq!(frames, 8);
     }
 }

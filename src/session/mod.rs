@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::auth::Identity;
 use crate::hub::{HubHandle, Joined, SessionLink};
-use crate::metrics::{Metrics, Out, close_label};
+use crate::metrics::{HistoryKind, Metrics, Out, SessionState, close_label};
 use crate::protocol::frames::{HistoryPage, Limits, MAX_CONTENT_CHARS, encode, encode_history};
 use crate::protocol::{ClientId, CloseCode, Cursor, Frame, RoomName, ServerMsg};
 use crate::storage::{HistoryQuery, StorageHandle, Store, Want};
@@ -91,8 +91,8 @@ where
     let (out_tx, out_rx) = mpsc::channel::<Vec<Frame>>(ctx.cfg.queue.max(2));
     let (close_tx, close_rx) = watch::channel(None);
     let user = req.identity.username.clone();
-    let joining = ctx.metrics.sessions.with_label_values(&["joining"]);
-    let active = ctx.metrics.sessions.with_label_values(&["active"]);
+    let joining = ctx.metrics.session_state(SessionState::Joining);
+    let active = ctx.metrics.session_state(SessionState::Active);
     joining.inc();
 
     if let Err(e) = ctx.store.remember_member(&req.room, &user) {
@@ -145,7 +145,7 @@ where
 /// can come between them, and the live stream continues right after `head`.
 async fn preamble(ctx: &SessionCtx, req: &JoinRequest, id: Uuid, joined: Joined) -> Vec<Frame> {
     let user = &req.identity.username;
-    let timer = ctx.metrics.history("join").start_timer();
+    let timer = ctx.metrics.history(HistoryKind::Join).start_timer();
     let query = HistoryQuery {
         room: req.room.clone(),
         viewer: user.clone(),

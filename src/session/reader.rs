@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::commands::{self, Command};
 use super::{JoinRequest, SessionCtx};
 use crate::hub::NewMsg;
-use crate::metrics::Out;
+use crate::metrics::{HistoryKind, In, Out};
 use crate::protocol::ErrorCode;
 use crate::protocol::frames::{
     HistoryPage, check_content, encode, encode_error, encode_history, encode_retry, encode_saved,
@@ -87,7 +87,7 @@ where
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(_) => {
-                me.count_in("binary");
+                me.count_in(In::Binary);
                 return Some(CloseCode::Unsupported);
             }
             Message::Close(_) => {
@@ -120,16 +120,16 @@ where
         match parse_client(text.as_str()) {
             Ok(m) => {
                 me.count_in(match &m {
-                    ClientMsg::Chat { .. } => "chat",
-                    ClientMsg::Private { .. } => "private",
-                    ClientMsg::Typing { .. } => "typing",
-                    ClientMsg::Ack { .. } => "ack",
-                    ClientMsg::History { .. } => "history",
+                    ClientMsg::Chat { .. } => In::Chat,
+                    ClientMsg::Private { .. } => In::Private,
+                    ClientMsg::Typing { .. } => In::Typing,
+                    ClientMsg::Ack { .. } => In::Ack,
+                    ClientMsg::History { .. } => In::History,
                 });
                 me.handle(m).await
             }
             Err(e) => {
-                me.count_in("invalid");
+                me.count_in(In::Invalid);
                 me.fail(e.code, encode_error(&e));
             }
         }
@@ -173,16 +173,12 @@ impl Reader<'_> {
 
     /// Queues an error frame, counted by code.
     fn fail(&self, code: ErrorCode, f: Frame) {
-        self.ctx
-            .metrics
-            .errors_sent
-            .with_label_values(&[code.as_str()])
-            .inc();
+        self.ctx.metrics.error_sent(code).inc();
         self.push(f, Out::Error);
     }
 
-    fn count_in(&self, kind: &str) {
-        self.ctx.metrics.frames_in.with_label_values(&[kind]).inc();
+    fn count_in(&self, kind: In) {
+        self.ctx.metrics.frame_in(kind).inc();
     }
 
     fn error(&self, code: ErrorCode, message: &str, id: Option<&str>) {
@@ -307,7 +303,7 @@ impl Reader<'_> {
     }
 
     async fn history(&self, dir: PageDir, limit: usize, req: Option<String>) {
-        let _timer = self.ctx.metrics.history("page").start_timer();
+        let _timer = self.ctx.metrics.history(HistoryKind::Page).start_timer();
         let room = self.req.room.clone();
         let pending = self.ctx.hub.pending(room.clone()).await.unwrap_or_default();
         let query = HistoryQuery {
