@@ -282,7 +282,7 @@ async fn run(
                 storage_open = n > 0;
                 let now = Now::read();
                 for ev in events.drain(..) {
-                    shell.event(ev.into(), now);
+                    shell.event(Event::Storage(ev), now);
                 }
                 Some(now.at)
             }

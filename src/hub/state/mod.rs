@@ -26,10 +26,8 @@ use uuid::Uuid;
 use crate::metrics::{Eviction, Out};
 use crate::protocol::ErrorCode;
 use crate::protocol::time::now_ms;
-use crate::protocol::{
-    ClientId, CloseCode, Cursor, Frame, MsgKind, RoomName, Status, StoredMsg, Username,
-};
-use crate::storage::{DurableMsg, Refused, StorageEvent};
+use crate::protocol::{ClientId, CloseCode, Cursor, Frame, MsgKind, RoomName, StoredMsg, Username};
+use crate::storage::{Refused, StorageEvent};
 
 /// The time of an event: monotonic for timers, wall-clock ms for message
 /// timestamps and cursors. Taken once per batch by the shell, made up by tests.
@@ -107,18 +105,9 @@ pub enum Event {
         user: Username,
         family: Option<Uuid>,
     },
-    /// Storage flushed these messages.
-    Durable(Vec<DurableMsg>),
-    /// Storage could not write these broadcast messages.
-    Failed(Vec<DurableMsg>),
-    /// A recipient's status moved forward: route a `receipt` to the sender.
-    Receipt {
-        id: Uuid,
-        room: RoomName,
-        sender: Username,
-        by: Username,
-        status: Status,
-    },
+    /// What the storage writer reports: messages durable or failed, receipts
+    /// that moved forward.
+    Storage(StorageEvent),
     /// Timers: due presence frames and held-back typing states.
     Tick,
     /// Closes every session with this code.
@@ -131,28 +120,6 @@ pub enum Event {
     Gone {
         session: Uuid,
     },
-}
-
-impl From<StorageEvent> for Event {
-    fn from(ev: StorageEvent) -> Self {
-        match ev {
-            StorageEvent::Durable(m) => Event::Durable(m),
-            StorageEvent::Failed(m) => Event::Failed(m),
-            StorageEvent::Receipt {
-                id,
-                room,
-                sender,
-                by,
-                status,
-            } => Event::Receipt {
-                id,
-                room,
-                sender,
-                by,
-                status,
-            },
-        }
-    }
 }
 
 /// One frame for several sessions: encoded once, the bytes shared.
@@ -288,15 +255,19 @@ impl HubState {
             Event::Typing { session, active } => self.typing(session, active, now.at, &mut fx),
             Event::Who { session } => self.who(session, &mut fx),
             Event::Kick { user, family } => self.kick(&user, family, &mut fx),
-            Event::Durable(msgs) => msgs.into_iter().for_each(|m| self.durable(m, &mut fx)),
-            Event::Failed(msgs) => msgs.into_iter().for_each(|m| self.failed(m, &mut fx)),
-            Event::Receipt {
+            Event::Storage(StorageEvent::Durable(msgs)) => {
+                msgs.into_iter().for_each(|m| self.durable(m, &mut fx))
+            }
+            Event::Storage(StorageEvent::Failed(msgs)) => {
+                msgs.into_iter().for_each(|m| self.failed(m, &mut fx))
+            }
+            Event::Storage(StorageEvent::Receipt {
                 id,
                 room,
                 sender,
                 by,
                 status,
-            } => self.receipt(id, &room, &sender, &by, status, &mut fx),
+            }) => self.receipt(id, &room, &sender, &by, status, &mut fx),
             Event::Tick => fx.next_timer = self.flush_timers(now.at, &mut fx),
             Event::Shutdown(code) => self.close_all(code, &mut fx),
         }

@@ -20,7 +20,9 @@ fn chat_goes_to_everyone_in_the_room_and_to_disk_once() {
     // Resent before durable: nothing delivered, nothing stored, no receipt yet.
     let fx = f.send(a, id, MsgKind::Chat, None, "hi");
     assert!(fx.deliveries.is_empty() && fx.append.is_none());
-    f.apply(Event::Durable(vec![lobby_msg(id, "alice")]));
+    f.apply(Event::Storage(StorageEvent::Durable(vec![lobby_msg(
+        id, "alice",
+    )])));
     let r = f.frames(a);
     assert_eq!(
         (r[0]["type"].as_str(), r[0]["status"].as_str()),
@@ -146,7 +148,9 @@ fn a_failed_batch_is_unavailable_to_its_sender_forgotten_and_can_be_retried() {
     let kept = f.chat(a, "kept");
     let (_, _) = (f.frames(a), f.frames(b));
     assert_eq!(f.queued_ids(), [lost, kept]);
-    f.apply(Event::Failed(vec![lobby_msg(lost, "alice")]));
+    f.apply(Event::Storage(StorageEvent::Failed(vec![lobby_msg(
+        lost, "alice",
+    )])));
     let e = f.frames(a);
     assert_eq!(e.len(), 1, "{e:?}");
     assert_eq!(
@@ -166,10 +170,10 @@ fn a_failed_batch_is_unavailable_to_its_sender_forgotten_and_can_be_retried() {
     assert_eq!(f.frames(b)[0]["id"], lost.to_string());
     assert_eq!(f.queued_ids(), [lost]);
     assert_eq!(f.pending_ids("lobby"), [kept, lost]);
-    f.apply(Event::Durable(vec![
+    f.apply(Event::Storage(StorageEvent::Durable(vec![
         lobby_msg(kept, "alice"),
         lobby_msg(lost, "alice"),
-    ]));
+    ])));
     let saved: Vec<_> = f
         .frames(a)
         .into_iter()
@@ -188,7 +192,9 @@ fn a_failed_report_for_a_stored_id_keeps_it_stored() {
     let id = f.chat(a, "once");
     f.flush_storage();
     let (_, _) = (f.frames(a), f.frames(b));
-    f.apply(Event::Failed(vec![lobby_msg(id, "alice")]));
+    f.apply(Event::Storage(StorageEvent::Failed(vec![lobby_msg(
+        id, "alice",
+    )])));
     f.frames(a);
     f.send(a, id, MsgKind::Chat, None, "once");
     assert_eq!(f.frames(a)[0]["status"], "saved");
@@ -236,13 +242,13 @@ fn receipts_go_to_the_senders_sessions_and_joiners_get_pending() {
         joined.pending.iter().map(|m| m.id).collect::<Vec<_>>(),
         [id]
     );
-    f.apply(Event::Receipt {
+    f.apply(Event::Storage(StorageEvent::Receipt {
         id,
         room: RoomName::parse("lobby").unwrap(),
         sender: Username::parse("alice").unwrap(),
         by: Username::parse("bob").unwrap(),
         status: Status::Seen,
-    });
+    }));
     let want = encode(&ServerMsg::Receipt {
         id: &id,
         status: "seen",

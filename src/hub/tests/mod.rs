@@ -21,7 +21,7 @@ use crate::protocol::frames::encode;
 use crate::protocol::{
     ClientId, CloseCode, Cursor, MsgKind, RoomName, ServerMsg, Status, StoredMsg, Username,
 };
-use crate::storage::{DurableMsg, Refused};
+use crate::storage::{DurableMsg, Refused, StorageEvent};
 
 #[derive(Clone, Copy)]
 struct Sess(Uuid);
@@ -189,7 +189,7 @@ impl Fixture {
                 sender: m.sender.clone(),
             })
             .collect();
-        self.apply(Event::Durable(durable));
+        self.apply(Event::Storage(StorageEvent::Durable(durable)));
     }
 }
 
