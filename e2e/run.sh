@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Browser tests of the web client: starts hubbub on a free port with a fresh
+# Unit tests of the web client's modules (node:test, e2e/unit/), then
+# browser tests of the web client: starts hubbub on a free port with a fresh
 # data dir, waits for /healthz, runs e2e/*.test.mjs with BASE_URL, stops it.
 # Env: HUBBUB_BIN (default target/release/hubbub), CHROMIUM (default
 # /usr/bin/chromium), BASE_URL (skip starting a server; use that one),
@@ -8,6 +9,10 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 cd "$root"
+
+# Unit tests of the client's modules first: node only, no browser, no server.
+echo "run.sh: unit tests (e2e/unit)"
+(cd "$here" && timeout 120 node --test --test-reporter=spec unit/)
 
 if [ ! -d "$here/node_modules/playwright-core" ] || [ ! -d "$here/node_modules/axe-core" ]; then
   if [ -f "$here/package-lock.json" ]; then
