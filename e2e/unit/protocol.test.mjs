@@ -180,6 +180,23 @@ test('an older page over the cap drops the newest; "jump to latest" reloads them
   assert.equal(S.newerTrimmed, false);
 });
 
+test('sending while paged far back: the latest page first, the new message under it', () => {
+  const { S, ctx } = setup({ caps: { messages: 3, acked: 100 } });
+  P.handleFrame(ctx, { type: 'welcome', resumed: false });
+  const page = [msg('bob'), msg('bob')];
+  P.handleFrame(ctx, { type: 'history', messages: page, more: true });
+  S.olderReq = 1;
+  P.handleFrame(ctx, { type: 'history', req: 'older:1', messages: [msg('bob'), msg('bob')], more: true });
+  assert.equal(S.newerTrimmed, true);
+  const r = P.outgoing(S, 'back to now', 'mine', 'ts');
+  P.sendOutbox(ctx, r.o);
+  assert.deepEqual(S.conn.sent.slice(-2), [{ type: 'history', limit: 50, req: 'latest' }, r.frame]);
+  assert.equal(S.msgs.has('mine'), false, 'not glued under the old page');
+  P.handleFrame(ctx, { type: 'history', req: 'latest', messages: page, more: true });
+  assert.deepEqual(S.order, [...page.map((m) => m.id), 'mine']);
+  assert.equal(S.msgs.get('mine').status, 'pending');
+});
+
 // ---------- receipts and errors ----------
 
 test('receipts: saved clears the outbox; status never goes backwards', () => {

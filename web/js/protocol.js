@@ -393,7 +393,9 @@ export function outgoing(S, raw, id, ts) {
 /** Show an outbox entry as a pending message at the bottom. */
 export function addPending(ctx, o) {
   const { S } = ctx;
-  if (S.newerTrimmed) reloadLatest(ctx);
+  // Paged far back: the latest page is fetched first, and the entry is
+  // shown under it (outboxToView) or comes with it once saved.
+  if (S.newerTrimmed && reloadLatest(ctx)) return null;
   const m = {
     id: o.id, room: o.room, sender: S.me, content: o.display, type: o.kind,
     target: o.target, ts: o.ts,
