@@ -169,7 +169,7 @@ test('user content renders as text (XSS)', async (t) => {
   await send(a.page, 'after the payload');
   await messages(b.page, 'after the payload').waitFor();
   await mine(a.page, 'after the payload').waitFor();
-  assert.equal(await b.page.locator('#messages img').count(), 0);
-  assert.equal(await a.page.locator('#messages img').count(), 0);
+  assert.equal(await b.page.getByRole('log', { name: 'Messages' }).locator('img').count(), 0);
+  assert.equal(await a.page.getByRole('log', { name: 'Messages' }).locator('img').count(), 0);
   for (const p of [a, b]) assert.deepEqual(p.problems, []);
 });

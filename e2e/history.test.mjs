@@ -39,20 +39,20 @@ test(`a burst of ${BULK} messages: all saved, no rate_limited error`, async (t) 
   await signup(pa, uniqueName('alice'));
   await joinRoom(pa, uniqueRoom('burst'));
   await burst(pa, 'bulk', BULK);
-  assert.equal(await pa.locator('#messages li.msg').count(), BULK);
+  assert.equal(await pa.getByRole('log', { name: 'Messages' }).locator('li.msg').count(), BULK);
   assert.equal(await mine(pa, `bulk ${BULK - 1}`).count(), 1);
   assert.deepEqual(rateLimited, []);
-  assert.equal(await pa.locator('#messages li.system.error').count(), 0);
+  assert.equal(await pa.getByRole('log', { name: 'Messages' }).locator('li.system.error').count(), 0);
 });
 
 test('history: the latest page on join, older pages on scrolling up', async (t) => {
   const { pb } = await busyRoom(t);
-  assert.equal(await pb.locator('#messages li.msg').count(), 50);
+  assert.equal(await pb.getByRole('log', { name: 'Messages' }).locator('li.msg').count(), 50);
   await pb.getByRole('button', { name: 'Load older messages' }).waitFor();
   await pb.getByRole('log', { name: 'Messages' }).evaluate((s) => { s.scrollTop = 0; s.dispatchEvent(new Event('scroll')); });
   await messages(pb, 'bulk 0').waitFor();
   await pb.getByText('This is the start of the room.').waitFor();
-  const bodies = await pb.locator('#messages li.msg .body').allTextContents();
+  const bodies = await pb.getByRole('log', { name: 'Messages' }).locator('li.msg .body').allTextContents();
   assert.deepEqual(bodies, Array.from({ length: BULK }, (_, i) => `bulk ${i}`), 'in order, once each');
 });
 

@@ -66,7 +66,7 @@ test('offline while others talk: back online, every message exactly once', async
   }
   // No id twice on either page.
   for (const p of [pa, pb]) {
-    const ids = await p.locator('#messages li.msg').evaluateAll((els) => els.map((e) => e.dataset.id));
+    const ids = await p.getByRole('log', { name: 'Messages' }).locator('li.msg').evaluateAll((els) => els.map((e) => e.dataset.id));
     assert.equal(new Set(ids).size, ids.length, 'ids unique');
   }
   assert.deepEqual(b.problems, []);
@@ -117,7 +117,7 @@ test('a second tab with the same client id replaces the first', async (t) => {
   // not reconnect on its own (it would have taken the new tab's place).
   await send(b.page, 'to the new tab');
   await messages(pa2, 'to the new tab').waitFor();
-  assert.equal(await pa.locator('#conn').getAttribute('data-state'), 'replaced');
+  assert.equal(await pa.getByRole('status').getAttribute('data-state'), 'replaced');
   assert.equal(await counter(pa, 'welcomes'), welcomes, 'no automatic reconnect');
   await online(pa2);
   // Taking over again swaps the roles.
