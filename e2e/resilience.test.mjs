@@ -164,7 +164,7 @@ test('a message over max_frame bytes is refused before sending, with a clear mes
   assert.equal(await counter(pa, 'welcomes'), 1, 'the socket was never closed');
 });
 
-test('a 1009 close fails the message in flight; it is not resent in a loop', async (t) => {
+test('a frame the server closes on (1009, or its close frame lost) fails; it is not resent in a loop', async (t) => {
   const room = uniqueRoom('poison');
   const alice = await person(browser);
   t.after(() => alice.context.close().catch(() => {}));
@@ -189,19 +189,23 @@ test('a 1009 close fails the message in flight; it is not resent in a loop', asy
   const big = '字'.repeat(2800);
   await send(pa, big);
   const failed = mine(pa, big, ['failed']);
-  await failed.waitFor({ timeout: 15000 });
-  // The server's close frame can be lost to the TCP reset that follows it
-  // (the rest of the big frame is unread): the page then sees 1006 and
-  // resends, until a 1009 gets through. From the 1009 on: no more resends.
-  const framesAtFail = bigFrames;
-  const connectionsAtFail = connections;
-  assert.match(await failed.locator('.tick-text').textContent(), /Not sent: too long/);
+  await failed.waitFor({ timeout: 20000 });
+  // The server's close frame is often lost to the TCP reset that follows it
+  // (the rest of the big frame is unread; over plain TCP nearly always): the
+  // page then sees 1006, and gives the message up after 3 such drops in a
+  // row with it unanswered. Either way: failed, then no more resends.
+  const framesAtFail = bigFrames; // stable from here: the message left the outbox
+  assert.ok(framesAtFail >= 1 && framesAtFail <= 3, `sent ${framesAtFail} times`);
+  assert.match(await failed.locator('.tick-text').textContent(), /^Not sent: (too long|the connection dropped each time)/);
   await online(pa);
   await send(pa, 'after the big one');
   await mine(pa, 'after the big one').waitFor();
-  assert.ok(framesAtFail >= 1);
-  assert.equal(bigFrames, framesAtFail, 'not resent after the 1009');
-  assert.equal(connections, connectionsAtFail + 1, 'one reconnect after the 1009, no loop');
+  // The connection is steady now: another round trip on the same socket.
+  const steady = connections;
+  await send(pa, 'and one more');
+  await mine(pa, 'and one more').waitFor();
+  assert.equal(connections, steady, 'no reconnect loop');
+  assert.equal(bigFrames, framesAtFail, 'not resent after it failed');
   const outbox = await pa.evaluate(() => sessionStorage.getItem('hubbub.outbox'));
   assert.ok(!outbox.includes('字字字'), 'not in the outbox');
 });

@@ -10,6 +10,7 @@ function setup(over = {}) {
   const frames = [];
   const states = [];
   const tooBig = [];
+  const suspects = [];
   const refreshes = [];
   let cursor = null;
   const conn = new Connection({
@@ -19,13 +20,14 @@ function setup(over = {}) {
     onFrame: (f) => frames.push(f),
     onState: (s, info) => states.push([s, info]),
     onTooBig: (frame, bytes) => tooBig.push([frame, bytes]),
+    onSuspect: (frame, bytes) => suspects.push([frame, bytes]),
     refreshAuth: async (force) => { refreshes.push(force); return 'ok'; },
     WebSocket: FakeWebSocket,
     timers: clock.timers,
     env: fakeEnv(),
     ...over,
   });
-  return { clock, conn, all, frames, states, tooBig, refreshes, setCursor: (c) => { cursor = c; } };
+  return { clock, conn, all, frames, states, tooBig, suspects, refreshes, setCursor: (c) => { cursor = c; } };
 }
 
 test('connects to /ws with room, client and since; online after welcome', () => {
@@ -99,6 +101,28 @@ test('a 1009 close reports the biggest message the socket carried, then reconnec
   assert.equal(t.tooBig[0][0].id, 'b');
   await t.clock.advance(40_000);
   assert.equal(t.all.length, 2, 'reconnects');
+  t.conn.stop();
+});
+
+test('1006 (no close frame): the biggest unanswered message is reported as a suspect; answered ones never', async () => {
+  const t = setup();
+  t.conn.connect();
+  t.all[0].welcome();
+  t.conn.send({ type: 'chat', id: 'ok', content: 'x'.repeat(3000) });
+  t.all[0].recv({ type: 'chat', id: 'ok', sender: 'ann', content: 'x'.repeat(3000) }); // the echo
+  t.conn.send({ type: 'chat', id: 'sus', content: 'y'.repeat(2000) });
+  t.conn.send({ type: 'chat', id: 'small', content: 'z' });
+  t.all[0].serverClose(CLOSE.ABNORMAL);
+  await settle();
+  assert.deepEqual(t.suspects.map(([f]) => f.id), ['sus']);
+  assert.equal(t.tooBig.length, 0);
+  // A clean close reports nothing.
+  await t.clock.advance(40_000);
+  t.all[1].welcome();
+  t.conn.send({ type: 'chat', id: 'later', content: 'q' });
+  t.all[1].serverClose(CLOSE.GOING_AWAY);
+  await settle();
+  assert.equal(t.suspects.length, 1);
   t.conn.stop();
 });
 

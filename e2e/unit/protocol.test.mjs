@@ -91,6 +91,52 @@ test('1009: the message in flight fails and leaves the outbox; the next socket d
   S.conn.stop();
 });
 
+test('1006 each time the same message goes out: after 3 in a row it fails instead of looping', async () => {
+  const { S, ctx } = setup();
+  const clock = new FakeClock();
+  ctx.timers = clock.timers;
+  const { FakeWebSocket, all } = fakeSockets();
+  S.conn = new Connection({
+    room: 'r', clientId: 'web-1', since: () => S.lastCursor,
+    onFrame: (f) => P.handleFrame(ctx, f), onState: () => {},
+    onTooBig: (frame, bytes) => P.onTooBig(ctx, frame, bytes),
+    onSuspect: (frame, bytes) => P.onSuspect(ctx, frame, bytes),
+    refreshAuth: async () => 'ok',
+    WebSocket: FakeWebSocket, timers: clock.timers, env: fakeEnv(),
+  });
+  S.conn.connect();
+  all[0].welcome();
+  all[0].recv({ type: 'history', messages: [], more: false });
+  P.sendOutbox(ctx, P.outgoing(S, 'w'.repeat(3900), 'poison', 'ts').o);
+  for (let i = 0; i < P.SUSPECT_STRIKES; i++) {
+    const ws = all.at(-1);
+    assert.ok(ws.sent.some((f) => f.id === 'poison'), `sent on socket ${i}`);
+    assert.equal(S.msgs.get('poison').status, 'pending');
+    ws.serverClose(CLOSE.ABNORMAL); // the server's 1009 lost to a reset
+    await settle();
+    await clock.advance(40_000);
+    all.at(-1).welcome();
+    all.at(-1).recv({ type: 'history', messages: [], more: false });
+    await clock.advance(1000);
+  }
+  assert.equal(S.msgs.get('poison').status, 'failed');
+  assert.match(S.msgs.get('poison').detail, /dropped each time/);
+  assert.equal(S.outbox.has('poison'), false);
+  assert.equal(all.at(-1).sent.filter((f) => f.id === 'poison').length, 0, 'not sent again');
+  S.conn.stop();
+});
+
+test('a message the server answers is never a suspect, however often the network drops', () => {
+  const { S, ctx } = setup();
+  P.sendOutbox(ctx, P.outgoing(S, 'fine', 'fine-1', 'ts').o);
+  P.onSuspect(ctx, { id: 'fine-1' }, 10);
+  P.onSuspect(ctx, { id: 'fine-1' }, 10);
+  P.handleFrame(ctx, { type: 'receipt', id: 'fine-1', status: 'saved' });
+  P.onSuspect(ctx, { id: 'fine-1' }, 10);
+  assert.equal(S.msgs.get('fine-1').status, 'saved');
+  assert.equal(S.strikes.size, 0);
+});
+
 test('an outbox entry over the limit (persisted before) is not resent after a welcome: it fails', () => {
   const { S, ctx, saves } = setup();
   S.conn = recordingConn();
@@ -121,6 +167,18 @@ test('resumed: false after a reconnect: the view starts over from the latest pag
   assert.ok(ctx.ui.calls.announce.some(([t]) => t === P.GAP_TEXT), 'announced');
   assert.equal(S.moreOlder, true, 'older pages reachable');
   assert.equal(S.oldestCursor, latest[0].cursor);
+});
+
+test('resumed: false after a reconnect without a cursor: nothing to resume, nothing cleared', () => {
+  const { S, ctx } = setup();
+  P.handleFrame(ctx, { type: 'welcome', resumed: false });
+  P.handleFrame(ctx, { type: 'history', messages: [], more: false });
+  P.sendOutbox(ctx, P.outgoing(S, 'pending one', 'p1', 'ts').o);
+  P.onTooBig(ctx, S.outbox.get('p1').frame, 9000); // failed, out of the outbox
+  P.handleFrame(ctx, { type: 'welcome', resumed: false });
+  P.handleFrame(ctx, { type: 'history', messages: [], more: false });
+  assert.equal(ctx.ui.calls.clearMessages, undefined);
+  assert.equal(S.msgs.get('p1').status, 'failed', 'the failed message stays in view');
 });
 
 test('resumed: true after a reconnect: the page is appended, no gap', () => {

@@ -225,6 +225,7 @@ function joinRoom(room, { replaceHash = false } = {}) {
     onFrame: (f) => { if (f.type === 'welcome') count('welcomes'); P.handleFrame(ctx, f); },
     onState: onConnState,
     onTooBig: (frame, bytes) => P.onTooBig(ctx, frame, bytes),
+    onSuspect: (frame, bytes) => P.onSuspect(ctx, frame, bytes),
     refreshAuth: auth.refreshAuth,
     ...watchdogOverride(),
   });

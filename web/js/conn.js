@@ -19,7 +19,7 @@ const MAX_ACK_IDS = 100;
 const OPEN = 1;                // WebSocket.OPEN
 
 export const CLOSE = {
-  NORMAL: 1000, GOING_AWAY: 1001, POLICY: 1008, TOO_BIG: 1009,
+  NORMAL: 1000, GOING_AWAY: 1001, ABNORMAL: 1006, POLICY: 1008, TOO_BIG: 1009,
   REPLACED: 4001, EVICTED: 4002,
 };
 
@@ -48,7 +48,9 @@ export class Connection {
    * @param {(state: string, info?: object) => void} o.onState
    * @param {() => Promise<'ok'|'unauthorized'|'error'>} o.refreshAuth
    * @param {(frame: object, bytes: number) => void} [o.onTooBig]  a frame over
-   *        `max_frame`: refused before sending, or the biggest one a 1009 close followed
+   *        `max_frame`: refused before sending, or the biggest unanswered one a 1009 close followed
+   * @param {(frame: object, bytes: number) => void} [o.onSuspect]  the biggest
+   *        unanswered message when a socket dies without a close frame (1006)
    * @param {number} [o.silenceMs]  watchdog: silence before a probe (45 s)
    * @param {number} [o.probeMs]    watchdog: wait for the probe's answer (10 s)
    * @param {Function} [o.WebSocket] @param {object} [o.timers] @param {object} [o.env]
@@ -57,6 +59,7 @@ export class Connection {
     this.silenceMs = SILENCE_MS;
     this.probeMs = PROBE_TIMEOUT_MS;
     this.onTooBig = () => {};
+    this.onSuspect = () => {};
     this.WebSocket = globalThis.WebSocket;
     this.timers = realTimers;
     Object.assign(this, o);
@@ -78,7 +81,9 @@ export class Connection {
     this.pumpTimer = null;
     this.acks = { delivered: new Set(), seen: new Set() };
     this.ackTimer = null;
-    this.biggest = null;           // {frame, bytes}: the biggest message sent on this socket
+    // Messages sent on this socket that the server has not yet answered
+    // (echo, receipt or error with their id): id -> {frame, bytes}.
+    this.unanswered = new Map();
     this.onOffline = () => this.wentOffline();
     this.onOnline = () => this.cameOnline();
     this.env.on('offline', this.onOffline);
@@ -122,7 +127,7 @@ export class Connection {
       return;
     }
     this.ws = ws;
-    this.biggest = null;
+    this.unanswered = new Map();
     let welcomed = false;
     ws.onopen = () => { this.lastTraffic = this.timers.now(); };
     ws.onmessage = (ev) => {
@@ -131,6 +136,7 @@ export class Connection {
       this.probeAt = 0;
       let f;
       try { f = JSON.parse(ev.data); } catch { return; }
+      if (f.id) this.unanswered.delete(f.id);
       if (f.type === 'welcome') {
         welcomed = true;
         this.attempt = 0;
@@ -154,9 +160,15 @@ export class Connection {
       this.requeue();
       this.renewing = false;
       this.closeRetired();
-      const big = this.biggest;
-      this.biggest = null;
+      const big = this.biggestUnanswered();
+      this.unanswered = new Map();
+      // 1009: the server read a frame over its limit; the biggest message it
+      // never answered is that frame. 1006 (no close frame): often the same
+      // thing, the close frame lost to the TCP reset that follows it while
+      // the rest of the big frame was unread; reported as a suspect, the
+      // outbox gives up on a message after a few of these in a row.
       if (ev.code === CLOSE.TOO_BIG && big) this.onTooBig(big.frame, big.bytes);
+      else if (ev.code === CLOSE.ABNORMAL && big && welcomed) this.onSuspect(big.frame, big.bytes);
       this.closed(ev.code, welcomed);
     };
     ws.onerror = () => { /* onclose follows */ };
@@ -280,7 +292,7 @@ export class Connection {
     const ws = this.ws;
     this.ws = null;
     this.requeue();
-    this.biggest = null;
+    this.unanswered = new Map();
     if (ws) {
       ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
       try { ws.close(1000, 'client closing'); } catch { /* already closed */ }
@@ -302,6 +314,12 @@ export class Connection {
 
   get open() {
     return !!this.ws && this.ws.readyState === OPEN && this.state === 'online';
+  }
+
+  biggestUnanswered() {
+    let big = null;
+    for (const u of this.unanswered.values()) if (!big || u.bytes > big.bytes) big = u;
+    return big;
   }
 
   // ---- rate-limited sending ----
@@ -344,7 +362,7 @@ export class Connection {
       this.onTooBig(frame, bytes);
       return true;
     }
-    if (frame.id && (!this.biggest || bytes > this.biggest.bytes)) this.biggest = { frame, bytes };
+    if (frame.id && (frame.type === 'chat' || frame.type === 'private')) this.unanswered.set(frame.id, { frame, bytes });
     this.ws.send(text);
     return true;
   }

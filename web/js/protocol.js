@@ -53,10 +53,11 @@ export function onHistory(ctx, f) {
   }
   // The page that follows `welcome` (or a reload of the latest page): the
   // latest, or everything since our cursor. `resumed: false` after a
-  // reconnect means the server could not honour `since`: the page is the
-  // latest 50 with an unknown gap before it, so the view starts over from it
-  // and says so, instead of gluing it under the old messages.
-  const gap = S.joinedOnce && !S.resumed && req === '';
+  // reconnect with a cursor means the server could not honour `since`: the
+  // page is the latest 50 with an unknown gap before it, so the view starts
+  // over from it and says so, instead of gluing it under the old messages.
+  // (Without a cursor there was nothing to resume: nothing is cleared.)
+  const gap = S.joinedOnce && !S.resumed && req === '' && !!S.lastCursor;
   if (gap) clearView(ctx);
   const first = !S.joinedOnce;
   S.joinedOnce = true;
@@ -258,6 +259,7 @@ export function setStatus(ctx, entry, status, detail) {
 }
 
 export function markSaved(ctx, id) {
+  ctx.S.strikes.delete(id);
   if (ctx.S.outbox.delete(id)) ctx.saveOutbox();
 }
 
@@ -312,6 +314,29 @@ export function onTooBig(ctx, frame, bytes) {
   const entry = S.msgs.get(frame.id);
   const max = (S.conn && S.conn.limits && S.conn.limits.max_frame) || DEFAULT_LIMITS.max_frame;
   const why = `too long for the server (${bytes ?? '?'} bytes; at most ${max})`;
+  if (entry) setStatus(ctx, entry, 'failed', why);
+  else ctx.ui.systemLine(`A message was not sent: ${why}.`, 'error');
+}
+
+export const SUSPECT_STRIKES = 3;
+
+/**
+ * The socket died without a close frame (1006) with `frame` sent and not
+ * answered. Once is a network blip; the same message each time, SUSPECT_STRIKES
+ * times in a row, is a frame the server keeps refusing (its 1009 lost on the
+ * way): it fails like a 1009 instead of looping.
+ */
+export function onSuspect(ctx, frame, bytes) {
+  const { S } = ctx;
+  for (const id of S.strikes.keys()) if (!S.outbox.has(id)) S.strikes.delete(id); // saved or failed since
+  if (!frame || !frame.id || !S.outbox.has(frame.id)) return;
+  const n = (S.strikes.get(frame.id) || 0) + 1;
+  if (n < SUSPECT_STRIKES) { S.strikes.set(frame.id, n); return; }
+  S.strikes.delete(frame.id);
+  S.outbox.delete(frame.id);
+  ctx.saveOutbox();
+  const why = `the connection dropped each time it was sent (${bytes ?? '?'} bytes: too long for the server?)`;
+  const entry = S.msgs.get(frame.id);
   if (entry) setStatus(ctx, entry, 'failed', why);
   else ctx.ui.systemLine(`A message was not sent: ${why}.`, 'error');
 }

@@ -26,6 +26,7 @@ export function createState(caps = {}) {
     olderReq: 0,
     newerTrimmed: false,    // newest messages dropped after paging up: reload to see them
     outbox: new Map(),      // id -> {id, user, room, frame, ...}; until `saved`
+    strikes: new Map(),     // outbox id -> sockets that died (1006) with it unanswered
     typers: new Map(),      // sender -> expiry ms
     presence: [],
     pmTarget: null,
