@@ -168,7 +168,7 @@ export class Connection {
       // the rest of the big frame was unread; reported as a suspect, the
       // outbox gives up on a message after a few of these in a row.
       if (ev.code === CLOSE.TOO_BIG && big) this.onTooBig(big.frame, big.bytes);
-      else if (ev.code === CLOSE.ABNORMAL && big && welcomed) this.onSuspect(big.frame, big.bytes);
+      else if (ev.code === CLOSE.ABNORMAL && big && welcomed && this.env.onLine()) this.onSuspect(big.frame, big.bytes);
       this.closed(ev.code, welcomed);
     };
     ws.onerror = () => { /* onclose follows */ };
