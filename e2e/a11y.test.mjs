@@ -1,26 +1,16 @@
 // Accessibility: axe-core finds no serious or critical violations on the
-// login page and a busy chat (light and dark), and the chat works from the keyboard.
+// login page and a busy chat (light and dark), and the chat works from the
+// keyboard. Each test has its own people and room.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  AXE_PATH, launch, person, uniqueName, signup, joinRoom, send, messages, shot, online,
+  AXE_PATH, launch, person, uniqueName, uniqueRoom, signup, joinRoom, send, messages, mine, shot, online,
+  people, personButton, messageBox, log,
 } from './helpers.mjs';
 
 let browser;
-let alice; let bob;
-let pa; let pb;
-const room = uniqueName('a11y').replace(/_/g, '-');
-const names = { a: uniqueName('alice'), b: uniqueName('bob') };
-
-before(async () => {
-  browser = await launch();
-  alice = await person(browser);
-  bob = await person(browser);
-});
-
-after(async () => {
-  await browser?.close();
-});
+before(async () => { browser = await launch(); });
+after(async () => { await browser?.close(); });
 
 // axe.min.js from node_modules, served under the page's own origin so the
 // strict CSP (script-src 'self') lets it run; addScriptTag({ path }) would
@@ -41,8 +31,10 @@ async function axe(page, label) {
   return result;
 }
 
-test('login page: no serious or critical axe violations', async () => {
-  pa = await alice.page('/');
+test('login page: no serious or critical axe violations', async (t) => {
+  const alice = await person(browser);
+  t.after(() => alice.context.close());
+  const pa = await alice.page('/');
   await pa.getByRole('heading', { name: 'Log in or sign up' }).waitFor();
   await axe(pa, 'login (light)');
   await pa.emulateMedia({ colorScheme: 'dark' });
@@ -55,8 +47,13 @@ test('login page: no serious or critical axe violations', async () => {
   assert.equal(await pa.getByLabel('Username').getAttribute('aria-invalid'), 'true');
 });
 
-test('keyboard only: sign up, join, send, newline, private and Escape', async () => {
-  await pa.getByLabel('Username').fill(names.a);
+test('keyboard only: sign up, join, send, newline, private and Escape', async (t) => {
+  const alice = await person(browser);
+  t.after(() => alice.context.close());
+  const pa = await alice.page('/');
+  const room = uniqueRoom('a11y');
+  const a = uniqueName('alice');
+  await pa.getByLabel('Username').fill(a);
   await pa.getByLabel('Password').fill('correct horse battery');
   // Tab from the password to the buttons: Log in, then Sign up.
   await pa.getByLabel('Password').focus();
@@ -64,30 +61,33 @@ test('keyboard only: sign up, join, send, newline, private and Escape', async ()
   await pa.keyboard.press('Tab');
   assert.equal(await pa.evaluate(() => document.activeElement.textContent), 'Sign up');
   await pa.keyboard.press('Enter');
-  await pa.locator('#me-name', { hasText: names.a }).waitFor();
+  await pa.getByText(`Signed in as ${a}`).waitFor();
   await online(pa);
   await joinRoom(pa, room);
 
-  pb = await bob.page(`/#${room}`);
-  await signup(pb, names.b);
-  await pa.locator(`#people-list button[data-user="${names.b}"]`).waitFor();
+  const bob = await person(browser);
+  t.after(() => bob.context.close());
+  const pb = await bob.page(`/#${room}`);
+  const b = uniqueName('bob');
+  await signup(pb, b);
+  await personButton(pa, b).waitFor();
 
   // The composer has focus after joining; Shift+Enter adds a line, Enter sends.
-  await pa.getByLabel('Message', { exact: true }).focus();
+  await messageBox(pa).focus();
   await pa.keyboard.type('line one');
   await pa.keyboard.press('Shift+Enter');
   await pa.keyboard.type('line two');
   await pa.keyboard.press('Enter');
   await messages(pb, 'line one\nline two').waitFor();
-  assert.equal(await pa.getByLabel('Message', { exact: true }).inputValue(), '');
+  assert.equal(await messageBox(pa).inputValue(), '');
 
   // Private mode from the people list with the keyboard, Escape leaves it.
-  await pa.locator(`#people-list button[data-user="${names.b}"]`).focus();
+  await personButton(pa, b).focus();
   await pa.keyboard.press('Enter');
-  await pa.locator('#pm-chip').waitFor();
+  await pa.getByText(`Private message to ${b}`).waitFor();
   assert.equal(await pa.evaluate(() => document.activeElement.id), 'composer-input');
   await pa.keyboard.press('Escape');
-  await pa.locator('#pm-chip').waitFor({ state: 'hidden' });
+  await pa.getByText(`Private message to ${b}`).waitFor({ state: 'hidden' });
 
   // Focus is visible: a focused button gets an outline.
   await pa.getByRole('button', { name: 'Log out' }).focus();
@@ -97,22 +97,25 @@ test('keyboard only: sign up, join, send, newline, private and Escape', async ()
   assert.notEqual(outline, 'none');
 });
 
-test('a busy chat: no serious or critical axe violations, light and dark', async () => {
+test('a busy chat: no serious or critical axe violations, light and dark', async (t) => {
+  const [a, b] = await people(t, browser, uniqueRoom('a11y'), ['alice', 'bob']);
+  const pa = a.page; const pb = b.page;
   await send(pb, 'hello from bob');
   await send(pa, 'and a reply');
-  await pb.locator(`#people-list button[data-user="${names.a}"]`).click();
+  await personButton(pb, a.name).click();
   await send(pb, 'a private word');
   await messages(pa, 'a private word').waitFor();
-  await pa.locator('li.msg[data-status="seen"]', { hasText: 'and a reply' }).waitFor();
+  await mine(pa, 'and a reply', ['seen']).waitFor();
   await send(pa, '/ping');
-  await pa.locator('li.system', { hasText: 'pong' }).waitFor();
+  await log(pa).filter({ hasText: 'pong' }).waitFor();
   // The polite live region announced Bob's message.
-  await pa.locator('#announcer', { hasText: `${names.b}: hello from bob` }).waitFor();
-  assert.equal(await pa.locator('#announcer').getAttribute('aria-live'), 'polite');
+  const announcer = pa.locator('#announcer');
+  await announcer.getByText(`${b.name}: hello from bob`).waitFor({ state: 'attached' });
+  assert.equal(await announcer.getAttribute('aria-live'), 'polite');
   await axe(pa, 'chat (light)');
   await pa.emulateMedia({ colorScheme: 'dark' });
   await axe(pa, 'chat (dark)');
   await shot(pa, 'chat-dark');
   await pa.emulateMedia({ colorScheme: 'light' });
-  assert.deepEqual(alice.problems, []);
+  assert.deepEqual(a.problems, []);
 });

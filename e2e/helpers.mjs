@@ -62,7 +62,7 @@ export async function signup(page, username, password = PASSWORD) {
   await page.getByLabel('Username').fill(username);
   await page.getByLabel('Password').fill(password);
   await page.getByRole('button', { name: 'Sign up' }).click();
-  await page.locator('#me-name', { hasText: username }).waitFor();
+  await page.getByText(`Signed in as ${username}`).waitFor();
   await online(page);
 }
 
@@ -70,32 +70,103 @@ export async function login(page, username, password = PASSWORD) {
   await page.getByLabel('Username').fill(username);
   await page.getByLabel('Password').fill(password);
   await page.getByRole('button', { name: 'Log in' }).click();
-  await page.locator('#me-name', { hasText: username }).waitFor();
+  await page.getByText(`Signed in as ${username}`).waitFor();
   await online(page);
 }
 
+/** The connection status (role=status) in a given data-state. */
+export function connState(page, state) {
+  return page.getByRole('status').and(page.locator(`[data-state="${state}"]`));
+}
+
 export async function online(page, timeout = 15000) {
-  await page.locator('#conn[data-state="online"]').waitFor({ timeout });
+  await connState(page, 'online').waitFor({ timeout });
+}
+
+export function roomHeading(page, room) {
+  return page.getByRole('heading', { name: `#${room}`, exact: true });
 }
 
 export async function joinRoom(page, room) {
   await page.getByLabel('Room name').fill(room);
   await page.getByRole('button', { name: 'Join', exact: true }).click();
-  await page.locator('#room-title', { hasText: `#${room}` }).waitFor();
+  await roomHeading(page, room).waitFor();
   await online(page);
 }
 
+/** The button in the people list that starts a private message to `user`. */
+export function personButton(page, user) {
+  return page.getByRole('button', { name: `${user}: send a private message`, exact: true });
+}
+
+export function messageBox(page) {
+  return page.getByLabel('Message', { exact: true });
+}
+
 export async function send(page, text) {
-  const box = page.getByLabel('Message', { exact: true });
+  const box = messageBox(page);
   await box.fill(text);
   await box.press('Enter');
 }
 
+/** The message log's items (messages, system lines, markers). */
+export function log(page) {
+  return page.getByRole('log', { name: 'Messages' }).getByRole('listitem');
+}
+
 /** The message items whose body text is exactly `text`. */
 export function messages(page, text) {
-  return page.locator('#messages li.msg').filter({
+  return page.getByRole('log', { name: 'Messages' }).locator('li.msg').filter({
     has: page.locator('.body', { hasText: new RegExp(`^${escapeRe(text)}$`) }),
   });
+}
+
+/** Own messages with `text` whose tick has reached one of `statuses`. */
+export function mine(page, text, statuses = ['saved', 'delivered', 'seen']) {
+  const sel = statuses.map((s) => `li.msg[data-status="${s}"]`).join(', ');
+  return page.locator(sel).filter({ has: page.locator('.body', { hasText: new RegExp(`^${escapeRe(text)}$`) }) });
+}
+
+/** A counter the client keeps on <body> (welcomes, refreshes, tokenCloses). */
+export async function counter(page, name) {
+  return Number(await page.evaluate((n) => document.body.dataset[n] || 0, name));
+}
+
+/**
+ * People for one test, each in a browser context of their own, signed up and
+ * in `room`; the contexts close when the test ends, pass or fail.
+ * Returns [{ name, ctx, page, problems }, ...].
+ */
+export async function people(t, browser, room, prefixes, { query = '' } = {}) {
+  const out = [];
+  for (const prefix of prefixes) {
+    const p = await person(browser);
+    t.after(() => p.context.close().catch(() => {}));
+    const name = uniqueName(prefix);
+    const page = await p.page(`/${query}#${room}`);
+    await signup(page, name);
+    await roomHeading(page, room).waitFor();
+    out.push({ name, ctx: p.context, page, problems: p.problems });
+  }
+  // Everyone sees everyone online before the test begins.
+  for (const a of out) for (const b of out) if (a !== b) await personButton(a.page, b.name).waitFor();
+  return out;
+}
+
+export function uniqueRoom(prefix) {
+  return uniqueName(prefix).replace(/_/g, '-').slice(0, 30);
+}
+
+/** Sends `n` messages "<prefix> i" as fast as the page takes them; waits until all are saved. */
+export async function burst(page, prefix, n) {
+  await page.evaluate(([p, k]) => {
+    const box = document.getElementById('composer-input');
+    const form = document.getElementById('composer');
+    for (let i = 0; i < k; i++) { box.value = `${p} ${i}`; form.requestSubmit(); }
+  }, [prefix, n]);
+  await waitFor(async () => (await page.locator('li.msg[data-status]').count()) >= n
+      && (await page.locator('li.msg[data-status="pending"]').count()) === 0,
+  { timeout: 30000, what: `${n} messages saved` });
 }
 
 export function escapeRe(s) {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Browser tests of the web client: starts hubbub on a free port with a fresh
+# Unit tests of the web client's modules (node:test, e2e/unit/), then
+# browser tests of the web client: starts hubbub on port 0 with a fresh
 # data dir, waits for /healthz, runs e2e/*.test.mjs with BASE_URL, stops it.
 # Env: HUBBUB_BIN (default target/release/hubbub), CHROMIUM (default
 # /usr/bin/chromium), BASE_URL (skip starting a server; use that one),
@@ -8,6 +9,10 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 cd "$root"
+
+# Unit tests of the client's modules first: node only, no browser, no server.
+echo "run.sh: unit tests (e2e/unit)"
+(cd "$here" && timeout 120 node --test --test-reporter=spec unit/)
 
 if [ ! -d "$here/node_modules/playwright-core" ] || [ ! -d "$here/node_modules/axe-core" ]; then
   if [ -f "$here/package-lock.json" ]; then
@@ -44,7 +49,6 @@ if [ -z "${BASE_URL:-}" ]; then
     exit 2
   fi
   export HUBBUB_BIN="$bin"
-  port="$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
   data_dir="$(mktemp -d)"
   log="$data_dir/server.log"
   # Flags this build knows: the edge limits are raised (the tests sign up a
@@ -73,21 +77,26 @@ if [ -z "${BASE_URL:-}" ]; then
   if has "--tls "; then plain+=(--tls off); fi
   export HUBBUB_E2E_ARGS="${plain[*]}"
   # The UI files embedded in the binary (what an installed hubbub serves).
-  "$bin" --listen "127.0.0.1:$port" --data-dir "$data_dir/data" \
+  # Port 0: the server binds a free port itself and prints the address.
+  "$bin" --listen "127.0.0.1:0" --data-dir "$data_dir/data" \
     "${limits[@]}" "${tls[@]}" >"$log" 2>&1 &
   server_pid=$!
-  export BASE_URL="$scheme://127.0.0.1:$port"
+  BASE_URL=""
   for i in $(seq 1 150); do
-    if curl -kfsS "$BASE_URL/healthz" >/dev/null 2>&1; then break; fi
+    if [ -z "$BASE_URL" ]; then
+      BASE_URL="$(sed -n "s#^hubbub listening on \($scheme://[^ ]*\).*#\1#p" "$log" | head -n 1)"
+    fi
+    if [ -n "$BASE_URL" ] && curl -kfsS "$BASE_URL/healthz" >/dev/null 2>&1; then break; fi
     if ! kill -0 "$server_pid" 2>/dev/null; then echo "run.sh: hubbub exited:" >&2; cat "$log" >&2; exit 1; fi
     sleep 0.1
     if [ "$i" = 150 ]; then echo "run.sh: hubbub did not answer /healthz" >&2; cat "$log" >&2; exit 1; fi
   done
+  export BASE_URL
 fi
 
 echo "run.sh: testing $BASE_URL"
 status=0
-(cd "$here" && timeout 170 node --test --test-concurrency=1 --test-reporter=spec ./*.test.mjs) || status=$?
+(cd "$here" && timeout 420 node --test --test-concurrency=1 --test-reporter=spec ./*.test.mjs) || status=$?
 if [ "$status" != 0 ] && [ -n "$log" ]; then
   echo "--- hubbub log (tail) ---" >&2
   tail -n 50 "$log" >&2 || true

@@ -114,6 +114,14 @@ mod tests {
         assert!(embedded("/index.html").is_some());
         assert!(embedded("/../Cargo.toml").is_none());
         assert!(embedded("/nope.js").is_none());
+        // web/js/ is embedded too (build.rs walks subdirectories), as JavaScript.
+        let js = embedded("/js/app.js").expect("the entry module is embedded");
+        assert_eq!(
+            js.headers().get(header::CONTENT_TYPE).unwrap(),
+            "text/javascript; charset=utf-8"
+        );
+        assert!(embedded("/js/protocol.js").is_some());
+        assert!(embedded("/js/../index.html").is_none());
     }
 
     #[test]

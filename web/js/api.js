@@ -1,5 +1,6 @@
 // HTTP side of the client: accounts, /api/me and token refresh.
-// Cookies are HttpOnly, so the only way to know who we are is GET /api/me.
+// Cookies are HttpOnly, so the only way to know who we are is GET /api/me,
+// and `access_expires_at` in the bodies says when to refresh.
 
 const REFRESHED_AT = 'hubbub.refreshedAt';
 
@@ -9,6 +10,17 @@ export class ApiError extends Error {
     this.status = status;
     this.code = code;
   }
+}
+
+/** Server clock minus ours, from the last response's `Date` (0 when unknown). */
+export let clockSkewMs = 0;
+
+function noteDate(res) {
+  const d = Date.parse(res.headers.get('date') || '');
+  if (Number.isNaN(d)) return;
+  // `Date` has whole seconds: only a skew well beyond that is believed.
+  const skew = d - Date.now();
+  clockSkewMs = Math.abs(skew) > 2000 ? skew : 0;
 }
 
 async function call(method, path, body) {
@@ -24,6 +36,7 @@ async function call(method, path, body) {
   } catch (e) {
     throw new ApiError(0, 'network', 'The server cannot be reached.');
   }
+  noteDate(res);
   let data = null;
   if (res.status !== 204) {
     try { data = await res.json(); } catch { data = null; }
@@ -43,14 +56,20 @@ export const me = () => call('GET', '/api/me');
 let inflight = null;
 
 // Refresh tokens are single-use and reusing a spent one revokes the whole
-// family, so refreshes are serialised across this origin's tabs (Web Locks)
-// and skipped when another tab refreshed a moment ago (cookies are shared).
-export function refresh() {
+// family, so refreshes are serialised across this origin's tabs (Web Locks).
+// When another tab refreshed a moment ago (cookies are shared), /api/me tells
+// whether its token already outlives `knownExpiresMs` (the expiry this tab
+// is refreshing ahead of); only if not is the refresh token spent.
+// Resolves to the body, with `access_expires_at`.
+export function refresh(knownExpiresMs = 0) {
   if (inflight) return inflight;
   const run = async () => {
     const recent = Number(localStorage.getItem(REFRESHED_AT) || 0);
-    if (Date.now() - recent < 10_000) {
-      try { return await me(); } catch (e) { if (e.status !== 401) throw e; }
+    if (Date.now() - recent < 60_000) {
+      try {
+        const r = await me();
+        if (Date.parse(r.access_expires_at) > knownExpiresMs) return r;
+      } catch (e) { if (e.status !== 401) throw e; }
     }
     const r = await call('POST', '/api/auth/refresh');
     localStorage.setItem(REFRESHED_AT, String(Date.now()));
@@ -63,16 +82,17 @@ export function refresh() {
   return inflight;
 }
 
-// Who am I: /api/me, refreshing once on 401. Returns the user or null.
+// Who am I: /api/me, refreshing once on 401. Returns the body
+// ({user, access_expires_at}) or null.
 export async function whoami() {
   try {
-    return (await me()).user;
+    return await me();
   } catch (e) {
     if (e.status !== 401) throw e;
   }
   try {
     await refresh();
-    return (await me()).user;
+    return await me();
   } catch (e) {
     if (e.status === 401) return null;
     throw e;

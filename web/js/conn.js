@@ -1,7 +1,13 @@
 // One WebSocket for the current room: connecting, reconnecting with
 // exponential backoff and jitter, a watchdog for dead sockets, a client-side
 // token bucket that keeps us under the server's per-connection frame limit,
-// and batched receipts (`ack` with `ids`).
+// batched receipts (`ack` with `ids`), and the frame-size limit in bytes.
+//
+// Seams for node's unit tests: `WebSocket` (the constructor), `timers`
+// (now/setTimeout/.../clearInterval), `env` (online state, `online`/`offline`
+// events, the page's location). The browser uses the globals.
+
+import { realTimers, utf8Bytes } from './util.js';
 
 const BACKOFF_BASE_MS = 500;
 const BACKOFF_MAX_MS = 30_000;
@@ -10,16 +16,26 @@ const PROBE_TIMEOUT_MS = 10_000;
 const WATCHDOG_EVERY_MS = 5_000;
 const ACK_FLUSH_MS = 300;
 const MAX_ACK_IDS = 100;
+const OPEN = 1;                // WebSocket.OPEN
 
 export const CLOSE = {
-  NORMAL: 1000, GOING_AWAY: 1001, POLICY: 1008, TOO_BIG: 1009,
+  NORMAL: 1000, GOING_AWAY: 1001, ABNORMAL: 1006, POLICY: 1008, TOO_BIG: 1009,
   REPLACED: 4001, EVICTED: 4002,
 };
 
-export function backoffDelay(attempt) {
+export function backoffDelay(attempt, random = Math.random) {
   const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.min(attempt, 10));
   // "equal jitter": half fixed, half random, so retries never bunch up at 0.
-  return Math.round(cap / 2 + Math.random() * (cap / 2));
+  return Math.round(cap / 2 + random() * (cap / 2));
+}
+
+function browserEnv() {
+  return {
+    onLine: () => navigator.onLine,
+    on: (ev, fn) => window.addEventListener(ev, fn),
+    off: (ev, fn) => window.removeEventListener(ev, fn),
+    location: () => location,
+  };
 }
 
 export class Connection {
@@ -31,33 +47,48 @@ export class Connection {
    * @param {(f: object) => void} o.onFrame    every server frame
    * @param {(state: string, info?: object) => void} o.onState
    * @param {() => Promise<'ok'|'unauthorized'|'error'>} o.refreshAuth
+   * @param {(frame: object, bytes: number) => void} [o.onTooBig]  a frame over
+   *        `max_frame`: refused before sending, or the biggest unanswered one a 1009 close followed
+   * @param {(frame: object, bytes: number) => void} [o.onSuspect]  the biggest
+   *        unanswered message when a socket dies without a close frame (1006)
    * @param {number} [o.silenceMs]  watchdog: silence before a probe (45 s)
    * @param {number} [o.probeMs]    watchdog: wait for the probe's answer (10 s)
+   * @param {Function} [o.WebSocket] @param {object} [o.timers] @param {object} [o.env]
    */
   constructor(o) {
     this.silenceMs = SILENCE_MS;
     this.probeMs = PROBE_TIMEOUT_MS;
+    this.onTooBig = () => {};
+    this.onSuspect = () => {};
+    this.WebSocket = globalThis.WebSocket;
+    this.timers = realTimers;
     Object.assign(this, o);
+    if (!this.env) this.env = browserEnv();
+    const t = this.timers;
     this.ws = null;
     this.state = 'idle';
     this.attempt = 0;
     this.stopped = false;
+    this.renewing = false;
     this.retryTimer = null;
-    this.lastTraffic = Date.now();
+    this.lastTraffic = t.now();
     this.probeAt = 0;
     this.queue = [];
-    this.limits = { msgs_per_sec: 10, burst: 20 };
+    this.limits = { msgs_per_sec: 10, burst: 20, max_frame: 8192 };
     this.tokens = 0;
-    this.tokensAt = Date.now();
+    this.tokensAt = t.now();
     this.pausedUntil = 0;
     this.pumpTimer = null;
     this.acks = { delivered: new Set(), seen: new Set() };
     this.ackTimer = null;
+    // Messages sent on this socket that the server has not yet answered
+    // (echo, receipt or error with their id): id -> {frame, bytes}.
+    this.unanswered = new Map();
     this.onOffline = () => this.wentOffline();
     this.onOnline = () => this.cameOnline();
-    window.addEventListener('offline', this.onOffline);
-    window.addEventListener('online', this.onOnline);
-    this.watchdog = setInterval(() => this.checkAlive(),
+    this.env.on('offline', this.onOffline);
+    this.env.on('online', this.onOnline);
+    this.watchdog = t.setInterval(() => this.checkAlive(),
       Math.min(WATCHDOG_EVERY_MS, Math.max(250, this.silenceMs / 4)));
   }
 
@@ -67,48 +98,55 @@ export class Connection {
   }
 
   url() {
-    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const loc = this.env.location();
+    const proto = loc.protocol === 'https:' ? 'wss:' : 'ws:';
     const q = new URLSearchParams({ room: this.room, client: this.clientId });
     const since = this.since();
     if (since) q.set('since', since);
-    return `${proto}//${location.host}/ws?${q}`;
+    return `${proto}//${loc.host}/ws?${q}`;
   }
 
   connect() {
     if (this.stopped) return;
-    clearTimeout(this.retryTimer);
+    this.timers.clearTimeout(this.retryTimer);
     this.retryTimer = null;
-    if (!navigator.onLine) {
+    if (!this.env.onLine()) {
+      this.renewing = false;
       this.setState('offline');
       return;
     }
     this.detach();
-    this.setState(this.attempt === 0 && this.state === 'idle' ? 'connecting' : 'reconnecting',
-      { attempt: this.attempt });
+    const quiet = this.attempt === 0 && (this.state === 'idle' || this.renewing);
+    this.setState(quiet ? 'connecting' : 'reconnecting', { attempt: this.attempt });
     let ws;
     try {
-      ws = new WebSocket(this.url());
+      ws = new this.WebSocket(this.url());
     } catch (e) {
+      this.renewing = false;
       this.scheduleRetry();
       return;
     }
     this.ws = ws;
+    this.unanswered = new Map();
     let welcomed = false;
-    ws.onopen = () => { this.lastTraffic = Date.now(); };
+    ws.onopen = () => { this.lastTraffic = this.timers.now(); };
     ws.onmessage = (ev) => {
       if (this.ws !== ws) return;
-      this.lastTraffic = Date.now();
+      this.lastTraffic = this.timers.now();
       this.probeAt = 0;
       let f;
       try { f = JSON.parse(ev.data); } catch { return; }
+      if (f.id) this.unanswered.delete(f.id);
       if (f.type === 'welcome') {
         welcomed = true;
         this.attempt = 0;
-        if (f.limits) this.limits = f.limits;
+        this.renewing = false;
+        if (f.limits) this.limits = { ...this.limits, ...f.limits };
         // Keep a margin below the server's bucket: it counts every frame.
         this.tokens = Math.max(1, (this.limits.burst || 1) - 2);
-        this.tokensAt = Date.now();
+        this.tokensAt = this.timers.now();
         this.setState('online', { welcome: f });
+        this.closeRetired();
       }
       if (f.type === 'error' && f.code === 'rate_limited') {
         this.pause(Number(f.retry_after_ms) || 1000);
@@ -119,7 +157,18 @@ export class Connection {
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.ws = null;
-      this.queue = [];
+      this.requeue();
+      this.renewing = false;
+      this.closeRetired();
+      const big = this.biggestUnanswered();
+      this.unanswered = new Map();
+      // 1009: the server read a frame over its limit; the biggest message it
+      // never answered is that frame. 1006 (no close frame): often the same
+      // thing, the close frame lost to the TCP reset that follows it while
+      // the rest of the big frame was unread; reported as a suspect, the
+      // outbox gives up on a message after a few of these in a row.
+      if (ev.code === CLOSE.TOO_BIG && big) this.onTooBig(big.frame, big.bytes);
+      else if (ev.code === CLOSE.ABNORMAL && big && welcomed && this.env.onLine()) this.onSuspect(big.frame, big.bytes);
       this.closed(ev.code, welcomed);
     };
     ws.onerror = () => { /* onclose follows */ };
@@ -131,13 +180,13 @@ export class Connection {
       this.setState('replaced');
       return;
     }
-    if (!navigator.onLine) {
+    if (!this.env.onLine()) {
       this.setState('offline');
       return;
     }
     if (code === CLOSE.POLICY || !welcomed) {
-      // 1008: the access token expired. A refused upgrade (no welcome)
-      // looks like 1006 to a browser: the cause may be a 401, so check.
+      // 1008: the access token expired or was revoked. A refused upgrade
+      // (no welcome) looks like 1006 to a browser: the cause may be a 401.
       this.setState('reconnecting', { attempt: this.attempt, reason: code === CLOSE.POLICY ? 'token' : 'refused' });
       const r = await this.refreshAuth(code === CLOSE.POLICY);
       if (this.stopped) return;
@@ -152,11 +201,11 @@ export class Connection {
     if (this.stopped) return;
     const delay = backoffDelay(this.attempt);
     this.attempt += 1;
-    const at = Date.now() + delay;
+    const at = this.timers.now() + delay;
     if (reason !== 'evicted') this.setState('reconnecting', { attempt: this.attempt, at });
     else this.setState('evicted', { attempt: this.attempt, at });
-    clearTimeout(this.retryTimer);
-    this.retryTimer = setTimeout(() => this.connect(), delay);
+    this.timers.clearTimeout(this.retryTimer);
+    this.retryTimer = this.timers.setTimeout(() => this.connect(), delay);
   }
 
   // Used by "Reconnect" buttons and the `online` event: try now.
@@ -166,9 +215,35 @@ export class Connection {
     this.connect();
   }
 
+  /**
+   * A planned reconnect after the access token was refreshed: the open socket
+   * carries the old token and would be closed with 1008 at its expiry. The
+   * new socket resumes with `since`, so nothing is missed. The old one is
+   * left open until the new one is welcomed: the server replaces it (same
+   * client id), which, unlike a close and a new join, shows the others no
+   * leave and join lines.
+   */
+  renew() {
+    if (this.stopped || this.state !== 'online') return; // a reconnect under way uses the new token anyway
+    const old = this.ws;
+    this.ws = null;
+    this.requeue();
+    old.onopen = old.onmessage = old.onclose = old.onerror = null;
+    this.retired = old;
+    this.renewing = true;
+    this.attempt = 0;
+    this.connect();
+  }
+
+  closeRetired() {
+    const old = this.retired;
+    this.retired = null;
+    if (old) { try { old.close(1000, 'renewed'); } catch { /* already closed */ } }
+  }
+
   wentOffline() {
     if (this.stopped) return;
-    clearTimeout(this.retryTimer);
+    this.timers.clearTimeout(this.retryTimer);
     this.detach();
     this.setState('offline');
   }
@@ -185,7 +260,7 @@ export class Connection {
   // (it also catches anything missed); no answer within 10 s = dead socket.
   checkAlive() {
     if (this.stopped || !this.ws || this.state !== 'online') return;
-    const now = Date.now();
+    const now = this.timers.now();
     if (this.probeAt && now - this.probeAt > this.probeMs) {
       this.probeAt = 0;
       this.detach();
@@ -201,10 +276,23 @@ export class Connection {
     }
   }
 
+  // Frames queued for a socket that is gone: chat and private messages are
+  // resent from the outbox after the next welcome, typing and history
+  // requests are stale, but receipts would be lost (their ids are no longer
+  // in `acks`), so those go back to be sent on the next socket.
+  requeue() {
+    for (const f of this.queue) {
+      if (f.type !== 'ack' || !this.acks[f.status]) continue;
+      for (const id of f.ids || [f.id]) this.acks[f.status].add(id);
+    }
+    this.queue = [];
+  }
+
   detach() {
     const ws = this.ws;
     this.ws = null;
-    this.queue = [];
+    this.requeue();
+    this.unanswered = new Map();
     if (ws) {
       ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
       try { ws.close(1000, 'client closing'); } catch { /* already closed */ }
@@ -213,31 +301,39 @@ export class Connection {
 
   stop() {
     this.stopped = true;
-    clearTimeout(this.retryTimer);
-    clearTimeout(this.pumpTimer);
-    clearTimeout(this.ackTimer);
-    clearInterval(this.watchdog);
-    window.removeEventListener('offline', this.onOffline);
-    window.removeEventListener('online', this.onOnline);
+    this.closeRetired();
+    const t = this.timers;
+    t.clearTimeout(this.retryTimer);
+    t.clearTimeout(this.pumpTimer);
+    t.clearTimeout(this.ackTimer);
+    t.clearInterval(this.watchdog);
+    this.env.off('offline', this.onOffline);
+    this.env.off('online', this.onOnline);
     this.detach();
   }
 
   get open() {
-    return !!this.ws && this.ws.readyState === WebSocket.OPEN && this.state === 'online';
+    return !!this.ws && this.ws.readyState === OPEN && this.state === 'online';
+  }
+
+  biggestUnanswered() {
+    let big = null;
+    for (const u of this.unanswered.values()) if (!big || u.bytes > big.bytes) big = u;
+    return big;
   }
 
   // ---- rate-limited sending ----
 
   pause(ms) {
-    this.pausedUntil = Date.now() + ms;
+    this.pausedUntil = this.timers.now() + ms;
     this.tokens = 0;
     this.tokensAt = this.pausedUntil;
-    clearTimeout(this.pumpTimer);
-    this.pumpTimer = setTimeout(() => this.pump(), ms + 50);
+    this.timers.clearTimeout(this.pumpTimer);
+    this.pumpTimer = this.timers.setTimeout(() => this.pump(), ms + 50);
   }
 
   refill() {
-    const now = Date.now();
+    const now = this.timers.now();
     if (now < this.pausedUntil) return;
     const rate = Math.max(0.5, (this.limits.msgs_per_sec || 1) * 0.8);
     const cap = Math.max(1, (this.limits.burst || 1) - 2);
@@ -254,14 +350,25 @@ export class Connection {
     this.pump();
   }
 
+  // A frame over the server's `max_frame` (bytes) would be answered with a
+  // 1009 close, and resending it after the reconnect would loop: it is
+  // refused here and reported instead. Returns false only when there is no
+  // open socket (the frame stays queued).
   sendNow(frame) {
-    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
-    this.ws.send(JSON.stringify(frame));
+    if (!this.ws || this.ws.readyState !== OPEN) return false;
+    const text = JSON.stringify(frame);
+    const bytes = utf8Bytes(text);
+    if (this.limits.max_frame && bytes > this.limits.max_frame) {
+      this.onTooBig(frame, bytes);
+      return true;
+    }
+    if (frame.id && (frame.type === 'chat' || frame.type === 'private')) this.unanswered.set(frame.id, { frame, bytes });
+    this.ws.send(text);
     return true;
   }
 
   pump() {
-    clearTimeout(this.pumpTimer);
+    this.timers.clearTimeout(this.pumpTimer);
     this.pumpTimer = null;
     if (!this.open) return;
     this.refill();
@@ -272,8 +379,8 @@ export class Connection {
     }
     if (this.queue.length) {
       const rate = Math.max(0.5, (this.limits.msgs_per_sec || 1) * 0.8);
-      const wait = Math.max(50, this.pausedUntil - Date.now(), ((1 - this.tokens) / rate) * 1000);
-      this.pumpTimer = setTimeout(() => this.pump(), wait);
+      const wait = Math.max(50, this.pausedUntil - this.timers.now(), ((1 - this.tokens) / rate) * 1000);
+      this.pumpTimer = this.timers.setTimeout(() => this.pump(), wait);
     }
   }
 
@@ -287,7 +394,7 @@ export class Connection {
   scheduleAckFlush() {
     if (this.ackTimer) return;
     if (!this.acks.delivered.size && !this.acks.seen.size) return;
-    this.ackTimer = setTimeout(() => { this.ackTimer = null; this.flushAcks(); }, ACK_FLUSH_MS);
+    this.ackTimer = this.timers.setTimeout(() => { this.ackTimer = null; this.flushAcks(); }, ACK_FLUSH_MS);
   }
 
   flushAcks() {

@@ -1,0 +1,380 @@
+// hubbub web client, the entry module: no build step, no framework.
+// Layout: util/state (data), protocol (server frames -> state, no DOM),
+// conn (the socket), api/auth (HTTP and the token schedule), render (DOM),
+// composer (the message box); this file wires them to the page.
+//
+// Counters for tests and for curious people, on <body>: data-client (this
+// tab's client id), data-welcomes (sockets welcomed), data-refreshes (access
+// tokens refreshed), data-token-closes (sockets closed with 1008).
+
+import * as api from './api.js';
+import { createAuth } from './auth.js';
+import { Connection } from './conn.js';
+import * as P from './protocol.js';
+import { createState, resetRoom } from './state.js';
+import { $, el, createView, setConnState, scrollToBottom, updateTitle, isAtBottom } from './render.js';
+import { createComposer } from './composer.js';
+import { ROOM_RE, USER_RE, CLIENT_RE, uuid, storeGet, storeSet, realTimers } from './util.js';
+
+const RECENT_ROOMS = 'hubbub.rooms';
+const OUTBOX = 'hubbub.outbox';
+const MAX_RECENT = 12;
+
+const S = createState();
+const ctx = { S, ui: null, timers: realTimers, saveOutbox };
+ctx.ui = createView(S, {
+  onSeen: (ids) => { if (S.conn) P.ackSeen(ctx, ids); },
+  requestOlder,
+  pickUser: (u) => { setPmTarget(u); closeSidebar(); $('composer-input').focus(); },
+});
+const composer = createComposer(ctx);
+const auth = createAuth({
+  api: { refresh: api.refresh, me: api.me, clockSkew: () => api.clockSkewMs },
+  onRenew: () => { count('refreshes'); if (S.conn) S.conn.renew(); },
+  onSignedOut: (msg) => signedOut(msg),
+});
+const body = document.body;
+function count(name) {
+  body.dataset[name] = String(Number(body.dataset[name] || 0) + 1);
+}
+
+// ---------- identity of this tab ----------
+
+// The client id is stable per tab (sessionStorage). `?client=ID` forces one
+// (the tests use it to open a second tab as the same client).
+function initClientId() {
+  const forced = new URLSearchParams(location.search).get('client');
+  S.clientForced = !!(forced && CLIENT_RE.test(forced));
+  if (S.clientForced) sessionStorage.setItem('hubbub.client', forced);
+  let id = sessionStorage.getItem('hubbub.client');
+  if (!id || !CLIENT_RE.test(id)) {
+    id = `web-${uuid()}`;
+    sessionStorage.setItem('hubbub.client', id);
+  }
+  S.clientId = id;
+  body.dataset.client = id;
+}
+
+// "Duplicate tab" copies sessionStorage, and two tabs with one client id
+// would replace each other (4001). A new tab asks the others whether its id
+// is in use and takes a fresh one if so.
+function checkDuplicateTab() {
+  if (!('BroadcastChannel' in window)) return Promise.resolve();
+  const bc = new BroadcastChannel('hubbub-tabs');
+  let settled = false;
+  bc.onmessage = (e) => {
+    const d = e.data || {};
+    if (d.ask && d.ask === S.clientId && settled) bc.postMessage({ taken: d.ask });
+    if (d.taken && d.taken === S.clientId && !settled && !S.clientForced) {
+      S.clientId = `web-${uuid()}`;
+      sessionStorage.setItem('hubbub.client', S.clientId);
+      body.dataset.client = S.clientId;
+    }
+  };
+  bc.postMessage({ ask: S.clientId });
+  return new Promise((resolve) => setTimeout(() => { settled = true; resolve(); }, 150));
+}
+
+function saveOutbox() {
+  storeSet(sessionStorage, OUTBOX, [...S.outbox.values()]);
+}
+function loadOutbox() {
+  for (const o of storeGet(sessionStorage, OUTBOX, [])) {
+    if (o && o.id && o.frame) S.outbox.set(o.id, o);
+  }
+}
+
+// ---------- views ----------
+
+function showAuth(message) {
+  S.me = null;
+  $('chat-view').hidden = true;
+  $('user-box').hidden = true;
+  $('auth-view').hidden = false;
+  setConnState('signed-out');
+  const err = $('auth-error');
+  err.hidden = !message;
+  err.textContent = message || '';
+  $('auth-username').focus();
+}
+
+// `r`: a body with `user` and `access_expires_at`.
+function showChat(r) {
+  S.me = r.user.username;
+  $('me-name').textContent = S.me;
+  $('user-box').hidden = false;
+  $('auth-view').hidden = true;
+  $('chat-view').hidden = false;
+  $('auth-password').value = '';
+  auth.start(r);
+  joinRoom(initialRoom(), { replaceHash: true });
+  $('composer-input').focus();
+}
+
+function initialRoom() {
+  const h = decodeURIComponent(location.hash.replace(/^#/, '')).toLowerCase();
+  if (ROOM_RE.test(h)) return h;
+  const s = sessionStorage.getItem('hubbub.room');
+  if (s && ROOM_RE.test(s)) return s;
+  return 'general';
+}
+
+// ---------- auth ----------
+
+function signedOut(message) {
+  if (S.conn) { S.conn.stop(); S.conn = null; }
+  auth.stop();
+  resetRoomView();
+  showAuth(message);
+}
+
+async function onAuthSubmit(ev) {
+  ev.preventDefault();
+  const mode = ev.submitter && ev.submitter.value === 'signup' ? 'signup' : 'login';
+  const username = $('auth-username').value.trim().toLowerCase();
+  const password = $('auth-password').value;
+  const err = $('auth-error');
+  const fail = (m, field) => {
+    err.textContent = m; err.hidden = false;
+    if (field) { $(field).setAttribute('aria-invalid', 'true'); $(field).focus(); }
+  };
+  $('auth-username').removeAttribute('aria-invalid');
+  $('auth-password').removeAttribute('aria-invalid');
+  if (!USER_RE.test(username)) return fail('Usernames are 3–32 lowercase letters, digits or underscores.', 'auth-username');
+  if (new TextEncoder().encode(password).length < 8) return fail('Passwords have at least 8 characters.', 'auth-password');
+  err.hidden = true;
+  const buttons = $('auth-form').querySelectorAll('button');
+  buttons.forEach((b) => { b.disabled = true; });
+  try {
+    const r = mode === 'signup' ? await api.signup(username, password) : await api.login(username, password);
+    showChat(r);
+  } catch (e) {
+    if (e.status === 409) fail('That username is taken. Choose another, or log in.', 'auth-username');
+    else if (e.status === 401) fail('Wrong username or password.');
+    else if (e.status === 429) fail('Too many attempts. Wait a moment and try again.');
+    else fail(e.message || 'Something went wrong. Try again.');
+  } finally {
+    buttons.forEach((b) => { b.disabled = false; });
+  }
+}
+
+async function onLogout() {
+  try { await api.logout(); } catch { /* cookies cleared or server gone: sign out anyway */ }
+  S.outbox.clear();
+  saveOutbox();
+  signedOut();
+}
+
+// ---------- rooms ----------
+
+function recentRooms() {
+  return storeGet(localStorage, RECENT_ROOMS, []).filter((r) => ROOM_RE.test(r));
+}
+
+function rememberRoom(room) {
+  const list = [room, ...recentRooms().filter((r) => r !== room)].slice(0, MAX_RECENT);
+  storeSet(localStorage, RECENT_ROOMS, list);
+  renderRooms();
+}
+
+function renderRooms() {
+  const ul = $('room-list');
+  ul.replaceChildren();
+  for (const r of recentRooms()) {
+    const li = el('li');
+    const b = el('button', 'room-btn', `#${r}`);
+    b.type = 'button';
+    b.dataset.room = r;
+    if (r === S.room) b.setAttribute('aria-current', 'true');
+    b.addEventListener('click', () => { joinRoom(r); closeSidebar(); $('composer-input').focus(); });
+    li.append(b);
+    ul.append(li);
+  }
+}
+
+function resetRoomView() {
+  resetRoom(S);
+  composer.reset();
+  ctx.ui.clearMessages();
+  $('people-list').replaceChildren();
+  $('people-count').textContent = '';
+  $('jump-btn').hidden = true;
+  ctx.ui.renderTyping();
+  ctx.ui.renderOlder();
+}
+
+function joinRoom(room, { replaceHash = false } = {}) {
+  if (!ROOM_RE.test(room)) return;
+  if (S.conn) { S.conn.stop(); S.conn = null; }
+  resetRoomView();
+  S.room = room;
+  sessionStorage.setItem('hubbub.room', room);
+  const hash = `#${room}`;
+  if (location.hash !== hash) {
+    if (replaceHash) history.replaceState(null, '', hash);
+    else history.pushState(null, '', hash);
+  }
+  $('room-title').textContent = `#${room}`;
+  updateTitle(S);
+  setPmTarget(null);
+  rememberRoom(room);
+  S.conn = new Connection({
+    room,
+    clientId: S.clientId,
+    since: () => S.lastCursor,
+    onFrame: (f) => { if (f.type === 'welcome') count('welcomes'); P.handleFrame(ctx, f); },
+    onState: onConnState,
+    onTooBig: (frame, bytes) => P.onTooBig(ctx, frame, bytes),
+    onSuspect: (frame, bytes) => P.onSuspect(ctx, frame, bytes),
+    refreshAuth: auth.refreshAuth,
+    ...watchdogOverride(),
+  });
+  S.conn.connect();
+}
+
+// `?watchdog=MS` shortens the dead-socket watchdog (tests; default 45 s of
+// silence, then a probe with 10 s to answer).
+function watchdogOverride() {
+  const ms = Number(new URLSearchParams(location.search).get('watchdog'));
+  if (!Number.isFinite(ms) || ms < 500) return {};
+  return { silenceMs: ms, probeMs: Math.min(10_000, ms) };
+}
+
+function onConnState(state, info) {
+  if (state === 'signed-out') { signedOut('Your session ended. Please log in again.'); return; }
+  if (info && info.reason === 'token') count('tokenCloses');
+  setConnState(state, info);
+  if (state !== 'online' && state !== 'connecting') {
+    // Typing and presence can't be kept fresh while away.
+    S.typers.clear();
+    ctx.ui.renderTyping();
+    $('people-list').replaceChildren();
+    $('people-count').textContent = '(unknown while disconnected)';
+  }
+}
+
+// ---------- older pages ----------
+
+function requestOlder() {
+  if (!S.moreOlder || S.loadingOlder || !S.oldestCursor || !S.conn || !S.conn.open) return;
+  S.loadingOlder = true;
+  S.olderReq += 1;
+  S.conn.send({ type: 'history', before: S.oldestCursor, limit: 50, req: `older:${S.olderReq}` });
+  ctx.ui.renderOlder();
+}
+
+// ---------- private mode and sidebar ----------
+
+function setPmTarget(user) {
+  S.pmTarget = user;
+  $('pm-chip').hidden = !user;
+  $('pm-target').textContent = user || '';
+  $('composer').classList.toggle('is-private', !!user);
+  $('composer-input').placeholder = user ? `Private message to ${user}…` : 'Write a message…';
+}
+
+function closeSidebar() {
+  $('sidebar').classList.remove('open');
+  $('sidebar-toggle').setAttribute('aria-expanded', 'false');
+}
+
+// ---------- wiring ----------
+
+function onComposerKey(ev) {
+  if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+    ev.preventDefault();
+    $('composer').requestSubmit();
+  } else if (ev.key === 'Escape' && S.pmTarget) {
+    ev.preventDefault();
+    setPmTarget(null);
+  }
+}
+
+function onJoinSubmit(ev) {
+  ev.preventDefault();
+  const input = $('join-input');
+  const room = input.value.trim().replace(/^#/, '').toLowerCase();
+  const err = $('join-error');
+  if (!ROOM_RE.test(room)) {
+    err.textContent = 'Room names start with a letter or digit and use a–z, 0–9, “-” and “_” (at most 32).';
+    err.hidden = false;
+    input.setAttribute('aria-invalid', 'true');
+    input.focus();
+    return;
+  }
+  err.hidden = true;
+  input.removeAttribute('aria-invalid');
+  input.value = '';
+  joinRoom(room);
+  closeSidebar();
+  $('composer-input').focus();
+}
+
+function bind() {
+  $('auth-form').addEventListener('submit', onAuthSubmit);
+  $('logout-btn').addEventListener('click', onLogout);
+  $('composer').addEventListener('submit', composer.onSubmit);
+  $('composer-input').addEventListener('keydown', onComposerKey);
+  $('composer-input').addEventListener('input', composer.onInput);
+  $('pm-cancel').addEventListener('click', () => { setPmTarget(null); $('composer-input').focus(); });
+  $('join-form').addEventListener('submit', onJoinSubmit);
+  $('reconnect-btn').addEventListener('click', () => { if (S.conn) S.conn.reconnectNow(); });
+  $('jump-btn').addEventListener('click', () => {
+    if (S.newerTrimmed) {
+      P.reloadLatest(ctx);
+    } else {
+      scrollToBottom();
+      ctx.ui.clearUnread();
+    }
+    $('composer-input').focus();
+  });
+  $('scroller').addEventListener('scroll', () => {
+    const s = $('scroller');
+    if (s.scrollTop < 80) requestOlder();
+    if (isAtBottom() && document.visibilityState === 'visible') ctx.ui.clearUnread();
+  }, { passive: true });
+  $('sidebar-toggle').addEventListener('click', () => {
+    const open = !$('sidebar').classList.contains('open');
+    $('sidebar').classList.toggle('open', open);
+    $('sidebar-toggle').setAttribute('aria-expanded', String(open));
+    if (open) $('join-input').focus();
+  });
+  document.addEventListener('keydown', (ev) => {
+    if (ev.key !== 'Escape') return;
+    if ($('sidebar').classList.contains('open')) { closeSidebar(); $('sidebar-toggle').focus(); return; }
+    if (S.pmTarget) { setPmTarget(null); $('composer-input').focus(); }
+  });
+  document.addEventListener('visibilitychange', ctx.ui.flushSeen);
+  window.addEventListener('hashchange', () => {
+    const h = decodeURIComponent(location.hash.replace(/^#/, '')).toLowerCase();
+    if (S.me && ROOM_RE.test(h) && h !== S.room) joinRoom(h, { replaceHash: true });
+  });
+  setInterval(ctx.ui.renderTyping, 1000); // others' typing expires
+}
+
+async function findSession(before = Promise.resolve()) {
+  let r;
+  try {
+    r = await api.whoami();
+    await before;
+  } catch (e) {
+    // Server or network down: say so, keep the form usable, and look again.
+    showAuth('The server cannot be reached right now. Retrying…');
+    setTimeout(() => { if (!S.me) findSession(); }, 5000);
+    return;
+  }
+  if (S.me) return;
+  if (r) showChat(r);
+  else showAuth();
+}
+
+async function boot() {
+  initClientId();
+  loadOutbox();
+  bind();
+  renderRooms();
+  setConnState('idle');
+  await findSession(checkDuplicateTab());
+}
+
+boot();

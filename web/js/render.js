@@ -1,0 +1,305 @@
+// The page: everything that touches the DOM for the protocol handlers (the
+// `ui` they call) and the connection state. User content goes in through
+// textContent, never innerHTML.
+
+import { typingText } from './protocol.js';
+
+export const $ = (id) => document.getElementById(id);
+export const el = (tag, cls, text) => {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+};
+
+function fmtTime(ts) {
+  const d = new Date(ts);
+  if (Number.isNaN(d.getTime())) return '';
+  return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+// Visible words next to the marks, so the state never rests on colour or glyphs alone.
+const STATUS_TEXT = {
+  pending: ['…', 'Sending'],
+  saved: ['✓', 'Saved'],
+  delivered: ['✓✓', 'Delivered'],
+  seen: ['✓✓', 'Seen'],
+  failed: ['!', 'Not sent'],
+};
+
+export function isAtBottom() {
+  const s = $('scroller');
+  return s.scrollHeight - s.scrollTop - s.clientHeight < 48;
+}
+
+export function scrollToBottom() {
+  const s = $('scroller');
+  s.scrollTop = s.scrollHeight;
+}
+
+export function announce(text) {
+  const a = $('announcer');
+  a.append(el('p', null, text));
+  while (a.childElementCount > 3) a.firstElementChild.remove();
+}
+
+export function updateTitle(S) {
+  const base = S.room ? `#${S.room} · hubbub` : 'hubbub';
+  document.title = S.unread ? `(${S.unread}) ${base}` : base;
+}
+
+/**
+ * The `ui` of protocol.js. `hooks`: { onSeen(ids), requestOlder(), pickUser(u) }.
+ */
+export function createView(S, hooks) {
+  const els = new Map(); // id -> {li, body, pm, time, tick, tickIcon, tickText}
+  let marker = null;
+
+  const seenObserver = new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      const id = e.target.dataset.id;
+      // On screen = at least half of it, or (taller than the view) a good part of the view.
+      const enough = e.isIntersecting && (e.intersectionRatio >= 0.5 || e.intersectionRect.height >= 120);
+      e.target.dataset.onScreen = String(enough); // for tests: the observer has judged it
+      if (enough) S.visibleUnseen.add(id);
+      else S.visibleUnseen.delete(id);
+    }
+    flushSeen();
+  }, { root: null, threshold: [0, 0.1, 0.25, 0.5, 1] });
+
+  function flushSeen() {
+    if (document.visibilityState !== 'visible' || !S.conn) return;
+    hooks.onSeen([...S.visibleUnseen]);
+    if (isAtBottom()) clearUnread();
+  }
+
+  function clearUnread() {
+    if (S.newerTrimmed) return;
+    S.unread = 0;
+    $('jump-btn').hidden = true;
+    updateTitle(S);
+  }
+
+  function build(entry) {
+    const li = el('li', 'msg');
+    li.dataset.id = entry.id;
+    li.dataset.sender = entry.m.sender;
+    if (entry.own) li.classList.add('own');
+    const meta = el('div', 'meta');
+    const sender = el('span', 'sender', entry.own ? `${entry.m.sender} (you)` : entry.m.sender);
+    const pm = el('span', 'pm-label');
+    const time = el('time', 'ts');
+    meta.append(sender, pm, time);
+    const body = el('div', 'body');
+    const tick = el('span', 'tick');
+    const tickIcon = el('span', 'tick-icon');
+    tickIcon.setAttribute('aria-hidden', 'true');
+    const tickText = el('span', 'tick-text');
+    tick.append(tickIcon, tickText);
+    tick.hidden = true;
+    li.append(meta, body, tick);
+    const v = { li, body, pm, time, tick, tickIcon, tickText };
+    els.set(entry.id, v);
+    fill(entry, v);
+    if (entry.status) paintStatus(entry, v);
+    return li;
+  }
+
+  function fill(entry, v) {
+    const { m } = entry;
+    const priv = m.type === 'private';
+    v.li.classList.toggle('private', priv);
+    v.li.classList.toggle('action', !!m.action);
+    if (priv) {
+      v.pm.textContent = entry.own ? `private to ${m.target}` : 'private to you';
+      v.pm.hidden = false;
+    } else {
+      v.pm.textContent = '';
+      v.pm.hidden = true;
+    }
+    v.body.textContent = m.action ? `* ${m.sender} ${m.content}` : m.content;
+    if (m.ts) { v.time.dateTime = m.ts; v.time.textContent = fmtTime(m.ts); }
+    if (m.cursor) v.li.dataset.cursor = m.cursor;
+  }
+
+  function paintStatus(entry, v) {
+    v.li.dataset.status = entry.status;
+    v.tick.hidden = false;
+    v.tick.dataset.status = entry.status;
+    const [icon, text] = STATUS_TEXT[entry.status];
+    v.tickIcon.textContent = icon;
+    v.tickText.textContent = entry.detail ? `${text}: ${entry.detail}` : text;
+  }
+
+  function systemLine(text, kind = 'system') {
+    if (!text) return;
+    const wasBottom = isAtBottom();
+    const cls = { error: 'system error', gap: 'system gap' }[kind] || 'system';
+    const li = el('li', cls);
+    if (kind === 'gap') li.dataset.gap = 'true';
+    li.append(el('span', 'visually-hidden', kind === 'error' ? 'Error: ' : 'Notice: '));
+    li.append(document.createTextNode(text));
+    $('messages').append(li);
+    if (wasBottom) scrollToBottom();
+  }
+
+  function renderOlder() {
+    const p = $('history-status');
+    p.replaceChildren();
+    if (S.loadingOlder) {
+      p.textContent = 'Loading older messages…';
+      p.hidden = false;
+    } else if (S.moreOlder) {
+      const b = el('button', 'btn btn-small btn-secondary', 'Load older messages');
+      b.type = 'button';
+      b.addEventListener('click', hooks.requestOlder);
+      p.append(b);
+      p.hidden = false;
+    } else if (S.joinedOnce) {
+      p.textContent = 'This is the start of the room.';
+      p.hidden = false;
+    } else {
+      p.hidden = true;
+    }
+  }
+
+  return {
+    flushSeen,
+    clearUnread,
+    atBottom: isAtBottom,
+    visible: () => document.visibilityState === 'visible',
+    setMe(name) { $('me-name').textContent = name; },
+    appendMessage(entry, { marker: withMarker }) {
+      const list = $('messages');
+      if (withMarker) {
+        marker = el('li', 'new-marker');
+        marker.append(el('span', null, 'New messages'));
+        list.append(marker);
+      }
+      list.append(build(entry));
+    },
+    insertOlder(entries) {
+      const s = $('scroller');
+      const before = s.scrollHeight - s.scrollTop;
+      const list = $('messages');
+      const first = list.firstChild;
+      for (const e of entries) list.insertBefore(build(e), first);
+      s.scrollTop = s.scrollHeight - before;
+    },
+    updateMessage(entry) { const v = els.get(entry.id); if (v) fill(entry, v); },
+    renderStatus(entry) { const v = els.get(entry.id); if (v) paintStatus(entry, v); },
+    removeMessage(id) {
+      const v = els.get(id);
+      if (!v) return;
+      seenObserver.unobserve(v.li);
+      v.li.remove();
+      els.delete(id);
+    },
+    clearMessages() {
+      seenObserver.disconnect();
+      els.clear();
+      marker = null;
+      $('messages').replaceChildren();
+    },
+    clearMarker() { if (marker) { marker.remove(); marker = null; } },
+    systemLine,
+    announce,
+    scrollToBottom,
+    showUnread(n, trimmed) {
+      const jb = $('jump-btn');
+      if (trimmed) {
+        jb.textContent = n ? `${n} new · Jump to the latest messages` : 'Jump to the latest messages';
+        jb.hidden = false;
+      } else if (n) {
+        jb.textContent = n === 1 ? '1 new message below' : `${n} new messages below`;
+        jb.hidden = false;
+      } else {
+        jb.hidden = true;
+      }
+      updateTitle(S);
+    },
+    // Others' messages carry data-acked: the last receipt this tab sent.
+    observeSeen(id) {
+      const v = els.get(id);
+      if (!v) return;
+      if (!v.li.dataset.acked) v.li.dataset.acked = 'delivered';
+      seenObserver.observe(v.li);
+    },
+    seenSent(id) {
+      const v = els.get(id);
+      if (!v) return;
+      v.li.dataset.acked = 'seen';
+      seenObserver.unobserve(v.li);
+    },
+    renderTyping() {
+      const text = typingText(S, Date.now());
+      const t = $('typing');
+      if (t.textContent !== text) t.textContent = text;
+    },
+    renderPresence(users, count) {
+      const ul = $('people-list');
+      ul.replaceChildren();
+      for (const u of users) {
+        const li = el('li');
+        if (u === S.me) {
+          li.append(el('span', 'person me', `${u} (you)`));
+        } else {
+          const b = el('button', 'person', u);
+          b.type = 'button';
+          b.dataset.user = u;
+          b.setAttribute('aria-label', `${u}: send a private message`);
+          b.addEventListener('click', () => hooks.pickUser(u));
+          li.append(b);
+        }
+        ul.append(li);
+      }
+      $('people-count').textContent = `(${count})`;
+    },
+    renderOlder,
+  };
+}
+
+// ---------- connection state ----------
+
+const STATE_TEXT = {
+  'idle': 'Starting…',
+  'connecting': 'Connecting…',
+  'online': 'Online',
+  'offline': 'Offline: waiting for the network',
+  'reconnecting': 'Reconnecting…',
+  'replaced': 'Replaced by another tab',
+  'evicted': 'Disconnected (too slow); reconnecting…',
+  'signed-out': 'Signed out',
+};
+
+export function setConnState(state, info = {}) {
+  const c = $('conn');
+  c.dataset.state = state;
+  let text = STATE_TEXT[state] || state;
+  if ((state === 'reconnecting' || state === 'evicted') && info.at) {
+    const secs = Math.max(1, Math.round((info.at - Date.now()) / 1000));
+    text = state === 'evicted'
+      ? `Disconnected (too slow); retrying in ${secs} s`
+      : `Reconnecting in ${secs} s…`;
+  }
+  $('conn-text').textContent = text;
+  const banner = $('conn-banner');
+  const btn = $('reconnect-btn');
+  if (state === 'replaced') {
+    banner.hidden = false;
+    banner.dataset.kind = 'replaced';
+    $('conn-banner-text').textContent =
+      'This chat was opened in another tab or window, so this one stopped. Messages keep arriving there.';
+    btn.textContent = 'Use this tab instead';
+  } else if (state === 'offline' || state === 'reconnecting' || state === 'evicted') {
+    banner.hidden = false;
+    banner.dataset.kind = state;
+    $('conn-banner-text').textContent = state === 'offline'
+      ? 'You are offline. Messages you write are kept and sent when the connection is back.'
+      : 'The connection was lost. Messages you write are kept and sent when it is back.';
+    btn.textContent = 'Retry now';
+  } else {
+    banner.hidden = true;
+  }
+  $('composer').dataset.conn = state;
+}
