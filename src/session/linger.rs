@@ -12,7 +12,11 @@
 
 use std::time::Duration;
 
+use futures_util::stream::{SplitSink, SplitStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::task::JoinError;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 
 /// How long a closed session may keep its socket open waiting for the
 /// client's end. A browser answers within a round trip; one that never does
@@ -24,6 +28,24 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// sends stall on a full window) but still keep the socket until `LINGER`, so
 /// a slow client has the time to read our Close before the reset.
 pub const LINGER_BYTES: usize = 1 << 20;
+
+/// Once the Close frame is out (or its grace is over): reunites the halves
+/// the writer task (`sink`, as it returned it) and the reader held, lingers
+/// on the socket, and drops it.
+pub async fn let_go<S>(
+    sink: Result<SplitSink<WebSocketStream<S>, Message>, JoinError>,
+    stream: SplitStream<WebSocketStream<S>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match sink.map(|sink| sink.reunite(stream)) {
+        Ok(Ok(mut ws)) => linger(ws.get_mut()).await,
+        // Not the halves of one stream: cannot happen (one `split` made
+        // them), and then there is just nothing to linger on.
+        Ok(Err(_)) => {}
+        Err(e) => tracing::error!(error = %e, "session writer failed"),
+    }
+}
 
 /// Half-closes `io`, then discards what the peer still sends until its EOF,
 /// an error, `LINGER` or `LINGER_BYTES` (then waits out `LINGER`). The caller

@@ -138,15 +138,8 @@ where
     let code = *close_tx.borrow();
     ctx.metrics.closed(code).inc();
     tracing::debug!(close = %close_label(code), "session ended");
-    // The Close frame is out (or its grace is over): let go of the socket
-    // without a reset. Still counted in the connection caps and gauge: it is open.
-    match sink.map(|sink| sink.reunite(stream)) {
-        Ok(Ok(mut ws)) => linger::linger(ws.get_mut()).await,
-        // Not the halves of one stream: cannot happen (split above), and
-        // then there is just nothing to linger on.
-        Ok(Err(_)) => {}
-        Err(e) => tracing::error!(error = %e, "session writer failed"),
-    }
+    // Still counted in the connection caps and gauge while it lingers: it is open.
+    linger::let_go(sink, stream).await;
 }
 
 /// `welcome` and `history`: sent before anything from the queue, so nothing
