@@ -3,9 +3,10 @@
 //! a browser reports as 1006). The server half-closes, discards what the
 //! client still sends until it closes too, and lets go after a deadline.
 //!
-//! On Linux the bytes a client already received stay readable after a
-//! reset; what fails is its pending send (ECONNRESET), and a browser fails
-//! the whole connection on that. So a round here fails as a browser does: on
+//! On Linux loopback the bytes a client had already received stayed
+//! readable after the reset (a 1000 KiB frame, written in full before the
+//! close, never failed here); what fails is a send still pending
+//! (ECONNRESET), and a browser fails the whole connection on that. So a round here fails as a browser does: on
 //! an error of either half before the Close frame was read.
 
 use std::time::Duration;
