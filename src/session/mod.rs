@@ -5,6 +5,7 @@
 //! storage queue for acks). The hub, never the client, supplies sender, room and time.
 
 pub mod commands;
+mod linger;
 mod reader;
 mod writer;
 
@@ -82,7 +83,7 @@ async fn run_inner<S>(ws: WebSocketStream<S>, ctx: SessionCtx, req: JoinRequest,
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sink, stream) = ws.split();
+    let (sink, mut stream) = ws.split();
     // One item per hub turn (a batch of frames), `--session-queue` of them.
     // Full → the hub evicts this session (close 4002) instead of waiting:
     // one slow reader never slows the room. The close itself goes through
@@ -124,21 +125,21 @@ where
         preamble,
         ctx.cfg.ping_interval,
     ));
-    let code = reader::run(stream, &ctx, &req, id, &out_tx, close_rx).await;
+    let code = reader::run(&mut stream, &ctx, &req, id, &out_tx, close_rx).await;
     if let Some(code) = code {
         // Only the first close code counts (the hub may have set one already).
         close_tx.send_if_modified(|c| c.is_none() && c.replace(code).is_none());
     }
     ctx.hub.leave(id);
     drop(out_tx);
-    if let Err(e) = writer.await {
-        tracing::error!(error = %e, "session writer failed");
-    }
+    let sink = writer.await;
     active.dec();
     // `None`: the peer went away without a close handshake.
     let code = *close_tx.borrow();
     ctx.metrics.closed(code).inc();
     tracing::debug!(close = %close_label(code), "session ended");
+    // Still counted in the connection caps and gauge while it lingers: it is open.
+    linger::let_go(sink, stream).await;
 }
 
 /// `welcome` and `history`: sent before anything from the queue, so nothing

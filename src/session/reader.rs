@@ -37,7 +37,7 @@ struct Reader<'a> {
 
 /// Reads until the session ends; returns the close code to send, if the reader chose one.
 pub async fn run<R>(
-    mut stream: R,
+    stream: &mut R,
     ctx: &SessionCtx,
     req: &JoinRequest,
     session: Uuid,
@@ -91,7 +91,7 @@ where
                 return Some(CloseCode::Unsupported);
             }
             Message::Close(_) => {
-                flush_close_reply(&mut stream).await;
+                flush_close_reply(stream).await;
                 return Some(CloseCode::Normal);
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,

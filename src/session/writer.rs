@@ -1,6 +1,7 @@
 //! The writer task of a session: sends the join preamble, then drains the
 //! session queue in batches (feed every queued frame, one flush), pings, and
-//! sends the Close frame when the session is closed.
+//! sends the Close frame when the session is closed. It hands the sink back
+//! for the lingering close (`linger`).
 
 use std::time::Duration;
 
@@ -24,7 +25,8 @@ pub async fn run<W>(
     mut close_rx: watch::Receiver<Option<CloseCode>>,
     preamble: Vec<Frame>,
     ping_every: Duration,
-) where
+) -> W
+where
     W: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
     let mut batch: Vec<Vec<Frame>> = vec![preamble];
@@ -33,7 +35,7 @@ pub async fn run<W>(
         if !batch.is_empty() {
             // A peer that does not read blocks this flush; eviction must still win.
             tokio::select! {
-                r = write_all(&mut sink, &mut batch) => if r.is_err() { return },
+                r = write_all(&mut sink, &mut batch) => if r.is_err() { return sink },
                 _ = close_rx.changed() => break None,
             }
         }
@@ -54,7 +56,7 @@ pub async fn run<W>(
                 // Like a batch, a ping blocks on a peer that does not read;
                 // eviction, idle and shutdown must still end the session.
                 tokio::select! {
-                    r = sink.send(Message::Ping(Default::default())) => if r.is_err() { return },
+                    r = sink.send(Message::Ping(Default::default())) => if r.is_err() { return sink },
                     _ = close_rx.changed() => break None,
                 }
             }
@@ -71,6 +73,7 @@ pub async fn run<W>(
         let _ = sink.close().await;
     })
     .await;
+    sink
 }
 
 async fn write_all<W>(sink: &mut W, batch: &mut Vec<Vec<Frame>>) -> Result<(), W::Error>

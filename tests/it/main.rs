@@ -24,6 +24,7 @@ mod frames;
 mod fuzz_live;
 mod history;
 mod history_scan;
+mod lingering_close;
 mod logs;
 mod metrics;
 mod privacy;

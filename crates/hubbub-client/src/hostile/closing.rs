@@ -61,18 +61,27 @@ fn invalid_utf8(rng: &mut Rng) -> Vec<RawFrame> {
 }
 
 fn oversize(rng: &mut Rng, ctx: &Ctx) -> Vec<RawFrame> {
-    if rng.chance(0.5) {
-        // The header alone is over the limit: the server refuses there, and no
-        // unread payload makes the kernel reset the socket before the close frame.
-        let mut f = RawFrame::text(Vec::new());
-        f.claimed_len = Some(ctx.max_frame as u64 + 1 + rng.below(1 << 20));
-        vec![f]
-    } else {
+    match rng.below(3) {
+        // The header alone is over the limit: the server refuses there.
+        0 => {
+            let mut f = RawFrame::text(Vec::new());
+            f.claimed_len = Some(ctx.max_frame as u64 + 1 + rng.below(1 << 20));
+            vec![f]
+        }
+        // The whole payload follows: the server closes with most of it
+        // unread, and its lingering close must still get the Close frame
+        // through instead of a reset.
+        1 => vec![RawFrame::text(vec![
+            b' ';
+            ctx.max_frame
+                + 1
+                + rng.below(64 << 10) as usize
+        ])],
         // Each fragment fits; together they do not.
-        vec![
+        _ => vec![
             RawFrame::text(vec![b' '; ctx.max_frame - 8]).fin(false),
             RawFrame::new(OP_CONT, vec![b' '; 16]),
-        ]
+        ],
     }
 }
 
