@@ -27,10 +27,14 @@ use warp::reply::Response;
 
 use super::guard::ConnSlot;
 use super::reply;
-use super::serve::PeerAddr;
 use crate::metrics::{Metrics, TimeoutPhase};
 use crate::protocol::ErrorCode;
 use crate::tls::Tls;
+
+/// The client's address, readable in filters with `warp::ext::optional::<PeerAddr>()`:
+/// each connection puts it into every request it serves.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// The first byte of every TLS connection (a handshake record).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;

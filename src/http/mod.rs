@@ -321,4 +321,5 @@ async fn recover(r: Rejection) -> Result<Response, Infallible> {
     Ok(resp)
 }
 
-pub use serve::{Edge, PeerAddr, serve};
+pub use conn::PeerAddr;
+pub use serve::{Edge, serve};

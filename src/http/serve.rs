@@ -6,7 +6,6 @@
 //! a growing back-off instead of spinning.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,10 +22,6 @@ use super::conn::{HttpSlot, Routes, Shared, serve_conn};
 use super::guard::ConnCaps;
 use crate::metrics::{AcceptError, Metrics};
 use crate::tls::Tls;
-
-/// The client's address, readable in filters with `warp::ext::optional::<PeerAddr>()`.
-#[derive(Clone, Copy, Debug)]
-pub struct PeerAddr(pub SocketAddr);
 
 /// In-flight HTTP requests get this long to finish at shutdown.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::drive::Tally;
 use super::raw::{RawReader, ServerFrame};
+use super::tally::Tally;
 use super::{Case, Expect};
 
 /// The session the answers belong to.

@@ -14,6 +14,7 @@ pub mod cases;
 pub mod closing;
 pub mod drive;
 pub mod raw;
+mod tally;
 
 use raw::RawFrame;
 
