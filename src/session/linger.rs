@@ -28,6 +28,12 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// sends stall on a full window) but still keep the socket until `LINGER`, so
 /// a slow client has the time to read our Close before the reset.
 pub const LINGER_BYTES: usize = 1 << 20;
+/// A client that sends nothing for this long after our FIN is not sending:
+/// its receive side has our Close, our receive buffer is empty, and dropping
+/// the socket then makes no reset (like nginx's `lingering_timeout`). Without
+/// it, every client that simply keeps its end open (an idle tab, a test)
+/// held its socket, and the server's shutdown, for the whole `LINGER`.
+pub const LINGER_QUIET: Duration = Duration::from_millis(500);
 
 /// Once the Close frame is out (or its grace is over): reunites the halves
 /// the writer task (`sink`, as it returned it) and the reader held, lingers
@@ -48,8 +54,8 @@ pub async fn let_go<S>(
 }
 
 /// Half-closes `io`, then discards what the peer still sends until its EOF,
-/// an error, `LINGER` or `LINGER_BYTES` (then waits out `LINGER`). The caller
-/// drops the socket afterwards.
+/// an error, `LINGER_QUIET` without a byte, `LINGER`, or `LINGER_BYTES` (then
+/// waits out `LINGER`). The caller drops the socket afterwards.
 pub async fn linger<S>(io: &mut S)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -63,9 +69,10 @@ where
         let mut buf = [0u8; 8 * 1024];
         let mut seen = 0usize;
         while seen < LINGER_BYTES {
-            match io.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => seen += n,
+            match tokio::time::timeout(LINGER_QUIET, io.read(&mut buf)).await {
+                // Quiet, closed or broken: nothing more is coming.
+                Err(_) | Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(n)) => seen += n,
             }
         }
         tracing::debug!(
@@ -98,5 +105,34 @@ mod tests {
             .expect("the peer never saw our FIN")
             .unwrap();
         drop(a);
+    }
+
+    /// A peer that keeps its end open but sends nothing is let go after
+    /// `LINGER_QUIET`, not `LINGER` (virtual time: exact, not a timing guess).
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_let_go_after_the_quiet_period() {
+        let (mut a, _b) = tokio::io::duplex(64);
+        let start = tokio::time::Instant::now();
+        linger(&mut a).await;
+        assert_eq!(start.elapsed(), LINGER_QUIET);
+    }
+
+    /// A peer that trickles bytes without end (each gap under the quiet
+    /// period) is cut at `LINGER`.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickling_peer_is_cut_at_the_deadline() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let peer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LINGER_QUIET / 2).await;
+                if b.write_all(b"x").await.is_err() {
+                    break;
+                }
+            }
+        });
+        let start = tokio::time::Instant::now();
+        linger(&mut a).await;
+        assert_eq!(start.elapsed(), LINGER);
+        peer.abort();
     }
 }
