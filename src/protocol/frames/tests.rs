@@ -1,0 +1,158 @@
+use uuid::Uuid;
+
+use super::*;
+use crate::protocol::error_code::ErrorCode;
+use crate::protocol::message::{Cursor, Status, StoredMsg};
+use crate::protocol::names::Username;
+
+const ID: &str = "0b6f0a5e-3c3a-4f1e-9a59-1a2b3c4d5e6f";
+
+fn err(text: &str) -> FrameError {
+    parse_client(text).unwrap_err()
+}
+
+#[test]
+fn parses_every_client_frame() {
+    let id = Uuid::parse_str(ID).unwrap();
+    assert_eq!(
+        parse_client(&format!(
+            r#"{{"type":"chat","id":"{ID}","content":"  hi  ","room":"x","sender":"eve"}}"#
+        )),
+        Ok(ClientMsg::Chat {
+            id,
+            content: "hi".into()
+        })
+    );
+    assert!(matches!(
+        parse_client(&format!(
+            r#"{{"type":"private","id":"{ID}","target":"bob","content":"psst"}}"#
+        )),
+        Ok(ClientMsg::Private { .. })
+    ));
+    assert_eq!(
+        parse_client(r#"{"type":"typing","active":true}"#),
+        Ok(ClientMsg::Typing { active: true })
+    );
+    assert_eq!(
+        parse_client(&format!(
+            r#"{{"type":"ack","ids":["{ID}"],"status":"seen"}}"#
+        )),
+        Ok(ClientMsg::Ack {
+            ids: vec![id],
+            status: Status::Seen
+        })
+    );
+    assert_eq!(
+        parse_client(r#"{"type":"history","limit":10,"req":"r1"}"#),
+        Ok(ClientMsg::History {
+            dir: PageDir::Latest,
+            limit: 10,
+            req: Some("r1".into())
+        })
+    );
+}
+
+#[test]
+fn rejects_bad_frames_with_codes() {
+    assert_eq!(err("not json").code, ErrorCode::BadRequest);
+    assert_eq!(err("[1,2]").code, ErrorCode::BadRequest);
+    assert_eq!(err(r#"{"type":"dance"}"#).code, ErrorCode::BadRequest);
+    assert_eq!(err(r#"{"content":"x"}"#).code, ErrorCode::BadRequest);
+    assert_eq!(err(r#"{"type":"typing"}"#).code, ErrorCode::BadRequest);
+    assert_eq!(
+        err(r#"{"type":"typing","active":"yes"}"#).code,
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        err(r#"{"type":"chat","id":"nope","content":"x"}"#).code,
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        err(r#"{"type":"history","limit":0}"#).code,
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        err(r#"{"type":"history","limit":101}"#).code,
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        err(r#"{"type":"history","before":"zz"}"#).code,
+        ErrorCode::BadRequest
+    );
+    let long = "é".repeat(MAX_CONTENT_CHARS + 1);
+    let e = err(&format!(
+        r#"{{"type":"chat","id":"{ID}","content":"{long}"}}"#
+    ));
+    assert_eq!((e.code, e.id.as_deref()), (ErrorCode::TooLarge, Some(ID)));
+    let e = err(&format!(r#"{{"type":"chat","id":"{ID}","content":"   "}}"#));
+    assert_eq!((e.code, e.id.as_deref()), (ErrorCode::BadRequest, Some(ID)));
+    // A mistyped field still echoes the id.
+    let e = err(&format!(r#"{{"type":"chat","id":"{ID}","content":5}}"#));
+    assert_eq!(e.id.as_deref(), Some(ID));
+    let many: Vec<String> = (0..101).map(|_| format!("\"{ID}\"")).collect();
+    assert_eq!(
+        err(&format!(
+            r#"{{"type":"ack","ids":[{}],"status":"seen"}}"#,
+            many.join(",")
+        ))
+        .code,
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        err(&format!(r#"{{"type":"ack","id":"{ID}","status":"saved"}}"#)).code,
+        ErrorCode::BadRequest
+    );
+}
+
+#[test]
+fn exactly_4000_chars_is_fine() {
+    let ok = "é".repeat(MAX_CONTENT_CHARS);
+    assert!(
+        parse_client(&format!(
+            r#"{{"type":"chat","id":"{ID}","content":"{ok}"}}"#
+        ))
+        .is_ok()
+    );
+}
+
+#[test]
+fn saved_and_unavailable_frames() {
+    let id = Uuid::parse_str(ID).unwrap();
+    assert_eq!(
+        encode_saved(&id).as_str(),
+        format!(r#"{{"type":"receipt","id":"{ID}","status":"saved"}}"#)
+    );
+    assert_eq!(
+        encode_unavailable("busy", Some(ID), 100).as_str(),
+        format!(
+            r#"{{"type":"error","code":"unavailable","message":"busy","id":"{ID}","retry_after_ms":100}}"#
+        )
+    );
+}
+
+#[test]
+fn a_frame_clone_shares_its_bytes() {
+    let f = encode_message(&StoredMsg {
+        id: Uuid::parse_str(ID).unwrap(),
+        kind: crate::protocol::MsgKind::Chat,
+        room: crate::protocol::RoomName::parse("lobby").unwrap(),
+        sender: Username::parse("ann").unwrap(),
+        target: None,
+        content: "hi".into(),
+        action: false,
+        ts_ms: 0,
+        cursor: Cursor::ZERO,
+    });
+    let g = f.clone();
+    assert_eq!(f.as_str().as_ptr(), g.as_str().as_ptr());
+    assert_eq!(f.into_bytes().as_ptr(), g.into_bytes().as_ptr());
+}
+
+#[test]
+fn encodes_error_without_empty_fields() {
+    let f = encode_error(&FrameError::new(ErrorCode::BadRequest, "x", None));
+    assert_eq!(
+        f.as_str(),
+        r#"{"type":"error","code":"bad_request","message":"x"}"#
+    );
+}
