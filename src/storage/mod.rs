@@ -17,6 +17,7 @@ mod accounts;
 mod health;
 mod history;
 mod ids;
+mod queue;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -34,10 +35,10 @@ pub use accounts::{PurgeStats, RefreshRecord, SpendOutcome, UserRecord};
 pub use health::{StorageHealth, StorageState, free_bytes};
 pub use history::{Fetched, HistoryQuery, Page, Want};
 pub use ids::IdUse;
-pub use writer::{
+pub use queue::{
     AckCmd, AppendPermit, DurableMsg, Refused, StorageCmd, StorageEvent, StorageHandle,
-    StorageTask, StorageWriterConfig,
 };
+pub use writer::{StorageTask, StorageWriterConfig};
 
 use crate::error::{InternalError, StorageFault, StorageFaultKind};
 use crate::protocol::{Cursor, MsgKind, RoomName, Status, Username};

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{Refused, StorageCmd, StorageEvent, StorageHandle, StorageWriterConfig};
+use super::StorageWriterConfig;
 use crate::metrics::Metrics;
 use crate::protocol::{Cursor, MsgKind, RoomName, StoredMsg, Username};
+use crate::storage::{Refused, StorageCmd, StorageEvent, StorageHandle};
 use crate::storage::{StorageState, Store};
 
 const LONG: Duration = Duration::from_secs(30);
