@@ -3,16 +3,18 @@
 //! its range (the shared log holds both kinds, interleaved by cursor).
 //!
 //! Keys `0x01` room `\0` viewer `\0` cursor (16 bytes, big-endian) → (), in
-//! the log tree itself (`roomname_cursor_msg`): a commit is one batch, as
-//! before, and a message and its view keys land together. `viewer` is empty for a chat message (everyone in the room
-//! sees it) and the sender's and the target's name for a private one. Names
-//! never hold a 0 byte and usernames are never empty, so "public" and each
-//! reader's own privates are separate contiguous, time-ordered ranges; a page
-//! merges the two. The log stays the record; this tree holds keys only.
+//! the log tree itself (`roomname_cursor_msg`): a commit stays one batch and
+//! a message and its view keys land together. `viewer` is empty for a chat
+//! message (everyone in the room sees it) and the sender's and the target's
+//! name for a private one. Names never hold a 0 byte and usernames are never
+//! empty, so "public" and each reader's own privates are separate contiguous,
+//! time-ordered ranges; a page merges the two. The log records stay the
+//! record; view keys carry no value.
 //!
-//! The writer adds a message's view keys in the same batch as the message. At open, [`Store::catch_up_views`] indexes what is in the log but
-//! not here: the whole log on the first start after an upgrade, or a tail
-//! written by an older binary.
+//! The writer adds a message's view keys in the same batch as the message. At
+//! open, [`Store::catch_up_views`] indexes the records that have none: the
+//! whole log on the first start after an upgrade, or a tail written by an
+//! older binary.
 
 use std::ops::Bound;
 
