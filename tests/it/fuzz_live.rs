@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::support::*;
 use hubbub_client::hostile::calm::Pair;
 use hubbub_client::hostile::drive::{self, Settings};
-use hubbub_client::hostile::raw::{OP_CONT, OP_TEXT, RawFrame, RawWs, ServerFrame};
+use hubbub_client::hostile::raw::{OP_CONT, OP_TEXT, RawFrame, ServerFrame};
 
 /// Rate limits out of the way: this exercises parsing, not the limiter.
 const FLAGS: &[&str] = &["--msgs-per-sec", "1000000", "--burst", "1000000"];
@@ -129,32 +129,9 @@ fn assert_every_kind_seen(tally: &drive::Tally, report: &serde_json::Value) {
     }
 }
 
-/// Connects a raw socket as a fresh user and reads past `welcome` and `history`.
-async fn raw_joined(
-    s: &TestServer,
-) -> (
-    hubbub_client::hostile::raw::RawReader,
-    hubbub_client::hostile::raw::RawWriter,
-) {
-    let acct = s.user(&name("raw")).await;
-    let (mut rd, wr) = RawWs::connect(&s.endpoint(), "/ws?room=raw", &acct)
-        .await
-        .unwrap()
-        .split();
-    let mut seen = 0;
-    while seen < 2 {
-        match tokio::time::timeout(T, rd.next()).await.unwrap().unwrap() {
-            Some(ServerFrame::Text(_)) => seen += 1,
-            Some(_) => {}
-            None => panic!("closed while joining"),
-        }
-    }
-    (rd, wr)
-}
-
 /// The close code the server answers `frames` with.
 async fn close_code_for(s: &TestServer, frames: &[RawFrame]) -> u16 {
-    let (mut rd, mut wr) = raw_joined(s).await;
+    let (mut rd, mut wr) = raw_joined(s, "raw", "raw").await;
     let mut bytes = Vec::new();
     for f in frames {
         f.encode([1, 2, 3, 4], &mut bytes);

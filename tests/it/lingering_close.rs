@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use crate::support::*;
-use hubbub_client::hostile::raw::{OP_BINARY, RawFrame, RawReader, RawWriter, RawWs, ServerFrame};
+use hubbub_client::hostile::raw::{OP_BINARY, RawFrame, ServerFrame};
 
 /// Rounds per transport. Without the lingering close about half of them
 /// ended in a reset (TCP 54 of 100, TLS 45 of 100 on loopback), so 20 fail
@@ -24,30 +24,12 @@ const ROUNDS: usize = 20;
 /// until the deadline, and the Close frame still arrives.
 const BIG: usize = 4 << 20;
 
-/// A raw socket as a fresh user, read past `welcome` and `history`.
-async fn joined(s: &TestServer) -> (RawReader, RawWriter) {
-    let acct = user_on(s, &name("lg")).await;
-    let (mut rd, wr) = RawWs::connect(&s.endpoint(), "/ws?room=linger", &acct)
-        .await
-        .unwrap()
-        .split();
-    let mut seen = 0;
-    while seen < 2 {
-        match tokio::time::timeout(T, rd.next()).await.unwrap().unwrap() {
-            Some(ServerFrame::Text(_)) => seen += 1,
-            Some(_) => {}
-            None => panic!("closed while joining"),
-        }
-    }
-    (rd, wr)
-}
-
 /// One round as a browser does it: one task writes a `size` text frame while
 /// this one reads, and an error on either half fails the connection (a
 /// browser then reports 1006). The close code the client read, or what
 /// ended the round instead.
 async fn big_frame_round(s: &TestServer, size: usize) -> Result<u16, String> {
-    let (mut rd, mut wr) = joined(s).await;
+    let (mut rd, mut wr) = raw_joined(s, "lg", "linger").await;
     let mut bytes = Vec::with_capacity(size + 16);
     RawFrame::text(vec![b'a'; size]).encode([7, 7, 7, 7], &mut bytes);
     let mut writer = tokio::spawn(async move { wr.write(&bytes).await.map(|()| wr) });
@@ -113,7 +95,7 @@ async fn a_frame_over_max_frame_gets_its_1009_not_a_reset_over_tls() {
 #[tokio::test]
 async fn a_client_that_never_closes_is_let_go_after_the_deadline() {
     let s = TestServer::start().await;
-    let (mut rd, mut wr) = joined(&s).await;
+    let (mut rd, mut wr) = raw_joined(&s, "lg", "linger").await;
     assert_eq!(
         metric_sample(s.endpoint(), "hubbub_connections").await,
         Some(1.0)

@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
+use hubbub_client::hostile::raw::{RawReader, RawWriter, RawWs, ServerFrame};
 use hubbub_client::{self as client, Account, Incoming, WsClient, frames};
 use serde_json::{Value, json};
 
-use super::server::{T, TestServer};
+use super::server::{T, TestServer, name, user_on};
 
 pub fn chat(id: &str, content: &str) -> Value {
     json!({"type": "chat", "id": id, "content": content})
@@ -243,4 +244,23 @@ pub fn is_cursor(v: &Value) -> bool {
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     })
+}
+
+/// A raw-frame socket of a fresh user (name prefix `who`) in `room`, over the
+/// server's own endpoint (plain or TLS), read past `welcome` and `history`.
+pub async fn raw_joined(s: &TestServer, who: &str, room: &str) -> (RawReader, RawWriter) {
+    let acct = user_on(s, &name(who)).await;
+    let (mut rd, wr) = RawWs::connect(&s.endpoint(), &format!("/ws?room={room}"), &acct)
+        .await
+        .unwrap()
+        .split();
+    let mut seen = 0;
+    while seen < 2 {
+        match tokio::time::timeout(T, rd.next()).await.unwrap().unwrap() {
+            Some(ServerFrame::Text(_)) => seen += 1,
+            Some(_) => {}
+            None => panic!("closed while joining"),
+        }
+    }
+    (rd, wr)
 }
