@@ -8,16 +8,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use futures_util::SinkExt;
 use hubbub_client::Account;
-use hubbub_client::frames;
-use hubbub_client::protocol::{ClientMsg, Cursor, PageDir, Username};
+use hubbub_client::protocol::{Cursor, PageDir, Username};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::durable::{PhaseCfg, PhaseStats, phase};
-use crate::history::{join_timed, next_of};
+use crate::history::{join_timed, page};
 use crate::net::{self, Target};
 use crate::stats::{Hist, padded, round3};
 use crate::{Args, Outcome};
@@ -161,13 +158,7 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
     for i in 0..args.samples {
         let req = format!("b{i}");
         let t0 = Instant::now();
-        let f = ClientMsg::History {
-            dir: PageDir::Before(before),
-            limit: 50,
-            req: Some(req.clone()),
-        };
-        ws.send(Message::Text(frames::encode(&f).into())).await?;
-        let h = next_of(&mut ws, "{\"type\":\"history\"", Some(&req)).await?;
+        let h = page(&mut ws, PageDir::Before(before), 50, &req).await?;
         page_h.record(t0.elapsed().as_nanos() as u64);
         page_n = h["messages"].as_array().map_or(0, Vec::len);
     }

@@ -36,6 +36,17 @@ pub async fn join_timed(
     Ok((ws, t0.elapsed(), frame))
 }
 
+/// Asks for one history page (tagged `req`) and returns the server's answer to it.
+pub async fn page(ws: &mut Ws, dir: PageDir, limit: usize, req: &str) -> anyhow::Result<Value> {
+    let f = ClientMsg::History {
+        dir,
+        limit,
+        req: Some(req.to_owned()),
+    };
+    ws.send(Message::Text(frames::encode(&f).into())).await?;
+    next_of(ws, "{\"type\":\"history\"", Some(req)).await
+}
+
 /// The next text frame that starts with `prefix` (and has `"req":"REQ"`), parsed.
 pub async fn next_of(ws: &mut Ws, prefix: &str, req: Option<&str>) -> anyhow::Result<Value> {
     let want_req = req.map(|r| format!("\"req\":\"{r}\""));
@@ -106,13 +117,7 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
     for i in 0..args.samples {
         let req = format!("l{i}");
         let t0 = Instant::now();
-        let f = ClientMsg::History {
-            dir: PageDir::Latest,
-            limit: DEFAULT_PAGE,
-            req: Some(req.clone()),
-        };
-        ws.send(Message::Text(frames::encode(&f).into())).await?;
-        let h = next_of(&mut ws, "{\"type\":\"history\"", Some(&req)).await?;
+        let h = page(&mut ws, PageDir::Latest, DEFAULT_PAGE, &req).await?;
         latest_h.record(t0.elapsed().as_nanos() as u64);
         oldest = h["messages"][0]["cursor"].as_str().and_then(Cursor::parse);
     }
@@ -123,13 +128,7 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
         let Some(before) = oldest.take() else { break };
         let req = format!("p{i}");
         let t0 = Instant::now();
-        let f = ClientMsg::History {
-            dir: PageDir::Before(before),
-            limit: 50,
-            req: Some(req.clone()),
-        };
-        ws.send(Message::Text(frames::encode(&f).into())).await?;
-        let h = next_of(&mut ws, "{\"type\":\"history\"", Some(&req)).await?;
+        let h = page(&mut ws, PageDir::Before(before), 50, &req).await?;
         page_h.record(t0.elapsed().as_nanos() as u64);
         walked += h["messages"].as_array().map_or(0, Vec::len);
         if h["more"] != json!(true) {
