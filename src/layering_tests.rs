@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// External crates and the modules that alone may name them.
-const CRATE_OWNERS: [(&str, &[&str]); 8] = [
+const CRATE_OWNERS: [(&str, &[&str]); 10] = [
     ("sled", &["storage"]),
     ("warp", &["http"]),
     ("hyper", &["http"]),
@@ -16,7 +16,9 @@ const CRATE_OWNERS: [(&str, &[&str]); 8] = [
     ("http_body_util", &["http"]),
     ("tungstenite", &["session", "http"]),
     ("tokio_tungstenite", &["session", "http"]),
-    ("tokio_rustls", &["http", "tls"]),
+    ("tokio_rustls", &["http", "tls", "cluster"]),
+    ("chitchat", &["cluster"]),
+    ("openraft", &["cluster"]),
 ];
 
 /// Crates `protocol` (pure data) must not name.

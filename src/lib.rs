@@ -37,19 +37,22 @@
 //! - [`session`]: one WebSocket connection: reader (rate limit, size, parse,
 //!   commands) and writer (batched writes, pings, close). May import: `hub`,
 //!   `storage`, `auth`, `protocol`, `metrics`.
+//! - [`cluster`]: only with `--cluster-listen`: gossip membership
+//!   (chitchat behind an authenticating transport), authenticated node links.
+//!   May import: `storage`, `protocol`, `error`, `files`, `metrics`.
 //! - [`http`]: the only module that names warp and hyper. Routes, the
 //!   upgrade, the accept loop. May import: `session`, `hub`, `auth`,
-//!   `storage`, `tls`, `protocol`, `metrics`, `config`.
+//!   `storage`, `cluster`, `tls`, `protocol`, `metrics`, `config`.
 //! - [`server`]: the composition root and ordered shutdown. May import:
-//!   `http`, `session`, `hub`, `auth`, `storage`, `tls`, `files`, `metrics`,
-//!   `config`.
+//!   `http`, `session`, `hub`, `auth`, `storage`, `cluster`, `tls`, `files`,
+//!   `metrics`, `config`.
 //! - [`admin`]: `hubbub user …` against a stopped server's data directory.
 //!   May import: `storage`, `protocol`, `config`.
 //!
 //! Rules beyond the edges, checked the same way:
 //! - only `storage` names `sled`; only `http` names `warp`, `hyper`,
 //!   `hyper_util` and `http_body_util` (the accept loop, each connection's
-//!   limits, the upgrade);
+//!   limits, the upgrade); only `cluster` names `chitchat` and `openraft`;
 //! - only `session` and `http` name `tungstenite` (the socket and the
 //!   upgrade); `protocol` names no `tokio`;
 //! - `session` and `http` reach storage only through these functions:
@@ -63,6 +66,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod files;
