@@ -11,7 +11,11 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+#[macro_use]
 mod labels;
+mod cluster;
+
+pub use cluster::{ClusterMetrics, GossipReject, LinkDrop, LinkFail, MemberState};
 
 pub use labels::{
     AcceptError, AuthResult, CapHit, Eviction, HistoryKind, In, Out, RefreshTable, Route,
@@ -126,6 +130,13 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     reg(
         r,
         IntGauge::new(name, help).unwrap_or_else(|_| unreachable_metric()),
+    )
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    reg(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| unreachable_metric()),
     )
 }
 
@@ -524,6 +535,12 @@ impl Metrics {
         let _ = self.registry.register(Box::new(decode_errors));
     }
 
+    /// The cluster's metrics, registered in this server's registry. Call once
+    /// (cluster mode only): a second call's families would not register.
+    pub fn register_cluster(&self) -> Arc<ClusterMetrics> {
+        Arc::new(ClusterMetrics::new(&self.registry))
+    }
+
     /// The Prometheus text exposition of every metric, process figures included.
     pub fn render(&self) -> String {
         self.sample_process();
@@ -587,6 +604,12 @@ mod tests {
         assert!(text.contains("hubbub_send_to_durable_seconds_bucket"));
         assert!(text.contains("hubbub_build_info{version="));
         assert!(text.contains("hubbub_process_resident_memory_bytes"));
+        assert!(!text.contains("hubbub_gossip"), "cluster metrics only in cluster mode");
+        let c = m.register_cluster();
+        c.gossip_rejected(GossipReject::Mac).inc();
+        let text = m.render();
+        assert!(text.contains("hubbub_gossip_rejected_total{reason=\"mac\"} 1"));
+        assert!(text.contains("hubbub_cluster_members{state=\"dead\"} 0"));
         // Two registries never share numbers.
         assert!(Metrics::new().render().contains("hubbub_connections 0"));
     }

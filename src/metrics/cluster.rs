@@ -1,0 +1,174 @@
+//! The cluster's metrics: registered only in cluster mode
+//! (`Metrics::register_cluster`), so a single node's `/metrics` is unchanged.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+
+use super::{counter, counter_vec, gauge, gauge_vec};
+
+label_enum! {
+    /// Why a gossip datagram was dropped, `hubbub_gossip_rejected_total{reason}`.
+    pub enum GossipReject {
+        /// Shorter than the header and the tag, or longer than a datagram may be.
+        Length => "length",
+        /// The tag does not match: another secret, or a forgery.
+        Mac => "mac",
+        /// Stamped more than the allowed skew before (or after) now.
+        Stale => "stale",
+        /// The same datagram seen before within the allowed skew.
+        Replay => "replay",
+        /// Authentic, but not a chitchat message (a version we do not speak).
+        Decode => "decode",
+    }
+}
+
+label_enum! {
+    /// Member states as gossiped, `hubbub_cluster_members{state}`.
+    pub enum MemberState {
+        Joining => "joining",
+        Ready => "ready",
+        Draining => "draining",
+        /// Known to gossip but not live (failure detector).
+        Dead => "dead",
+    }
+}
+
+label_enum! {
+    /// Why a node link failed before it carried anything,
+    /// `hubbub_link_handshake_failed_total{reason}`.
+    pub enum LinkFail {
+        /// TCP connect or the TLS handshake failed.
+        Tls => "tls",
+        /// The peer could not prove the cluster secret.
+        Proof => "proof",
+        /// The handshake took too long.
+        Timeout => "timeout",
+        /// The peer speaks another link version.
+        Version => "version",
+    }
+}
+
+label_enum! {
+    /// Why an established link was dropped, `hubbub_link_dropped_total{reason}`.
+    pub enum LinkDrop {
+        /// The send queue to the peer was full (the peer resynchronises).
+        QueueFull => "queue_full",
+        /// A frame over the size limit, or one that does not decode.
+        BadFrame => "bad_frame",
+        /// The connection closed or failed.
+        Closed => "closed",
+        /// Nothing arrived for too long.
+        Idle => "idle",
+    }
+}
+
+pub struct ClusterMetrics {
+    members: IntGaugeVec,
+    gossip_rejected: IntCounterVec,
+    pub gossip_bytes_sent: IntCounter,
+    pub gossip_bytes_received: IntCounter,
+    pub gossip_datagrams_sent: IntCounter,
+    pub gossip_datagrams_received: IntCounter,
+    pub links_up: IntGauge,
+    link_handshake_failed: IntCounterVec,
+    link_dropped: IntCounterVec,
+    pub link_bytes_sent: IntCounter,
+    pub link_bytes_received: IntCounter,
+}
+
+impl ClusterMetrics {
+    pub(super) fn new(r: &Registry) -> Self {
+        let members = gauge_vec(
+            r,
+            "hubbub_cluster_members",
+            "Cluster members this node knows, by gossiped state (dead: not live).",
+            &["state"],
+        );
+        let gossip_rejected = counter_vec(
+            r,
+            "hubbub_gossip_rejected_total",
+            "Gossip datagrams dropped before chitchat saw them, by reason.",
+            &["reason"],
+        );
+        let link_handshake_failed = counter_vec(
+            r,
+            "hubbub_link_handshake_failed_total",
+            "Node-link handshakes (either direction) that failed, by reason.",
+            &["reason"],
+        );
+        let link_dropped = counter_vec(
+            r,
+            "hubbub_link_dropped_total",
+            "Established node links dropped, by reason.",
+            &["reason"],
+        );
+        for s in MemberState::ALL {
+            members.with_label_values(&[s.label()]);
+        }
+        for g in GossipReject::ALL {
+            gossip_rejected.with_label_values(&[g.label()]);
+        }
+        for f in LinkFail::ALL {
+            link_handshake_failed.with_label_values(&[f.label()]);
+        }
+        for d in LinkDrop::ALL {
+            link_dropped.with_label_values(&[d.label()]);
+        }
+        Self {
+            members,
+            gossip_rejected,
+            gossip_bytes_sent: counter(
+                r,
+                "hubbub_gossip_sent_bytes_total",
+                "Gossip bytes sent (MAC included).",
+            ),
+            gossip_bytes_received: counter(
+                r,
+                "hubbub_gossip_received_bytes_total",
+                "Gossip bytes received (rejected datagrams included).",
+            ),
+            gossip_datagrams_sent: counter(
+                r,
+                "hubbub_gossip_sent_datagrams_total",
+                "Gossip datagrams sent.",
+            ),
+            gossip_datagrams_received: counter(
+                r,
+                "hubbub_gossip_received_datagrams_total",
+                "Gossip datagrams received (rejected ones included).",
+            ),
+            links_up: gauge(r, "hubbub_links_up", "Node links established now."),
+            link_handshake_failed,
+            link_dropped,
+            link_bytes_sent: counter(
+                r,
+                "hubbub_link_sent_bytes_total",
+                "Bytes sent over node links (frame headers included).",
+            ),
+            link_bytes_received: counter(
+                r,
+                "hubbub_link_received_bytes_total",
+                "Bytes received over node links (frame headers included).",
+            ),
+        }
+    }
+
+    /// `hubbub_cluster_members{state}`.
+    pub fn members(&self, state: MemberState) -> IntGauge {
+        self.members.with_label_values(&[state.label()])
+    }
+
+    /// `hubbub_gossip_rejected_total{reason}`.
+    pub fn gossip_rejected(&self, why: GossipReject) -> IntCounter {
+        self.gossip_rejected.with_label_values(&[why.label()])
+    }
+
+    /// `hubbub_link_handshake_failed_total{reason}`.
+    pub fn link_handshake_failed(&self, why: LinkFail) -> IntCounter {
+        self.link_handshake_failed.with_label_values(&[why.label()])
+    }
+
+    /// `hubbub_link_dropped_total{reason}`.
+    pub fn link_dropped(&self, why: LinkDrop) -> IntCounter {
+        self.link_dropped.with_label_values(&[why.label()])
+    }
+}
