@@ -207,6 +207,34 @@ pub struct Config {
     /// sled page cache in MiB.
     #[arg(long, env = "HUBBUB_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
+    /// Cluster mode: gossip (UDP) and node links (TCP) on this address (port 0
+    /// picks one; it is printed). Without it the node is alone.
+    #[arg(long, env = "HUBBUB_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// The cluster address peers dial (default: the --cluster-listen address).
+    #[arg(long, env = "HUBBUB_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<SocketAddr>,
+    /// Cluster addresses (host:port) of other nodes to start gossip from; any
+    /// subset; none for the first node.
+    #[arg(long, env = "HUBBUB_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// The cluster secret (at least 32 bytes), the same on every node.
+    #[arg(long, env = "HUBBUB_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret (a trailing newline is ignored).
+    #[arg(
+        long,
+        env = "HUBBUB_CLUSTER_SECRET_FILE",
+        conflicts_with = "cluster_secret"
+    )]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// This node's public base URL (`https://host:port`) for clients
+    /// (default: from --listen and the TLS mode).
+    #[arg(long, env = "HUBBUB_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// The cluster forms once this many nodes see each other.
+    #[arg(long, env = "HUBBUB_BOOTSTRAP_EXPECT", default_value_t = 3)]
+    pub bootstrap_expect: usize,
 }
 
 impl Config {
@@ -295,7 +323,77 @@ impl Config {
         if let Some(s) = &self.jwt_secret {
             anyhow::ensure!(s.len() >= 32, "--jwt-secret must be at least 32 bytes");
         }
+        self.validate_cluster()
+    }
+
+    /// The cluster flags: checked only with --cluster-listen (the secret's
+    /// length once it is read: see [`Config::cluster_secret`]).
+    fn validate_cluster(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.node_id.is_empty()
+                && self.node_id.len() <= 64
+                && self
+                    .node_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+            "--node-id must be 1..=64 letters, digits, '.', '_' or '-'"
+        );
+        let Some(listen) = self.cluster_listen else {
+            return Ok(());
+        };
+        anyhow::ensure!(
+            self.cluster_secret.is_some() || self.cluster_secret_file.is_some(),
+            "cluster mode (--cluster-listen) needs --cluster-secret or --cluster-secret-file"
+        );
+        anyhow::ensure!(
+            !listen.ip().is_unspecified() || self.cluster_advertise.is_some(),
+            "--cluster-listen on {listen} needs --cluster-advertise (the address peers dial)"
+        );
+        if let Some(a) = self.cluster_advertise {
+            anyhow::ensure!(
+                !a.ip().is_unspecified() && a.port() != 0,
+                "--cluster-advertise must be a concrete address and port"
+            );
+        }
+        anyhow::ensure!(
+            (1..=5).contains(&self.bootstrap_expect),
+            "--bootstrap-expect must be 1..=5"
+        );
+        if let Some(u) = &self.advertise_url {
+            anyhow::ensure!(
+                (u.starts_with("https://") || u.starts_with("http://"))
+                    && !u.trim_end_matches('/').contains(['?', '#', ' ']),
+                "--advertise-url must be a base URL such as https://host:port"
+            );
+        }
         Ok(())
+    }
+
+    /// The cluster secret from --cluster-secret or --cluster-secret-file;
+    /// `None` without cluster mode.
+    pub fn cluster_secret(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        use anyhow::Context;
+        if self.cluster_listen.is_none() {
+            return Ok(None);
+        }
+        let secret = match (&self.cluster_secret, &self.cluster_secret_file) {
+            (Some(s), _) => s.as_bytes().to_vec(),
+            (None, Some(f)) => {
+                let mut b = std::fs::read(f)
+                    .with_context(|| format!("reading --cluster-secret-file {}", f.display()))?;
+                while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                    b.pop();
+                }
+                b
+            }
+            (None, None) => anyhow::bail!("cluster mode needs a cluster secret"),
+        };
+        anyhow::ensure!(
+            secret.len() >= 32,
+            "the cluster secret must be at least 32 bytes (got {})",
+            secret.len()
+        );
+        Ok(Some(secret))
     }
 
     pub fn tls_on(&self) -> bool {

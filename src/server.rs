@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, AuthConfig, purge, tokens};
+use crate::cluster::{Cluster, ClusterConfig, ClusterView};
 use crate::config::Config;
 use crate::files;
 use crate::http::client_ip::TrustedProxies;
@@ -66,6 +67,9 @@ pub struct Running {
     pub tls: Option<Arc<Tls>>,
     /// The `--metrics-listen` address, when metrics have a port of their own.
     pub metrics_addr: Option<SocketAddr>,
+    /// The bound cluster address (gossip and node links), in cluster mode.
+    pub cluster_addr: Option<SocketAddr>,
+    pub cluster: Option<ClusterView>,
     stop: CancellationToken,
     storage: Arc<StorageHealth>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -80,6 +84,12 @@ impl Running {
         }
         if let Some(a) = self.metrics_addr {
             println!("metrics on http://{a}/metrics");
+        }
+        if let (Some(a), Some(c)) = (self.cluster_addr, &self.cluster) {
+            println!(
+                "hubbub cluster on {a} (node {}, generation {})",
+                c.node, c.generation
+            );
         }
         tracing::info!(url = %self.url, "listening");
     }
@@ -160,6 +170,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let metrics = Metrics::new();
     metrics.register_storage(store.decode_errors());
+    let cluster = start_cluster(&cfg, &url, &metrics).await?;
+    let cluster_view = cluster.as_ref().map(Cluster::view);
+    let cluster_addr = cluster.as_ref().map(|c| c.addr);
     let (events_tx, events_rx) = mpsc::channel(STORAGE_EVENTS_QUEUE);
     let (storage, storage_task) = StorageHandle::spawn(
         store.clone(),
@@ -224,6 +237,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         metrics_on_main: cfg.metrics_listen.is_none(),
         metrics_token: cfg.metrics_token.as_deref().map(Arc::from),
         hosts: Arc::new(hosts(&cfg, addr, tls.as_deref())),
+        cluster: cluster_view.clone(),
     };
     let http_stop = CancellationToken::new();
     let metrics_listener = match cfg.metrics_listen {
@@ -277,6 +291,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 reason = health.failed() => Some(reason),
                 _ = stop.cancelled() => None,
             };
+            if let Some(c) = &cluster {
+                c.drain().await;
+            }
             match &failed {
                 None => {
                     tracing::info!("shutting down: draining sessions and the write-ahead queue")
@@ -311,6 +328,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             if let Some(t) = metrics_task {
                 t.await.context("metrics task")?;
             }
+            if let Some(c) = cluster {
+                c.shutdown().await;
+            }
             tracing::info!("shutdown complete");
             match failed {
                 None => Ok(()),
@@ -321,12 +341,44 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     Ok(Running {
         storage: storage_health,
         metrics_addr,
+        cluster_addr,
+        cluster: cluster_view,
         addr,
         url,
         tls,
         stop,
         task,
     })
+}
+
+/// Cluster mode (`--cluster-listen`): gossip on the cluster address. `None`
+/// without it: then nothing of the cluster runs.
+async fn start_cluster(
+    cfg: &Config,
+    url: &str,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Cluster>> {
+    let (Some(listen), Some(secret)) = (cfg.cluster_listen, cfg.cluster_secret()?) else {
+        return Ok(None);
+    };
+    let cluster = Cluster::start(
+        ClusterConfig {
+            node_id: cfg.node_id.clone(),
+            listen,
+            advertise: cfg.cluster_advertise,
+            seeds: cfg.seeds.clone(),
+            secret,
+            url: cfg
+                .advertise_url
+                .clone()
+                .map_or_else(|| url.to_owned(), |u| u.trim_end_matches('/').to_owned()),
+            bootstrap_expect: cfg.bootstrap_expect,
+            data_dir: cfg.data_dir.clone(),
+        },
+        metrics.register_cluster(),
+    )
+    .await?;
+    Ok(Some(cluster))
 }
 
 /// The Host allow-list: loopback, the listen address, the configured names,

@@ -4,6 +4,248 @@
 //! - `keys`: the cluster secret and the keys derived from it (HKDF).
 //! - `gossip`: membership and failure detection (chitchat) behind an
 //!   authenticating transport; each node's URL, state and generation.
-//! - `link`: one authenticated TLS stream per pair of nodes.
+//! - `generation`: this node's incarnation number, growing on every start.
 
+pub mod generation;
+pub mod gossip;
 pub mod keys;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::ClusterMetrics;
+
+use gossip::{Gossip, GossipConfig, NodeState, View};
+use keys::ClusterKeys;
+
+/// A dead node's gossip state is kept this long, then forgotten.
+const DEAD_GRACE: Duration = Duration::from_secs(20);
+/// At shutdown, `draining` is gossiped this long before anything closes, so
+/// peers (and, through them, clients) hear it from this node itself.
+const DRAIN_NOTICE: Duration = Duration::from_millis(500);
+/// Attempts at finding a port free for both UDP and TCP when the port is 0.
+const BIND_TRIES: usize = 16;
+
+pub struct ClusterConfig {
+    pub node_id: String,
+    pub listen: SocketAddr,
+    pub advertise: Option<SocketAddr>,
+    pub seeds: Vec<String>,
+    pub secret: Vec<u8>,
+    /// This node's public base URL.
+    pub url: String,
+    pub bootstrap_expect: usize,
+    pub data_dir: PathBuf,
+}
+
+/// A running cluster membership. `view()` is what the rest of the server reads.
+pub struct Cluster {
+    gossip: Gossip,
+    view: ClusterView,
+    /// The bound cluster address (its port is the chosen one with port 0).
+    pub addr: SocketAddr,
+    former: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+    /// The TCP side of the cluster address, for the node links.
+    pub link_listener: Option<TcpListener>,
+    pub keys: ClusterKeys,
+}
+
+/// What HTTP and the server read about the cluster: cheap to clone.
+#[derive(Clone)]
+pub struct ClusterView {
+    pub node: Arc<str>,
+    pub generation: u64,
+    members: watch::Receiver<Arc<View>>,
+    ready: watch::Receiver<bool>,
+}
+
+/// One member as `/api/admin/cluster` shows it.
+#[derive(Serialize)]
+pub struct MemberInfo {
+    pub node: String,
+    pub url: String,
+    pub addr: String,
+    pub generation: u64,
+    pub live: bool,
+    pub state: Option<NodeState>,
+    pub proto: String,
+    /// Milliseconds since its heartbeat last moved (0 for this node).
+    pub last_heard_ms: Option<u64>,
+    pub this_node: bool,
+}
+
+impl ClusterView {
+    /// True once the cluster has formed with this node in it.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Every member this node knows, the dead ones included.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let view = self.members.borrow().clone();
+        let now = Instant::now();
+        view.members
+            .values()
+            .map(|m| MemberInfo {
+                node: m.node.clone(),
+                url: m.url.clone(),
+                addr: m.addr.to_string(),
+                generation: m.generation,
+                live: m.live,
+                state: m.state,
+                proto: m.proto.clone(),
+                last_heard_ms: if m.this_node {
+                    Some(0)
+                } else {
+                    view.heard
+                        .get(&m.node)
+                        .map(|t| now.duration_since(*t).as_millis() as u64)
+                },
+                this_node: m.this_node,
+            })
+            .collect()
+    }
+
+    /// `(node, url)` of every live, ready node: where clients may connect.
+    pub fn serving(&self) -> Vec<(String, String)> {
+        self.members
+            .borrow()
+            .members
+            .values()
+            .filter(|m| m.serving())
+            .map(|m| (m.node.clone(), m.url.clone()))
+            .collect()
+    }
+}
+
+impl Cluster {
+    pub async fn start(cfg: ClusterConfig, metrics: Arc<ClusterMetrics>) -> anyhow::Result<Self> {
+        let keys = ClusterKeys::derive(&cfg.secret)?;
+        let (tcp, udp) = bind(cfg.listen).await?;
+        let addr = udp.local_addr().context("cluster address")?;
+        let advertise = cfg.advertise.unwrap_or(addr);
+        let generation = generation::next(&cfg.data_dir)?;
+        let gossip = Gossip::start(
+            GossipConfig {
+                node_id: cfg.node_id.clone(),
+                generation,
+                advertise,
+                seeds: cfg.seeds.clone(),
+                url: cfg.url.clone(),
+                dead_grace: DEAD_GRACE,
+            },
+            udp,
+            keys.gossip.clone(),
+            metrics,
+        )
+        .await
+        .context("starting gossip")?;
+        let (ready_tx, ready) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let former = tokio::spawn(form(
+            gossip.view(),
+            gossip.publisher(),
+            cfg.bootstrap_expect,
+            ready_tx,
+            stop.clone(),
+        ));
+        let view = ClusterView {
+            node: cfg.node_id.into(),
+            generation,
+            members: gossip.view(),
+            ready,
+        };
+        tracing::info!(%addr, %advertise, generation, "cluster gossip started");
+        Ok(Self {
+            gossip,
+            view,
+            addr,
+            former,
+            stop,
+            link_listener: Some(tcp),
+            keys,
+        })
+    }
+
+    pub fn view(&self) -> ClusterView {
+        self.view.clone()
+    }
+
+    /// Gossips `draining`, then waits a moment so that peers hear it before
+    /// this node closes anything.
+    pub async fn drain(&self) {
+        self.stop.cancel();
+        self.gossip.publisher().set_state(NodeState::Draining).await;
+        tokio::time::sleep(DRAIN_NOTICE).await;
+    }
+
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.former.await;
+        self.gossip.shutdown().await;
+    }
+}
+
+/// Waits until the cluster has formed: `bootstrap_expect` nodes (this one
+/// included) see each other, or a live node is already `ready` (this node
+/// joins a formed cluster, or restarted). Then marks this node ready.
+async fn form(
+    mut view: watch::Receiver<Arc<View>>,
+    publisher: gossip::Publisher,
+    expect: usize,
+    ready: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
+    let formed = |v: &Arc<View>| {
+        let live: Vec<_> = v
+            .members
+            .values()
+            .filter(|m| m.live && m.proto == gossip::PROTO)
+            .collect();
+        live.len() >= expect
+            || live
+                .iter()
+                .any(|m| !m.this_node && m.state == Some(NodeState::Ready))
+    };
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        ok = async { view.wait_for(formed).await.is_ok() } => {
+            if ok {
+                publisher.set_state(NodeState::Ready).await;
+                let _ = ready.send(true);
+                tracing::info!("cluster formed: this node is ready");
+            }
+        }
+    }
+}
+
+/// Binds UDP and TCP on one address. With port 0, TCP picks the port and UDP
+/// takes the same number (retried if that UDP port is taken).
+async fn bind(listen: SocketAddr) -> anyhow::Result<(TcpListener, UdpSocket)> {
+    let mut last = None;
+    for _ in 0..BIND_TRIES {
+        let tcp = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding --cluster-listen {listen} (TCP)"))?;
+        let at = tcp.local_addr().context("cluster TCP address")?;
+        match UdpSocket::bind(at).await {
+            Ok(udp) => return Ok((tcp, udp)),
+            Err(e) if listen.port() == 0 => last = Some(e),
+            Err(e) => {
+                return Err(e).with_context(|| format!("binding --cluster-listen {listen} (UDP)"));
+            }
+        }
+    }
+    Err(anyhow::anyhow!(
+        "no port free for both UDP and TCP on {listen}: {last:?}"
+    ))
+}

@@ -232,7 +232,7 @@ pub async fn history(
 
 /// `/api/admin/*` needs `Authorization: Bearer <--admin-token>`; without a
 /// configured token the routes do not exist (404).
-fn admin_ok(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+pub(super) fn admin_ok(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     let Some(expected) = state.admin_token.as_deref() else {
         return Err(reply::error(ErrorCode::NotFound, "no such route"));
     };

@@ -8,6 +8,7 @@
 
 mod api;
 pub mod client_ip;
+mod cluster;
 mod conn;
 pub mod guard;
 mod policy;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub metrics_token: Option<Arc<str>>,
     /// The `Host` values the main port answers to.
     pub hosts: Arc<Hosts>,
+    /// Cluster mode's membership and readiness; `None` for a single node.
+    pub cluster: Option<crate::cluster::ClusterView>,
 }
 
 fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
@@ -190,6 +193,16 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(s())
         .and(headers())
         .then(api::admin_set_disabled);
+    let admin_cluster = warp::path!("api" / "admin" / "cluster")
+        .and(get())
+        .and(s())
+        .and(headers())
+        .then(cluster::admin);
+    let cluster_nodes = warp::path!("api" / "cluster" / "nodes")
+        .and(get())
+        .and(s())
+        .and(headers())
+        .then(cluster::nodes);
     let web = match state.web_dir.clone() {
         Some(dir) => get().and(web::from_dir(dir)).boxed(),
         None => get()
@@ -222,6 +235,10 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(admin_users)
         .unify()
         .or(admin_set)
+        .unify()
+        .or(admin_cluster)
+        .unify()
+        .or(cluster_nodes)
         .unify()
         .or(web)
         .unify()
@@ -283,6 +300,9 @@ pub fn metrics_routes(state: AppState) -> BoxedFilter<(Response,)> {
 async fn readyz(state: AppState) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         return reply::error(ErrorCode::Unavailable, "draining");
+    }
+    if state.cluster.as_ref().is_some_and(|c| !c.is_ready()) {
+        return reply::error(ErrorCode::Unavailable, "cluster not formed yet");
     }
     // A node that refuses messages is not ready: a balancer sends users elsewhere.
     match state.sessions.storage.health().state() {

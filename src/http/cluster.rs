@@ -1,0 +1,47 @@
+//! The cluster's endpoints. Without cluster mode both answer 404, as before
+//! they existed.
+
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::Response;
+
+use super::AppState;
+use super::api::{admin_ok, identify};
+use super::reply;
+use crate::protocol::ErrorCode;
+
+/// `GET /api/admin/cluster` (admin token): this node and every member it
+/// knows, dead ones included.
+pub async fn admin(state: AppState, headers: HeaderMap) -> Response {
+    if let Err(r) = admin_ok(&state, &headers) {
+        return r;
+    }
+    let Some(c) = &state.cluster else {
+        return reply::error(ErrorCode::NotFound, "not in cluster mode");
+    };
+    reply::json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "node": &*c.node,
+            "generation": c.generation,
+            "ready": c.is_ready(),
+            "members": c.members(),
+        }),
+    )
+}
+
+/// `GET /api/cluster/nodes` (logged in): where a client may connect — the
+/// advertised URLs of live, ready nodes.
+pub async fn nodes(state: AppState, headers: HeaderMap) -> Response {
+    if let Err(r) = identify(&state, &headers) {
+        return r;
+    }
+    let Some(c) = &state.cluster else {
+        return reply::error(ErrorCode::NotFound, "not in cluster mode");
+    };
+    let nodes: Vec<_> = c
+        .serving()
+        .into_iter()
+        .map(|(node, url)| serde_json::json!({ "node": node, "url": url }))
+        .collect();
+    reply::json(StatusCode::OK, &serde_json::json!({ "nodes": nodes }))
+}
