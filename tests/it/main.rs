@@ -16,6 +16,7 @@ mod support;
 
 mod auth;
 mod chat;
+mod cluster;
 mod commands;
 mod contract_gaps;
 mod errors;

@@ -32,7 +32,7 @@ use transport::AuthUdpTransport;
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
 /// How often the member list is rebuilt from chitchat's state.
 pub const POLL: Duration = Duration::from_millis(50);
-const PHI_THRESHOLD: f64 = 8.0;
+const PHI_THRESHOLD: f64 = 6.0;
 /// Heartbeat gaps longer than this are not sampled (a paused laptop).
 const MAX_INTERVAL: Duration = Duration::from_secs(2);
 /// chitchat's cluster id: nodes of another program, or another version of

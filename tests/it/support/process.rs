@@ -33,11 +33,21 @@ impl Drop for ChildGuard {
 
 /// Runs `hubbub` with `args` (without the program name) and extra environment;
 /// returns once it printed `hubbub listening on URL`. A server that prints
-/// nothing within `FIRST_LINE` is killed and the test fails (no hang).
+/// nothing within `FIRST_LINES` is killed and the test fails (no hang).
 pub fn spawn_hubbub(args: &[String], env: &[(&str, &Path)]) -> Proc {
+    spawn_hubbub_until(args, env, "hubbub listening on ").0
+}
+
+/// As [`spawn_hubbub`], but returns once a line starting with `last` was
+/// printed, with every line up to it (the URL line first).
+pub fn spawn_hubbub_until(
+    args: &[String],
+    env: &[(&str, &Path)],
+    last: &str,
+) -> (Proc, Vec<String>) {
     use std::io::{BufRead, BufReader};
     // Generous: a debug build on a loaded 2-core machine, generating a CA.
-    const FIRST_LINE: Duration = Duration::from_secs(60);
+    const FIRST_LINES: Duration = Duration::from_secs(60);
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hubbub"));
     cmd.args(args)
         .env("RUST_LOG", "warn")
@@ -49,32 +59,45 @@ pub fn spawn_hubbub(args: &[String], env: &[(&str, &Path)]) -> Proc {
     }
     let mut guard = ChildGuard(Some(cmd.spawn().unwrap()));
     let stdout = guard.0.as_mut().unwrap().stdout.take().unwrap();
-    // One thread reads stdout for the child's whole life: the first line goes
-    // to `first`, the rest is read and dropped (no test needs it), so later
-    // prints never hit a closed or full pipe.
-    let (first_tx, first) = std::sync::mpsc::channel();
+    // One thread reads stdout for the child's whole life: the lines up to
+    // `last` go to `lines`, the rest is read and dropped (no test needs it),
+    // so later prints never hit a closed or full pipe.
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let last_owned = last.to_owned();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
-        let mut line = String::new();
-        let _ = first_tx.send(reader.read_line(&mut line).map(|_| line));
+        let mut got = Vec::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let done = line.starts_with(&last_owned);
+            got.push(line.trim_end().to_owned());
+            if done {
+                break;
+            }
+        }
+        let _ = lines_tx.send(got);
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
     });
     // On a panic here `guard` kills the child, which ends the reading thread.
-    let line = first
-        .recv_timeout(FIRST_LINE)
-        .unwrap_or_else(|_| panic!("hubbub printed no address within {FIRST_LINE:?}"))
-        .unwrap();
+    let got = lines
+        .recv_timeout(FIRST_LINES)
+        .unwrap_or_else(|_| panic!("hubbub printed no {last:?} line within {FIRST_LINES:?}"));
+    let line = &got[0];
     let addr = line
-        .trim()
         .rsplit("://")
         .next()
         .unwrap()
         .parse()
         .unwrap_or_else(|_| panic!("no address in {line:?}"));
-    Proc {
+    let proc = Proc {
         child: guard.0.take().unwrap(),
         addr,
-    }
+    };
+    (proc, got)
 }
 
 /// `base_args` for `data` without the program name, with `extra` replacing defaults.

@@ -1,0 +1,246 @@
+//! Cluster mode, part 1: three hubbub processes on loopback. Membership and
+//! failure detection over authenticated gossip; forged gossip rejected.
+//! Times are printed (for docs/BENCHMARKS.md) and bounded generously: a
+//! bound fails only when the mechanism is broken, not when the machine is slow.
+
+use std::time::{Duration, Instant};
+
+use hubbub::cluster::gossip::transport::{MAX_SKEW, seal, wall_ms};
+use hubbub::cluster::keys::ClusterKeys;
+use hubbub_client as client;
+
+use crate::support::*;
+
+/// chitchat's default failure detector takes 5–10 s; ours about 1 s.
+const DETECTION_BOUND: Duration = Duration::from_secs(4);
+const FORM_BOUND: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn three_nodes_form_and_list_each_other() {
+    let root = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let nodes = spawn_cluster(root.path(), 3, &[]);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_for("three nodes live and ready everywhere", FORM_BOUND, || {
+        all_ready(&refs, &["n1", "n2", "n3"])
+    })
+    .await;
+    println!(
+        "formation: all three live and ready on every node {:?} after the first start",
+        t0.elapsed()
+    );
+    for n in &nodes {
+        let (status, _) = raw_get(n.addr(), "/readyz").await;
+        assert_eq!(status, 200, "{} ready", n.name);
+        let s = cluster_status(n.addr()).await;
+        assert_eq!(s["node"], n.name.as_str());
+        assert_eq!(s["generation"], n.generation);
+        let me = member(n.addr(), &n.name).await.unwrap();
+        assert_eq!(me["this_node"], true);
+        assert_eq!(me["addr"], n.cluster.to_string());
+        assert_eq!(me["url"], format!("http://{}", n.addr()));
+        assert_eq!(
+            metric_sample(n.addr(), "hubbub_cluster_members{state=\"ready\"}").await,
+            Some(3.0)
+        );
+    }
+    // Any logged-in user learns where clients may connect; nobody else.
+    let (status, _) = raw_get(nodes[1].addr(), "/api/cluster/nodes").await;
+    assert_eq!(status, 401);
+    let acct = client::signup_or_login(nodes[1].addr(), "ann", "password-ann-1")
+        .await
+        .unwrap();
+    let r = client::request(
+        nodes[1].addr(),
+        "GET",
+        "/api/cluster/nodes",
+        &[("cookie", &acct.cookie_header())],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let mut urls: Vec<String> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["url"].as_str().unwrap().to_owned())
+        .collect();
+    urls.sort();
+    let mut want: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("http://{}", n.addr()))
+        .collect();
+    want.sort();
+    assert_eq!(urls, want);
+}
+
+#[tokio::test]
+async fn a_killed_node_is_marked_dead_and_returns_as_a_new_generation() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = spawn_cluster(root.path(), 3, &[]);
+    {
+        let refs: Vec<&Node> = nodes.iter().collect();
+        wait_for("formed", FORM_BOUND, || {
+            all_ready(&refs, &["n1", "n2", "n3"])
+        })
+        .await;
+    }
+    let old_generation = nodes[2].generation;
+    nodes[2].kill();
+    let killed = Instant::now();
+    let (a, b) = (nodes[0].addr(), nodes[1].addr());
+    let dead_on = |addr| async move {
+        wait_for(
+            "n3 marked dead",
+            DETECTION_BOUND + FORM_BOUND,
+            || async move { member(addr, "n3").await.unwrap()["live"] == false },
+        )
+        .await;
+        killed.elapsed()
+    };
+    let (ta, tb) = tokio::join!(dead_on(a), dead_on(b));
+    println!("detection: kill -9 → dead on n1 after {ta:?}, on n2 after {tb:?}");
+    assert!(
+        ta < DETECTION_BOUND && tb < DETECTION_BOUND,
+        "detection took {ta:?} / {tb:?}"
+    );
+    // A survivor's readiness does not depend on a dead peer.
+    assert_eq!(raw_get(a, "/readyz").await.0, 200);
+
+    let seed = [nodes[0].cluster];
+    let dir = nodes[2].dir.clone();
+    let back = spawn_node("n3", &dir, &seed, &[]);
+    assert!(
+        back.generation > old_generation,
+        "a restart is a new generation"
+    );
+    let refs = [&nodes[0], &nodes[1], &back];
+    wait_for("n3 back, live and ready", FORM_BOUND, || {
+        all_ready(&refs, &["n1", "n2", "n3"])
+    })
+    .await;
+    for n in [&nodes[0], &nodes[1]] {
+        let m = member(n.addr(), "n3").await.unwrap();
+        assert_eq!(
+            m["generation"], back.generation,
+            "the newest generation is shown"
+        );
+    }
+}
+
+#[tokio::test]
+async fn forged_gossip_and_strangers_never_join() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = spawn_cluster(root.path(), 2, &["--bootstrap-expect", "2"]);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_for("two nodes formed", FORM_BOUND, || {
+        all_ready(&refs, &["n1", "n2"])
+    })
+    .await;
+    let n1 = &nodes[0];
+    let rejected = |reason: &'static str| async move {
+        metric_sample(
+            n1.addr(),
+            &format!("hubbub_gossip_rejected_total{{reason=\"{reason}\"}}"),
+        )
+        .await
+        .unwrap()
+    };
+
+    // A whole node started with another secret, seeded with n1.
+    let stranger = spawn_node(
+        "n9",
+        &root.path().join("n9"),
+        &[n1.cluster],
+        &[
+            "--cluster-secret",
+            "another-secret-another-secret-0123456789",
+            "--bootstrap-expect",
+            "2",
+        ],
+    );
+    wait_for("the stranger's datagrams rejected", FORM_BOUND, || async {
+        rejected("mac").await > 0.0
+    })
+    .await;
+
+    // Datagrams from a socket that is no node at all.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let key = ClusterKeys::derive(CLUSTER_SECRET.as_bytes())
+        .unwrap()
+        .gossip;
+    let wrong = ClusterKeys::derive(b"wrong-secret-wrong-secret-0123456789")
+        .unwrap()
+        .gossip;
+    let before = (rejected("length").await, rejected("mac").await);
+    udp.send_to(b"random bytes, not a datagram", n1.cluster)
+        .await
+        .unwrap();
+    for d in seal(&wrong, wall_ms(), 1, b"forged") {
+        udp.send_to(&d, n1.cluster).await.unwrap();
+    }
+    let mut flipped = seal(&key, wall_ms(), 2, b"tampered").remove(0);
+    flipped[20] ^= 0x55;
+    udp.send_to(&flipped, n1.cluster).await.unwrap();
+    wait_for("length and mac rejections counted", FORM_BOUND, || async {
+        rejected("length").await > before.0 && rejected("mac").await >= before.1 + 2.0
+    })
+    .await;
+
+    // Authentic but recorded long ago: stale. Authentic twice: a replay.
+    let old = wall_ms() - MAX_SKEW.as_millis() as u64 - 5_000;
+    let stale_before = rejected("stale").await;
+    for d in seal(&key, old, 3, b"recorded long ago") {
+        udp.send_to(&d, n1.cluster).await.unwrap();
+    }
+    let fresh = seal(&key, wall_ms(), 4, b"not a chitchat message").remove(0);
+    let (decode_before, replay_before) = (rejected("decode").await, rejected("replay").await);
+    udp.send_to(&fresh, n1.cluster).await.unwrap();
+    udp.send_to(&fresh, n1.cluster).await.unwrap();
+    wait_for("stale, decode and replay counted", FORM_BOUND, || async {
+        rejected("stale").await > stale_before
+            && rejected("decode").await > decode_before
+            && rejected("replay").await > replay_before
+    })
+    .await;
+
+    // Nothing of it joined: n1 and n2 know only each other, the stranger only
+    // itself (and never forms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in &nodes {
+        let s = cluster_status(n.addr()).await;
+        let names: Vec<&str> = s["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["node"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["n1", "n2"], "on {}", n.name);
+    }
+    let s = cluster_status(stranger.addr()).await;
+    assert_eq!(s["members"].as_array().unwrap().len(), 1);
+    assert_eq!(s["ready"], false);
+    assert_eq!(raw_get(stranger.addr(), "/readyz").await.0, 503);
+}
+
+#[tokio::test]
+async fn a_single_node_has_no_cluster_endpoints() {
+    let s = TestServer::start_with(&["--admin-token", ADMIN_TOKEN]).await;
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let r = client::request(
+        s.addr,
+        "GET",
+        "/api/admin/cluster",
+        &[("authorization", &auth)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        metric_sample(s.addr, "hubbub_cluster_members{state=\"ready\"}").await,
+        None
+    );
+}

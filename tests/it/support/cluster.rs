@@ -1,0 +1,150 @@
+//! A cluster of hubbub processes on loopback: each node a child process with
+//! its own data directory, its HTTP and cluster ports chosen by the kernel
+//! (port 0), seeded from nodes already running.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hubbub_client as client;
+use serde_json::Value;
+
+use super::process::{Proc, proc_args, spawn_hubbub_until};
+
+/// The cluster secret every test node shares (at least 32 bytes).
+pub const CLUSTER_SECRET: &str = "cluster-secret-for-tests-0123456789abcdef";
+/// The admin token of every test node.
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
+
+/// One node: the process, its name and data directory, its cluster address.
+pub struct Node {
+    pub proc: Proc,
+    pub name: String,
+    pub dir: PathBuf,
+    pub cluster: SocketAddr,
+    pub generation: u64,
+}
+
+impl Node {
+    /// The HTTP address.
+    pub fn addr(&self) -> SocketAddr {
+        self.proc.addr
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        self.proc.child.kill().unwrap();
+        self.proc.child.wait().unwrap();
+    }
+}
+
+/// Starts node `name` in `dir` (created when missing), gossiping with
+/// `seeds`; `extra` flags replace the defaults (`--cluster-secret` included).
+pub fn spawn_node(name: &str, dir: &Path, seeds: &[SocketAddr], extra: &[&str]) -> Node {
+    std::fs::create_dir_all(dir).unwrap();
+    let seeds = seeds
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut flags: Vec<&str> = vec![
+        "--node-id",
+        name,
+        "--cluster-listen",
+        "127.0.0.1:0",
+        "--admin-token",
+        ADMIN_TOKEN,
+    ];
+    if !extra.contains(&"--cluster-secret") {
+        flags.extend(["--cluster-secret", CLUSTER_SECRET]);
+    }
+    if !seeds.is_empty() {
+        flags.extend(["--seeds", &seeds]);
+    }
+    flags.extend(extra);
+    let (proc, lines) = spawn_hubbub_until(&proc_args(dir, &flags), &[], "hubbub cluster on ");
+    // "hubbub cluster on ADDR (node NAME, generation G)"
+    let last = lines.last().unwrap();
+    let mut words = last.split_whitespace().skip(3);
+    let cluster = words.next().unwrap().parse().unwrap();
+    let generation = last
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    Node {
+        proc,
+        name: name.to_owned(),
+        dir: dir.to_owned(),
+        cluster,
+        generation,
+    }
+}
+
+/// `n` nodes named `n1`…, each seeded with the first; in `root`.
+pub fn spawn_cluster(root: &Path, n: usize, extra: &[&str]) -> Vec<Node> {
+    let first = spawn_node("n1", &root.join("n1"), &[], extra);
+    let seed = [first.cluster];
+    let mut nodes = vec![first];
+    for i in 2..=n {
+        let name = format!("n{i}");
+        nodes.push(spawn_node(&name, &root.join(&name), &seed, extra));
+    }
+    nodes
+}
+
+/// `GET /api/admin/cluster` at `addr`.
+pub async fn cluster_status(addr: SocketAddr) -> Value {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let r = client::request(
+        addr,
+        "GET",
+        "/api/admin/cluster",
+        &[("authorization", &auth)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// The member `node` as `addr` sees it, if known.
+pub async fn member(addr: SocketAddr, node: &str) -> Option<Value> {
+    cluster_status(addr).await["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["node"] == node)
+        .cloned()
+}
+
+/// Polls `check` every 20 ms until it holds; returns how long that took.
+/// Panics after `limit` with `what`.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t0 = Instant::now();
+    while !check().await {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t0.elapsed()
+}
+
+/// True when every node in `nodes` sees all of `names` live and ready.
+pub async fn all_ready(nodes: &[&Node], names: &[&str]) -> bool {
+    for n in nodes {
+        for name in names {
+            match member(n.addr(), name).await {
+                Some(m) if m["live"] == true && m["state"] == "ready" => {}
+                _ => return false,
+            }
+        }
+    }
+    true
+}
