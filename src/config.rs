@@ -329,6 +329,10 @@ impl Config {
     /// The cluster flags: checked only with --cluster-listen (the secret's
     /// length once it is read: see [`Config::cluster_secret`]).
     fn validate_cluster(&self) -> anyhow::Result<()> {
+        let Some(listen) = self.cluster_listen else {
+            return Ok(());
+        };
+        // Gossip keys and log entries carry it: keep it plain.
         anyhow::ensure!(
             !self.node_id.is_empty()
                 && self.node_id.len() <= 64
@@ -336,11 +340,8 @@ impl Config {
                     .node_id
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
-            "--node-id must be 1..=64 letters, digits, '.', '_' or '-'"
+            "--node-id must be 1..=64 letters, digits, '.', '_' or '-' in cluster mode"
         );
-        let Some(listen) = self.cluster_listen else {
-            return Ok(());
-        };
         anyhow::ensure!(
             self.cluster_secret.is_some() || self.cluster_secret_file.is_some(),
             "cluster mode (--cluster-listen) needs --cluster-secret or --cluster-secret-file"
@@ -511,6 +512,53 @@ mod tests {
             let c = Config::from_args(["hubbub", bad[0], bad[1]]).unwrap();
             assert!(c.validate().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn cluster_flags() {
+        let single = Config::from_args(["hubbub"]).unwrap();
+        assert!(single.cluster_secret().unwrap().is_none(), "no cluster, no secret read");
+        let secret = "s".repeat(32);
+        let ok = |extra: &[&str]| {
+            let mut a = vec!["hubbub", "--cluster-listen", "127.0.0.1:0"];
+            a.extend(extra);
+            Config::from_args(a).unwrap()
+        };
+        let c = ok(&["--cluster-secret", &secret, "--seeds", "a:1,b:2"]);
+        c.validate().unwrap();
+        assert_eq!(c.seeds, ["a:1", "b:2"]);
+        assert_eq!(c.bootstrap_expect, 3);
+        assert_eq!(c.cluster_secret().unwrap().unwrap(), secret.as_bytes());
+        assert!(ok(&[]).validate().is_err(), "cluster mode without a secret");
+        let short = ok(&["--cluster-secret", "short"]);
+        short.validate().unwrap();
+        assert!(short.cluster_secret().is_err(), "a short secret");
+        let any = Config::from_args([
+            "hubbub",
+            "--cluster-listen",
+            "0.0.0.0:7000",
+            "--cluster-secret",
+            &secret,
+        ])
+        .unwrap();
+        assert!(any.validate().is_err(), "0.0.0.0 without --cluster-advertise");
+        for bad in [
+            ["--bootstrap-expect", "0"],
+            ["--node-id", "has space"],
+            ["--advertise-url", "host:8443"],
+        ] {
+            let c = ok(&["--cluster-secret", &secret, bad[0], bad[1]]);
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
+        // Without cluster mode the node id is as free as before.
+        let c = Config::from_args(["hubbub", "--node-id", "has space"]).unwrap();
+        c.validate().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("secret");
+        std::fs::write(&f, format!("{secret}\n")).unwrap();
+        let c = ok(&["--cluster-secret-file", f.to_str().unwrap()]);
+        c.validate().unwrap();
+        assert_eq!(c.cluster_secret().unwrap().unwrap(), secret.as_bytes());
     }
 
     #[test]
