@@ -517,7 +517,10 @@ mod tests {
     #[test]
     fn cluster_flags() {
         let single = Config::from_args(["hubbub"]).unwrap();
-        assert!(single.cluster_secret().unwrap().is_none(), "no cluster, no secret read");
+        assert!(
+            single.cluster_secret().unwrap().is_none(),
+            "no cluster, no secret read"
+        );
         let secret = "s".repeat(32);
         let ok = |extra: &[&str]| {
             let mut a = vec!["hubbub", "--cluster-listen", "127.0.0.1:0"];
@@ -541,7 +544,10 @@ mod tests {
             &secret,
         ])
         .unwrap();
-        assert!(any.validate().is_err(), "0.0.0.0 without --cluster-advertise");
+        assert!(
+            any.validate().is_err(),
+            "0.0.0.0 without --cluster-advertise"
+        );
         for bad in [
             ["--bootstrap-expect", "0"],
             ["--node-id", "has space"],

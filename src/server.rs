@@ -228,6 +228,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         origins: Arc::new(Origins {
             scheme: tls.as_ref().map(|_| "https"),
             allowed: cfg.allowed_origin.clone(),
+            peers: cluster_view.clone(),
         }),
         draining: draining.clone(),
         web_dir: cfg.web_dir.clone(),

@@ -115,6 +115,14 @@ impl ClusterView {
             .collect()
     }
 
+    /// True when `origin` is one a member advertised (see `View::origins`).
+    pub fn is_peer_origin(&self, origin: &str) -> bool {
+        self.members
+            .borrow()
+            .origins
+            .contains(&origin.to_ascii_lowercase())
+    }
+
     /// `(node, url)` of every live, ready node: where clients may connect.
     pub fn serving(&self) -> Vec<(String, String)> {
         self.members

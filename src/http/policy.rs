@@ -30,6 +30,9 @@ pub struct Origins {
     /// TLS proxy) accepts `http` and `https` for the server's own host.
     pub scheme: Option<&'static str>,
     pub allowed: Vec<String>,
+    /// Cluster mode: every origin a peer has advertised (authenticated
+    /// gossip), so a page loaded from one node may open its socket at another.
+    pub peers: Option<crate::cluster::ClusterView>,
 }
 
 impl Origins {
@@ -39,6 +42,10 @@ impl Origins {
         self.allowed
             .iter()
             .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+            || self
+                .peers
+                .as_ref()
+                .is_some_and(|p| p.is_peer_origin(origin))
     }
 
     pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
@@ -362,6 +369,7 @@ mod tests {
         let o = Origins {
             scheme: Some("https"),
             allowed: vec!["https://chat.example.com".into()],
+            peers: None,
         };
         assert!(o.allows("https://chat.example.com", None));
         assert!(o.allows("https://chat.example.com/", None));
@@ -375,6 +383,7 @@ mod tests {
         let plain = Origins {
             scheme: None,
             allowed: vec![],
+            peers: None,
         };
         assert!(plain.allows("https://chat.example.com", Some("chat.example.com")));
         assert!(!plain.allows("ftp://chat.example.com", Some("chat.example.com")));

@@ -10,7 +10,7 @@
 
 pub mod transport;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,6 +108,10 @@ pub struct View {
     pub members: BTreeMap<String, Member>,
     /// When each member's heartbeat last moved (not part of a change).
     pub heard: HashMap<String, Instant>,
+    /// The origin (`scheme://host:port`) of every URL a member advertised
+    /// since this node started, dead members' included: a page loaded from a
+    /// node that died still opens its socket here.
+    pub origins: BTreeSet<String>,
 }
 
 pub struct GossipConfig {
@@ -216,6 +220,7 @@ async fn poll(
     stop: CancellationToken,
 ) {
     let mut beats: HashMap<String, (u64, Heartbeat, Instant)> = HashMap::new();
+    let mut origins = BTreeSet::new();
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -228,13 +233,18 @@ async fn poll(
             read_members(&c, &mut beats)
         };
         count_states(&members, &metrics);
+        origins.extend(members.values().filter_map(|m| origin_of(&m.url)));
         tx.send_if_modified(|view| {
-            let changed = view.members != members;
+            let changed = view.members != members || view.origins != origins;
             let heard = beats
                 .iter()
                 .map(|(n, (_, _, at))| (n.clone(), *at))
                 .collect();
-            *view = Arc::new(View { members, heard });
+            *view = Arc::new(View {
+                members,
+                heard,
+                origins: origins.clone(),
+            });
             changed
         });
     }
@@ -284,6 +294,14 @@ fn read_members(
     out
 }
 
+/// `scheme://host[:port]` of a base URL, lowercased; `None` for anything else.
+pub fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    (!authority.is_empty() && matches!(scheme, "http" | "https"))
+        .then(|| format!("{scheme}://{authority}").to_ascii_lowercase())
+}
+
 fn count_states(members: &BTreeMap<String, Member>, metrics: &ClusterMetrics) {
     let mut n = [0i64; MemberState::ALL.len()];
     for m in members.values() {
@@ -297,5 +315,25 @@ fn count_states(members: &BTreeMap<String, Member>, metrics: &ClusterMetrics) {
     }
     for (s, v) in MemberState::ALL.iter().zip(n) {
         metrics.members(*s).set(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_of_advertised_urls() {
+        assert_eq!(
+            origin_of("https://Chat.example:8443/base").as_deref(),
+            Some("https://chat.example:8443")
+        );
+        assert_eq!(
+            origin_of("http://127.0.0.1:1").as_deref(),
+            Some("http://127.0.0.1:1")
+        );
+        for bad in ["", "ftp://x", "https://", "chat.example:8443"] {
+            assert_eq!(origin_of(bad), None, "{bad:?}");
+        }
     }
 }
