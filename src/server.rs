@@ -188,6 +188,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         max_sessions_per_user: cfg.max_sessions_per_user,
         queue: cfg.hub_queue,
+        replicated: false,
     };
     let storage_health = storage.health().clone();
     let (hub, hub_task) = HubHandle::spawn(hub_cfg, head, storage.clone(), events_rx);

@@ -72,6 +72,9 @@ pub struct HubConfig {
     pub max_sessions_per_user: usize,
     pub queue: usize,
     pub metrics: Arc<Metrics>,
+    /// Cluster mode: posts go to the replicated log (the storage handle given
+    /// to `spawn` leads there) and are shown when committed.
+    pub replicated: bool,
 }
 
 impl HubHandle {
@@ -84,7 +87,11 @@ impl HubHandle {
     ) -> (Self, HubTask) {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let shell = Shell {
-            state: HubState::new(cfg.max_sessions_per_user, head),
+            state: if cfg.replicated {
+                HubState::new(cfg.max_sessions_per_user, head).with_replicated_log()
+            } else {
+                HubState::new(cfg.max_sessions_per_user, head)
+            },
             outbox: Outbox::default(),
             storage,
             metrics: cfg.metrics,

@@ -18,6 +18,7 @@ mod health;
 mod history;
 mod ids;
 mod queue;
+mod replicated;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -36,7 +37,8 @@ pub use health::{StorageHealth, StorageState, free_bytes};
 pub use history::{Fetched, HistoryQuery, Page, Want};
 pub use ids::IdUse;
 pub use queue::{
-    AckCmd, AppendPermit, DurableMsg, Refused, StorageCmd, StorageEvent, StorageHandle,
+    AckCmd, AppendPermit, CommittedMsg, DurableMsg, Refused, StorageCmd, StorageEvent,
+    StorageHandle,
 };
 pub use writer::{StorageTask, StorageWriterConfig};
 

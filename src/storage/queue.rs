@@ -37,6 +37,15 @@ pub struct AckCmd {
 }
 
 /// A message the writer reports on: now on disk (`Durable`), or not written (`Failed`).
+/// A message of a committed log entry (cluster mode).
+#[derive(Clone, Debug)]
+pub struct CommittedMsg {
+    pub msg: Arc<StoredMsg>,
+    /// Stored now; `false` for a resend of an id already stored (its sender
+    /// gets `saved` again, nobody sees it twice).
+    pub fresh: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct DurableMsg {
     pub id: Uuid,
@@ -48,6 +57,10 @@ pub struct DurableMsg {
 #[derive(Debug)]
 pub enum StorageEvent {
     Durable(Vec<DurableMsg>),
+    /// Cluster mode: messages of committed log entries, applied to this
+    /// node's store in log order with the cursors the log gave them. Shown
+    /// to sessions now, never before.
+    Committed(Vec<CommittedMsg>),
     /// These messages were broadcast but are not on disk, and will not be:
     /// their senders get `unavailable` and may resend the same ids.
     Failed(Vec<DurableMsg>),
@@ -145,6 +158,19 @@ impl StorageHandle {
     }
 
     /// Queued commands not yet taken by the writer.
+    /// Cluster mode: a handle with this one's health checks whose commands
+    /// (appends, acks) go to the returned queue — the replicated log's
+    /// proposer — instead of the writer. `queue` is its capacity; full →
+    /// `Refused::Busy`, as for the write-ahead queue.
+    pub fn replicated(&self, queue: usize) -> (StorageHandle, mpsc::Receiver<StorageCmd>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let handle = StorageHandle {
+            tx,
+            health: self.health.clone(),
+        };
+        (handle, rx)
+    }
+
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }

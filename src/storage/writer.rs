@@ -91,10 +91,12 @@ struct Writer {
 }
 
 /// What a batch wrote, counted only once its flush succeeded.
-struct Applied {
-    events: Vec<StorageEvent>,
-    stored: u64,
-    bytes: u64,
+pub(super) struct Applied {
+    pub(super) events: Vec<StorageEvent>,
+    pub(super) stored: u64,
+    pub(super) bytes: u64,
+    /// Appended ids written now (not already stored).
+    pub(super) fresh: HashSet<Uuid>,
 }
 
 async fn run(mut w: Writer, mut rx: mpsc::Receiver<StorageCmd>, cancel: CancellationToken) {
@@ -254,7 +256,7 @@ async fn flush_with_retry(store: &Store) -> Result<()> {
 
 impl Store {
     /// Applies one batch (not yet flushed) and returns what to report once it is durable.
-    fn apply_batch(&self, cmds: &[StorageCmd]) -> Result<Applied> {
+    pub(super) fn apply_batch(&self, cmds: &[StorageCmd]) -> Result<Applied> {
         let (mut stored, mut bytes_total) = (0u64, 0u64);
         let mut durable = Vec::new();
         let mut receipts = Vec::new();
@@ -262,6 +264,7 @@ impl Store {
         let mut rooms: HashSet<&RoomName> = HashSet::new();
         let mut index = sled::Batch::default();
         let mut seen_in_batch = HashSet::new();
+        let mut fresh = HashSet::new();
         let mut i = 0;
         while i < cmds.len() {
             // Appends are applied in runs so that an ack later in the batch sees them.
@@ -277,6 +280,7 @@ impl Store {
                 if !seen_in_batch.insert(m.id) || !self.id_is_fresh(m)? {
                     continue;
                 }
+                fresh.insert(m.id);
                 let r = MsgRef {
                     room: m.room.clone(),
                     cursor: m.cursor,
@@ -318,6 +322,7 @@ impl Store {
             events,
             stored,
             bytes: bytes_total,
+            fresh,
         })
     }
 

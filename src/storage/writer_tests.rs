@@ -76,6 +76,7 @@ fn note(ev: StorageEvent, durable: &mut HashSet<Uuid>, failed: &mut HashSet<Uuid
         StorageEvent::Durable(v) => durable.extend(v.iter().map(|m| m.id)),
         StorageEvent::Failed(v) => failed.extend(v.iter().map(|m| m.id)),
         StorageEvent::Receipt { .. } => {}
+        StorageEvent::Committed(_) => panic!("the writer never reports the log's commits"),
     }
 }
 

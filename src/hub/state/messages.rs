@@ -10,8 +10,8 @@ use super::{Count, Effects, HubState, NewMsg};
 use crate::metrics::Out;
 use crate::protocol::ErrorCode;
 use crate::protocol::frames::{encode, encode_message, encode_saved};
-use crate::protocol::{MsgKind, RoomName, ServerMsg, Status, StoredMsg, Username};
-use crate::storage::{DurableMsg, IdUse, Refused};
+use crate::protocol::{Cursor, MsgKind, RoomName, ServerMsg, Status, StoredMsg, Username};
+use crate::storage::{CommittedMsg, DurableMsg, IdUse, Refused};
 
 /// Durable ids remembered in memory after their flush. Covers the moment
 /// between a session's check of the on-disk index and the hub's own check.
@@ -78,7 +78,9 @@ impl HubState {
     }
 
     /// An admitted new message: cursor, pending, the id cache, the fan-out
-    /// (one frame shared by every recipient), and the append.
+    /// (one frame shared by every recipient), and the append. With the
+    /// replicated log, only the append (a proposal): the cursor comes from the
+    /// log and the message is shown when committed (`committed`).
     fn accept(
         &mut self,
         msg: NewMsg,
@@ -87,7 +89,11 @@ impl HubState {
         now_ms: u64,
         fx: &mut Effects,
     ) {
-        let cursor = self.head.next(now_ms);
+        let cursor = if self.replicated {
+            Cursor::ZERO
+        } else {
+            self.head.next(now_ms)
+        };
         let stored = Arc::new(StoredMsg {
             id: msg.id,
             kind: msg.kind,
@@ -96,14 +102,9 @@ impl HubState {
             target: msg.target,
             content: msg.content,
             action: msg.action,
-            ts_ms: cursor.ms,
+            ts_ms: if self.replicated { now_ms } else { cursor.ms },
             cursor,
         });
-        self.head = cursor;
-        self.pending
-            .entry(room.clone())
-            .or_default()
-            .push_back(stored.clone());
         self.known.insert(
             msg.id,
             Known {
@@ -112,20 +113,61 @@ impl HubState {
                 durable: false,
             },
         );
+        fx.append = Some(stored.clone());
+        if self.replicated {
+            return;
+        }
+        self.head = cursor;
+        self.pending
+            .entry(room)
+            .or_default()
+            .push_back(stored.clone());
+        self.fan_out(&stored, fx);
+    }
+
+    /// Queues `stored` to everyone who may see it in its room.
+    fn fan_out(&self, stored: &StoredMsg, fx: &mut Effects) {
+        let (room, user) = (&stored.room, &stored.sender);
         let (to, kind) = match (&stored.kind, &stored.target) {
             (MsgKind::Private, Some(t)) => {
-                let mut to = self.sessions_of(&room, &user);
-                if *t != user {
-                    to.extend(self.sessions_of(&room, t));
+                let mut to = self.sessions_of(room, user);
+                if t != user {
+                    to.extend(self.sessions_of(room, t));
                 }
                 (to, Out::Private)
             }
-            (MsgKind::Private, None) => (self.everyone_in(&room), Out::Private),
-            _ => (self.everyone_in(&room), Out::Chat),
+            (MsgKind::Private, None) => (self.everyone_in(room), Out::Private),
+            _ => (self.everyone_in(room), Out::Chat),
         };
         fx.counts.push(Count::Deliveries(to.len() as u64));
-        fx.deliver(to, encode_message(&stored), kind);
-        fx.append = Some(stored);
+        fx.deliver(to, encode_message(stored), kind);
+    }
+
+    /// A message of a committed log entry, applied to the store: shown now
+    /// (a fresh one; a resend only answers its sender), and `saved` to its
+    /// sender's sessions on this node.
+    pub(super) fn committed(&mut self, c: CommittedMsg, fx: &mut Effects) {
+        let m = &c.msg;
+        if c.fresh {
+            self.head = self.head.max(m.cursor);
+            self.fan_out(m, fx);
+        }
+        self.known.insert(
+            m.id,
+            Known {
+                room: m.room.clone(),
+                sender: m.sender.clone(),
+                durable: false,
+            },
+        );
+        self.durable(
+            DurableMsg {
+                id: m.id,
+                room: m.room.clone(),
+                sender: m.sender.clone(),
+            },
+            fx,
+        );
     }
 
     pub(super) fn durable(&mut self, m: DurableMsg, fx: &mut Effects) {

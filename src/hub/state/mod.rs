@@ -208,6 +208,8 @@ pub struct HubState {
     /// Durable ids in `known`, oldest first, for the cap.
     known_durable: VecDeque<Uuid>,
     head: Cursor,
+    /// Cluster mode: messages go through the replicated log; see `accept`.
+    replicated: bool,
 }
 
 impl HubState {
@@ -221,7 +223,15 @@ impl HubState {
             known: HashMap::new(),
             known_durable: VecDeque::new(),
             head,
+            replicated: false,
         }
+    }
+
+    /// Cluster mode: a post is proposed to the replicated log (the shell's
+    /// append goes there) and shown only when its entry is committed.
+    pub fn with_replicated_log(mut self) -> Self {
+        self.replicated = true;
+        self
     }
 
     /// Applies one event and says what to do about it.
@@ -257,6 +267,9 @@ impl HubState {
             Event::Kick { user, family } => self.kick(&user, family, &mut fx),
             Event::Storage(StorageEvent::Durable(msgs)) => {
                 msgs.into_iter().for_each(|m| self.durable(m, &mut fx))
+            }
+            Event::Storage(StorageEvent::Committed(msgs)) => {
+                msgs.into_iter().for_each(|m| self.committed(m, &mut fx))
             }
             Event::Storage(StorageEvent::Failed(msgs)) => {
                 msgs.into_iter().for_each(|m| self.failed(m, &mut fx))

@@ -215,3 +215,4 @@ mod membership;
 mod messages;
 mod outbox;
 mod presence;
+mod replicated;

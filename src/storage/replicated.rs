@@ -1,0 +1,97 @@
+//! Cluster mode: committed log entries applied to this node's store. The
+//! replicated log is durable on a majority before an entry is applied, so
+//! nothing here is flushed; re-applying an entry after a crash writes the
+//! same keys again (cursors come from the log, ids decide duplicates).
+
+use std::sync::Arc;
+
+use super::queue::{CommittedMsg, StorageCmd, StorageEvent};
+use super::{Result, Store};
+
+impl Store {
+    /// Applies the messages and acks of committed entries, in order, and
+    /// returns what the hub shows: the messages (fresh or resent) and the
+    /// receipts that moved.
+    pub fn apply_replicated(&self, cmds: &[StorageCmd]) -> Result<Vec<StorageEvent>> {
+        let applied = self.apply_batch(cmds)?;
+        let msgs: Vec<CommittedMsg> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                StorageCmd::Append(m, _) => Some(CommittedMsg {
+                    msg: Arc::clone(m),
+                    fresh: applied.fresh.contains(&m.id),
+                }),
+                StorageCmd::Ack(_) => None,
+            })
+            .collect();
+        let mut events = Vec::with_capacity(applied.events.len());
+        if !msgs.is_empty() {
+            events.push(StorageEvent::Committed(msgs));
+        }
+        // `Durable` is the write-ahead queue's report: the log replaces it.
+        events.extend(
+            applied
+                .events
+                .into_iter()
+                .filter(|e| !matches!(e, StorageEvent::Durable(_))),
+        );
+        Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::protocol::{Cursor, MsgKind, RoomName, Status, StoredMsg, Username};
+    use crate::storage::AckCmd;
+
+    fn msg(id: Uuid, sender: &str, seq: u64) -> StorageCmd {
+        let cursor = Cursor { ms: 7, seq };
+        StorageCmd::Append(
+            Arc::new(StoredMsg {
+                id,
+                kind: MsgKind::Chat,
+                room: RoomName::parse("lobby").unwrap(),
+                sender: Username::parse(sender).unwrap(),
+                target: None,
+                content: "hi".into(),
+                action: false,
+                ts_ms: 7,
+                cursor,
+            }),
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn an_entry_applied_twice_is_stored_once_and_reports_its_resends() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&d.path().join("db"), 1 << 20).unwrap();
+        let bob = Username::parse("bob").unwrap();
+        let room = RoomName::parse("lobby").unwrap();
+        store.remember_member(&room, &bob).unwrap();
+        let id = Uuid::new_v4();
+        let entry = [
+            msg(id, "alice", 0),
+            StorageCmd::Ack(AckCmd {
+                by: bob.clone(),
+                ids: vec![id],
+                status: Status::Seen,
+            }),
+        ];
+        let first = store.apply_replicated(&entry).unwrap();
+        assert!(matches!(&first[0], StorageEvent::Committed(m) if m[0].fresh && m[0].msg.id == id));
+        assert!(
+            matches!(&first[1], StorageEvent::Receipt { status: Status::Seen, by, .. } if *by == bob)
+        );
+        // A crash before the state machine recorded the entry: applied again.
+        let again = store.apply_replicated(&entry).unwrap();
+        assert_eq!(again.len(), 1, "the receipt does not move twice: {again:?}");
+        assert!(matches!(&again[0], StorageEvent::Committed(m) if !m[0].fresh));
+        assert_eq!(store.last_cursor().unwrap(), Cursor { ms: 7, seq: 0 });
+    }
+}
