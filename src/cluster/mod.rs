@@ -7,3 +7,4 @@
 //! - `link`: one authenticated TLS stream per pair of nodes.
 
 pub mod keys;
+pub mod link;
