@@ -50,7 +50,7 @@ pub struct Node {
 
 impl Node {
     pub fn start(
-        cfg: LinkConfig,
+        mut cfg: LinkConfig,
         listener: TcpListener,
         metrics: Arc<ClusterMetrics>,
         handler: Arc<dyn LinkHandler>,
@@ -58,6 +58,8 @@ impl Node {
         let local_addr = listener
             .local_addr()
             .map_err(|e| TlsSetupError::new(format!("listener address: {e}")))?;
+        // A frame's length is a u32 on the wire.
+        cfg.max_frame = cfg.max_frame.min(u32::MAX as usize);
         let tracker = TaskTracker::new();
         let node = Arc::new(Node {
             local_addr,
@@ -183,7 +185,12 @@ impl Node {
     fn failed(&self, e: &HandshakeError, peer: &str) {
         let reason = e.reason();
         self.ctx.metrics.link_handshake_failed(reason).inc();
-        tracing::warn!(peer, reason = reason.label(), error = %e, "node link handshake failed");
+        if matches!(e, HandshakeError::Connect(_)) {
+            // A peer that is down: expected, and retried with backoff.
+            tracing::debug!(peer, reason = reason.label(), error = %e, "node link dial failed");
+        } else {
+            tracing::warn!(peer, reason = reason.label(), error = %e, "node link handshake failed");
+        }
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {

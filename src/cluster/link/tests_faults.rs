@@ -187,3 +187,31 @@ async fn a_full_send_queue_drops_the_link_instead_of_blocking() {
     a.links.shutdown().await;
     b.links.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_linked_peer_that_goes_silent_is_dropped_as_idle() {
+    let b = start_with(LinkConfig {
+        idle_timeout: Duration::from_secs(1),
+        ..test_config("b", key(1))
+    })
+    .await;
+    // "a" sorts first, so it is the one that dials; b never dials it.
+    let unused: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    b.links.set_peers([("a".to_owned(), unused)].into());
+    let (mut s, exp) = raw_tls(b.addr()).await;
+    s.write_all(&hello::encode(&key(1), Role::Dialer, "a", &exp).unwrap())
+        .await
+        .unwrap();
+    s.write_all(&[0]).await.unwrap();
+    s.flush().await.unwrap();
+    let mut theirs = [0u8; 8 + 1 + 32 + 1];
+    s.read_exact(&mut theirs).await.unwrap();
+    assert_eq!(theirs[8], b'b');
+    assert_eq!(theirs[theirs.len() - 1], 0, "b accepted the link");
+    wait_for("link up at b", || b.links.up_peers() == ["a"]).await;
+    // Never answer b's pings, never send anything: b drops the link.
+    closed_by_peer(s, "silent peer").await;
+    wait_for("idle counted", || b.dropped(LinkDrop::Idle) == 1).await;
+    assert!(b.links.up_peers().is_empty());
+    b.links.shutdown().await;
+}
