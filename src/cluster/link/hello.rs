@@ -71,15 +71,16 @@ pub struct PeerHello {
     pub role: Role,
 }
 
-fn proof(key: &hmac::Key, role: Role, node_id: &str, exporter: &[u8]) -> hmac::Tag {
-    let mut ctx = hmac::Context::with_key(key);
-    ctx.update(PROOF_LABEL);
-    // The id is at most 255 bytes (checked by `encode`): its length byte
-    // keeps `role || id || exporter` unambiguous.
-    ctx.update(&[role as u8, node_id.len() as u8]);
-    ctx.update(node_id.as_bytes());
-    ctx.update(exporter);
-    ctx.sign()
+/// What the proof MACs; one function for signing and verifying.
+fn proof_input(role: Role, id: &[u8], exporter: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(PROOF_LABEL.len() + 2 + id.len() + exporter.len());
+    msg.extend_from_slice(PROOF_LABEL);
+    // The id is at most 255 bytes (checked by `encode`, and one length byte
+    // on the wire): its length keeps `role || id || exporter` unambiguous.
+    msg.extend_from_slice(&[role as u8, id.len() as u8]);
+    msg.extend_from_slice(id);
+    msg.extend_from_slice(exporter);
+    msg
 }
 
 /// This end's hello. `None` when the node id is longer than 255 bytes.
@@ -90,7 +91,8 @@ pub fn encode(key: &hmac::Key, role: Role, node_id: &str, exporter: &[u8]) -> Op
     out.extend_from_slice(&LINK_VERSION.to_be_bytes());
     out.extend_from_slice(&[role as u8, id_len]);
     out.extend_from_slice(node_id.as_bytes());
-    out.extend_from_slice(proof(key, role, node_id, exporter).as_ref());
+    let input = proof_input(role, node_id.as_bytes(), exporter);
+    out.extend_from_slice(hmac::sign(key, &input).as_ref());
     Some(out)
 }
 
@@ -114,11 +116,7 @@ pub async fn read<R: AsyncRead + Unpin>(
     r.read_exact(&mut rest).await.map_err(HandshakeError::Io)?;
     let (id, tag) = rest.split_at(head[7] as usize);
     let node_id = std::str::from_utf8(id).map_err(|_| HandshakeError::Hello)?;
-    let mut msg = Vec::with_capacity(PROOF_LABEL.len() + 2 + id.len() + exporter.len());
-    msg.extend_from_slice(PROOF_LABEL);
-    msg.extend_from_slice(&[role as u8, head[7]]);
-    msg.extend_from_slice(id);
-    msg.extend_from_slice(exporter);
+    let msg = proof_input(role, id, exporter);
     // Constant-time comparison over the full tag.
     hmac::verify(key, &msg, tag).map_err(|_| HandshakeError::Proof)?;
     Ok(PeerHello {
