@@ -5,10 +5,12 @@
 //! - `gossip`: membership and failure detection (chitchat) behind an
 //!   authenticating transport; each node's URL, state and generation.
 //! - `generation`: this node's incarnation number, growing on every start.
+//! - `link`: one authenticated TLS stream per pair of nodes.
 
 pub mod generation;
 pub mod gossip;
 pub mod keys;
+pub mod link;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

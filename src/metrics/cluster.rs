@@ -44,6 +44,14 @@ label_enum! {
         Timeout => "timeout",
         /// The peer speaks another link version.
         Version => "version",
+        /// Not a link hello (garbage inside TLS), or the peer went away in it.
+        Hello => "hello",
+        /// A proven node this one does not link with: not in its peer list,
+        /// itself, another id than the one dialed, or dialing against the
+        /// one-dialer rule (the node whose id sorts first dials).
+        Peer => "peer",
+        /// Too many handshakes at once: the connection was closed unanswered.
+        Busy => "busy",
     }
 }
 
@@ -58,6 +66,10 @@ label_enum! {
         Closed => "closed",
         /// Nothing arrived for too long.
         Idle => "idle",
+        /// The peer left the peer list (or moved to another address).
+        Removed => "removed",
+        /// A newer link from the same peer took its place (the peer redialed).
+        Replaced => "replaced",
     }
 }
 
