@@ -604,7 +604,10 @@ mod tests {
         assert!(text.contains("hubbub_send_to_durable_seconds_bucket"));
         assert!(text.contains("hubbub_build_info{version="));
         assert!(text.contains("hubbub_process_resident_memory_bytes"));
-        assert!(!text.contains("hubbub_gossip"), "cluster metrics only in cluster mode");
+        assert!(
+            !text.contains("hubbub_gossip"),
+            "cluster metrics only in cluster mode"
+        );
         let c = m.register_cluster();
         c.gossip_rejected(GossipReject::Mac).inc();
         let text = m.render();

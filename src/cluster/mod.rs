@@ -5,5 +5,8 @@
 //! - `gossip`: membership and failure detection (chitchat) behind an
 //!   authenticating transport; each node's URL, state and generation.
 //! - `link`: one authenticated TLS stream per pair of nodes.
+//! - `raft`: the replicated log (openraft): its log and vote in sled trees
+//!   of the store's database.
 
 pub mod keys;
+pub mod raft;

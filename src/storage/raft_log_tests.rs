@@ -50,7 +50,10 @@ async fn ranges_follow_index_order_and_their_bounds() {
     assert!(log.range(..).unwrap().is_empty());
     // Across a byte boundary (255 → 256), where little-endian keys would sort wrongly.
     log.append(entries(250..=260)).await.unwrap();
-    assert_eq!(indexes(&log.range(..).unwrap()), (250..=260).collect::<Vec<_>>());
+    assert_eq!(
+        indexes(&log.range(..).unwrap()),
+        (250..=260).collect::<Vec<_>>()
+    );
     assert_eq!(indexes(&log.range(255..257).unwrap()), vec![255, 256]);
     assert_eq!(indexes(&log.range(..=251).unwrap()), vec![250, 251]);
     assert_eq!(indexes(&log.range(259..).unwrap()), vec![259, 260]);
@@ -75,7 +78,10 @@ async fn truncate_removes_from_its_index_inclusive() {
     log.truncate_from(11).await.unwrap();
     assert_eq!(log.last().unwrap().unwrap().0, 10, "past the end: nothing");
     log.truncate_from(7).await.unwrap();
-    assert_eq!(indexes(&log.range(..).unwrap()), (1..=6).collect::<Vec<_>>());
+    assert_eq!(
+        indexes(&log.range(..).unwrap()),
+        (1..=6).collect::<Vec<_>>()
+    );
     // A new leader's entries replace the tail.
     log.append(vec![(7, b"new".to_vec())]).await.unwrap();
     assert_eq!(log.last().unwrap(), Some((7, b"new".to_vec())));
@@ -90,13 +96,25 @@ async fn purge_removes_through_its_index_and_records_it_first() {
     log.append(entries(1..=10)).await.unwrap();
     assert_eq!(log.meta(RaftMeta::LastPurged).unwrap(), None);
     log.purge_through(0, b"p0").await.unwrap();
-    assert_eq!(indexes(&log.range(..).unwrap()), (1..=10).collect::<Vec<_>>());
+    assert_eq!(
+        indexes(&log.range(..).unwrap()),
+        (1..=10).collect::<Vec<_>>()
+    );
     log.purge_through(4, b"p4").await.unwrap();
-    assert_eq!(indexes(&log.range(..).unwrap()), (5..=10).collect::<Vec<_>>());
-    assert_eq!(log.meta(RaftMeta::LastPurged).unwrap(), Some(b"p4".to_vec()));
+    assert_eq!(
+        indexes(&log.range(..).unwrap()),
+        (5..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        log.meta(RaftMeta::LastPurged).unwrap(),
+        Some(b"p4".to_vec())
+    );
     log.purge_through(10, b"p10").await.unwrap();
     assert_eq!(log.last().unwrap(), None);
-    assert_eq!(log.meta(RaftMeta::LastPurged).unwrap(), Some(b"p10".to_vec()));
+    assert_eq!(
+        log.meta(RaftMeta::LastPurged).unwrap(),
+        Some(b"p10".to_vec())
+    );
 }
 
 #[tokio::test]
@@ -125,11 +143,20 @@ async fn everything_survives_a_reopen() {
         log.truncate_from(18).await.unwrap();
     }
     let log = open(&dir).raft_log().unwrap();
-    assert_eq!(indexes(&log.range(..).unwrap()), (6..=17).collect::<Vec<_>>());
+    assert_eq!(
+        indexes(&log.range(..).unwrap()),
+        (6..=17).collect::<Vec<_>>()
+    );
     assert_eq!(log.range(9..=9).unwrap(), vec![(9, b"e9".to_vec())]);
     assert_eq!(log.meta(RaftMeta::Vote).unwrap(), Some(b"vote".to_vec()));
-    assert_eq!(log.meta(RaftMeta::Committed).unwrap(), Some(b"c15".to_vec()));
-    assert_eq!(log.meta(RaftMeta::LastPurged).unwrap(), Some(b"p5".to_vec()));
+    assert_eq!(
+        log.meta(RaftMeta::Committed).unwrap(),
+        Some(b"c15".to_vec())
+    );
+    assert_eq!(
+        log.meta(RaftMeta::LastPurged).unwrap(),
+        Some(b"p5".to_vec())
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,360 @@
+//! The log store on real sled in temp dirs: openraft's own storage suite,
+//! then what the suite does not cover (a reopen, purge and truncate edges,
+//! corrupt records). The state machine here is a map in memory, only so the
+//! suite can run; hubbub's state machine is its storage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{
+    BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Membership, RaftSnapshotBuilder,
+    SnapshotMeta, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+openraft::declare_raft_types!(
+    /// Application data and responses are strings (the defaults): enough
+    /// to store, read back and corrupt.
+    pub TestConfig: D = String, R = String
+);
+
+type Sm = MemStateMachine;
+type Err = StorageError<u64>;
+
+// ------------------------------------------------------------ state machine
+
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct SmData {
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, BasicNode>,
+    kv: BTreeMap<u64, String>,
+}
+
+#[derive(Default)]
+struct SmInner {
+    data: SmData,
+    current: Option<(SnapshotMeta<u64, BasicNode>, Vec<u8>)>,
+}
+
+/// A test-only state machine: a map in memory behind a std mutex (never
+/// held across `.await`).
+#[derive(Clone, Default)]
+pub struct MemStateMachine {
+    inner: Arc<Mutex<SmInner>>,
+}
+
+pub struct MemSnapshotBuilder {
+    data: SmData,
+    inner: Arc<Mutex<SmInner>>,
+}
+
+impl RaftSnapshotBuilder<TestConfig> for MemSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TestConfig>, Err> {
+        let bytes = encode(&self.data).map_err(|e| StorageIOError::write_snapshot(None, e))?;
+        let meta = SnapshotMeta {
+            last_log_id: self.data.last_applied,
+            last_membership: self.data.membership.clone(),
+            snapshot_id: format!("{:?}", self.data.last_applied),
+        };
+        self.inner.lock().unwrap().current = Some((meta.clone(), bytes.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+}
+
+impl RaftStateMachine<TestConfig> for MemStateMachine {
+    type SnapshotBuilder = MemSnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), Err> {
+        let inner = self.inner.lock().unwrap();
+        Ok((inner.data.last_applied, inner.data.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<String>, Err>
+    where
+        I: IntoIterator<Item = Entry<TestConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut inner = self.inner.lock().unwrap();
+        let mut out = Vec::new();
+        for e in entries {
+            inner.data.last_applied = Some(e.log_id);
+            match e.payload {
+                EntryPayload::Blank => out.push(String::new()),
+                EntryPayload::Normal(s) => {
+                    inner.data.kv.insert(e.log_id.index, s.clone());
+                    out.push(s);
+                }
+                EntryPayload::Membership(m) => {
+                    inner.data.membership = StoredMembership::new(Some(e.log_id), m);
+                    out.push(String::new());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> MemSnapshotBuilder {
+        MemSnapshotBuilder {
+            data: self.inner.lock().unwrap().data.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, Err> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), Err> {
+        let bytes = snapshot.into_inner();
+        let data: SmData =
+            decode(&bytes).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), e))?;
+        let mut inner = self.inner.lock().unwrap();
+        inner.data = data;
+        inner.current = Some((meta.clone(), bytes));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TestConfig>>, Err> {
+        let inner = self.inner.lock().unwrap();
+        Ok(inner.current.clone().map(|(meta, bytes)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
+    }
+}
+
+// ------------------------------------------------------------ the suite
+
+/// A fresh `Store` on its own temp dir (real sled) per suite case; the temp
+/// dir is the guard, removed when the case drops it.
+struct TempStoreBuilder;
+
+impl StoreBuilder<TestConfig, LogStore<TestConfig>, Sm, tempfile::TempDir> for TempStoreBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore<TestConfig>, Sm), Err> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        Ok((dir, LogStore::open(&store).unwrap(), Sm::default()))
+    }
+}
+
+/// openraft's storage suite builds its own runtime per case, so this is a
+/// plain test, not a `#[tokio::test]`.
+#[test]
+fn openraft_storage_suite() {
+    Suite::test_all(TempStoreBuilder).unwrap();
+}
+
+// ------------------------------------------------------------ our own cases
+
+fn log_id(term: u64, index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn normal(term: u64, index: u64, s: &str) -> Entry<TestConfig> {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(s.to_owned()),
+    }
+}
+
+fn blank(term: u64, index: u64) -> Entry<TestConfig> {
+    Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Blank,
+    }
+}
+
+/// Appends and waits for the flush callback, as RaftCore 0.9.25 does.
+async fn append(ls: &mut LogStore<TestConfig>, entries: Vec<Entry<TestConfig>>) {
+    use openraft::storage::RaftLogStorageExt;
+    ls.blocking_append(entries).await.unwrap();
+}
+
+fn open(dir: &tempfile::TempDir) -> (Store, LogStore<TestConfig>) {
+    let store = Store::open(dir.path(), 1 << 20).unwrap();
+    let ls = LogStore::open(&store).unwrap();
+    (store, ls)
+}
+
+fn indexes(v: &[Entry<TestConfig>]) -> Vec<u64> {
+    v.iter().map(|e| e.log_id.index).collect()
+}
+
+#[tokio::test]
+async fn entries_vote_committed_and_purged_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (_store, mut ls) = open(&dir);
+        let mut first = vec![blank(1, 1)];
+        first.push(Entry {
+            log_id: log_id(1, 2),
+            payload: EntryPayload::Membership(Membership::new(
+                vec![[1u64, 2, 3].into()],
+                BTreeMap::from([(1u64, BasicNode::new("a")), (2, BasicNode::new("b"))]),
+            )),
+        });
+        append(&mut ls, first).await;
+        append(
+            &mut ls,
+            (3..=10).map(|i| normal(2, i, &format!("m{i}"))).collect(),
+        )
+        .await;
+        ls.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        ls.purge(log_id(1, 2)).await.unwrap();
+        // Committed is not flushed by itself: the next append's flush carries it.
+        ls.save_committed(Some(log_id(2, 8))).await.unwrap();
+        append(&mut ls, vec![normal(2, 11, "m11")]).await;
+    }
+    let (_store, mut ls) = open(&dir);
+    let entries = ls.try_get_log_entries(..).await.unwrap();
+    assert_eq!(indexes(&entries), (3..=11).collect::<Vec<_>>());
+    assert!(matches!(&entries[2].payload, EntryPayload::Normal(s) if s == "m5"));
+    assert_eq!(
+        ls.read_vote().await.unwrap(),
+        Some(Vote::new_committed(2, 1))
+    );
+    assert_eq!(ls.read_committed().await.unwrap(), Some(log_id(2, 8)));
+    let state = ls.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
+    assert_eq!(state.last_log_id, Some(log_id(2, 11)));
+}
+
+#[tokio::test]
+async fn an_empty_log_reports_nothing_and_committed_none_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, mut ls) = open(&dir);
+    let state = ls.get_log_state().await.unwrap();
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (None, None));
+    assert_eq!(ls.read_vote().await.unwrap(), None);
+    assert_eq!(ls.read_committed().await.unwrap(), None);
+    ls.save_committed(None).await.unwrap();
+    assert_eq!(ls.read_committed().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn purging_everything_leaves_last_purged_as_the_last_log_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, mut ls) = open(&dir);
+    append(&mut ls, (1..=5).map(|i| blank(1, i)).collect()).await;
+    ls.purge(log_id(1, 5)).await.unwrap();
+    let state = ls.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 5)));
+    assert_eq!(state.last_log_id, Some(log_id(1, 5)));
+    assert!(ls.try_get_log_entries(..).await.unwrap().is_empty());
+    // The log goes on after the purged id.
+    append(&mut ls, vec![blank(2, 6)]).await;
+    let state = ls.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(2, 6)));
+}
+
+#[tokio::test]
+async fn a_purge_whose_removal_was_lost_still_reports_last_purged() {
+    // A crash after "last purged" was flushed but before the removal was:
+    // the entries up to it are still on disk.
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut ls) = open(&dir);
+    append(&mut ls, (1..=5).map(|i| blank(1, i)).collect()).await;
+    let purged = log_id(1, 7);
+    store
+        .raft_log()
+        .unwrap()
+        .put_meta(RaftMeta::LastPurged, &encode(&purged).unwrap())
+        .await
+        .unwrap();
+    let state = ls.get_log_state().await.unwrap();
+    assert_eq!(state.last_purged_log_id, Some(purged));
+    assert_eq!(state.last_log_id, Some(purged), "not the leftover at 5");
+}
+
+#[tokio::test]
+async fn truncate_and_purge_are_inclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_store, mut ls) = open(&dir);
+    append(&mut ls, (1..=10).map(|i| blank(1, i)).collect()).await;
+    ls.truncate(log_id(1, 11)).await.unwrap();
+    assert_eq!(ls.try_get_log_entries(..).await.unwrap().len(), 10);
+    ls.truncate(log_id(1, 8)).await.unwrap();
+    ls.purge(log_id(1, 3)).await.unwrap();
+    let got = ls.try_get_log_entries(..).await.unwrap();
+    assert_eq!(indexes(&got), (4..=7).collect::<Vec<_>>());
+    // A new leader's entry replaces the truncated tail.
+    append(&mut ls, vec![blank(3, 8)]).await;
+    let state = ls.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(3, 8)));
+    // Truncating right after the purged id empties the log, which then ends at it.
+    ls.truncate(log_id(1, 4)).await.unwrap();
+    let state = ls.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(1, 3)));
+    let mut reader = ls.get_log_reader().await;
+    assert!(reader.try_get_log_entries(0..100).await.unwrap().is_empty());
+}
+
+/// A stored record that does not decode: every read of it is a storage
+/// error (openraft stops this node's Raft), and the process goes on.
+#[tokio::test]
+async fn corrupt_records_are_storage_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut ls) = open(&dir);
+    append(&mut ls, (1..=3).map(|i| normal(1, i, "ok")).collect()).await;
+    let raw = store.raft_log().unwrap();
+    raw.append(vec![(4, vec![0xff, 0xff, 0xff])]).await.unwrap();
+
+    let err = ls.try_get_log_entries(..).await.unwrap_err();
+    assert!(err.to_string().contains('4'), "names the index: {err}");
+    assert!(
+        ls.get_log_state().await.is_err(),
+        "the last entry is read too"
+    );
+    assert_eq!(ls.try_get_log_entries(1..4).await.unwrap().len(), 3);
+
+    // A well-formed entry under the wrong index is corrupt too.
+    raw.append(vec![(4, encode(&normal(1, 9, "x")).unwrap())])
+        .await
+        .unwrap();
+    let err = ls.try_get_log_entries(4..=4).await.unwrap_err();
+    assert!(err.to_string().contains("says it is 9"), "{err}");
+
+    raw.put_meta(RaftMeta::Vote, b"\xff").await.unwrap();
+    assert!(ls.read_vote().await.is_err());
+    raw.put_meta(RaftMeta::LastPurged, b"").await.unwrap();
+    assert!(ls.get_log_state().await.is_err());
+}
+
+/// A length prefix claiming far more than any entry: refused by the decode
+/// limit rather than attempted as an allocation.
+#[tokio::test]
+async fn a_huge_claimed_length_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut ls) = open(&dir);
+    let mut bytes = encode(&normal(1, 1, "abc")).unwrap();
+    // The string's varint length (3) sits right before its bytes at the end.
+    let at = bytes.len() - 4;
+    assert_eq!(bytes[at], 3);
+    bytes.truncate(at);
+    bytes.push(0xfd); // varint: a u64 follows
+    bytes.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    bytes.extend_from_slice(b"abc");
+    store
+        .raft_log()
+        .unwrap()
+        .append(vec![(1, bytes)])
+        .await
+        .unwrap();
+    let err = ls.try_get_log_entries(..).await.unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("limit"), "{err}");
+}
