@@ -80,6 +80,8 @@ impl<C: RaftTypeConfig> LogStore<C> {
     }
 
     /// Decodes the entry stored at `index`, checking it claims that index.
+    // openraft's error type, large or not: every trait method returns it.
+    #[allow(clippy::result_large_err)]
     fn decode_entry(index: u64, bytes: &[u8]) -> Result<C::Entry, StorageError<C::NodeId>> {
         let entry: C::Entry =
             decode(bytes).map_err(|e| StorageIOError::read_log_at_index(index, e))?;
@@ -100,6 +102,7 @@ impl<C: RaftTypeConfig> LogStore<C> {
 }
 
 impl<C: RaftTypeConfig> RaftLogReader<C> for LogStore<C> {
+    #[allow(clippy::result_large_err)] // openraft's error type (see `decode_entry`)
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
