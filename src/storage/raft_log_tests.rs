@@ -171,3 +171,122 @@ async fn a_foreign_key_is_an_error_not_a_panic() {
     log.entries.insert([0xff; 9], b"x".to_vec()).unwrap();
     assert!(log.last().is_err());
 }
+
+/// How long each measured configuration runs (`HUBBUB_BENCH_SECS`, default 3).
+fn bench_secs() -> std::time::Duration {
+    let secs = std::env::var("HUBBUB_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    std::time::Duration::from_secs_f64(secs)
+}
+
+/// A fresh store per measured configuration (no growth carried over), with
+/// the server's default page cache (64 MiB).
+fn bench_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 64 << 20).unwrap();
+    (dir, store)
+}
+
+/// Appends ~1 KiB entries in batches of 1, 10 and 100, each batch one flush,
+/// alone and with as many state-machine writes (another tree) carried by the
+/// same flush, or by a second flush. Prints entries/s and flushes/s.
+/// Run: `cargo test -p hubbub --lib storage::raft_log::tests::bench_append -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "a measurement, not a test: run by hand"]
+async fn bench_append() {
+    use std::time::Instant;
+    let payload = vec![0x5a; 1024];
+    for mode in ["log only", "log + sm, one flush", "log + sm, two flushes"] {
+        for batch in [1u64, 10, 100] {
+            let (dir, store) = bench_store();
+            let log = store.raft_log().unwrap();
+            let sm = store.inner.db.open_tree("bench_sm").unwrap();
+            let mut next = 1u64;
+            let (start, mut entries, mut flushes) = (Instant::now(), 0u64, 0u64);
+            while start.elapsed() < bench_secs() {
+                let rows: Vec<(u64, Vec<u8>)> =
+                    (next..next + batch).map(|i| (i, payload.clone())).collect();
+                if mode != "log only" {
+                    let mut b = sled::Batch::default();
+                    for (i, _) in &rows {
+                        b.insert(&i.to_be_bytes(), payload.clone());
+                    }
+                    sm.apply_batch(b).unwrap();
+                    if mode.ends_with("two flushes") {
+                        store.flush().await.unwrap();
+                        flushes += 1;
+                    }
+                }
+                log.append(rows).await.unwrap();
+                flushes += 1;
+                next += batch;
+                entries += batch;
+            }
+            let s = start.elapsed().as_secs_f64();
+            println!(
+                "{mode:<22} batch {batch:>3}: {:>8.0} entries/s {:>6.0} flushes/s",
+                entries as f64 / s,
+                flushes as f64 / s
+            );
+            drop((log, sm, store, dir));
+        }
+    }
+}
+
+/// What "last applied" costs to keep atomic with the data it covers, without
+/// flushes (CPU and sled's own work only): one batch in one tree, two
+/// batches in two trees (not atomic together), one transaction over two trees.
+/// Run: `cargo test -p hubbub --lib storage::raft_log::tests::bench_last_applied -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "a measurement, not a test: run by hand"]
+async fn bench_last_applied() {
+    use sled::Transactional;
+    use std::time::Instant;
+    let payload = vec![0x5a; 1024];
+    for per_op in [1u64, 10, 100] {
+        for mode in ["one tree, one batch", "two trees, two batches", "two trees, transaction"] {
+            let (_dir, store) = bench_store();
+            let data = store.inner.db.open_tree("bench_data").unwrap();
+            let meta = store.inner.db.open_tree("bench_meta").unwrap();
+            let (start, mut ops, mut n) = (Instant::now(), 0u64, 0u64);
+            while start.elapsed() < bench_secs() {
+                let keys: Vec<[u8; 8]> = (n..n + per_op).map(u64::to_be_bytes).collect();
+                n += per_op;
+                match mode {
+                    "one tree, one batch" => {
+                        let mut b = sled::Batch::default();
+                        for k in &keys {
+                            b.insert(&k[..], payload.clone());
+                        }
+                        b.insert(&b"\xffapplied"[..], &n.to_be_bytes()[..]);
+                        data.apply_batch(b).unwrap();
+                    }
+                    "two trees, two batches" => {
+                        let mut b = sled::Batch::default();
+                        for k in &keys {
+                            b.insert(&k[..], payload.clone());
+                        }
+                        data.apply_batch(b).unwrap();
+                        meta.insert(b"applied", &n.to_be_bytes()).unwrap();
+                    }
+                    _ => {
+                        (&data, &meta)
+                            .transaction(|(d, m)| {
+                                for k in &keys {
+                                    d.insert(&k[..], payload.clone())?;
+                                }
+                                m.insert(&b"applied"[..], &n.to_be_bytes()[..])?;
+                                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                            })
+                            .unwrap();
+                    }
+                }
+                ops += 1;
+            }
+            let us = start.elapsed().as_secs_f64() * 1e6 / ops as f64;
+            println!("{per_op:>3} writes/op, {mode:<24}: {us:>7.1} µs/op");
+        }
+    }
+}

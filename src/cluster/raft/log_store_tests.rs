@@ -358,3 +358,79 @@ async fn a_huge_claimed_length_is_an_error() {
     let err = ls.try_get_log_entries(..).await.unwrap_err();
     assert!(err.to_string().to_lowercase().contains("limit"), "{err}");
 }
+
+// ------------------------------------------------------------ durability without Drop
+
+/// The child half of `appended_entries_and_the_vote_survive_a_process_exit`:
+/// one step (`append` or `vote`), then the process exits at once (no
+/// destructor runs, so sled is never flushed by dropping the store). Does
+/// nothing unless the parent set the directory.
+#[tokio::test]
+#[ignore = "run by appended_entries_and_the_vote_survive_a_process_exit in a child process"]
+async fn child_writes_then_exits() {
+    let Ok(dir) = std::env::var("HUBBUB_TEST_RAFT_CHILD_DIR") else {
+        return;
+    };
+    let step = std::env::var("HUBBUB_TEST_RAFT_CHILD_STEP").unwrap();
+    let store = Store::open(std::path::Path::new(&dir), 1 << 20).unwrap();
+    let mut ls = LogStore::<TestConfig>::open(&store).unwrap();
+    match step.as_str() {
+        "append" => append(&mut ls, (1..=20).map(|i| normal(1, i, &format!("m{i}"))).collect()).await,
+        "vote" => ls.save_vote(&Vote::new_committed(1, 1)).await.unwrap(),
+        other => panic!("unknown step {other}"),
+    }
+    std::process::exit(0);
+}
+
+/// Runs one step of `child_writes_then_exits` in a child process (bounded).
+fn run_child(dir: &tempfile::TempDir, step: &str) {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "cluster::raft::log_store::tests::child_writes_then_exits",
+            "--exact",
+            "--ignored",
+            "--test-threads",
+            "1",
+        ])
+        .env("HUBBUB_TEST_RAFT_CHILD_DIR", dir.path())
+        .env("HUBBUB_TEST_RAFT_CHILD_STEP", step)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Bounded: a child stuck for a minute is killed and the test fails.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("child ({step}) did not finish in 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "child ({step}) failed: {status}");
+}
+
+/// What `append` and `save_vote` report done must be on disk even when the
+/// process ends without dropping anything (sled writes its buffers out only
+/// on a flush or a drop). Each step runs in its own process, so neither
+/// rides on the other's flush.
+#[test]
+fn appended_entries_and_the_vote_survive_a_process_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    run_child(&dir, "append");
+    rt.block_on(async {
+        let (_store, mut ls) = open(&dir);
+        let entries = ls.try_get_log_entries(..).await.unwrap();
+        assert_eq!(indexes(&entries), (1..=20).collect::<Vec<_>>());
+    });
+    run_child(&dir, "vote");
+    rt.block_on(async {
+        let (_store, mut ls) = open(&dir);
+        assert_eq!(ls.read_vote().await.unwrap(), Some(Vote::new_committed(1, 1)));
+    });
+}
