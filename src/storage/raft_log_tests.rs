@@ -246,7 +246,11 @@ async fn bench_last_applied() {
     use std::time::Instant;
     let payload = vec![0x5a; 1024];
     for per_op in [1u64, 10, 100] {
-        for mode in ["one tree, one batch", "two trees, two batches", "two trees, transaction"] {
+        for mode in [
+            "one tree, one batch",
+            "two trees, two batches",
+            "two trees, transaction",
+        ] {
             let (_dir, store) = bench_store();
             let data = store.inner.db.open_tree("bench_data").unwrap();
             let meta = store.inner.db.open_tree("bench_meta").unwrap();

@@ -5,5 +5,9 @@
 //! - `log_store`: openraft's log storage on `storage`'s byte-level log.
 
 mod log_store;
+#[cfg(test)]
+mod restart_tests;
+#[cfg(test)]
+mod test_sm;
 
 pub use log_store::LogStore;
