@@ -198,8 +198,17 @@ fn bench_store() -> (tempfile::TempDir, Store) {
 async fn bench_append() {
     use std::time::Instant;
     let payload = vec![0x5a; 1024];
-    for mode in ["log only", "log + sm, one flush", "log + sm, two flushes"] {
-        for batch in [1u64, 10, 100] {
+    // `HUBBUB_BENCH_BATCHES=100,200,400` measures other batch sizes;
+    // `HUBBUB_BENCH_MODES="log only"` only the log.
+    let batches: Vec<u64> = std::env::var("HUBBUB_BENCH_BATCHES")
+        .unwrap_or_else(|_| "1,10,100".into())
+        .split(',')
+        .map(|b| b.trim().parse().unwrap())
+        .collect();
+    let modes = ["log only", "log + sm, one flush", "log + sm, two flushes"];
+    let only = std::env::var("HUBBUB_BENCH_MODES").unwrap_or_default();
+    for mode in modes.into_iter().filter(|m| m.starts_with(only.as_str())) {
+        for &batch in &batches {
             let (dir, store) = bench_store();
             let log = store.raft_log().unwrap();
             let sm = store.inner.db.open_tree("bench_sm").unwrap();
