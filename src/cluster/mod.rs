@@ -6,11 +6,14 @@
 //!   authenticating transport; each node's URL, state and generation.
 //! - `generation`: this node's incarnation number, growing on every start.
 //! - `link`: one authenticated TLS stream per pair of nodes.
+//! - `raft`: the replicated log (openraft): its log and vote in sled trees
+//!   of the store's database.
 
 pub mod generation;
 pub mod gossip;
 pub mod keys;
 pub mod link;
+pub mod raft;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

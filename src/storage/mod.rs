@@ -12,12 +12,15 @@
 //! - `roomname_username_unit`: room `\0` username → () for every user who ever joined the room.
 //! - `username_user`, `tokenhash_refresh`, `familyid_revoked` (value: revocation time, ms,
 //!   big-endian u64): accounts (see `accounts.rs`).
+//! - `raftindex_entry`, `raftmeta_value`: the replicated log's entries and vote, cluster mode
+//!   only (see `raft_log.rs`).
 
 mod accounts;
 mod health;
 mod history;
 mod ids;
 mod queue;
+mod raft_log;
 mod replicated;
 #[cfg(test)]
 mod tests;
@@ -40,6 +43,7 @@ pub use queue::{
     AckCmd, AppendPermit, CommittedMsg, DurableMsg, Refused, StorageCmd, StorageEvent,
     StorageHandle,
 };
+pub use raft_log::{RaftLog, RaftMeta};
 pub use writer::{StorageTask, StorageWriterConfig};
 
 use crate::error::{InternalError, StorageFault, StorageFaultKind};

@@ -1,0 +1,13 @@
+//! The replicated log (openraft 0.9, storage-v2): its entries and vote in
+//! trees of the store's own database, so that one flush covers the log and
+//! the state machine.
+//!
+//! - `log_store`: openraft's log storage on `storage`'s byte-level log.
+
+mod log_store;
+#[cfg(test)]
+mod restart_tests;
+#[cfg(test)]
+mod test_sm;
+
+pub use log_store::LogStore;
