@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Auth, AuthConfig, purge, tokens};
-use crate::cluster::{Cluster, ClusterConfig, ClusterView};
+use crate::cluster::{Cluster, ClusterConfig, ClusterDeps, ClusterView};
 use crate::config::Config;
 use crate::files;
 use crate::http::client_ip::TrustedProxies;
@@ -170,10 +170,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 
     let metrics = Metrics::new();
     metrics.register_storage(store.decode_errors());
-    let cluster = start_cluster(&cfg, &url, &metrics).await?;
-    let cluster_view = cluster.as_ref().map(Cluster::view);
-    let cluster_addr = cluster.as_ref().map(|c| c.addr);
     let (events_tx, events_rx) = mpsc::channel(STORAGE_EVENTS_QUEUE);
+    let events_tx_cluster = events_tx.clone();
     let (storage, storage_task) = StorageHandle::spawn(
         store.clone(),
         StorageWriterConfig {
@@ -184,11 +182,29 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         events_tx,
         metrics.clone(),
     );
+    // Cluster mode: appends and acks go to the replicated log instead of the
+    // writer (which still watches the disk), and come back applied.
+    let (storage, cluster) = match cluster_flags(&cfg, &url)? {
+        None => (storage, None),
+        Some(ccfg) => {
+            let (replicated, proposals) = storage.replicated(cfg.storage_queue);
+            let deps = ClusterDeps {
+                store: store.clone(),
+                events: events_tx_cluster.clone(),
+                proposals,
+                metrics: metrics.register_cluster(),
+            };
+            (replicated, Some(Cluster::start(ccfg, deps).await?))
+        }
+    };
+    drop(events_tx_cluster);
+    let cluster_view = cluster.as_ref().map(Cluster::view);
+    let cluster_addr = cluster.as_ref().map(|c| c.addr);
     let hub_cfg = HubConfig {
         metrics: metrics.clone(),
         max_sessions_per_user: cfg.max_sessions_per_user,
         queue: cfg.hub_queue,
-        replicated: false,
+        replicated: cluster.is_some(),
     };
     let storage_health = storage.health().clone();
     let (hub, hub_task) = HubHandle::spawn(hub_cfg, head, storage.clone(), events_rx);
@@ -353,34 +369,25 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// Cluster mode (`--cluster-listen`): gossip on the cluster address. `None`
+/// Cluster mode (`--cluster-listen`): the cluster's configuration. `None`
 /// without it: then nothing of the cluster runs.
-async fn start_cluster(
-    cfg: &Config,
-    url: &str,
-    metrics: &Metrics,
-) -> anyhow::Result<Option<Cluster>> {
+fn cluster_flags(cfg: &Config, url: &str) -> anyhow::Result<Option<ClusterConfig>> {
     let (Some(listen), Some(secret)) = (cfg.cluster_listen, cfg.cluster_secret()?) else {
         return Ok(None);
     };
-    let cluster = Cluster::start(
-        ClusterConfig {
-            node_id: cfg.node_id.clone(),
-            listen,
-            advertise: cfg.cluster_advertise,
-            seeds: cfg.seeds.clone(),
-            secret,
-            url: cfg
-                .advertise_url
-                .clone()
-                .map_or_else(|| url.to_owned(), |u| u.trim_end_matches('/').to_owned()),
-            bootstrap_expect: cfg.bootstrap_expect,
-            data_dir: cfg.data_dir.clone(),
-        },
-        metrics.register_cluster(),
-    )
-    .await?;
-    Ok(Some(cluster))
+    Ok(Some(ClusterConfig {
+        node_id: cfg.node_id.clone(),
+        listen,
+        advertise: cfg.cluster_advertise,
+        seeds: cfg.seeds.clone(),
+        secret,
+        url: cfg
+            .advertise_url
+            .clone()
+            .map_or_else(|| url.to_owned(), |u| u.trim_end_matches('/').to_owned()),
+        bootstrap_expect: cfg.bootstrap_expect,
+        data_dir: cfg.data_dir.clone(),
+    }))
 }
 
 /// The Host allow-list: loopback, the listen address, the configured names,

@@ -23,19 +23,25 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ClusterMetrics;
+use crate::storage::{StorageCmd, StorageEvent, Store};
 
 use gossip::{Gossip, GossipConfig, NodeState, View};
 use keys::ClusterKeys;
+use link::{LinkConfig, Links};
+use raft::network::{Handler, Shared};
+use raft::node::{LogNode, LogStatus};
 
 /// A dead node's gossip state is kept this long, then forgotten.
 const DEAD_GRACE: Duration = Duration::from_secs(20);
 /// At shutdown, `draining` is gossiped this long before anything closes, so
 /// peers (and, through them, clients) hear it from this node itself.
 const DRAIN_NOTICE: Duration = Duration::from_millis(500);
+/// How often readiness is re-evaluated.
+const READINESS_EVERY: Duration = Duration::from_millis(100);
 /// Attempts at finding a port free for both UDP and TCP when the port is 0.
 const BIND_TRIES: usize = 16;
 
@@ -57,11 +63,10 @@ pub struct Cluster {
     view: ClusterView,
     /// The bound cluster address (its port is the chosen one with port 0).
     pub addr: SocketAddr,
-    former: tokio::task::JoinHandle<()>,
+    readiness: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
-    /// The TCP side of the cluster address, for the node links.
-    pub link_listener: Option<TcpListener>,
-    pub keys: ClusterKeys,
+    links: Links,
+    log: LogNode,
 }
 
 /// What HTTP and the server read about the cluster: cheap to clone.
@@ -71,6 +76,8 @@ pub struct ClusterView {
     pub generation: u64,
     members: watch::Receiver<Arc<View>>,
     ready: watch::Receiver<bool>,
+    raft: openraft::Raft<raft::types::TypeConfig>,
+    links: Links,
 }
 
 /// One member as `/api/admin/cluster` shows it.
@@ -128,6 +135,16 @@ impl ClusterView {
             .contains(&origin.to_ascii_lowercase())
     }
 
+    /// The log's state as this node sees it.
+    pub fn log_status(&self) -> LogStatus {
+        raft::node::status(&self.raft)
+    }
+
+    /// The peers with a node link up now.
+    pub fn links_up(&self) -> Vec<String> {
+        self.links.up_peers()
+    }
+
     /// `(node, url)` of every live, ready node: where clients may connect.
     pub fn serving(&self) -> Vec<(String, String)> {
         self.members
@@ -140,8 +157,18 @@ impl ClusterView {
     }
 }
 
+/// What the cluster needs from the rest of the server.
+pub struct ClusterDeps {
+    pub store: Store,
+    /// To the hub: the log's applied messages and receipts, failed proposals.
+    pub events: mpsc::Sender<StorageEvent>,
+    /// From the hub and the sessions: appends and acks to propose.
+    pub proposals: mpsc::Receiver<StorageCmd>,
+    pub metrics: Arc<ClusterMetrics>,
+}
+
 impl Cluster {
-    pub async fn start(cfg: ClusterConfig, metrics: Arc<ClusterMetrics>) -> anyhow::Result<Self> {
+    pub async fn start(cfg: ClusterConfig, deps: ClusterDeps) -> anyhow::Result<Self> {
         let keys = ClusterKeys::derive(&cfg.secret)?;
         let (tcp, udp) = bind(cfg.listen).await?;
         let addr = udp.local_addr().context("cluster address")?;
@@ -158,16 +185,34 @@ impl Cluster {
             },
             udp,
             keys.gossip.clone(),
-            metrics,
+            deps.metrics.clone(),
         )
         .await
         .context("starting gossip")?;
+        let shared = Shared::new();
+        let links = Links::start(
+            LinkConfig::new(cfg.node_id.clone(), keys.link.clone()),
+            tcp,
+            deps.metrics.clone(),
+            Arc::new(Handler(shared.clone())),
+        )
+        .context("starting the node links")?;
+        let (mut log, _applied) = LogNode::start(
+            &cfg.node_id,
+            &deps.store,
+            links.clone(),
+            shared.clone(),
+            deps.events.clone(),
+        )
+        .await
+        .context("starting the replicated log")?;
+        log.spawn_membership(gossip.view(), links.clone(), cfg.bootstrap_expect);
+        log.spawn_proposer(deps.proposals, links.clone(), shared, deps.events);
         let (ready_tx, ready) = watch::channel(false);
         let stop = CancellationToken::new();
-        let former = tokio::spawn(form(
-            gossip.view(),
+        let readiness = tokio::spawn(readiness(
+            log.raft().clone(),
             gossip.publisher(),
-            cfg.bootstrap_expect,
             ready_tx,
             stop.clone(),
         ));
@@ -176,16 +221,18 @@ impl Cluster {
             generation,
             members: gossip.view(),
             ready,
+            raft: log.raft().clone(),
+            links: links.clone(),
         };
-        tracing::info!(%addr, %advertise, generation, "cluster gossip started");
+        tracing::info!(%addr, %advertise, generation, "cluster started");
         Ok(Self {
             gossip,
             view,
             addr,
-            former,
+            readiness,
             stop,
-            link_listener: Some(tcp),
-            keys,
+            links,
+            log,
         })
     }
 
@@ -201,42 +248,37 @@ impl Cluster {
         tokio::time::sleep(DRAIN_NOTICE).await;
     }
 
+    /// After the hub: the log (nothing more to apply or propose), the
+    /// links, gossip.
     pub async fn shutdown(self) {
         self.stop.cancel();
-        let _ = self.former.await;
+        let _ = self.readiness.await;
+        self.log.shutdown().await;
+        self.links.shutdown().await;
         self.gossip.shutdown().await;
     }
 }
 
-/// Waits until the cluster has formed: `bootstrap_expect` nodes (this one
-/// included) see each other, or a live node is already `ready` (this node
-/// joins a formed cluster, or restarted). Then marks this node ready.
-async fn form(
-    mut view: watch::Receiver<Arc<View>>,
+/// Ready = the log has a leader and this node has applied what it holds.
+/// Gossiped as `ready` / `joining`, so peers and clients know.
+async fn readiness(
+    raft: openraft::Raft<raft::types::TypeConfig>,
     publisher: gossip::Publisher,
-    expect: usize,
     ready: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
-    let formed = |v: &Arc<View>| {
-        let live: Vec<_> = v
-            .members
-            .values()
-            .filter(|m| m.live && m.proto == gossip::PROTO)
-            .collect();
-        live.len() >= expect
-            || live
-                .iter()
-                .any(|m| !m.this_node && m.state == Some(NodeState::Ready))
-    };
-    tokio::select! {
-        _ = stop.cancelled() => {}
-        ok = async { view.wait_for(formed).await.is_ok() } => {
-            if ok {
-                publisher.set_state(NodeState::Ready).await;
-                let _ = ready.send(true);
-                tracing::info!("cluster formed: this node is ready");
-            }
+    let mut tick = tokio::time::interval(READINESS_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = raft::node::caught_up(&raft);
+        if now != *ready.borrow() {
+            let state = if now { NodeState::Ready } else { NodeState::Joining };
+            publisher.set_state(state).await;
+            ready.send_replace(now);
+            tracing::info!(ready = now, "cluster readiness changed");
         }
     }
 }

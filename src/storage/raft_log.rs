@@ -24,6 +24,9 @@ pub enum RaftMeta {
     Committed,
     /// The log id of the last entry removed by [`RaftLog::purge_through`].
     LastPurged,
+    /// The state machine's own record: last applied log id, membership,
+    /// the cursor head (written after the entry's data, never before).
+    StateMachine,
 }
 
 impl RaftMeta {
@@ -32,6 +35,7 @@ impl RaftMeta {
             RaftMeta::Vote => b"vote",
             RaftMeta::Committed => b"committed",
             RaftMeta::LastPurged => b"last_purged",
+            RaftMeta::StateMachine => b"state_machine",
         }
     }
 }

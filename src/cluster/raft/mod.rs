@@ -3,8 +3,14 @@
 //! the state machine.
 //!
 //! - `log_store`: openraft's log storage on `storage`'s byte-level log.
+//! - `types`: the entries (batches of posts and acks) and node names.
+//! - `state_machine`: hubbub's store as the state machine.
 
 mod log_store;
+pub mod network;
+pub mod node;
+pub mod state_machine;
+pub mod types;
 #[cfg(test)]
 mod restart_tests;
 #[cfg(test)]

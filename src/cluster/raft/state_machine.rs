@@ -31,7 +31,7 @@ use crate::storage::{AckCmd, RaftLog, RaftMeta, StorageCmd, StorageEvent, Store}
 type SErr = StorageError<NodeId>;
 
 /// What the state machine keeps besides the store's tables.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Applied {
     last: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, NodeInfo>,
@@ -57,7 +57,11 @@ impl StateMachine {
     ) -> anyhow::Result<Self> {
         let applied = match log.meta(RaftMeta::StateMachine)? {
             Some(b) => decode(&b)?,
-            None => Applied::default(),
+            None => Applied {
+                last: None,
+                membership: StoredMembership::default(),
+                head: Cursor::ZERO,
+            },
         };
         applied_tx.send_replace(applied.last.map_or(0, |l| l.index));
         Ok(Self {

@@ -1,0 +1,246 @@
+//! Raft's RPCs and forwarded writes over the node links.
+//!
+//! Every call is one link request: an encoded [`Call`] answered by an
+//! encoded [`Answer`]. A link that is down, full or dropped is "unreachable"
+//! to openraft (it backs off and retries); an error the peer's Raft returned
+//! travels back as that error.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
+    InstallSnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::Raft;
+use serde::{Deserialize, Serialize};
+
+use super::types::{NodeId, NodeInfo, Request, TypeConfig, decode, encode};
+use crate::cluster::link::{LinkError, LinkHandler, Links};
+
+/// What one node asks another.
+#[derive(Serialize, Deserialize)]
+pub enum Call {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A batch of writes for the leader to propose.
+    Forward(Request),
+}
+
+/// The answer to a [`Call`] of the same kind.
+#[derive(Serialize, Deserialize)]
+pub enum Answer {
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    Forward(Result<(), ForwardError>),
+    /// This node's Raft is not running yet (or any more).
+    NotRunning,
+    /// The call did not decode.
+    BadCall,
+}
+
+/// Why a forwarded batch was not committed by the node it was sent to.
+#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    /// That node is not the leader (any more); it names the one it knows.
+    #[error("not the leader; the leader is {0:?}")]
+    NotLeader(Option<String>),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What the link handler and the writer share: the Raft (set once it runs)
+/// and the leader's clock stamp.
+pub struct Shared {
+    pub raft: OnceLock<Raft<TypeConfig>>,
+    /// The last stamp this node gave an entry as leader (ms).
+    pub stamp: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            raft: OnceLock::new(),
+            stamp: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Proposes `req` through this node's Raft, stamped with this node's
+    /// clock (never below its last stamp). Only a leader succeeds.
+    pub async fn write_local(&self, mut req: Request) -> Result<(), ForwardError> {
+        use std::sync::atomic::Ordering;
+        let Some(raft) = self.raft.get() else {
+            return Err(ForwardError::Failed("the log is not running".into()));
+        };
+        let now = crate::cluster::gossip::transport::wall_ms();
+        let prev = self.stamp.fetch_max(now, Ordering::SeqCst);
+        req.ts_ms = prev.max(now);
+        match raft.client_write(req).await {
+            Ok(_) => Ok(()),
+            Err(e) => match e.forward_to_leader() {
+                Some(f) => Err(ForwardError::NotLeader(
+                    f.leader_node.as_ref().map(|n| n.name.clone()),
+                )),
+                None => Err(ForwardError::Failed(e.to_string())),
+            },
+        }
+    }
+}
+
+/// Serves calls arriving over the links.
+pub struct Handler(pub Arc<Shared>);
+
+#[async_trait::async_trait]
+impl LinkHandler for Handler {
+    async fn request(&self, from: &str, body: Bytes) -> Bytes {
+        let answer = match decode::<Call>(&body) {
+            Err(e) => {
+                tracing::warn!(peer = from, error = %e, "a link call that does not decode");
+                Answer::BadCall
+            }
+            Ok(call) => match (call, self.0.raft.get()) {
+                (Call::Forward(req), _) => Answer::Forward(self.0.write_local(req).await),
+                (_, None) => Answer::NotRunning,
+                (Call::Append(r), Some(raft)) => Answer::Append(raft.append_entries(r).await),
+                (Call::Vote(r), Some(raft)) => Answer::Vote(raft.vote(r).await),
+                (Call::Snapshot(r), Some(raft)) => {
+                    Answer::Snapshot(raft.install_snapshot(r).await)
+                }
+            },
+        };
+        match encode(&answer) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::error!(error = %e, "an answer that does not encode");
+                Bytes::new()
+            }
+        }
+    }
+
+    fn message(&self, _from: &str, _body: Bytes) {}
+}
+
+/// openraft's network: one [`Conn`] per target node.
+pub struct Network {
+    pub links: Links,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Conn;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> Conn {
+        Conn {
+            links: self.links.clone(),
+            target,
+            peer: node.name.clone(),
+        }
+    }
+}
+
+pub struct Conn {
+    links: Links,
+    target: NodeId,
+    peer: String,
+}
+
+/// The RPC's failure as openraft sees it.
+#[derive(Debug, thiserror::Error)]
+enum CallFailed {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("the peer's answer: {0}")]
+    Answer(&'static str),
+}
+
+impl Conn {
+    async fn call(&self, call: &Call, ttl: Duration) -> Result<Answer, CallFailed> {
+        let body = encode(call).map_err(|_| CallFailed::Answer("the call does not encode"))?;
+        let reply = self.links.call(&self.peer, Bytes::from(body), ttl).await?;
+        match decode::<Answer>(&reply) {
+            Ok(Answer::NotRunning) => Err(CallFailed::Answer("its log is not running")),
+            Ok(Answer::BadCall) => Err(CallFailed::Answer("it could not decode the call")),
+            Ok(a) => Ok(a),
+            Err(_) => Err(CallFailed::Answer("it does not decode")),
+        }
+    }
+
+    fn failed<E: std::error::Error>(&self, e: CallFailed) -> RPCError<NodeId, NodeInfo, E> {
+        match e {
+            CallFailed::Link(LinkError::TooLarge(_)) | CallFailed::Answer(_) => {
+                RPCError::Network(NetworkError::new(&e))
+            }
+            CallFailed::Link(_) => RPCError::Unreachable(Unreachable::new(&e)),
+        }
+    }
+
+    fn remote<E: std::error::Error>(&self, e: E) -> RPCError<NodeId, NodeInfo, E> {
+        RPCError::RemoteError(RemoteError::new(self.target, e))
+    }
+}
+
+type Rpc<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, NodeInfo, E>>;
+
+impl RaftNetwork<TypeConfig> for Conn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<AppendEntriesResponse<NodeId>> {
+        match self.call(&Call::Append(rpc), option.hard_ttl()).await {
+            Ok(Answer::Append(r)) => r.map_err(|e| self.remote(e)),
+            Ok(_) => Err(self.failed(CallFailed::Answer("another kind"))),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Rpc<VoteResponse<NodeId>> {
+        match self.call(&Call::Vote(rpc), option.hard_ttl()).await {
+            Ok(Answer::Vote(r)) => r.map_err(|e| self.remote(e)),
+            Ok(_) => Err(self.failed(CallFailed::Answer("another kind"))),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Rpc<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        match self.call(&Call::Snapshot(rpc), option.hard_ttl()).await {
+            Ok(Answer::Snapshot(r)) => r.map_err(|e| self.remote(e)),
+            Ok(_) => Err(self.failed(CallFailed::Answer("another kind"))),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+}
+
+/// Sends `req` to `leader` to propose.
+pub async fn forward(
+    links: &Links,
+    leader: &str,
+    req: &Request,
+    ttl: Duration,
+) -> Result<(), ForwardError> {
+    let body = encode(&Call::Forward(req.clone()))
+        .map_err(|e| ForwardError::Failed(e.to_string()))?;
+    let reply = links
+        .call(leader, Bytes::from(body), ttl)
+        .await
+        .map_err(|e| ForwardError::Failed(e.to_string()))?;
+    match decode::<Answer>(&reply) {
+        Ok(Answer::Forward(r)) => r,
+        Ok(_) => Err(ForwardError::Failed("an answer of another kind".into())),
+        Err(e) => Err(ForwardError::Failed(e.to_string())),
+    }
+}

@@ -1,0 +1,409 @@
+//! This node's part of the replicated log: the Raft, the task that forms
+//! the cluster and grows it from gossip, and the proposer that turns the
+//! hub's appends and the sessions' acks into log entries.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::{Config, Raft, ServerState, SnapshotPolicy};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::network::{ForwardError, Network, Shared, forward};
+use super::state_machine::StateMachine;
+use super::types::{NodeId, NodeInfo, Post, Request, TypeConfig, Write, node_id};
+use super::LogStore;
+use crate::cluster::gossip::{self, NodeState, View};
+use crate::cluster::link::Links;
+use crate::storage::{DurableMsg, StorageCmd, StorageEvent, Store};
+
+/// Leader heartbeats; elections start after 300–600 ms without one. A
+/// follower that knew a leader waits the leader's lease (the maximum) on top,
+/// so a dead leader is replaced after about 1 s.
+const HEARTBEAT_MS: u64 = 100;
+const ELECTION_MS: (u64, u64) = (300, 600);
+/// Entries per append RPC.
+const MAX_PAYLOAD_ENTRIES: u64 = 64;
+/// One entry carries at most this many writes, and about this many bytes of
+/// message content: what was queued while the previous entry committed.
+const MAX_WRITES: usize = 1024;
+const MAX_ENTRY_BYTES: usize = 1 << 20;
+/// A batch that is not committed within this long is reported failed
+/// (`unavailable`); its writes may still commit later (ids make a resend safe).
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// Without a known leader, ask again this often.
+const LEADER_RETRY: Duration = Duration::from_millis(25);
+/// Voters at most; later nodes stay learners (they still apply everything).
+const MAX_VOTERS: usize = 5;
+/// The membership task looks at replication and gossip this often.
+const MEMBERSHIP_EVERY: Duration = Duration::from_millis(250);
+
+/// How the log is doing, for `/api/admin/cluster`.
+#[derive(Serialize)]
+pub struct LogStatus {
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<String>,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+}
+
+pub struct LogNode {
+    raft: Raft<TypeConfig>,
+    name: String,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl LogNode {
+    /// Starts this node's Raft (not yet part of any cluster unless its log
+    /// says so) on `store`'s trees; applied entries go to `events` (the hub).
+    pub async fn start(
+        name: &str,
+        store: &Store,
+        links: Links,
+        shared: Arc<Shared>,
+        events: mpsc::Sender<StorageEvent>,
+    ) -> anyhow::Result<(Self, watch::Receiver<u64>)> {
+        let config = Config {
+            cluster_name: "hubbub".into(),
+            heartbeat_interval: HEARTBEAT_MS,
+            election_timeout_min: ELECTION_MS.0,
+            election_timeout_max: ELECTION_MS.1,
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
+            install_snapshot_timeout: 2000,
+            snapshot_policy: SnapshotPolicy::Never,
+            ..Default::default()
+        }
+        .validate()?;
+        let log_store = LogStore::open(store)?;
+        let (applied_tx, applied) = watch::channel(0);
+        let sm = StateMachine::open(store.clone(), store.raft_log()?, events, applied_tx)?;
+        let raft = Raft::new(
+            node_id(name),
+            Arc::new(config),
+            Network { links },
+            log_store,
+            sm,
+        )
+        .await?;
+        // The links answer Raft's calls from now on.
+        let _ = shared.raft.set(raft.clone());
+        let node = Self {
+            raft,
+            name: name.to_owned(),
+            stop: CancellationToken::new(),
+            tasks: Vec::new(),
+        };
+        Ok((node, applied))
+    }
+
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// Forms the cluster once `expect` nodes see each other (the smallest
+    /// name initialises it), adds later nodes as learners and promotes them
+    /// when caught up, and keeps the links pointed at the members.
+    pub fn spawn_membership(
+        &mut self,
+        view: watch::Receiver<Arc<View>>,
+        links: Links,
+        expect: usize,
+    ) {
+        let task = Membership {
+            raft: self.raft.clone(),
+            name: self.name.clone(),
+            view,
+            links,
+            expect,
+            adding: BTreeSet::new(),
+        };
+        self.tasks.push(tokio::spawn(task.run(self.stop.clone())));
+    }
+
+    /// Turns what arrives on `rx` (the hub's appends, the sessions' acks)
+    /// into entries, one at a time, each proposed at the leader.
+    pub fn spawn_proposer(
+        &mut self,
+        rx: mpsc::Receiver<StorageCmd>,
+        links: Links,
+        shared: Arc<Shared>,
+        events: mpsc::Sender<StorageEvent>,
+    ) {
+        let p = Proposer {
+            raft: self.raft.clone(),
+            me: node_id(&self.name),
+            links,
+            shared,
+            events,
+        };
+        self.tasks.push(tokio::spawn(p.run(rx, self.stop.clone())));
+    }
+
+}
+
+/// How the log is doing on this node.
+pub fn status(raft: &Raft<TypeConfig>) -> LogStatus {
+    {
+        let m = raft.metrics().borrow().clone();
+        let name_of = |id: NodeId| {
+            m.membership_config
+                .nodes()
+                .find(|(i, _)| **i == id)
+                .map_or_else(|| id.to_string(), |(_, n)| n.name.clone())
+        };
+        let voters: BTreeSet<NodeId> = m.membership_config.voter_ids().collect();
+        LogStatus {
+            role: format!("{:?}", m.state).to_lowercase(),
+            term: m.current_term,
+            leader: m.current_leader.map(name_of),
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            voters: voters.iter().map(|id| name_of(*id)).collect(),
+            learners: m
+                .membership_config
+                .nodes()
+                .filter(|(id, _)| !voters.contains(id))
+                .map(|(_, n)| n.name.clone())
+                .collect(),
+        }
+    }
+
+}
+
+/// True while this node knows a leader and has applied what it holds.
+pub fn caught_up(raft: &Raft<TypeConfig>) -> bool {
+    let m = raft.metrics().borrow().clone();
+    m.current_leader.is_some()
+        && m.last_applied.map(|l| l.index) >= m.last_log_index
+        && m.running_state.is_ok()
+}
+
+impl LogNode {
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "the log stopped with an error");
+        }
+    }
+}
+
+struct Membership {
+    raft: Raft<TypeConfig>,
+    name: String,
+    view: watch::Receiver<Arc<View>>,
+    links: Links,
+    expect: usize,
+    /// Learners being added (the call runs in its own task).
+    adding: BTreeSet<NodeId>,
+}
+
+impl Membership {
+    async fn run(mut self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(MEMBERSHIP_EVERY);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+                r = self.view.changed() => if r.is_err() { return },
+            }
+            let view = self.view.borrow().clone();
+            self.links.set_peers(
+                view.members
+                    .values()
+                    .filter(|m| !m.this_node)
+                    .map(|m| (m.node.clone(), m.addr))
+                    .collect(),
+            );
+            if let Err(e) = self.step(&view).await {
+                tracing::debug!(error = %e, "membership step");
+            }
+        }
+    }
+
+    async fn step(&mut self, view: &View) -> anyhow::Result<()> {
+        let candidates: BTreeMap<NodeId, NodeInfo> = view
+            .members
+            .values()
+            .filter(|m| m.live && m.proto == gossip::PROTO && m.state != Some(NodeState::Draining))
+            .map(|m| {
+                let info = NodeInfo {
+                    name: m.node.clone(),
+                    addr: m.addr.to_string(),
+                };
+                (node_id(&m.node), info)
+            })
+            .collect();
+        if !self.raft.is_initialized().await? {
+            let formed_elsewhere = view
+                .members
+                .values()
+                .any(|m| m.live && !m.this_node && m.state == Some(NodeState::Ready));
+            let smallest = candidates.values().map(|n| n.name.as_str()).min();
+            if !formed_elsewhere && candidates.len() >= self.expect && smallest == Some(&self.name)
+            {
+                tracing::info!(nodes = candidates.len(), "forming the cluster's log");
+                if let Err(e) = self.raft.initialize(candidates).await {
+                    tracing::warn!(error = %e, "initialising the log");
+                }
+            }
+            return Ok(());
+        }
+        let m = self.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            return Ok(());
+        }
+        let known: BTreeSet<NodeId> = m.membership_config.nodes().map(|(id, _)| *id).collect();
+        for (id, info) in &candidates {
+            if !known.contains(id) && self.adding.insert(*id) {
+                tracing::info!(node = %info.name, "adding a learner");
+                let (raft, info, id) = (self.raft.clone(), info.clone(), *id);
+                tokio::spawn(async move {
+                    if let Err(e) = raft.add_learner(id, info, false).await {
+                        tracing::warn!(error = %e, "adding a learner");
+                    }
+                });
+            }
+        }
+        self.adding.retain(|id| !known.contains(id));
+        // Promote a learner that has caught up, while there is room.
+        let voters: BTreeSet<NodeId> = m.membership_config.voter_ids().collect();
+        if voters.len() >= MAX_VOTERS || m.membership_config.membership().get_joint_config().len() > 1 {
+            return Ok(());
+        }
+        let last = m.last_log_index.unwrap_or(0);
+        let caught_up = m.replication.as_ref().and_then(|r| {
+            r.iter()
+                .find(|(id, matched)| {
+                    !voters.contains(id)
+                        && candidates.contains_key(id)
+                        && matched.map(|l| l.index).unwrap_or(0) + 1 >= last
+                })
+                .map(|(id, _)| *id)
+        });
+        if let Some(id) = caught_up {
+            let mut next = voters.clone();
+            next.insert(id);
+            tracing::info!(voters = next.len(), "promoting a caught-up learner to voter");
+            self.raft.change_membership(next, false).await?;
+        }
+        Ok(())
+    }
+}
+
+struct Proposer {
+    raft: Raft<TypeConfig>,
+    me: NodeId,
+    links: Links,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<StorageEvent>,
+}
+
+impl Proposer {
+    async fn run(self, mut rx: mpsc::Receiver<StorageCmd>, stop: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => return,
+                c = rx.recv() => match c { Some(c) => c, None => return },
+            };
+            let mut batch = vec![first];
+            let mut bytes = 0;
+            while batch.len() < MAX_WRITES && bytes < MAX_ENTRY_BYTES {
+                match rx.try_recv() {
+                    Ok(c) => {
+                        if let StorageCmd::Append(m, _) = &c {
+                            bytes += m.content.len();
+                        }
+                        batch.push(c)
+                    }
+                    Err(_) => break,
+                }
+            }
+            let (req, posts) = entry(batch);
+            // One entry in flight at a time: entries commit in the order a
+            // session sent its messages; what queues meanwhile is the next.
+            if let Err(e) = self.propose(req).await {
+                tracing::warn!(error = %e, messages = posts.len(), "an entry was not committed in time");
+                if !posts.is_empty() {
+                    let _ = self.events.send(StorageEvent::Failed(posts)).await;
+                }
+            }
+        }
+    }
+
+    /// At the leader (this node, or over its link), retried while no leader
+    /// is known or the leader moves, until `WRITE_DEADLINE`.
+    async fn propose(&self, req: Request) -> Result<(), ForwardError> {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        let mut last = ForwardError::Failed("no leader".into());
+        while Instant::now() < deadline {
+            let leader = self.raft.metrics().borrow().current_leader;
+            let result = match leader {
+                Some(l) if l == self.me => self.shared.write_local(req.clone()).await,
+                Some(l) => match self.leader_name(l) {
+                    Some(name) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        forward(&self.links, &name, &req, left).await
+                    }
+                    None => Err(ForwardError::NotLeader(None)),
+                },
+                None => Err(ForwardError::NotLeader(None)),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(LEADER_RETRY).await;
+        }
+        Err(last)
+    }
+
+    fn leader_name(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .nodes()
+            .find(|(i, _)| **i == id)
+            .map(|(_, n)| n.name.clone())
+    }
+}
+
+/// A batch of storage commands as one entry's writes, and the posts in it
+/// (reported failed if the entry is not committed).
+fn entry(batch: Vec<StorageCmd>) -> (Request, Vec<DurableMsg>) {
+    let mut posts = Vec::new();
+    let writes = batch
+        .into_iter()
+        .map(|c| match c {
+            StorageCmd::Append(m, _) => {
+                posts.push(DurableMsg {
+                    id: m.id,
+                    room: m.room.clone(),
+                    sender: m.sender.clone(),
+                });
+                Write::Post(Post {
+                    id: m.id,
+                    kind: m.kind,
+                    room: m.room.clone(),
+                    sender: m.sender.clone(),
+                    target: m.target.clone(),
+                    content: m.content.clone(),
+                    action: m.action,
+                })
+            }
+            StorageCmd::Ack(a) => Write::Ack {
+                by: a.by,
+                ids: a.ids,
+                status: a.status,
+            },
+        })
+        .collect();
+    (Request { ts_ms: 0, writes }, posts)
+}
