@@ -187,7 +187,7 @@ async fn three_nodes_form_a_mesh_and_every_pair_answers() {
         }
     }
     for n in &nodes {
-        stop(&n).await;
+        stop(n).await;
     }
 }
 
@@ -307,7 +307,7 @@ async fn a_removed_peer_is_disconnected_and_a_restarted_one_reconnected() {
     assert_eq!(ask(&a, "b", "again").await.unwrap(), "a:again");
     assert_eq!(ask(&c, "b", "again").await.unwrap(), "c:again");
     for n in [&a, &b2, &c] {
-        stop(&n).await;
+        stop(n).await;
     }
 }
 
