@@ -356,3 +356,46 @@ async fn requests_past_the_inflight_bound_are_refused_busy() {
     stop(&a).await;
     stop(&b).await;
 }
+
+/// Not a check: figures for the notes. `cargo test --lib
+/// cluster::link::tests::measure -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_call_and_send_rates() {
+    let (a, b) = (start("a").await, start("b").await);
+    mesh(&[&a, &b]);
+    linked(&a, &b).await;
+    let n = 2000;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        a.links
+            .call("b", Bytes::from_static(b"x"), WAIT)
+            .await
+            .unwrap();
+    }
+    let seq = t.elapsed();
+    println!("sequential calls: {n} in {seq:?} = {:?} per call", seq / n);
+    let (n, width) = (20_000u32, 64u32);
+    let t = std::time::Instant::now();
+    let workers = (0..width).map(|_| {
+        let links = a.links.clone();
+        tokio::spawn(async move {
+            for _ in 0..n / width {
+                links
+                    .call("b", Bytes::from(vec![0u8; 200]), WAIT)
+                    .await
+                    .unwrap();
+            }
+        })
+    });
+    for w in futures_util::future::join_all(workers).await {
+        w.unwrap();
+    }
+    let el = t.elapsed();
+    println!(
+        "{width} concurrent callers, 200 B: {n} calls in {el:?} = {:.0}/s",
+        f64::from(n) / el.as_secs_f64()
+    );
+    stop(&a).await;
+    stop(&b).await;
+}
