@@ -215,3 +215,37 @@ async fn a_linked_peer_that_goes_silent_is_dropped_as_idle() {
     assert!(b.links.up_peers().is_empty());
     stop(&b).await;
 }
+
+#[tokio::test]
+async fn a_relay_that_terminates_tls_on_both_sides_cannot_link_two_nodes() {
+    let a = start("a").await;
+    let b = start("b").await;
+    // The man in the middle: a TLS server for a, a TLS client to b, and the
+    // plaintext copied across. Without the exporter in the proof, every
+    // hello would verify through it.
+    let mitm = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mitm_addr = mitm.local_addr().unwrap();
+    let b_addr = b.addr();
+    let relay = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = mitm.accept().await.unwrap();
+            tokio::spawn(async move {
+                let Ok(mut from_a) = tls::acceptor().unwrap().accept(tcp).await else {
+                    return;
+                };
+                let (mut to_b, _) = raw_tls(b_addr).await;
+                let _ = tokio::io::copy_bidirectional(&mut from_a, &mut to_b).await;
+            });
+        }
+    });
+    a.links.set_peers([("b".to_owned(), mitm_addr)].into());
+    b.links.set_peers([("a".to_owned(), a.addr())].into());
+    wait_for("proof failures through the relay, both sides", || {
+        a.failed(LinkFail::Proof) >= 2 && b.failed(LinkFail::Proof) >= 2
+    })
+    .await;
+    assert_eq!(a.links.established_total() + b.links.established_total(), 0);
+    relay.abort();
+    stop(&a).await;
+    stop(&b).await;
+}
