@@ -164,7 +164,8 @@ pub struct Links {
 
 impl Links {
     /// Starts accepting on `listener` (already bound by the caller). No
-    /// link is dialed until `set_peers`.
+    /// link is dialed until `set_peers`. Call within a tokio runtime (it
+    /// spawns the accept loop).
     pub fn start(
         cfg: LinkConfig,
         listener: TcpListener,

@@ -60,6 +60,8 @@ impl Node {
             .map_err(|e| TlsSetupError::new(format!("listener address: {e}")))?;
         // A frame's length is a u32 on the wire.
         cfg.max_frame = cfg.max_frame.min(u32::MAX as usize);
+        // `tokio::time::interval` panics on a zero period.
+        cfg.keepalive = cfg.keepalive.max(Duration::from_millis(10));
         let tracker = TaskTracker::new();
         let node = Arc::new(Node {
             local_addr,
@@ -290,7 +292,7 @@ impl Node {
                 Err(e) => self.failed(&e, &peer),
             }
             let delay = jittered(backoff);
-            backoff = (backoff * 2).min(max);
+            backoff = backoff.saturating_mul(2).min(max);
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}

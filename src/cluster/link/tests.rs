@@ -124,6 +124,12 @@ pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Shuts a node down; bounded, so a task that never ends fails the test.
+pub async fn stop(n: &TestNode) {
+    let done = tokio::time::timeout(WAIT, n.links.shutdown()).await;
+    assert!(done.is_ok(), "{}: shutdown did not end every task", n.id);
+}
+
 pub async fn linked(a: &TestNode, b: &TestNode) {
     wait_for(&format!("{} and {} linked", a.id, b.id), || {
         a.links.up_peers().contains(&b.id) && b.links.up_peers().contains(&a.id)
@@ -154,8 +160,8 @@ async fn two_nodes_link_and_answer_calls_both_ways() {
     .await;
     assert_eq!(a.metrics.links_up.get(), 1);
     assert!(a.metrics.link_bytes_sent.get() > 0 && b.metrics.link_bytes_received.get() > 0);
-    a.links.shutdown().await;
-    b.links.shutdown().await;
+    stop(&a).await;
+    stop(&b).await;
     assert_eq!(a.metrics.links_up.get(), 0);
 }
 
@@ -181,7 +187,7 @@ async fn three_nodes_form_a_mesh_and_every_pair_answers() {
         }
     }
     for n in &nodes {
-        n.links.shutdown().await;
+        stop(n).await;
     }
 }
 
@@ -203,8 +209,8 @@ async fn concurrent_calls_are_matched_to_their_answers() {
         }
     });
     futures_util::future::join_all(calls).await;
-    a.links.shutdown().await;
-    b.links.shutdown().await;
+    stop(&a).await;
+    stop(&b).await;
 }
 
 #[tokio::test]
@@ -240,8 +246,8 @@ async fn calls_fail_fast_without_a_link_and_when_it_drops_while_waiting() {
     let res = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
     assert!(matches!(res, Err(LinkError::Dropped(_))), "{res:?}");
     assert_eq!(a.dropped(LinkDrop::Removed), 1);
-    a.links.shutdown().await;
-    b.links.shutdown().await;
+    stop(&a).await;
+    stop(&b).await;
 }
 
 #[tokio::test]
@@ -264,8 +270,8 @@ async fn exactly_one_link_per_pair_when_both_know_each_other() {
             assert_eq!(n.failed(f), 0, "{} failed {f:?}", n.id);
         }
     }
-    a.links.shutdown().await;
-    b.links.shutdown().await;
+    stop(&a).await;
+    stop(&b).await;
 }
 
 #[tokio::test]
@@ -292,7 +298,7 @@ async fn a_removed_peer_is_disconnected_and_a_restarted_one_reconnected() {
     .await;
     assert!(c.links.up_peers().is_empty());
     // b restarts on a new port: a dials the new address, the new b dials c.
-    b.links.shutdown().await;
+    stop(&b).await;
     let b2 = start("b").await;
     mesh(&[&a, &b2, &c]);
     linked(&a, &b2).await;
@@ -301,7 +307,7 @@ async fn a_removed_peer_is_disconnected_and_a_restarted_one_reconnected() {
     assert_eq!(ask(&a, "b", "again").await.unwrap(), "a:again");
     assert_eq!(ask(&c, "b", "again").await.unwrap(), "c:again");
     for n in [&a, &b2, &c] {
-        n.links.shutdown().await;
+        stop(n).await;
     }
 }
 
@@ -316,5 +322,80 @@ async fn probe_returns_the_node_id_with_the_right_key_only() {
     // A probe never becomes a link.
     assert!(a.links.up_peers().is_empty());
     assert_eq!(a.links.established_total(), 0);
-    a.links.shutdown().await;
+    stop(&a).await;
+}
+
+#[tokio::test]
+async fn requests_past_the_inflight_bound_are_refused_busy() {
+    let a = start("a").await;
+    let b = start_with(LinkConfig {
+        max_inflight: 1,
+        ..test_config("b", key(1))
+    })
+    .await;
+    mesh(&[&a, &b]);
+    linked(&a, &b).await;
+    let blocked = tokio::spawn({
+        let links = a.links.clone();
+        async move {
+            links
+                .call("b", Bytes::from_static(b"block"), Duration::from_secs(600))
+                .await
+        }
+    });
+    tokio::time::timeout(WAIT, b.handler.started.notified())
+        .await
+        .unwrap();
+    assert!(matches!(
+        ask(&a, "b", "more").await,
+        Err(LinkError::Busy(_))
+    ));
+    // The link itself is fine: the other direction still answers.
+    assert_eq!(ask(&b, "a", "back").await.unwrap(), "b:back");
+    blocked.abort();
+    stop(&a).await;
+    stop(&b).await;
+}
+
+/// Not a check: figures for the notes. `cargo test --lib
+/// cluster::link::tests::measure -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_call_and_send_rates() {
+    let (a, b) = (start("a").await, start("b").await);
+    mesh(&[&a, &b]);
+    linked(&a, &b).await;
+    let n = 2000;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        a.links
+            .call("b", Bytes::from_static(b"x"), WAIT)
+            .await
+            .unwrap();
+    }
+    let seq = t.elapsed();
+    println!("sequential calls: {n} in {seq:?} = {:?} per call", seq / n);
+    let (n, width) = (20_000u32, 64u32);
+    let t = std::time::Instant::now();
+    let workers = (0..width).map(|_| {
+        let links = a.links.clone();
+        tokio::spawn(async move {
+            for _ in 0..n / width {
+                links
+                    .call("b", Bytes::from(vec![0u8; 200]), WAIT)
+                    .await
+                    .unwrap();
+            }
+        })
+    });
+    for w in futures_util::future::join_all(workers).await {
+        w.unwrap();
+    }
+    let el = t.elapsed();
+    println!(
+        "{width} concurrent callers, 200 B: {n} calls in {el:?} = {:.0}/s",
+        f64::from(n) / el.as_secs_f64()
+    );
+    stop(&a).await;
+    stop(&b).await;
 }

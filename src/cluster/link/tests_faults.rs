@@ -52,8 +52,8 @@ async fn the_wrong_secret_fails_the_handshake_on_both_sides() {
     assert!(a.links.up_peers().is_empty() && b.links.up_peers().is_empty());
     assert_eq!(a.links.established_total() + b.links.established_total(), 0);
     assert!(matches!(ask(&a, "b", "x").await, Err(LinkError::NoLink(_))));
-    a.links.shutdown().await;
-    b.links.shutdown().await;
+    stop(&a).await;
+    stop(&b).await;
 }
 
 #[tokio::test]
@@ -104,8 +104,8 @@ async fn bad_clients_are_refused_in_time_and_good_peers_still_link() {
     // Through all of it the good link stayed up and still answers.
     assert_eq!(ask(&b, "a", "still").await.unwrap(), "b:still");
     assert_eq!(a.links.established_total(), 1);
-    a.links.shutdown().await;
-    b.links.shutdown().await;
+    stop(&a).await;
+    stop(&b).await;
 }
 
 #[tokio::test]
@@ -141,8 +141,8 @@ async fn an_oversized_frame_drops_the_link_and_it_reconnects() {
     linked(&a, &b).await;
     assert_eq!(ask(&a, "b", "after").await.unwrap(), "a:after");
     assert!(b.handler.messages.lock().unwrap().is_empty());
-    a.links.shutdown().await;
-    b.links.shutdown().await;
+    stop(&a).await;
+    stop(&b).await;
 }
 
 #[tokio::test]
@@ -184,8 +184,8 @@ async fn a_full_send_queue_drops_the_link_instead_of_blocking() {
     wait_for("relinked", || a.links.established_total() >= 2).await;
     linked(&a, &b).await;
     assert_eq!(ask(&a, "b", "after").await.unwrap(), "a:after");
-    a.links.shutdown().await;
-    b.links.shutdown().await;
+    stop(&a).await;
+    stop(&b).await;
 }
 
 #[tokio::test]
@@ -213,5 +213,39 @@ async fn a_linked_peer_that_goes_silent_is_dropped_as_idle() {
     closed_by_peer(s, "silent peer").await;
     wait_for("idle counted", || b.dropped(LinkDrop::Idle) == 1).await;
     assert!(b.links.up_peers().is_empty());
-    b.links.shutdown().await;
+    stop(&b).await;
+}
+
+#[tokio::test]
+async fn a_relay_that_terminates_tls_on_both_sides_cannot_link_two_nodes() {
+    let a = start("a").await;
+    let b = start("b").await;
+    // The man in the middle: a TLS server for a, a TLS client to b, and the
+    // plaintext copied across. Without the exporter in the proof, every
+    // hello would verify through it.
+    let mitm = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mitm_addr = mitm.local_addr().unwrap();
+    let b_addr = b.addr();
+    let relay = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = mitm.accept().await.unwrap();
+            tokio::spawn(async move {
+                let Ok(mut from_a) = tls::acceptor().unwrap().accept(tcp).await else {
+                    return;
+                };
+                let (mut to_b, _) = raw_tls(b_addr).await;
+                let _ = tokio::io::copy_bidirectional(&mut from_a, &mut to_b).await;
+            });
+        }
+    });
+    a.links.set_peers([("b".to_owned(), mitm_addr)].into());
+    b.links.set_peers([("a".to_owned(), a.addr())].into());
+    wait_for("proof failures through the relay, both sides", || {
+        a.failed(LinkFail::Proof) >= 2 && b.failed(LinkFail::Proof) >= 2
+    })
+    .await;
+    assert_eq!(a.links.established_total() + b.links.established_total(), 0);
+    relay.abort();
+    stop(&a).await;
+    stop(&b).await;
 }
