@@ -260,6 +260,8 @@ async fn child_writes_then_exits() {
             .await
         }
         "vote" => ls.save_vote(&Vote::new_committed(1, 1)).await.unwrap(),
+        "truncate" => ls.truncate(log_id(1, 16)).await.unwrap(),
+        "purge" => ls.purge(log_id(1, 5)).await.unwrap(),
         other => panic!("unknown step {other}"),
     }
     std::process::exit(0);
@@ -295,7 +297,7 @@ fn run_child(dir: &tempfile::TempDir, step: &str) {
     assert!(status.success(), "child ({step}) failed: {status}");
 }
 
-/// What `append` and `save_vote` report done must be on disk even when the
+/// What `append`, `save_vote`, `truncate` and `purge` report done must be on disk even when the
 /// process ends without dropping anything (sled writes its buffers out only
 /// on a flush or a drop). Each step runs in its own process, so neither
 /// rides on the other's flush.
@@ -318,5 +320,23 @@ fn appended_entries_and_the_vote_survive_a_process_exit() {
             ls.read_vote().await.unwrap(),
             Some(Vote::new_committed(1, 1))
         );
+    });
+    // A truncated tail must not come back.
+    run_child(&dir, "truncate");
+    rt.block_on(async {
+        let (_store, mut ls) = open(&dir);
+        let entries = ls.try_get_log_entries(..).await.unwrap();
+        assert_eq!(indexes(&entries), (1..=15).collect::<Vec<_>>());
+    });
+    // "Last purged" is on disk; the removal may or may not be (it rides on
+    // the next flush), and either way the log state is the same.
+    run_child(&dir, "purge");
+    rt.block_on(async {
+        let (_store, mut ls) = open(&dir);
+        let state = ls.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 5)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 15)));
+        let entries = ls.try_get_log_entries(6..).await.unwrap();
+        assert_eq!(indexes(&entries), (6..=15).collect::<Vec<_>>());
     });
 }
