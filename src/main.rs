@@ -36,7 +36,11 @@ async fn serve() -> anyhow::Result<()> {
     // has to guess between two.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // openraft logs every failed replication RPC to a node that is down (every
+    // 500 ms) at ERROR, and ordinary election moments at WARN: hubbub reports
+    // a dead peer itself (gossip, /api/admin/cluster, metrics).
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=off"));
     let json = match &cli.command {
         Some(Command::Serve(c)) => c.log_format == "json",
         _ => cli.serve.log_format == "json",

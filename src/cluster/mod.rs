@@ -275,7 +275,11 @@ async fn readiness(
         }
         let now = raft::node::caught_up(&raft);
         if now != *ready.borrow() {
-            let state = if now { NodeState::Ready } else { NodeState::Joining };
+            let state = if now {
+                NodeState::Ready
+            } else {
+                NodeState::Joining
+            };
             publisher.set_state(state).await;
             ready.send_replace(now);
             tracing::info!(ready = now, "cluster readiness changed");

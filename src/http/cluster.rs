@@ -25,6 +25,8 @@ pub async fn admin(state: AppState, headers: HeaderMap) -> Response {
             "generation": c.generation,
             "ready": c.is_ready(),
             "members": c.members(),
+            "links_up": c.links_up(),
+            "log": c.log_status(),
         }),
     )
 }

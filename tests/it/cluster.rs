@@ -244,3 +244,98 @@ async fn a_single_node_has_no_cluster_endpoints() {
         None
     );
 }
+
+#[tokio::test]
+async fn users_on_three_nodes_chat_in_one_order_and_read_one_history() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = spawn_cluster(root.path(), 3, &[]);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let t0 = Instant::now();
+    wait_for("formed", FORM_BOUND, || {
+        all_ready(&refs, &["n1", "n2", "n3"])
+    })
+    .await;
+    wait_for("one leader", FORM_BOUND, || async {
+        one_leader(&refs).await.is_some()
+    })
+    .await;
+    println!(
+        "formation: log has a leader {:?} after the nodes were up",
+        t0.elapsed()
+    );
+    // Accounts are per node until they go through the log: one user per node.
+    let mut users = Vec::new();
+    let mut socks = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let acct = user_at(n.addr(), &name(&format!("u{i}"))).await;
+        socks.push(join_at(n.addr(), &acct, "lobby").await);
+        users.push(acct);
+    }
+    const EACH: usize = 5;
+    let mut sent = Vec::new();
+    for round in 0..EACH {
+        for (i, ws) in socks.iter_mut().enumerate() {
+            sent.push(say(ws, &format!("m{round} from {i}")).await);
+        }
+    }
+    // Everyone sees every message exactly once, in one order, with one cursor each.
+    let mut orders = Vec::new();
+    for ws in &mut socks {
+        let mut seen: Vec<(String, String)> = Vec::new();
+        let mut saved = 0;
+        while seen.len() < sent.len() {
+            let f = next_frame(ws).await;
+            match f["type"].as_str() {
+                Some("chat") => seen.push((
+                    f["id"].as_str().unwrap().to_owned(),
+                    f["cursor"].as_str().unwrap().to_owned(),
+                )),
+                Some("receipt") if f["status"] == "saved" => saved += 1,
+                _ => {}
+            }
+        }
+        let ids: std::collections::BTreeSet<&String> = seen.iter().map(|(i, _)| i).collect();
+        assert_eq!(ids.len(), sent.len(), "each message once");
+        assert!(seen.windows(2).all(|w| w[0].1 < w[1].1), "cursors rise");
+        // The rest of this client's own `saved` receipts.
+        while saved < EACH {
+            let f = next_frame(ws).await;
+            if f["type"] == "receipt" && f["status"] == "saved" {
+                saved += 1;
+            }
+        }
+        orders.push(seen);
+    }
+    assert_eq!(orders[0], orders[1]);
+    assert_eq!(orders[1], orders[2]);
+    // History read from each node is the same: ids, cursors, order.
+    let mut pages = Vec::new();
+    for (n, acct) in nodes.iter().zip(&users) {
+        let r = client::request(
+            n.addr(),
+            "GET",
+            "/api/rooms/lobby/messages?limit=100",
+            &[("cookie", &acct.cookie_header())],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let got: Vec<(String, String)> = v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap().to_owned(),
+                    m["cursor"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        pages.push(got);
+    }
+    assert_eq!(pages[0], orders[0]);
+    assert_eq!(pages[1], pages[0]);
+    assert_eq!(pages[2], pages[0]);
+}

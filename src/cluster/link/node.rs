@@ -187,8 +187,12 @@ impl Node {
     fn failed(&self, e: &HandshakeError, peer: &str) {
         let reason = e.reason();
         self.ctx.metrics.link_handshake_failed(reason).inc();
-        if matches!(e, HandshakeError::Connect(_)) {
-            // A peer that is down: expected, and retried with backoff.
+        if matches!(
+            e,
+            HandshakeError::Connect(_) | HandshakeError::Peer(_) | HandshakeError::Refused(_)
+        ) {
+            // A peer that is down, or that has not heard of this node by
+            // gossip yet (while a cluster forms): expected, retried with backoff.
             tracing::debug!(peer, reason = reason.label(), error = %e, "node link dial failed");
         } else {
             tracing::warn!(peer, reason = reason.label(), error = %e, "node link handshake failed");

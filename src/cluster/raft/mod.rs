@@ -9,11 +9,11 @@
 mod log_store;
 pub mod network;
 pub mod node;
-pub mod state_machine;
-pub mod types;
 #[cfg(test)]
 mod restart_tests;
+pub mod state_machine;
 #[cfg(test)]
 mod test_sm;
+pub mod types;
 
 pub use log_store::LogStore;

@@ -9,15 +9,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use openraft::Raft;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
-    InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
-use openraft::Raft;
 use serde::{Deserialize, Serialize};
 
 use super::types::{NodeId, NodeInfo, Request, TypeConfig, decode, encode};
@@ -110,9 +110,7 @@ impl LinkHandler for Handler {
                 (_, None) => Answer::NotRunning,
                 (Call::Append(r), Some(raft)) => Answer::Append(raft.append_entries(r).await),
                 (Call::Vote(r), Some(raft)) => Answer::Vote(raft.vote(r).await),
-                (Call::Snapshot(r), Some(raft)) => {
-                    Answer::Snapshot(raft.install_snapshot(r).await)
-                }
+                (Call::Snapshot(r), Some(raft)) => Answer::Snapshot(raft.install_snapshot(r).await),
             },
         };
         match encode(&answer) {
@@ -232,8 +230,8 @@ pub async fn forward(
     req: &Request,
     ttl: Duration,
 ) -> Result<(), ForwardError> {
-    let body = encode(&Call::Forward(req.clone()))
-        .map_err(|e| ForwardError::Failed(e.to_string()))?;
+    let body =
+        encode(&Call::Forward(req.clone())).map_err(|e| ForwardError::Failed(e.to_string()))?;
     let reply = links
         .call(leader, Bytes::from(body), ttl)
         .await

@@ -11,10 +11,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::LogStore;
 use super::network::{ForwardError, Network, Shared, forward};
 use super::state_machine::StateMachine;
 use super::types::{NodeId, NodeInfo, Post, Request, TypeConfig, Write, node_id};
-use super::LogStore;
 use crate::cluster::gossip::{self, NodeState, View};
 use crate::cluster::link::Links;
 use crate::storage::{DurableMsg, StorageCmd, StorageEvent, Store};
@@ -144,7 +144,6 @@ impl LogNode {
         };
         self.tasks.push(tokio::spawn(p.run(rx, self.stop.clone())));
     }
-
 }
 
 /// How the log is doing on this node.
@@ -173,7 +172,6 @@ pub fn status(raft: &Raft<TypeConfig>) -> LogStatus {
                 .collect(),
         }
     }
-
 }
 
 /// True while this node knows a leader and has applied what it holds.
@@ -276,7 +274,9 @@ impl Membership {
         self.adding.retain(|id| !known.contains(id));
         // Promote a learner that has caught up, while there is room.
         let voters: BTreeSet<NodeId> = m.membership_config.voter_ids().collect();
-        if voters.len() >= MAX_VOTERS || m.membership_config.membership().get_joint_config().len() > 1 {
+        if voters.len() >= MAX_VOTERS
+            || m.membership_config.membership().get_joint_config().len() > 1
+        {
             return Ok(());
         }
         let last = m.last_log_index.unwrap_or(0);
@@ -292,7 +292,10 @@ impl Membership {
         if let Some(id) = caught_up {
             let mut next = voters.clone();
             next.insert(id);
-            tracing::info!(voters = next.len(), "promoting a caught-up learner to voter");
+            tracing::info!(
+                voters = next.len(),
+                "promoting a caught-up learner to voter"
+            );
             self.raft.change_membership(next, false).await?;
         }
         Ok(())

@@ -10,6 +10,7 @@ use hubbub_client as client;
 use serde_json::Value;
 
 use super::process::{Proc, proc_args, spawn_hubbub_until};
+use super::server::{PASSWORD, T};
 
 /// The cluster secret every test node shares (at least 32 bytes).
 pub const CLUSTER_SECRET: &str = "cluster-secret-for-tests-0123456789abcdef";
@@ -42,6 +43,10 @@ impl Node {
 /// `seeds`; `extra` flags replace the defaults (`--cluster-secret` included).
 pub fn spawn_node(name: &str, dir: &Path, seeds: &[SocketAddr], extra: &[&str]) -> Node {
     std::fs::create_dir_all(dir).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
     let seeds = seeds
         .iter()
         .map(ToString::to_string)
@@ -62,7 +67,9 @@ pub fn spawn_node(name: &str, dir: &Path, seeds: &[SocketAddr], extra: &[&str]) 
         flags.extend(["--seeds", &seeds]);
     }
     flags.extend(extra);
-    let (proc, lines) = spawn_hubbub_until(&proc_args(dir, &flags), &[], "hubbub cluster on ");
+    // openraft logs a peer that is down at ERROR every 500 ms.
+    let log = [("RUST_LOG", Path::new("warn,openraft=off"))];
+    let (proc, lines) = spawn_hubbub_until(&proc_args(dir, &flags), &log, "hubbub cluster on ");
     // "hubbub cluster on ADDR (node NAME, generation G)"
     let last = lines.last().unwrap();
     let mut words = last.split_whitespace().skip(3);
@@ -93,6 +100,19 @@ pub fn spawn_cluster(root: &Path, n: usize, extra: &[&str]) -> Vec<Node> {
         nodes.push(spawn_node(&name, &root.join(&name), &seed, extra));
     }
     nodes
+}
+
+/// Signs `name` up (or in) at the node at `addr`.
+pub async fn user_at(addr: SocketAddr, name: &str) -> client::Account {
+    client::signup_or_login(addr, name, PASSWORD).await.unwrap()
+}
+
+/// Joins `room` at the node at `addr`; waits for `welcome` and `history`.
+pub async fn join_at(addr: SocketAddr, acct: &client::Account, room: &str) -> client::WsClient {
+    let mut ws = client::join(addr, acct, room, None, None).await.unwrap();
+    ws.expect("welcome", T).await.unwrap();
+    ws.expect("history", T).await.unwrap();
+    ws
 }
 
 /// `GET /api/admin/cluster` at `addr`.
@@ -134,6 +154,20 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     t0.elapsed()
+}
+
+/// True when every node's log knows the same leader.
+pub async fn one_leader(nodes: &[&Node]) -> Option<String> {
+    let mut leader = None;
+    for n in nodes {
+        let l = cluster_status(n.addr()).await["log"]["leader"]
+            .as_str()?
+            .to_owned();
+        if leader.get_or_insert_with(|| l.clone()) != &l {
+            return None;
+        }
+    }
+    leader
 }
 
 /// True when every node in `nodes` sees all of `names` live and ready.
