@@ -30,6 +30,40 @@ pub enum Command {
     /// Manage accounts in a data directory while the server is stopped
     /// (a running server holds the database lock: use `/api/admin/*` then).
     User(UserArgs),
+    /// Manage a running cluster through one of its nodes' admin API.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub action: ClusterAction,
+    /// A running node's base URL.
+    #[arg(
+        long,
+        env = "HUBBUB_URL",
+        default_value = "https://127.0.0.1:8443",
+        global = true
+    )]
+    pub url: String,
+    /// That node's --admin-token.
+    #[arg(
+        long,
+        env = "HUBBUB_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub admin_token: Option<String>,
+    /// The CA to trust for an https URL (the generated one by default).
+    #[arg(long, default_value = "certs/ca.pem", global = true)]
+    pub ca: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterAction {
+    /// Remove a node from the replicated log's members (never done
+    /// automatically: for a node that is gone for good; stop it first).
+    Remove { node: String },
 }
 
 #[derive(Args, Debug)]
