@@ -65,6 +65,9 @@ async fn serve() -> anyhow::Result<()> {
     if let Some(Command::User(args)) = cli.command {
         return hubbub::admin::run(args).await;
     }
+    if let Some(Command::ClusterDemo(args)) = cli.command {
+        return hubbub::demo::run(args).await;
+    }
     let running = hubbub::server::start(cli.into_config()).await?;
     running.announce();
     #[cfg(unix)]
