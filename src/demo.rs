@@ -289,8 +289,9 @@ async fn await_announce(
             node.url = a.url.clone();
             return Ok(a);
         }
-        Ok(None) => match node.child.try_wait() {
-            Ok(Some(status)) => format!("exited ({})", describe(status)),
+        // Its output ended: it is exiting (give it a moment to be reaped).
+        Ok(None) => match tokio::time::timeout(Duration::from_secs(5), node.child.wait()).await {
+            Ok(Ok(status)) => format!("exited ({})", describe(status)),
             _ => "closed its output".to_owned(),
         },
         Err(_) => format!("printed no address within {START_LIMIT:?}"),
@@ -392,10 +393,15 @@ fn describe(status: ExitStatus) -> String {
     status.to_string()
 }
 
-/// The last `TAIL_LINES` lines of a log.
+/// The last `TAIL_LINES` lines of a log, before a backtrace (with
+/// `RUST_BACKTRACE` set a node's error is followed by one, which would push
+/// the error itself out of the tail).
 fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Stack backtrace:"))
+        .collect();
     lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
 }
 

@@ -123,6 +123,52 @@ async fn formed(ep: &Endpoint, token: &str) -> bool {
     r.status == 200 && live == 3 && v["log"]["leader"].is_string()
 }
 
+/// Starts the demo in `dir` with kernel-chosen ports.
+fn spawn_demo(dir: &std::path::Path) -> Demo {
+    let child = Command::new(env!("CARGO_BIN_EXE_hubbub"))
+        .args(["cluster-demo", "--base-port", "0", "--dir"])
+        .arg(dir)
+        // The nodes inherit it: their logs say when a shutdown completed.
+        .env("RUST_LOG", "warn,hubbub::server=info")
+        .env_remove("CAROOT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Demo {
+        child,
+        nodes: Vec::new(),
+    }
+}
+
+#[test]
+fn a_node_failing_at_start_stops_the_demo_with_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    // node2's data directory cannot be made: a file is in its place.
+    std::fs::write(dir.path().join("node2"), "in the way").unwrap();
+    let mut demo = spawn_demo(dir.path());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = demo.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < START, "the demo still runs after {START:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut demo.child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("node2 exited"), "{err}");
+    assert!(
+        err.contains("Error: creating"),
+        "the node's own error, from its log: {err}"
+    );
+    assert!(children_of(demo.child.id()).is_empty());
+    // node1 had started: it was stopped in order, not left running.
+    let log = std::fs::read_to_string(dir.path().join("node1.log")).unwrap();
+    assert!(log.contains("shutdown complete"), "node1:\n{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_demo_runs_three_nodes_and_stops_them_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
