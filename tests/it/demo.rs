@@ -100,31 +100,27 @@ where
     }
 }
 
-/// Three live members and a leader in node 1's view of the cluster.
-async fn formed(ep: &Endpoint, token: &str) -> bool {
+/// `/api/admin/cluster` at `ep`; `Null` when it does not answer 200.
+async fn cluster(ep: &Endpoint, token: &str) -> Value {
     let auth = format!("Bearer {token}");
-    let Ok(r) = client::request(
-        ep,
-        "GET",
-        "/api/admin/cluster",
-        &[("authorization", &auth)],
-        None,
-    )
-    .await
-    else {
-        return false;
-    };
-    let Ok(v) = serde_json::from_str::<Value>(&r.body) else {
-        return false;
-    };
-    let live = v["members"]
+    let h = [("authorization", auth.as_str())];
+    match client::request(ep, "GET", "/api/admin/cluster", &h, None).await {
+        Ok(r) if r.status == 200 => serde_json::from_str(&r.body).unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+/// `live` live members and a leader in `ep`'s view of the cluster.
+async fn formed(ep: &Endpoint, token: &str, live: usize) -> bool {
+    let v = cluster(ep, token).await;
+    let n = v["members"]
         .as_array()
         .map_or(0, |m| m.iter().filter(|m| m["live"] == true).count());
-    r.status == 200 && live == 3 && v["log"]["leader"].is_string()
+    n == live && v["log"]["leader"].is_string()
 }
 
 /// Starts the demo in `dir` with kernel-chosen ports.
-fn spawn_demo(dir: &std::path::Path) -> Demo {
+fn spawn_demo(dir: &std::path::Path, stderr: Stdio) -> Demo {
     let child = Command::new(env!("CARGO_BIN_EXE_hubbub"))
         .args(["cluster-demo", "--base-port", "0", "--dir"])
         .arg(dir)
@@ -132,7 +128,7 @@ fn spawn_demo(dir: &std::path::Path) -> Demo {
         .env("RUST_LOG", "warn,hubbub::server=info")
         .env_remove("CAROOT")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     Demo {
@@ -146,7 +142,7 @@ fn a_node_failing_at_start_stops_the_demo_with_its_log() {
     let dir = tempfile::tempdir().unwrap();
     // node2's data directory cannot be made: a file is in its place.
     std::fs::write(dir.path().join("node2"), "in the way").unwrap();
-    let mut demo = spawn_demo(dir.path());
+    let mut demo = spawn_demo(dir.path(), Stdio::piped());
     let t0 = Instant::now();
     let status = loop {
         if let Some(s) = demo.child.try_wait().unwrap() {
@@ -169,32 +165,15 @@ fn a_node_failing_at_start_stops_the_demo_with_its_log() {
     assert!(log.contains("shutdown complete"), "node1:\n{log}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_demo_runs_three_nodes_and_stops_them_on_ctrl_c() {
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_hubbub"))
-        .args(["cluster-demo", "--base-port", "0", "--dir"])
-        .arg(dir.path())
-        // The nodes inherit it: their logs say when a shutdown completed.
-        .env("RUST_LOG", "warn,hubbub::server=info")
-        .env_remove("CAROOT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut demo = Demo {
-        child,
-        nodes: Vec::new(),
-    };
+/// Starts the demo and waits until its three nodes answer `/readyz` 200
+/// over TLS (trusting the demo's CA) and node 1 sees three live members and
+/// a leader; the endpoints of node 1, 2, 3 and the admin token.
+async fn start_formed(dir: &std::path::Path) -> (Demo, Vec<Endpoint>, String) {
+    let mut demo = spawn_demo(dir, Stdio::inherit());
     let lines = first_lines(&mut demo.child, 3);
     demo.nodes = children_of(demo.child.id());
-    assert_eq!(
-        demo.nodes.len(),
-        3,
-        "three node processes: {:?}",
-        demo.nodes
-    );
-    let ca = dir.path().join("certs/ca.pem");
+    assert_eq!(demo.nodes.len(), 3, "node processes: {:?}", demo.nodes);
+    let ca = dir.join("certs/ca.pem");
     let mut eps = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let (name, url) = line.split_once(' ').unwrap();
@@ -210,12 +189,19 @@ async fn cluster_demo_runs_three_nodes_and_stops_them_on_ctrl_c() {
         })
         .await;
     }
-    let token = std::fs::read_to_string(dir.path().join("admin-token")).unwrap();
+    let token = std::fs::read_to_string(dir.join("admin-token")).unwrap();
     let token = token.trim().to_owned();
     wait_until("three live members and a leader", READY, || {
-        formed(&eps[0], &token)
+        formed(&eps[0], &token, 3)
     })
     .await;
+    (demo, eps, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_demo_runs_three_nodes_and_stops_them_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut demo, _eps, _token) = start_formed(dir.path()).await;
     for f in ["admin-token", "cluster-secret"] {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(f))
@@ -230,6 +216,43 @@ async fn cluster_demo_runs_three_nodes_and_stops_them_on_ctrl_c() {
         let log = std::fs::read_to_string(dir.path().join(format!("node{i}.log"))).unwrap();
         assert!(log.contains("shutdown complete"), "node{i}:\n{log}");
     }
+}
+
+/// The README's walk-through: `kill -9` the leader; the demo keeps the two
+/// others running, they elect a new leader, and Ctrl-C still exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_of_the_leader_the_other_two_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut demo, eps, token) = start_formed(dir.path()).await;
+    let leader = cluster(&eps[0], &token).await["log"]["leader"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pid = *demo
+        .nodes
+        .iter()
+        .find(|p| {
+            let cmd = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            args.windows(2)
+                .any(|w| w[0] == b"--node-id" && w[1] == leader.as_bytes())
+        })
+        .unwrap();
+    // SAFETY: kill(2) has no memory effects.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let n: usize = leader.trim_start_matches("node").parse().unwrap();
+    let other = &eps[if n == 1 { 1 } else { 0 }];
+    wait_until("a new leader among the two left", READY, || async {
+        let v = cluster(other, &token).await;
+        v["log"]["leader"].as_str().is_some_and(|l| l != leader)
+    })
+    .await;
+    assert!(
+        demo.child.try_wait().unwrap().is_none(),
+        "the demo carries on"
+    );
+    demo.nodes.retain(|p| *p != pid);
+    stop_and_check(&mut demo);
 }
 
 /// SIGINT, as Ctrl-C: the demo exits 0 within `STOP` and no node is left.
