@@ -201,7 +201,16 @@ async fn start_formed(dir: &std::path::Path) -> (Demo, Vec<Endpoint>, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_demo_runs_three_nodes_and_stops_them_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut demo, _eps, _token) = start_formed(dir.path()).await;
+    let (mut demo, eps, _token) = start_formed(dir.path()).await;
+    let signup = |ep: Endpoint| async move {
+        let body = r#"{"username":"alice","password":"correct horse battery"}"#;
+        client::request(&ep, "POST", "/api/auth/signup", &[], Some(body))
+            .await
+            .unwrap()
+            .status
+    };
+    assert_eq!(signup(eps[0].clone()).await, 201);
+    let secret = std::fs::read(dir.path().join("cluster-secret")).unwrap();
     for f in ["admin-token", "cluster-secret"] {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(f))
@@ -216,6 +225,15 @@ async fn cluster_demo_runs_three_nodes_and_stops_them_on_ctrl_c() {
         let log = std::fs::read_to_string(dir.path().join(format!("node{i}.log"))).unwrap();
         assert!(log.contains("shutdown complete"), "node{i}:\n{log}");
     }
+    // A second run in the same directory: the same secret, and the cluster
+    // comes back with its data (alice's name is still taken).
+    let (mut demo, eps, _token) = start_formed(dir.path()).await;
+    assert_eq!(
+        std::fs::read(dir.path().join("cluster-secret")).unwrap(),
+        secret
+    );
+    assert_eq!(signup(eps[0].clone()).await, 409);
+    stop_and_check(&mut demo);
 }
 
 /// The README's walk-through: `kill -9` the leader; the demo keeps the two
