@@ -53,8 +53,9 @@ impl DemoArgs {
         if self.base_port == 0 {
             return Ok((0, 0));
         }
-        let http = self.base_port.checked_add(i - 1);
-        let cluster = self.base_port.checked_add(100 + i - 1);
+        let i = i.saturating_sub(1);
+        let http = self.base_port.checked_add(i);
+        let cluster = self.base_port.checked_add(100u16.saturating_add(i));
         match (http, cluster) {
             (Some(h), Some(c)) => Ok((h, c)),
             _ => anyhow::bail!(
