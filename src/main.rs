@@ -74,6 +74,9 @@ async fn serve() -> anyhow::Result<()> {
         println!("{answer}");
         return Ok(());
     }
+    if let Some(Command::ClusterDemo(args)) = cli.command {
+        return hubbub::demo::run(args).await;
+    }
     let running = hubbub::server::start(cli.into_config()).await?;
     running.announce();
     #[cfg(unix)]

@@ -19,6 +19,7 @@ mod chat;
 mod cluster;
 mod commands;
 mod contract_gaps;
+mod demo;
 mod errors;
 mod eviction;
 mod frames;
