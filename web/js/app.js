@@ -42,6 +42,8 @@ const nodes = new NodeList({
   fetchNodes: api.clusterNodes,
   origin: location.origin,
   onMove: (n) => api.setBase(n ? n.url : ''),
+  // The list comes after the welcome: the node's name is known only then.
+  onList: () => { if (S.conn && S.conn.state === 'online') showNode(); },
 });
 let welcomedAt = null; // the node of the last welcome: a different one is a move
 function count(name) {

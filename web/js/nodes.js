@@ -24,11 +24,13 @@ export class NodeList {
    * @param {string} o.origin  the page's origin (`scheme://host:port`)
    * @param {(node: {node: string, url: string}|null) => void} [o.onMove]
    *        the node in use changed (null: the page's origin)
+   * @param {() => void} [o.onList]  a list was fetched (or a 404 said there is none)
    */
-  constructor({ fetchNodes, origin, onMove = () => {} }) {
+  constructor({ fetchNodes, origin, onMove = () => {}, onList = () => {} }) {
     this.fetchNodes = fetchNodes;
     this.origin = trimUrl(origin);
     this.onMove = onMove;
+    this.onList = onList;
     this.nodes = [];
     this.current = null; // a {node, url} of `nodes`, or null: the page's origin
     this.inflight = null;
@@ -52,12 +54,13 @@ export class NodeList {
     const run = async () => {
       let list;
       try { list = await this.fetchNodes(); } catch { return false; }
-      if (list === null) { this.set([]); return true; }
+      if (list === null) { this.set([]); this.onList(); return true; }
       // An empty list (the node sees no serving node right now) says nothing
       // about where to go: the one we have is kept.
       if (!Array.isArray(list) || !list.length) return false;
       this.set(list.filter((n) => n && typeof n.node === 'string' && typeof n.url === 'string')
         .map((n) => ({ node: n.node, url: trimUrl(n.url) })));
+      this.onList();
       return true;
     };
     this.inflight = run().finally(() => { this.inflight = null; });
