@@ -157,3 +157,33 @@ test('a failed list fetch keeps the list; a 404 later returns to the page\'s ori
   assert.deepEqual(t.moves, ['n2', null]);
   t.conn.stop();
 });
+
+test('api: /api/cluster/nodes 404 is a single node; calls follow the node; a foreign 401 is not a sign-out', async (t) => {
+  const calls = [];
+  let status = 404;
+  const reply = (code, body) => ({
+    status: code, ok: code >= 200 && code < 300,
+    headers: { get: () => null },
+    json: async () => body,
+  });
+  const saved = { fetch: globalThis.fetch, location: globalThis.location };
+  globalThis.location = { origin: 'http://chat.test' };
+  globalThis.fetch = async (url, init) => {
+    calls.push([url, init.credentials]);
+    if (status === 200) return reply(200, { nodes: CLUSTER });
+    return reply(status, { error: { code: status === 404 ? 'not_found' : 'unauthorized' } });
+  };
+  t.after(() => Object.assign(globalThis, saved));
+  const api = await import('../../web/js/api.js');
+  assert.equal(await api.clusterNodes(), null, '404: not a cluster');
+  status = 200;
+  assert.deepEqual((await api.clusterNodes()).map((n) => n.node), ['n3', 'n1', 'n2']);
+  assert.deepEqual(calls[0], ['/api/cluster/nodes', 'same-origin']);
+  api.setBase('http://n2.test:8442/');
+  status = 401;
+  await assert.rejects(api.me(), (e) => e.status === 0, 'another host\'s 401: like an unreachable node');
+  assert.deepEqual(calls.at(-1), ['http://n2.test:8442/api/me', 'include']);
+  api.setBase('http://chat.test');
+  await assert.rejects(api.me(), (e) => e.status === 401, 'the page\'s own node: a real 401');
+  assert.deepEqual(calls.at(-1), ['/api/me', 'same-origin']);
+});
