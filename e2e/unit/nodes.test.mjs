@@ -181,9 +181,19 @@ test('api: /api/cluster/nodes 404 is a single node; calls follow the node; a for
   assert.deepEqual(calls[0], ['/api/cluster/nodes', 'same-origin']);
   api.setBase('http://n2.test:8442/');
   status = 401;
-  await assert.rejects(api.me(), (e) => e.status === 0, 'another host\'s 401: like an unreachable node');
+  await assert.rejects(api.me(), (e) => e.status === 401, '/api/me: a 401, which leads to a refresh');
   assert.deepEqual(calls.at(-1), ['http://n2.test:8442/api/me', 'include']);
+  // api.refresh's environment: no other tab's refresh to reuse, no Web Locks.
+  globalThis.localStorage = { getItem: () => null, setItem: () => {} };
+  const nav = Object.getOwnPropertyDescriptor(globalThis, 'navigator');
+  Object.defineProperty(globalThis, 'navigator', { value: {}, configurable: true, writable: true });
+  t.after(() => {
+    delete globalThis.localStorage;
+    if (nav) Object.defineProperty(globalThis, 'navigator', nav); else delete globalThis.navigator;
+  });
+  await assert.rejects(api.refresh(), (e) => e.status === 0, 'another host\'s refusal: like an unreachable node');
+  assert.deepEqual(calls.at(-1), ['http://n2.test:8442/api/auth/refresh', 'include']);
   api.setBase('http://chat.test');
-  await assert.rejects(api.me(), (e) => e.status === 401, 'the page\'s own node: a real 401');
-  assert.deepEqual(calls.at(-1), ['/api/me', 'same-origin']);
+  await assert.rejects(api.refresh(), (e) => e.status === 401, 'the page\'s own node: a real 401 (sign-out)');
+  assert.deepEqual(calls.at(-1), ['/api/auth/refresh', 'same-origin']);
 });

@@ -51,11 +51,12 @@ async function call(method, path, body) {
   if (res.status !== 204) {
     try { data = await res.json(); } catch { data = null; }
   }
-  if (res.status === 401 && base) {
-    // Another node's 401 may only mean that its host never got our cookies
-    // (cookies are per host; nodes on one machine share them). It is not a
-    // sign-out: reported like an unreachable server, so the socket moves on
-    // round the ring and only the page's own node can end the session.
+  if (res.status === 401 && base && path === '/api/auth/refresh') {
+    // A refresh refused by another node may only mean that its host never
+    // got our cookies (cookies are per host; nodes on one machine share
+    // them). It is not a sign-out: reported like an unreachable server, so
+    // the socket moves on round the ring and only the page's own node can
+    // end the session. (Its /api/me 401 stays a 401: it leads to a refresh.)
     throw new ApiError(0, 'network', 'Not signed in at this server.');
   }
   if (!res.ok) {
