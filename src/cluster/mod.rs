@@ -184,6 +184,11 @@ impl ClusterView {
         self.links.up_peers()
     }
 
+    /// Every origin a member advertised since start, sorted.
+    pub fn peer_origins(&self) -> Vec<String> {
+        self.members.borrow().origins.iter().cloned().collect()
+    }
+
     /// `(node, url)` of every live, ready node: where clients may connect.
     pub fn serving(&self) -> Vec<(String, String)> {
         self.members

@@ -22,6 +22,21 @@ use crate::tls::ServedNames;
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
+/// Cluster mode: `CSP` with the peers' origins (and their WebSocket forms)
+/// added to `connect-src`, so a page may move its socket to another node.
+fn cluster_csp(peers: &[String]) -> Option<HeaderValue> {
+    let mut connect = String::from("'self'");
+    for p in peers {
+        let ws = p
+            .strip_prefix("https://")
+            .map(|r| format!("wss://{r}"))
+            .or_else(|| p.strip_prefix("http://").map(|r| format!("ws://{r}")))?;
+        connect.push_str(&format!(" {p} {ws}"));
+    }
+    HeaderValue::from_str(&CSP.replace("connect-src 'self'", &format!("connect-src {connect}")))
+        .ok()
+}
+
 /// Origins allowed to open a WebSocket or call the API from a browser: the
 /// configured list (exact `scheme://host[:port]`), plus the server itself (an
 /// `Origin` whose host:port equals the request's `Host`).
@@ -253,10 +268,13 @@ impl Policy {
             HeaderValue::from_static("no-referrer"),
         );
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CSP),
-        );
+        let csp = self
+            .origins
+            .peers
+            .as_ref()
+            .and_then(|p| cluster_csp(&p.peer_origins()))
+            .unwrap_or(HeaderValue::from_static(CSP));
+        h.insert(header::CONTENT_SECURITY_POLICY, csp);
         if self.tls {
             h.insert(
                 header::STRICT_TRANSPORT_SECURITY,
@@ -363,6 +381,21 @@ pub fn wrap(policy: Arc<Policy>, inner: BoxedFilter<(Response,)>) -> BoxedFilter
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_csp_lets_sockets_reach_peers_only() {
+        let peers = [
+            "https://127.0.0.1:8442".to_owned(),
+            "http://10.0.0.2:80".to_owned(),
+        ];
+        let v = cluster_csp(&peers).unwrap();
+        let v = v.to_str().unwrap();
+        assert!(v.contains(
+            "connect-src 'self' https://127.0.0.1:8442 wss://127.0.0.1:8442 http://10.0.0.2:80 ws://10.0.0.2:80;"
+        ), "{v}");
+        assert!(v.contains("script-src 'self';"));
+        assert!(cluster_csp(&["ftp://x".to_owned()]).is_none());
+    }
 
     #[test]
     fn origin_matching_is_exact() {
