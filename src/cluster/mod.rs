@@ -261,12 +261,14 @@ impl Cluster {
             shared.clone(),
             deps.events,
             ready.clone(),
+            deps.metrics.clone(),
         );
         let stop = CancellationToken::new();
         let readiness = tokio::spawn(readiness(
             log.raft().clone(),
             gossip.publisher(),
             ready_tx,
+            deps.metrics.clone(),
             stop.clone(),
         ));
         let view = ClusterView {
@@ -321,15 +323,18 @@ async fn readiness(
     raft: openraft::Raft<raft::types::TypeConfig>,
     publisher: gossip::Publisher,
     ready: watch::Sender<bool>,
+    metrics: Arc<ClusterMetrics>,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(READINESS_EVERY);
     let mut lost_at: Option<Instant> = None;
+    let mut seen = raft::node::LogSeen::default();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        seen.update(&raft, &metrics);
         let ok = raft::node::caught_up(&raft);
         let serving = *ready.borrow();
         let now = match (ok, serving) {

@@ -1,9 +1,9 @@
 //! The cluster's metrics: registered only in cluster mode
 //! (`Metrics::register_cluster`), so a single node's `/metrics` is unchanged.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
-use super::{counter, counter_vec, gauge, gauge_vec};
+use super::{LATENCY, counter, counter_vec, gauge, gauge_vec, histogram};
 
 label_enum! {
     /// Why a gossip datagram was dropped, `hubbub_gossip_rejected_total{reason}`.
@@ -85,6 +85,14 @@ pub struct ClusterMetrics {
     link_dropped: IntCounterVec,
     pub link_bytes_sent: IntCounter,
     pub link_bytes_received: IntCounter,
+    pub log_term: IntGauge,
+    pub log_elections: IntCounter,
+    pub log_leader_changes: IntCounter,
+    pub log_is_leader: IntGauge,
+    pub log_last_applied: IntGauge,
+    pub log_replication_lag: IntGauge,
+    pub log_commit_seconds: Histogram,
+    pub log_failed_entries: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -160,6 +168,39 @@ impl ClusterMetrics {
                 r,
                 "hubbub_link_received_bytes_total",
                 "Bytes received over node links (frame headers included).",
+            ),
+            log_term: gauge(r, "hubbub_log_term", "The replicated log's current term."),
+            log_elections: counter(
+                r,
+                "hubbub_log_elections_total",
+                "Terms this node has seen begin (each is an election).",
+            ),
+            log_leader_changes: counter(
+                r,
+                "hubbub_log_leader_changes_total",
+                "Times the leader this node knows changed (to another node or to none).",
+            ),
+            log_is_leader: gauge(r, "hubbub_log_is_leader", "1 while this node leads the log."),
+            log_last_applied: gauge(
+                r,
+                "hubbub_log_last_applied",
+                "Index of the last log entry applied to this node's store.",
+            ),
+            log_replication_lag: gauge(
+                r,
+                "hubbub_log_replication_lag_entries",
+                "On the leader: entries the furthest-behind member lacks (0 elsewhere).",
+            ),
+            log_commit_seconds: histogram(
+                r,
+                "hubbub_log_commit_seconds",
+                "From proposing an entry to its commit (this node's proposals).",
+                LATENCY,
+            ),
+            log_failed_entries: counter(
+                r,
+                "hubbub_log_failed_entries_total",
+                "Entries this node proposed that were not committed in time (their senders got unavailable).",
             ),
         }
     }

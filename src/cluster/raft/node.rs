@@ -17,6 +17,7 @@ use super::state_machine::StateMachine;
 use super::types::{NodeId, NodeInfo, Post, Request, TypeConfig, Write, node_id};
 use crate::cluster::gossip::{self, NodeState, View};
 use crate::cluster::link::Links;
+use crate::metrics::ClusterMetrics;
 use crate::storage::{AccountProposal, DurableMsg, StorageCmd, StorageEvent, Store};
 
 /// Leader heartbeats; elections start after 300–600 ms without one. A
@@ -142,10 +143,12 @@ impl LogNode {
         shared: Arc<Shared>,
         events: mpsc::Sender<StorageEvent>,
         serving: watch::Receiver<bool>,
+        metrics: Arc<ClusterMetrics>,
     ) {
         let p = Proposer {
             raft: self.raft.clone(),
             serving,
+            metrics,
             me: node_id(&self.name),
             links,
             shared,
@@ -181,6 +184,48 @@ pub fn status(raft: &Raft<TypeConfig>) -> LogStatus {
                 .map(|(_, n)| n.name.clone())
                 .collect(),
         }
+    }
+}
+
+/// What the metrics last saw of the log, to count changes.
+#[derive(Default)]
+pub struct LogSeen {
+    term: u64,
+    leader: Option<NodeId>,
+}
+
+impl LogSeen {
+    /// Samples the log into the metrics; counts new terms and leader changes.
+    pub fn update(&mut self, raft: &Raft<TypeConfig>, metrics: &ClusterMetrics) {
+        let m = raft.metrics().borrow().clone();
+        if m.current_term > self.term {
+            if self.term > 0 {
+                metrics.log_elections.inc_by(m.current_term - self.term);
+            }
+            self.term = m.current_term;
+        }
+        if m.current_leader != self.leader {
+            if self.leader.is_some() {
+                metrics.log_leader_changes.inc();
+            }
+            self.leader = m.current_leader;
+        }
+        let leads = m.state == ServerState::Leader;
+        metrics.log_term.set(m.current_term as i64);
+        metrics.log_is_leader.set(i64::from(leads));
+        metrics
+            .log_last_applied
+            .set(m.last_applied.map_or(0, |l| l.index) as i64);
+        let last = m.last_log_index.unwrap_or(0);
+        let lag = match (&m.replication, leads) {
+            (Some(r), true) => r
+                .values()
+                .map(|matched| last.saturating_sub(matched.map_or(0, |l| l.index)))
+                .max()
+                .unwrap_or(0),
+            _ => 0,
+        };
+        metrics.log_replication_lag.set(lag as i64);
     }
 }
 
@@ -361,6 +406,7 @@ struct Proposer {
     /// False while this node is not part of a serving majority: writes
     /// are refused at once (`unavailable`) instead of waiting for a leader.
     serving: watch::Receiver<bool>,
+    metrics: Arc<ClusterMetrics>,
     me: NodeId,
     links: Links,
     shared: Arc<Shared>,
@@ -396,7 +442,15 @@ impl Proposer {
                 ts_ms: 0,
                 writes: std::mem::take(&mut batch.writes),
             };
-            if let Err(e) = self.propose(req).await {
+            let started = Instant::now();
+            let result = self.propose(req).await;
+            if result.is_ok() {
+                self.metrics
+                    .log_commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            if let Err(e) = result {
+                self.metrics.log_failed_entries.inc();
                 tracing::warn!(error = %e, messages = batch.posts.len(), "an entry was not committed in time");
                 // Their callers get `unavailable` (the senders dropped).
                 for op in &batch.ops {
