@@ -1,0 +1,1 @@
+//! Test 6: a partition in network namespaces.
