@@ -221,8 +221,21 @@ async fn a_frozen_leader_delivers_nothing_uncommitted_and_steps_down() {
     signal(&run.nodes[leader], libc::SIGSTOP);
     let stopped = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let cont = Instant::now();
     signal(&run.nodes[leader], libc::SIGCONT);
     let resumed = stopped.elapsed();
+    // The others elect a leader about 1 s into the freeze and their writes
+    // go there: saved while the old leader is still frozen.
+    let during = run
+        .load
+        .saves
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| **t > stopped && **t < cont)
+        .count();
+    println!("frozen leader: {during} messages saved during the {resumed:?} freeze");
+    assert!(during > 0, "no write saved while the old leader was frozen");
     let n = &run.nodes[leader];
     let t = wait_for("the old leader steps down", FORM_BOUND, || async {
         let log = log_of(n).await;
@@ -233,6 +246,8 @@ async fn a_frozen_leader_delivers_nothing_uncommitted_and_steps_down() {
     let log = log_of(n).await;
     assert_ne!(log["leader"], n.name.as_str(), "{log}");
     load::saves_after(&run.load, Instant::now(), CLIENTS, FORM_BOUND).await;
+    let pause = load::longest_pause(&run.load, stopped);
+    println!("frozen leader: longest write pause {pause:?} from the SIGSTOP");
     // `check` holds every id any client saw (those on the frozen node
     // included) against the majority's history: nothing uncommitted shown.
     let reports = run.finish_and_check().await;
@@ -241,4 +256,12 @@ async fn a_frozen_leader_delivers_nothing_uncommitted_and_steps_down() {
         .map(|r| r.seen_on.iter().filter(|(i, _)| *i == leader).count())
         .sum();
     println!("clients saw {on_it} messages on the frozen leader, all in every history");
+    // A new leader was elected about 1 s into the freeze: the writes taken by
+    // the other nodes go there, not `unavailable` after waiting out the
+    // frozen one (the write deadline, 5 s, is longer than the election).
+    let refused: Vec<_> = reports
+        .iter()
+        .flat_map(|r| r.errors.iter().filter(|(i, _)| *i != leader))
+        .collect();
+    assert!(refused.is_empty(), "errors on the live nodes: {refused:?}");
 }

@@ -60,8 +60,8 @@ pub struct Report {
     pub dups: Vec<String>,
     /// `(node index, id)` of every chat frame seen, for tests that ask where.
     pub seen_on: Vec<(usize, String)>,
-    /// Errors by code, and close codes.
-    pub errors: BTreeMap<String, usize>,
+    /// `(node index, code)` of every error frame, and the close codes.
+    pub errors: Vec<(usize, String)>,
     pub closes: Vec<Option<u16>>,
     pub reconnects: usize,
 }
@@ -180,7 +180,7 @@ async fn run(load: Arc<Load>, accts: Vec<Account>, node: usize, name: String) ->
                     }
                 } else if ty == "error" {
                     let code = f["code"].as_str().unwrap_or("?").to_owned();
-                    *c.rep.errors.entry(code).or_default() += 1;
+                    c.rep.errors.push((c.node, code));
                     if let Some(p) = &pending
                         && f["id"] == p.0.as_str()
                     {
