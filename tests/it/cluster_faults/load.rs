@@ -43,7 +43,8 @@ impl Addrs {
 /// the flag that ends the sending, and which nodes a client may use.
 pub struct Load {
     pub addrs: Addrs,
-    pub saves: Mutex<Vec<Instant>>,
+    /// When each `saved` came, and from which node.
+    pub saves: Mutex<Vec<(Instant, usize)>>,
     pub stop: AtomicBool,
     /// Nodes a client must not (re)connect to (e.g. one cut off): by index.
     pub avoid: Mutex<BTreeSet<usize>>,
@@ -62,7 +63,7 @@ pub struct Report {
     pub seen_on: Vec<(usize, String)>,
     /// `(node index, code)` of every error frame, and the close codes.
     pub errors: Vec<(usize, String)>,
-    pub closes: Vec<Option<u16>>,
+    pub closes: Vec<(usize, Option<u16>)>,
     pub reconnects: usize,
 }
 
@@ -102,7 +103,7 @@ pub async fn finish(load: &Load, tasks: Vec<tokio::task::JoinHandle<Report>>) ->
 
 /// The longest time between two `saved` receipts (of any client) after `from`.
 pub fn longest_pause(load: &Load, from: Instant) -> Duration {
-    let mut t: Vec<Instant> = load.saves.lock().unwrap().clone();
+    let mut t: Vec<Instant> = load.saves.lock().unwrap().iter().map(|s| s.0).collect();
     t.retain(|x| *x >= from);
     t.sort();
     let mut longest = t.first().map(|f| *f - from).unwrap_or_default();
@@ -112,10 +113,25 @@ pub fn longest_pause(load: &Load, from: Instant) -> Duration {
     longest
 }
 
+/// How many `saved` came between `from` and `to` from nodes for which `on` holds.
+pub fn saves_between(load: &Load, from: Instant, to: Instant, on: impl Fn(usize) -> bool) -> usize {
+    let saves = load.saves.lock().unwrap();
+    saves
+        .iter()
+        .filter(|(t, n)| *t > from && *t < to && on(*n))
+        .count()
+}
+
 /// Waits until `n` more `saved` receipts arrived (any client) after `from`.
 pub async fn saves_after(load: &Load, from: Instant, n: usize, limit: Duration) -> Duration {
     wait_for("writes resume", limit, || async {
-        load.saves.lock().unwrap().iter().filter(|t| **t >= from).count() >= n
+        load.saves
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| t.0 >= from)
+            .count()
+            >= n
     })
     .await
 }
@@ -173,9 +189,12 @@ async fn run(load: Arc<Load>, accts: Vec<Account>, node: usize, name: String) ->
                 if ty == "chat" {
                     c.saw(&f);
                 } else if ty == "receipt" && f["status"] == "saved" {
-                    if pending.as_ref().is_some_and(|(id, _)| f["id"] == id.as_str()) {
+                    if pending
+                        .as_ref()
+                        .is_some_and(|(id, _)| f["id"] == id.as_str())
+                    {
                         let (id, _) = pending.take().unwrap();
-                        c.load.saves.lock().unwrap().push(Instant::now());
+                        c.load.saves.lock().unwrap().push((Instant::now(), c.node));
                         c.rep.saved.insert(id);
                     }
                 } else if ty == "error" {
@@ -193,7 +212,7 @@ async fn run(load: Arc<Load>, accts: Vec<Account>, node: usize, name: String) ->
             }
             Some(Incoming::Closed(code)) => {
                 if c.ws.is_some() {
-                    c.rep.closes.push(code);
+                    c.rep.closes.push((c.node, code));
                 }
                 c.ws = None;
                 if c.connect().await
@@ -265,7 +284,11 @@ impl Client {
                 let prev = self.node;
                 self.node = i;
                 if since.is_some() {
-                    assert_eq!(h["more"], false, "{}: resumed history fits one page", self.rep.name);
+                    assert_eq!(
+                        h["more"], false,
+                        "{}: resumed history fits one page",
+                        self.rep.name
+                    );
                 }
                 for m in h["messages"].as_array().into_iter().flatten() {
                     self.saw(m);
@@ -298,9 +321,15 @@ pub async fn history(addr: SocketAddr, acct: &Account) -> Vec<(String, String)> 
             None => format!("/api/rooms/{ROOM}/messages?limit=100"),
             Some(b) => format!("/api/rooms/{ROOM}/messages?limit=100&before={b}"),
         };
-        let r = client::request(addr, "GET", &path, &[("cookie", &acct.cookie_header())], None)
-            .await
-            .unwrap();
+        let r = client::request(
+            addr,
+            "GET",
+            &path,
+            &[("cookie", &acct.cookie_header())],
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
         let v = r.json();
         let page: Vec<(String, String)> = v["messages"]
@@ -336,10 +365,18 @@ pub fn check(reports: &[Report], hist: &[(String, String)], on: &str) {
     for r in reports {
         assert!(r.dups.is_empty(), "{}: saw ids twice: {:?}", r.name, r.dups);
         for id in &r.saved {
-            assert!(count.contains_key(id.as_str()), "{on}: {}'s saved {id} is missing", r.name);
+            assert!(
+                count.contains_key(id.as_str()),
+                "{on}: {}'s saved {id} is missing",
+                r.name
+            );
         }
         for id in r.seen.keys() {
-            assert!(count.contains_key(id.as_str()), "{on}: {} saw {id}, not in history", r.name);
+            assert!(
+                count.contains_key(id.as_str()),
+                "{on}: {} saw {id}, not in history",
+                r.name
+            );
         }
         let (Some(lo), Some(hi)) = (r.seen.values().min(), r.seen.values().max()) else {
             continue;
