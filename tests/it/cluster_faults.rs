@@ -166,8 +166,11 @@ impl Run {
         }
         let saved: usize = reports.iter().map(|r| r.saved.len()).sum();
         let reconnects: usize = reports.iter().map(|r| r.reconnects).sum();
+        let unresumed: usize = reports.iter().map(|r| r.unresumed).sum();
+        let repeats: usize = reports.iter().map(|r| r.repeats.len()).sum();
         println!(
-            "{} messages in history, {saved} saved by {} clients, {reconnects} reconnects",
+            "{} messages in history, {saved} saved by {} clients, {reconnects} reconnects, \
+             {unresumed} resumes not honoured ({repeats} messages seen again)",
             first.map(|f| f.len()).unwrap_or(0),
             reports.len()
         );

@@ -57,8 +57,15 @@ pub struct Report {
     pub saved: BTreeSet<String>,
     /// Every chat frame seen (history and live): id → cursor.
     pub seen: BTreeMap<String, String>,
-    /// Ids seen more than once (over all of this client's connections).
+    /// Ids seen more than once (over all of this client's connections) on
+    /// connections whose `since` was honoured.
     pub dups: Vec<String>,
+    /// Joins with `since` that came back `resumed: false` (the node did not
+    /// know the cursor), and the ids seen again on those connections (the
+    /// protocol's answer to an unknown cursor is the latest page, which the
+    /// client pages back from and dedupes by id).
+    pub unresumed: usize,
+    pub repeats: Vec<String>,
     /// `(node index, id)` of every chat frame seen, for tests that ask where.
     pub seen_on: Vec<(usize, String)>,
     /// `(node index, code)` of every error frame, and the close codes.
@@ -142,6 +149,10 @@ struct Client {
     node: usize,
     ws: Option<WsClient>,
     last_cursor: Option<String>,
+    /// This connection's `since` was not honoured: older pages are fetched
+    /// down to this cursor, and ids seen again are repeats, not duplicates.
+    unresumed: bool,
+    fill_to: Option<String>,
     rep: Report,
 }
 
@@ -152,6 +163,8 @@ async fn run(load: Arc<Load>, accts: Vec<Account>, node: usize, name: String) ->
         node,
         ws: None,
         last_cursor: None,
+        unresumed: false,
+        fill_to: None,
         rep: Report {
             name,
             ..Report::default()
@@ -188,6 +201,8 @@ async fn run(load: Arc<Load>, accts: Vec<Account>, node: usize, name: String) ->
                 let ty = f["type"].as_str().unwrap_or("");
                 if ty == "chat" {
                     c.saw(&f);
+                } else if ty == "history" {
+                    c.filled(&f).await;
                 } else if ty == "receipt" && f["status"] == "saved" {
                     if pending
                         .as_ref()
@@ -244,7 +259,33 @@ impl Client {
         }
         self.rep.seen_on.push((self.node, id.clone()));
         if self.rep.seen.insert(id.clone(), cursor).is_some() {
-            self.rep.dups.push(id);
+            if self.unresumed {
+                self.rep.repeats.push(id);
+            } else {
+                self.rep.dups.push(id);
+            }
+        }
+    }
+
+    /// Takes a `history` page; after a join whose `since` was not honoured,
+    /// asks for the page before it until the cursor it had is reached.
+    async fn filled(&mut self, h: &Value) {
+        let msgs = h["messages"].as_array().cloned().unwrap_or_default();
+        for m in &msgs {
+            self.saw(m);
+        }
+        let oldest = msgs
+            .first()
+            .and_then(|m| m["cursor"].as_str())
+            .map(str::to_owned);
+        match (&self.fill_to, oldest) {
+            (Some(to), Some(oldest)) if h["more"] == true && oldest.as_str() > to.as_str() => {
+                let ask = json!({"type": "history", "before": oldest, "limit": 100, "req": "fill"});
+                if let Some(ws) = self.ws.as_mut() {
+                    let _ = ws.send_json(&ask).await;
+                }
+            }
+            _ => self.fill_to = None,
         }
     }
 
@@ -275,28 +316,31 @@ impl Client {
                 else {
                     continue;
                 };
-                if ws.expect("welcome", T).await.is_err() {
+                let Ok(w) = ws.expect("welcome", T).await else {
                     continue;
-                }
+                };
                 let Ok(h) = ws.expect("history", T).await else {
                     continue;
                 };
                 let prev = self.node;
                 self.node = i;
-                if since.is_some() {
+                self.unresumed = since.is_some() && w["resumed"] != true;
+                self.fill_to = None;
+                if self.unresumed {
+                    self.rep.unresumed += 1;
+                    self.fill_to = since.clone();
+                } else if since.is_some() {
                     assert_eq!(
                         h["more"], false,
                         "{}: resumed history fits one page",
                         self.rep.name
                     );
                 }
-                for m in h["messages"].as_array().into_iter().flatten() {
-                    self.saw(m);
-                }
+                self.ws = Some(ws);
+                self.filled(&h).await;
                 if self.rep.closes.len() > self.rep.reconnects || prev != i {
                     self.rep.reconnects += 1;
                 }
-                self.ws = Some(ws);
                 return true;
             }
             assert!(
