@@ -215,6 +215,30 @@ async fn killed_leader_then_follower_lose_no_saved_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_loses_nothing() {
+    rolling_restart().await;
+}
+
+/// The strict form of test 8: no client is ever answered `resumed: false`,
+/// so none sees a message twice even before deduplicating by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a follower that has not yet applied a client's `since` cursor (it \
+            lags the leader's commit index) answers `resumed: false` and the latest page; \
+            the client then sees up to 50 + the lag messages again (NOTES-faults.md)"]
+async fn rolling_restart_honours_every_resume() {
+    let reports = rolling_restart().await;
+    let unresumed: Vec<_> = reports
+        .iter()
+        .filter(|r| r.unresumed > 0)
+        .map(|r| (&r.name, r.unresumed, r.repeats.len()))
+        .collect();
+    assert!(
+        unresumed.is_empty(),
+        "(client, unhonoured resumes, repeats): {unresumed:?}"
+    );
+}
+
+/// SIGTERM and restart each node in turn under load; checks and returns the reports.
+async fn rolling_restart() -> Vec<Report> {
     let mut run = start_run().await;
     let t0 = Instant::now();
     for i in 0..run.nodes.len() {
@@ -236,6 +260,7 @@ async fn rolling_restart_loses_nothing() {
         reports.iter().any(|r| r.reconnects > 0),
         "some client moved"
     );
+    reports
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
