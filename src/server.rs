@@ -209,6 +209,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let storage_health = storage.health().clone();
     let (hub, hub_task) = HubHandle::spawn(hub_cfg, head, storage.clone(), events_rx);
     let hub_for_stop = hub.clone();
+    if let Some(view) = &cluster_view {
+        tokio::spawn(close_when_not_serving(view.readiness(), hub.clone()));
+    }
 
     let sessions_stop = CancellationToken::new();
     let sessions = SessionCtx {
@@ -367,6 +370,23 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         stop,
         task,
     })
+}
+
+/// Cluster mode: when this node stops serving (no majority for a few
+/// seconds), its sessions are closed with 1001 so that their clients
+/// reconnect to a node that serves, and resume with `since`. Ends with the hub.
+async fn close_when_not_serving(mut ready: tokio::sync::watch::Receiver<bool>, hub: HubHandle) {
+    let mut was = *ready.borrow();
+    while ready.changed().await.is_ok() {
+        let now = *ready.borrow();
+        if was && !now {
+            tracing::warn!("no cluster majority: closing every session (1001)");
+            if hub.close_all().await.is_err() {
+                return;
+            }
+        }
+        was = now;
+    }
 }
 
 /// Cluster mode (`--cluster-listen`): the cluster's configuration. `None`

@@ -40,6 +40,10 @@ const DEAD_GRACE: Duration = Duration::from_secs(20);
 /// At shutdown, `draining` is gossiped this long before anything closes, so
 /// peers (and, through them, clients) hear it from this node itself.
 const DRAIN_NOTICE: Duration = Duration::from_millis(500);
+/// A serving node without a majority for this long stops serving: sends
+/// are refused, `/readyz` is 503, sessions are closed with 1001 (clients
+/// reconnect to another node) and upgrades are refused.
+const MINORITY_AFTER: Duration = Duration::from_secs(3);
 /// How often readiness is re-evaluated.
 const READINESS_EVERY: Duration = Duration::from_millis(100);
 /// Attempts at finding a port free for both UDP and TCP when the port is 0.
@@ -96,9 +100,15 @@ pub struct MemberInfo {
 }
 
 impl ClusterView {
-    /// True once the cluster has formed with this node in it.
+    /// True while this node serves: the log has a leader with a majority,
+    /// and this node has applied what it holds.
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
+    }
+
+    /// Changes of [`ClusterView::is_ready`].
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
     }
 
     /// Every member this node knows, the dead ones included.
@@ -206,9 +216,15 @@ impl Cluster {
         )
         .await
         .context("starting the replicated log")?;
-        log.spawn_membership(gossip.view(), links.clone(), cfg.bootstrap_expect);
-        log.spawn_proposer(deps.proposals, links.clone(), shared, deps.events);
         let (ready_tx, ready) = watch::channel(false);
+        log.spawn_membership(gossip.view(), links.clone(), cfg.bootstrap_expect);
+        log.spawn_proposer(
+            deps.proposals,
+            links.clone(),
+            shared,
+            deps.events,
+            ready.clone(),
+        );
         let stop = CancellationToken::new();
         let readiness = tokio::spawn(readiness(
             log.raft().clone(),
@@ -259,8 +275,10 @@ impl Cluster {
     }
 }
 
-/// Ready = the log has a leader and this node has applied what it holds.
-/// Gossiped as `ready` / `joining`, so peers and clients know.
+/// Ready ("serving") = part of a working majority and caught up. Becomes
+/// true at once; false only after [`MINORITY_AFTER`] without a majority, so
+/// an election (about a second) does not close anyone's socket. Gossiped as
+/// `ready` / `joining`, so peers and clients know.
 async fn readiness(
     raft: openraft::Raft<raft::types::TypeConfig>,
     publisher: gossip::Publisher,
@@ -268,13 +286,26 @@ async fn readiness(
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(READINESS_EVERY);
+    let mut lost_at: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = raft::node::caught_up(&raft);
-        if now != *ready.borrow() {
+        let ok = raft::node::caught_up(&raft);
+        let serving = *ready.borrow();
+        let now = match (ok, serving) {
+            (true, _) => {
+                lost_at = None;
+                true
+            }
+            (false, false) => false,
+            (false, true) => {
+                let since = *lost_at.get_or_insert_with(Instant::now);
+                since.elapsed() < MINORITY_AFTER
+            }
+        };
+        if now != serving {
             let state = if now {
                 NodeState::Ready
             } else {

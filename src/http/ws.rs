@@ -58,6 +58,15 @@ fn decide(
             );
         }
     }
+    if state.cluster.as_ref().is_some_and(|c| !c.is_ready()) {
+        return (
+            Upgrade::NotServing,
+            reply::error(
+                ErrorCode::Unavailable,
+                "this node is not serving (no cluster majority yet): try another node",
+            ),
+        );
+    }
     // Cheap refusals first: a flood from one address costs a map lookup each.
     if let Err(wait) = state.limits.upgrades.check(&ip) {
         return (Upgrade::Rate, too_many(wait));

@@ -144,6 +144,13 @@ impl HubHandle {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
+    /// Closes every session with 1001 (cluster mode: this node lost its
+    /// majority, and its clients should reconnect to another node).
+    pub async fn close_all(&self) -> Result<(), InternalError> {
+        self.send(HubCmd::Event(Event::Shutdown(CloseCode::GoingAway)))
+            .await
+    }
+
     pub async fn ping(&self) -> Result<(), InternalError> {
         let (reply, rx) = oneshot::channel();
         self.send(HubCmd::Ping { reply }).await?;

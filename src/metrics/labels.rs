@@ -95,6 +95,9 @@ label_enum! {
         BadRequest => "bad_request",
         /// Refused: a connection cap is reached.
         Capacity => "capacity",
+        /// Refused: cluster mode, and this node is not serving (no majority
+        /// with a leader, or not caught up).
+        NotServing => "not_serving",
     }
 }
 
@@ -243,7 +246,9 @@ mod tests {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ARCHITECTURE.md"),
         )
         .unwrap();
-        let text = super::super::Metrics::new().render();
+        let metrics = super::super::Metrics::new();
+        let _cluster = metrics.register_cluster();
+        let text = metrics.render();
         let mut checked = 0;
         for row in doc.lines().filter(|l| l.starts_with("| `hubbub_")) {
             let cells: Vec<&str> = row.split('|').map(str::trim).collect();

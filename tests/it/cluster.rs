@@ -339,3 +339,61 @@ async fn users_on_three_nodes_chat_in_one_order_and_read_one_history() {
     assert_eq!(pages[1], pages[0]);
     assert_eq!(pages[2], pages[0]);
 }
+
+#[tokio::test]
+async fn a_node_without_a_majority_stops_serving_and_comes_back() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = spawn_cluster(root.path(), 3, &[]);
+    {
+        let refs: Vec<&Node> = nodes.iter().collect();
+        wait_for("formed", FORM_BOUND, || {
+            all_ready(&refs, &["n1", "n2", "n3"])
+        })
+        .await;
+        wait_for("one leader", FORM_BOUND, || async {
+            one_leader(&refs).await.is_some()
+        })
+        .await;
+    }
+    let n3 = nodes[2].addr();
+    let acct = user_at(n3, &name("alone")).await;
+    let mut ws = join_at(n3, &acct, "lobby").await;
+    say_saved(&mut ws, "before").await;
+    nodes[0].kill();
+    nodes[1].kill();
+    let lost = Instant::now();
+    // Its socket is closed with 1001 (clients go elsewhere); /readyz turns 503.
+    let closed = loop {
+        match ws.recv(FORM_BOUND).await {
+            Some(Incoming::Closed(code)) => break code,
+            Some(Incoming::Frame(_)) => continue,
+            None => panic!("the socket of a node without a majority stayed open"),
+        }
+    };
+    println!(
+        "minority: sessions closed {:?} after losing the majority",
+        lost.elapsed()
+    );
+    assert_eq!(closed, Some(1001));
+    assert_eq!(raw_get(n3, "/readyz").await.0, 503);
+    let cookie = acct.cookie_header();
+    let again = client::connect(n3, "room=lobby", &[("cookie", cookie.as_str())]).await;
+    assert_eq!(
+        upgrade_status(again),
+        503,
+        "no new sessions without a majority"
+    );
+    // The majority returns: n3 serves again, and what it saved before is there.
+    let seed = [nodes[2].cluster];
+    let d1 = nodes[0].dir.clone();
+    let d2 = nodes[1].dir.clone();
+    let back1 = spawn_node("n1", &d1, &seed, &[]);
+    let back2 = spawn_node("n2", &d2, &seed, &[]);
+    let refs = [&back1, &back2, &nodes[2]];
+    wait_for("serving again", FORM_BOUND, || {
+        all_ready(&refs, &["n1", "n2", "n3"])
+    })
+    .await;
+    let mut ws = join_at(n3, &acct, "lobby").await;
+    say_saved(&mut ws, "after").await;
+}

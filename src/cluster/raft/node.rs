@@ -134,9 +134,11 @@ impl LogNode {
         links: Links,
         shared: Arc<Shared>,
         events: mpsc::Sender<StorageEvent>,
+        serving: watch::Receiver<bool>,
     ) {
         let p = Proposer {
             raft: self.raft.clone(),
+            serving,
             me: node_id(&self.name),
             links,
             shared,
@@ -174,12 +176,20 @@ pub fn status(raft: &Raft<TypeConfig>) -> LogStatus {
     }
 }
 
-/// True while this node knows a leader and has applied what it holds.
+/// A leader that has not heard from a majority for this long is cut off.
+const QUORUM_ACK_MS: u64 = 1500;
+
+/// True while this node is part of a working majority (it knows a leader,
+/// or leads and a majority answered lately) and has applied what it holds.
 pub fn caught_up(raft: &Raft<TypeConfig>) -> bool {
     let m = raft.metrics().borrow().clone();
-    m.current_leader.is_some()
-        && m.last_applied.map(|l| l.index) >= m.last_log_index
-        && m.running_state.is_ok()
+    let quorum = match m.state {
+        ServerState::Leader => m
+            .millis_since_quorum_ack
+            .is_some_and(|ms| ms < QUORUM_ACK_MS),
+        _ => m.current_leader.is_some(),
+    };
+    quorum && m.last_applied.map(|l| l.index) >= m.last_log_index && m.running_state.is_ok()
 }
 
 impl LogNode {
@@ -304,6 +314,9 @@ impl Membership {
 
 struct Proposer {
     raft: Raft<TypeConfig>,
+    /// False while this node is not part of a serving majority: writes
+    /// are refused at once (`unavailable`) instead of waiting for a leader.
+    serving: watch::Receiver<bool>,
     me: NodeId,
     links: Links,
     shared: Arc<Shared>,
@@ -348,6 +361,11 @@ impl Proposer {
         let deadline = Instant::now() + WRITE_DEADLINE;
         let mut last = ForwardError::Failed("no leader".into());
         while Instant::now() < deadline {
+            if !*self.serving.borrow() {
+                return Err(ForwardError::Failed(
+                    "not part of a serving majority".into(),
+                ));
+            }
             let leader = self.raft.metrics().borrow().current_leader;
             let result = match leader {
                 Some(l) if l == self.me => self.shared.write_local(req.clone()).await,
