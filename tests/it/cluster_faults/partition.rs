@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{FORM_BOUND, applied, caught_up, leader_index, load, log_of, start_run_on};
 use crate::support::netns::Netns;
-use crate::support::wait_for;
+use crate::support::{raw_get, wait_for};
 
 const CUT: Duration = Duration::from_secs(10);
 /// A `saved` for an entry committed just before the cut may still arrive.
@@ -38,7 +38,14 @@ async fn a_cut_off_leader_saves_nothing_and_catches_up_when_healed() {
 
     ns.cut(cut, true);
     let t_cut = Instant::now();
-    tokio::time::sleep(CUT).await;
+    // The minority rule: cut off for a few seconds, it stops serving.
+    let addr = run.nodes[cut].addr();
+    let t = wait_for("the cut-off node stops serving", CUT, || async {
+        raw_get(addr, "/readyz").await.0 == 503
+    })
+    .await;
+    println!("partition: /readyz 503 on the cut-off node {t:?} after the cut");
+    tokio::time::sleep(CUT.saturating_sub(t_cut.elapsed())).await;
     let t_heal = Instant::now();
     ns.cut(cut, false);
 
