@@ -87,7 +87,7 @@ fn signal(n: &Node, sig: libc::c_int) {
 }
 
 /// SIGTERM, then waits (bounded) for the process to exit.
-fn terminate(n: &mut Node) {
+async fn terminate(n: &mut Node) {
     signal(n, libc::SIGTERM);
     let t0 = Instant::now();
     while n.proc.child.try_wait().unwrap().is_none() {
@@ -96,7 +96,7 @@ fn terminate(n: &mut Node) {
             "{} ignored SIGTERM",
             n.name
         );
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -244,7 +244,7 @@ async fn rolling_restart() -> Vec<Report> {
     for i in 0..run.nodes.len() {
         let other = (i + 1) % run.nodes.len();
         run.load.addrs.set(i, None);
-        terminate(&mut run.nodes[i]);
+        terminate(&mut run.nodes[i]).await;
         restart(&mut run.nodes, i, other, &run.load.addrs);
         formed(&run.nodes).await;
         caught_up(&run.nodes, i, other).await;
