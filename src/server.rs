@@ -32,12 +32,15 @@ use crate::http::{self, AppState, Edge, Hosts, Origins};
 use crate::hub::{HubConfig, HubHandle};
 use crate::metrics::Metrics;
 use crate::session::{SessionConfig, SessionCtx};
-use crate::storage::{StorageHandle, StorageHealth, StorageWriterConfig, Store};
+use crate::storage::{AccountLog, StorageHandle, StorageHealth, StorageWriterConfig, Store};
 use crate::tls::{Tls, local_names};
 
 /// Storage → hub events (durable ids, receipts). Full → the writer waits: the
 /// hub drains it first in every turn, and never waits on storage itself.
 const STORAGE_EVENTS_QUEUE: usize = 1024;
+/// Cluster mode: account changes waiting for the log (sign-ups, log-ins,
+/// refreshes, logouts). Full → `unavailable`; clients retry.
+const ACCOUNT_QUEUE: usize = 256;
 /// Keyed rate limiters forget recovered keys this often.
 const LIMITER_PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// After storage failed, sessions get this long to send the senders' errors.
@@ -116,15 +119,26 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let addr = listener.local_addr().context("local address")?;
     files::create_private_dir(&cfg.data_dir)?;
     let store = open_store(&cfg).await?;
-    let secret = match &cfg.jwt_secret {
-        Some(s) => s.as_bytes().to_vec(),
-        None => tokens::load_or_create_secret(&cfg.data_dir.join("jwt_secret"))?,
+    // Cluster mode: one JWT secret per cluster, derived from the cluster
+    // secret, and account changes through the replicated log.
+    let cluster_secret = cfg.cluster_secret()?;
+    let secret = match (&cluster_secret, &cfg.jwt_secret) {
+        (Some(c), _) => crate::cluster::keys::jwt_secret(c)?.to_vec(),
+        (None, Some(s)) => s.as_bytes().to_vec(),
+        (None, None) => tokens::load_or_create_secret(&cfg.data_dir.join("jwt_secret"))?,
+    };
+    let (account_log, account_rx) = match &cluster_secret {
+        Some(_) => {
+            let (tx, rx) = mpsc::channel(ACCOUNT_QUEUE);
+            (Some(AccountLog(tx)), Some(rx))
+        }
+        None => (None, None),
     };
     let auth_cfg = AuthConfig {
         access_ttl: Duration::from_secs(cfg.access_ttl_secs),
         refresh_ttl: Duration::from_secs(cfg.refresh_ttl_secs),
     };
-    let auth = Auth::new(store.clone(), &secret, auth_cfg)?;
+    let auth = Auth::with_log(store.clone(), &secret, auth_cfg, account_log)?;
     let tls = if cfg.tls_on() {
         let tls = match (&cfg.tls_cert, &cfg.tls_key) {
             (Some(c), Some(k)) => Tls::files(c.clone(), k.clone())?,
@@ -188,10 +202,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         None => (storage, None),
         Some(ccfg) => {
             let (replicated, proposals) = storage.replicated(cfg.storage_queue);
+            let accounts = account_rx.context("cluster mode without an account queue")?;
             let deps = ClusterDeps {
                 store: store.clone(),
                 events: events_tx_cluster.clone(),
                 proposals,
+                accounts,
                 metrics: metrics.register_cluster(),
             };
             (replicated, Some(Cluster::start(ccfg, deps).await?))

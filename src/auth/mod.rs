@@ -16,7 +16,10 @@ pub use tokens::{Identity, Jwt};
 
 use crate::error::InternalError;
 use crate::protocol::{Username, time::now_ms};
-use crate::storage::{PurgeStats, RefreshRecord, SpendOutcome, Store, UserRecord};
+use crate::storage::{
+    AccountLog, AccountOp, AccountOutcome, AccountProposal, PurgeStats, RefreshRecord, Spent,
+    Store, UserRecord,
+};
 
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
@@ -39,9 +42,16 @@ pub enum AuthError {
     /// sockets opened with it must close.
     #[error("refresh token reused")]
     Reused { username: Username, family: Uuid },
+    /// Cluster mode: the change could not be committed (no majority, or too
+    /// busy); the client retries, maybe at another node.
+    #[error("accounts are unavailable; retry")]
+    Unavailable,
     #[error(transparent)]
     Internal(#[from] InternalError),
 }
+
+/// Cluster mode: how long an account change may take to commit.
+const ACCOUNT_WRITE_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// A successful sign-up, log-in or refresh: the user and fresh credentials.
 pub struct Session {
@@ -65,6 +75,9 @@ struct Inner {
     dummy_phc: String,
     /// argon2 runs here, never on the async workers or tokio's blocking pool.
     hasher: pool::HashPool,
+    /// Cluster mode: account changes go through the replicated log, so every
+    /// node has every account. `None`: written here at once.
+    log: Option<AccountLog>,
 }
 
 /// Hashing threads: sign-ups and log-ins beyond this many at once wait their turn.
@@ -72,6 +85,16 @@ const HASH_THREADS: usize = 2;
 
 impl Auth {
     pub fn new(store: Store, secret: &[u8], cfg: AuthConfig) -> Result<Self, InternalError> {
+        Self::with_log(store, secret, cfg, None)
+    }
+
+    /// `log`: cluster mode's queue to the replicated log.
+    pub fn with_log(
+        store: Store,
+        secret: &[u8],
+        cfg: AuthConfig,
+        log: Option<AccountLog>,
+    ) -> Result<Self, InternalError> {
         let dummy_phc = password::hash("not a real password, only for timing")?;
         Ok(Auth {
             inner: Arc::new(Inner {
@@ -80,8 +103,29 @@ impl Auth {
                 cfg,
                 dummy_phc,
                 hasher: pool::HashPool::new(HASH_THREADS)?,
+                log,
             }),
         })
+    }
+
+    /// Cluster mode: proposes `op` and waits for its outcome, as applied here.
+    async fn propose(&self, log: &AccountLog, op: AccountOp) -> Result<AccountOutcome, AuthError> {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        log.0
+            .try_send(AccountProposal { op, reply })
+            .map_err(|_| AuthError::Unavailable)?;
+        match tokio::time::timeout(ACCOUNT_WRITE_TIMEOUT, outcome).await {
+            Ok(Ok(o)) => Ok(o),
+            _ => Err(AuthError::Unavailable),
+        }
+    }
+
+    /// Durable before a client hears of it: flushed here, committed in a cluster.
+    async fn settle(&self) -> Result<(), AuthError> {
+        if self.inner.log.is_none() {
+            self.inner.store.flush().await?;
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &AuthConfig {
@@ -106,11 +150,19 @@ impl Auth {
             phc,
             disabled: false,
         };
-        if !self.inner.store.create_user(&user)? {
+        let created = match &self.inner.log {
+            None => self.inner.store.create_user(&user)?,
+            Some(log) => matches!(
+                self.propose(log, AccountOp::CreateUser(user.clone()))
+                    .await?,
+                AccountOutcome::Created(true)
+            ),
+        };
+        if !created {
             return Err(AuthError::Taken);
         }
-        let session = self.start_session(user, Uuid::new_v4())?;
-        self.inner.store.flush().await?;
+        let session = self.start_session(user, Uuid::new_v4()).await?;
+        self.settle().await?;
         Ok(session)
     }
 
@@ -130,8 +182,8 @@ impl Auth {
             .await?;
         match user {
             Some(u) if ok && !u.disabled => {
-                let s = self.start_session(u, Uuid::new_v4())?;
-                self.inner.store.flush().await?;
+                let s = self.start_session(u, Uuid::new_v4()).await?;
+                self.settle().await?;
                 Ok(s)
             }
             _ => Err(AuthError::Unauthorized),
@@ -142,25 +194,38 @@ impl Auth {
     /// whoever holds any token of it (a thief or the user) must log in again.
     pub async fn refresh(&self, token: &str) -> Result<Session, AuthError> {
         let hash = tokens::refresh_hash(token);
-        match self.inner.store.spend_refresh(&hash, now_ms())? {
-            SpendOutcome::Invalid => Err(AuthError::Unauthorized),
-            SpendOutcome::Reused(rec) => {
+        let spent = match &self.inner.log {
+            None => Spent::from(self.inner.store.spend_refresh(&hash, now_ms())?),
+            Some(log) => {
+                let op = AccountOp::Spend {
+                    hash,
+                    op: Uuid::new_v4(),
+                };
+                match self.propose(log, op).await? {
+                    AccountOutcome::Spent(s) => s,
+                    _ => Spent::Invalid,
+                }
+            }
+        };
+        match spent {
+            Spent::Invalid => Err(AuthError::Unauthorized),
+            Spent::Reused(rec) => {
                 tracing::warn!(user = %rec.username, "refresh token reused: family revoked");
-                self.inner.store.flush().await?;
+                self.settle().await?;
                 Err(AuthError::Reused {
                     username: rec.username,
                     family: rec.family,
                 })
             }
-            SpendOutcome::Fresh(rec) => {
+            Spent::Fresh(rec) => {
                 let user = self
                     .inner
                     .store
                     .user(&rec.username)?
                     .filter(|u| !u.disabled)
                     .ok_or(AuthError::Unauthorized)?;
-                let s = self.start_session(user, rec.family)?;
-                self.inner.store.flush().await?;
+                let s = self.start_session(user, rec.family).await?;
+                self.settle().await?;
                 Ok(s)
             }
         }
@@ -173,9 +238,18 @@ impl Auth {
             Some(t) => self.inner.store.refresh_owner(&tokens::refresh_hash(t))?,
             None => None,
         };
-        if let Some((_, family)) = &found {
-            self.inner.store.revoke_family(family, now_ms())?;
-            self.inner.store.flush().await?;
+        if let Some((user, family)) = &found {
+            match &self.inner.log {
+                None => self.inner.store.revoke_family(family, now_ms())?,
+                Some(log) => {
+                    let op = AccountOp::RevokeFamily {
+                        family: *family,
+                        user: user.clone(),
+                    };
+                    self.propose(log, op).await?;
+                }
+            }
+            self.settle().await?;
         }
         Ok(found)
     }
@@ -196,13 +270,18 @@ impl Auth {
     }
 
     /// Enables or disables an account; `false` when there is no such user.
-    pub async fn set_disabled(
-        &self,
-        name: &Username,
-        disabled: bool,
-    ) -> Result<bool, InternalError> {
-        let found = self.inner.store.set_disabled(name, disabled)?;
-        self.inner.store.flush().await?;
+    pub async fn set_disabled(&self, name: &Username, disabled: bool) -> Result<bool, AuthError> {
+        let found = match &self.inner.log {
+            None => self.inner.store.set_disabled(name, disabled)?,
+            Some(log) => {
+                let op = AccountOp::SetDisabled {
+                    name: name.clone(),
+                    disabled,
+                };
+                matches!(self.propose(log, op).await?, AccountOutcome::Found(true))
+            }
+        };
+        self.settle().await?;
         Ok(found)
     }
 
@@ -235,7 +314,7 @@ impl Auth {
         self.inner.store.user(name)
     }
 
-    fn start_session(&self, user: UserRecord, family: Uuid) -> Result<Session, InternalError> {
+    async fn start_session(&self, user: UserRecord, family: Uuid) -> Result<Session, AuthError> {
         let now = now_ms();
         let access = self.inner.jwt.issue(
             user.id,
@@ -251,7 +330,13 @@ impl Auth {
             expires_ms: now + self.inner.cfg.refresh_ttl.as_millis() as u64,
             spent: false,
         };
-        self.inner.store.put_refresh(&hash, &rec)?;
+        match &self.inner.log {
+            None => self.inner.store.put_refresh(&hash, &rec)?,
+            Some(log) => {
+                self.propose(log, AccountOp::PutRefresh { hash, rec })
+                    .await?;
+            }
+        }
         let access_expires_ms = (now / 1000 + self.inner.cfg.access_ttl.as_secs()) * 1000;
         Ok(Session {
             user,

@@ -15,6 +15,7 @@ pub const MIN_SECRET_LEN: usize = 32;
 const SALT: &[u8] = b"hubbub cluster v1";
 const GOSSIP_LABEL: &[u8] = b"hubbub gossip mac";
 const LINK_LABEL: &[u8] = b"hubbub link proof";
+const JWT_LABEL: &[u8] = b"hubbub jwt signing";
 
 /// The secret was shorter than [`MIN_SECRET_LEN`].
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,31 @@ impl ClusterKeys {
     }
 }
 
+/// The JWT signing secret of a cluster: one per cluster secret, so a token
+/// issued by any node is valid on every node, from the first start on.
+pub fn jwt_secret(secret: &[u8]) -> Result<[u8; 32], ShortSecret> {
+    if secret.len() < MIN_SECRET_LEN {
+        return Err(ShortSecret(secret.len()));
+    }
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, SALT).extract(secret);
+    let mut out = [0u8; 32];
+    let info = [JWT_LABEL];
+    // 32 bytes is a valid HKDF-SHA256 output length (at most 255 × 32).
+    #[allow(clippy::expect_used)]
+    prk.expand(&info, Len32)
+        .and_then(|okm| okm.fill(&mut out))
+        .expect("32 bytes is a valid HKDF output length");
+    Ok(out)
+}
+
+struct Len32;
+
+impl hkdf::KeyType for Len32 {
+    fn len(&self) -> usize {
+        32
+    }
+}
+
 fn expand(prk: &hkdf::Prk, label: &[u8]) -> hmac::Key {
     let info = [label];
     // `expand` fails only when the requested length exceeds 255 × the hash
@@ -80,6 +106,14 @@ mod tests {
         assert_ne!(tag(&a.gossip), tag(&a.link));
         let other = ClusterKeys::derive(&[8u8; 32]).unwrap();
         assert_ne!(tag(&a.gossip), tag(&other.gossip));
+    }
+
+    #[test]
+    fn the_jwt_secret_is_one_per_cluster_secret() {
+        let a = jwt_secret(&[7u8; 32]).unwrap();
+        assert_eq!(a, jwt_secret(&[7u8; 32]).unwrap());
+        assert_ne!(a, jwt_secret(&[8u8; 32]).unwrap());
+        assert!(jwt_secret(&[7u8; 31]).is_err());
     }
 
     #[test]

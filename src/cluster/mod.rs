@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ClusterMetrics;
-use crate::storage::{StorageCmd, StorageEvent, Store};
+use crate::storage::{AccountProposal, StorageCmd, StorageEvent, Store};
 
 use gossip::{Gossip, GossipConfig, NodeState, View};
 use keys::ClusterKeys;
@@ -174,6 +174,8 @@ pub struct ClusterDeps {
     pub events: mpsc::Sender<StorageEvent>,
     /// From the hub and the sessions: appends and acks to propose.
     pub proposals: mpsc::Receiver<StorageCmd>,
+    /// From auth: account changes to propose.
+    pub accounts: mpsc::Receiver<AccountProposal>,
     pub metrics: Arc<ClusterMetrics>,
 }
 
@@ -220,6 +222,7 @@ impl Cluster {
         log.spawn_membership(gossip.view(), links.clone(), cfg.bootstrap_expect);
         log.spawn_proposer(
             deps.proposals,
+            deps.accounts,
             links.clone(),
             shared,
             deps.events,

@@ -309,7 +309,7 @@ pub async fn admin_set_disabled(
             )
         }
         Ok(false) => reply::error(ErrorCode::NotFound, "no such user"),
-        Err(e) => reply::internal(&e),
+        Err(e) => auth_error(e),
     }
 }
 

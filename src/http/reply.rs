@@ -47,6 +47,10 @@ pub fn auth_error(e: AuthError) -> Response {
         AuthError::Unauthorized | AuthError::Reused { .. } => {
             error(ErrorCode::Unauthorized, "wrong username or password")
         }
+        AuthError::Unavailable => error(
+            ErrorCode::Unavailable,
+            "accounts are unavailable (no cluster majority); retry",
+        ),
         AuthError::Internal(e) => internal(&e),
     }
 }

@@ -15,6 +15,7 @@
 //! - `raftindex_entry`, `raftmeta_value`: the replicated log's entries and vote, cluster mode
 //!   only (see `raft_log.rs`).
 
+mod account_ops;
 mod accounts;
 mod health;
 mod history;
@@ -35,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
+pub use account_ops::{AccountLog, AccountOp, AccountOutcome, AccountProposal, Spent};
 pub use accounts::{PurgeStats, RefreshRecord, SpendOutcome, UserRecord};
 pub use health::{StorageHealth, StorageState, free_bytes};
 pub use history::{Fetched, HistoryQuery, Page, Want};

@@ -61,6 +61,13 @@ pub enum StorageEvent {
     /// node's store in log order with the cursors the log gave them. Shown
     /// to sessions now, never before.
     Committed(Vec<CommittedMsg>),
+    /// Cluster mode: an account change applied from the log closes sessions
+    /// on this node too: the user's (`family: None`, disabled) or those of
+    /// one token family (logout, a reused refresh token).
+    Revoked {
+        user: Username,
+        family: Option<Uuid>,
+    },
     /// These messages were broadcast but are not on disk, and will not be:
     /// their senders get `unavailable` and may resend the same ids.
     Failed(Vec<DurableMsg>),

@@ -397,3 +397,99 @@ async fn a_node_without_a_majority_stops_serving_and_comes_back() {
     let mut ws = join_at(n3, &acct, "lobby").await;
     say_saved(&mut ws, "after").await;
 }
+
+/// `POST path` at `addr` with a JSON body and optional cookies.
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+    body: Option<&str>,
+) -> HttpResponse {
+    let h: Vec<(&str, &str)> = cookie.map(|c| vec![("cookie", c)]).unwrap_or_default();
+    client::request(addr, "POST", path, &h, body).await.unwrap()
+}
+
+#[tokio::test]
+async fn accounts_work_on_every_node() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = spawn_cluster(root.path(), 3, &[]);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_for("formed", FORM_BOUND, || {
+        all_ready(&refs, &["n1", "n2", "n3"])
+    })
+    .await;
+    let (n1, n2, n3) = (nodes[0].addr(), nodes[1].addr(), nodes[2].addr());
+    // Sign up on n1, log in on n3, refresh on n2.
+    let who = name("acct");
+    let creds = format!(r#"{{"username":"{who}","password":"{PASSWORD}"}}"#);
+    let r = post(n1, "/api/auth/signup", None, Some(&creds)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = post(n3, "/api/auth/login", None, Some(&creds)).await;
+    assert_eq!(r.status, 200, "log in on another node: {}", r.body);
+    let refresh = r.cookie("refresh_token").unwrap();
+    let r = post(
+        n2,
+        "/api/auth/refresh",
+        Some(&format!("refresh_token={refresh}")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "refresh on a third node: {}", r.body);
+    // The spent token is spent everywhere: reused on n1, it is refused.
+    let r = post(
+        n1,
+        "/api/auth/refresh",
+        Some(&format!("refresh_token={refresh}")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 401, "a token spent on n2 is spent on n1");
+
+    // Two sign-ups of one name at once on two nodes: exactly one 201.
+    let twin = name("twin");
+    let creds = format!(r#"{{"username":"{twin}","password":"{PASSWORD}"}}"#);
+    let (a, b) = tokio::join!(
+        post(n1, "/api/auth/signup", None, Some(&creds)),
+        post(n3, "/api/auth/signup", None, Some(&creds)),
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409], "{} / {}", a.body, b.body);
+
+    // Disabling on n2 closes the user's sockets on every node (1008).
+    let victim = name("victim");
+    let acct = user_at(n1, &victim).await;
+    let mut on1 = join_at(n1, &acct, "lobby").await;
+    let mut on3 = join_at(n3, &acct, "lobby").await;
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let r = client::request(
+        n2,
+        "POST",
+        &format!("/api/admin/users/{victim}/disable"),
+        &[("authorization", &auth)],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    for ws in [&mut on1, &mut on3] {
+        let code = loop {
+            match ws.recv(FORM_BOUND).await {
+                Some(Incoming::Closed(code)) => break code,
+                Some(Incoming::Frame(_)) => continue,
+                None => panic!("a disabled user's socket stayed open"),
+            }
+        };
+        assert_eq!(code, Some(1008));
+    }
+    let r = post(
+        n3,
+        "/api/auth/login",
+        None,
+        Some(&format!(
+            r#"{{"username":"{victim}","password":"{PASSWORD}"}}"#
+        )),
+    )
+    .await;
+    assert_eq!(r.status, 401, "disabled everywhere");
+}

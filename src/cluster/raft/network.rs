@@ -5,7 +5,8 @@
 //! to openraft (it backs off and retries); an error the peer's Raft returned
 //! travels back as that error.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,9 +20,12 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use uuid::Uuid;
 
 use super::types::{NodeId, NodeInfo, Request, TypeConfig, decode, encode};
 use crate::cluster::link::{LinkError, LinkHandler, Links};
+use crate::storage::AccountOutcome;
 
 /// What one node asks another.
 #[derive(Serialize, Deserialize)]
@@ -62,6 +66,9 @@ pub struct Shared {
     pub raft: OnceLock<Raft<TypeConfig>>,
     /// The last stamp this node gave an entry as leader (ms).
     pub stamp: std::sync::atomic::AtomicU64,
+    /// Account changes proposed here, by op id: the caller waiting for the
+    /// outcome (answered when this node applies the entry).
+    waiters: Mutex<HashMap<Uuid, oneshot::Sender<AccountOutcome>>>,
 }
 
 impl Shared {
@@ -69,7 +76,18 @@ impl Shared {
         Arc::new(Self {
             raft: OnceLock::new(),
             stamp: std::sync::atomic::AtomicU64::new(0),
+            waiters: Mutex::new(HashMap::new()),
         })
+    }
+
+    pub fn add_waiter(&self, op: Uuid, reply: oneshot::Sender<AccountOutcome>) {
+        if let Ok(mut w) = self.waiters.lock() {
+            w.insert(op, reply);
+        }
+    }
+
+    pub fn take_waiter(&self, op: &Uuid) -> Option<oneshot::Sender<AccountOutcome>> {
+        self.waiters.lock().ok()?.remove(op)
     }
 
     /// Proposes `req` through this node's Raft, stamped with this node's

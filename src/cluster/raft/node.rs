@@ -17,7 +17,7 @@ use super::state_machine::StateMachine;
 use super::types::{NodeId, NodeInfo, Post, Request, TypeConfig, Write, node_id};
 use crate::cluster::gossip::{self, NodeState, View};
 use crate::cluster::link::Links;
-use crate::storage::{DurableMsg, StorageCmd, StorageEvent, Store};
+use crate::storage::{AccountProposal, DurableMsg, StorageCmd, StorageEvent, Store};
 
 /// Leader heartbeats; elections start after 300–600 ms without one. A
 /// follower that knew a leader waits the leader's lease (the maximum) on top,
@@ -82,7 +82,13 @@ impl LogNode {
         .validate()?;
         let log_store = LogStore::open(store)?;
         let (applied_tx, applied) = watch::channel(0);
-        let sm = StateMachine::open(store.clone(), store.raft_log()?, events, applied_tx)?;
+        let sm = StateMachine::open(
+            store.clone(),
+            store.raft_log()?,
+            events,
+            applied_tx,
+            shared.clone(),
+        )?;
         let raft = Raft::new(
             node_id(name),
             Arc::new(config),
@@ -131,6 +137,7 @@ impl LogNode {
     pub fn spawn_proposer(
         &mut self,
         rx: mpsc::Receiver<StorageCmd>,
+        accounts: mpsc::Receiver<AccountProposal>,
         links: Links,
         shared: Arc<Shared>,
         events: mpsc::Sender<StorageEvent>,
@@ -144,7 +151,8 @@ impl LogNode {
             shared,
             events,
         };
-        self.tasks.push(tokio::spawn(p.run(rx, self.stop.clone())));
+        self.tasks
+            .push(tokio::spawn(p.run(rx, accounts, self.stop.clone())));
     }
 }
 
@@ -324,32 +332,42 @@ struct Proposer {
 }
 
 impl Proposer {
-    async fn run(self, mut rx: mpsc::Receiver<StorageCmd>, stop: CancellationToken) {
+    async fn run(
+        self,
+        mut rx: mpsc::Receiver<StorageCmd>,
+        mut accounts: mpsc::Receiver<AccountProposal>,
+        stop: CancellationToken,
+    ) {
         loop {
-            let first = tokio::select! {
+            let mut batch = Batch::default();
+            tokio::select! {
                 _ = stop.cancelled() => return,
-                c = rx.recv() => match c { Some(c) => c, None => return },
-            };
-            let mut batch = vec![first];
-            let mut bytes = 0;
-            while batch.len() < MAX_WRITES && bytes < MAX_ENTRY_BYTES {
-                match rx.try_recv() {
-                    Ok(c) => {
-                        if let StorageCmd::Append(m, _) = &c {
-                            bytes += m.content.len();
-                        }
-                        batch.push(c)
-                    }
-                    Err(_) => break,
+                c = rx.recv() => match c { Some(c) => batch.push_cmd(c), None => return },
+                a = accounts.recv() => match a { Some(a) => batch.push_account(a, &self.shared), None => return },
+            }
+            while !batch.full() {
+                if let Ok(c) = rx.try_recv() {
+                    batch.push_cmd(c);
+                } else if let Ok(a) = accounts.try_recv() {
+                    batch.push_account(a, &self.shared);
+                } else {
+                    break;
                 }
             }
-            let (req, posts) = entry(batch);
             // One entry in flight at a time: entries commit in the order a
             // session sent its messages; what queues meanwhile is the next.
+            let req = Request {
+                ts_ms: 0,
+                writes: std::mem::take(&mut batch.writes),
+            };
             if let Err(e) = self.propose(req).await {
-                tracing::warn!(error = %e, messages = posts.len(), "an entry was not committed in time");
-                if !posts.is_empty() {
-                    let _ = self.events.send(StorageEvent::Failed(posts)).await;
+                tracing::warn!(error = %e, messages = batch.posts.len(), "an entry was not committed in time");
+                // Their callers get `unavailable` (the senders dropped).
+                for op in &batch.ops {
+                    self.shared.take_waiter(op);
+                }
+                if !batch.posts.is_empty() {
+                    let _ = self.events.send(StorageEvent::Failed(batch.posts)).await;
                 }
             }
         }
@@ -407,15 +425,34 @@ impl Proposer {
     }
 }
 
-/// A batch of storage commands as one entry's writes, and the posts in it
-/// (reported failed if the entry is not committed).
-fn entry(batch: Vec<StorageCmd>) -> (Request, Vec<DurableMsg>) {
-    let mut posts = Vec::new();
-    let writes = batch
-        .into_iter()
-        .map(|c| match c {
+/// What one entry will carry: its writes, the posts in it (reported failed
+/// if it is not committed) and its account ops (their waiters dropped then).
+#[derive(Default)]
+struct Batch {
+    writes: Vec<Write>,
+    posts: Vec<DurableMsg>,
+    ops: Vec<uuid::Uuid>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn full(&self) -> bool {
+        self.writes.len() >= MAX_WRITES || self.bytes >= MAX_ENTRY_BYTES
+    }
+
+    fn push_account(&mut self, a: AccountProposal, shared: &Shared) {
+        let op_id = uuid::Uuid::new_v4();
+        shared.add_waiter(op_id, a.reply);
+        self.ops.push(op_id);
+        self.bytes += 256;
+        self.writes.push(Write::Account { op_id, op: a.op });
+    }
+
+    fn push_cmd(&mut self, c: StorageCmd) {
+        let w = match c {
             StorageCmd::Append(m, _) => {
-                posts.push(DurableMsg {
+                self.bytes += m.content.len();
+                self.posts.push(DurableMsg {
                     id: m.id,
                     room: m.room.clone(),
                     sender: m.sender.clone(),
@@ -435,7 +472,7 @@ fn entry(batch: Vec<StorageCmd>) -> (Request, Vec<DurableMsg>) {
                 ids: a.ids,
                 status: a.status,
             },
-        })
-        .collect();
-    (Request { ts_ms: 0, writes }, posts)
+        };
+        self.writes.push(w);
+    }
 }

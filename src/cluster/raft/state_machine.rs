@@ -24,9 +24,13 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::network::Shared;
 use super::types::{NodeId, NodeInfo, Request, TypeConfig, Write, decode, encode};
+use crate::error::InternalError;
 use crate::protocol::{Cursor, StoredMsg};
-use crate::storage::{AckCmd, RaftLog, RaftMeta, StorageCmd, StorageEvent, Store};
+use crate::storage::{
+    AccountOp, AccountOutcome, AckCmd, RaftLog, RaftMeta, Spent, StorageCmd, StorageEvent, Store,
+};
 
 type SErr = StorageError<NodeId>;
 
@@ -46,6 +50,8 @@ pub struct StateMachine {
     events: mpsc::Sender<StorageEvent>,
     /// The last applied index, for readiness and joins that wait.
     applied_tx: tokio::sync::watch::Sender<u64>,
+    /// Callers on this node waiting for their account change.
+    shared: Arc<Shared>,
 }
 
 impl StateMachine {
@@ -54,6 +60,7 @@ impl StateMachine {
         log: RaftLog,
         events: mpsc::Sender<StorageEvent>,
         applied_tx: tokio::sync::watch::Sender<u64>,
+        shared: Arc<Shared>,
     ) -> anyhow::Result<Self> {
         let applied = match log.meta(RaftMeta::StateMachine)? {
             Some(b) => decode(&b)?,
@@ -70,14 +77,31 @@ impl StateMachine {
             applied,
             events,
             applied_tx,
+            shared,
         })
     }
 
-    /// The writes of one entry as storage commands, advancing the head.
-    fn commands(&mut self, req: Request, cmds: &mut Vec<StorageCmd>) {
+    /// The writes of one entry: messages and acks as storage commands
+    /// (advancing the head), account changes applied at once (their waiting
+    /// caller, if on this node, gets the outcome; revocations close sessions).
+    fn commands(
+        &mut self,
+        req: Request,
+        cmds: &mut Vec<StorageCmd>,
+        events: &mut Vec<StorageEvent>,
+    ) -> Result<(), InternalError> {
         let at = Instant::now();
         for w in req.writes {
             match w {
+                Write::Account { op_id, op } => {
+                    let out = self.store.apply_account(&op, req.ts_ms)?;
+                    if let Some(ev) = revoked(&op, &out) {
+                        events.push(ev);
+                    }
+                    if let Some(waiting) = self.shared.take_waiter(&op_id) {
+                        let _ = waiting.send(out);
+                    }
+                }
                 Write::Post(p) => {
                     self.applied.head = self.applied.head.next(req.ts_ms);
                     let cursor = self.applied.head;
@@ -101,6 +125,32 @@ impl StateMachine {
                 }
             }
         }
+        Ok(())
+    }
+}
+
+/// The sessions an applied account change closes on every node.
+fn revoked(op: &AccountOp, out: &AccountOutcome) -> Option<StorageEvent> {
+    match (op, out) {
+        (AccountOp::RevokeFamily { family, user }, _) => Some(StorageEvent::Revoked {
+            user: user.clone(),
+            family: Some(*family),
+        }),
+        (
+            AccountOp::SetDisabled {
+                name,
+                disabled: true,
+            },
+            AccountOutcome::Found(true),
+        ) => Some(StorageEvent::Revoked {
+            user: name.clone(),
+            family: None,
+        }),
+        (_, AccountOutcome::Spent(Spent::Reused(rec))) => Some(StorageEvent::Revoked {
+            user: rec.username.clone(),
+            family: Some(rec.family),
+        }),
+        _ => None,
     }
 }
 
@@ -124,10 +174,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut cmds = Vec::new();
         let mut out = Vec::new();
+        let mut account_events = Vec::new();
         for e in entries {
             match e.payload {
                 EntryPayload::Blank => {}
-                EntryPayload::Normal(req) => self.commands(req, &mut cmds),
+                EntryPayload::Normal(req) => self
+                    .commands(req, &mut cmds, &mut account_events)
+                    .map_err(write_err)?,
                 EntryPayload::Membership(m) => {
                     self.applied.membership = StoredMembership::new(Some(e.log_id), m)
                 }
@@ -136,7 +189,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // One response per entry, in order (openraft's rule).
             out.push(());
         }
-        let events = self.store.apply_replicated(&cmds).map_err(write_err)?;
+        let mut events = self.store.apply_replicated(&cmds).map_err(write_err)?;
+        events.extend(account_events);
         let state = encode(&self.applied).map_err(write_err)?;
         self.log
             .stage_meta(RaftMeta::StateMachine, &state)

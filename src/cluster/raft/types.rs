@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::protocol::{MsgKind, RoomName, Status, Username};
+use crate::storage::AccountOp;
 
 openraft::declare_raft_types!(
     /// hubbub's log: entries are [`Request`]s, nodes [`NodeInfo`]s.
@@ -63,6 +64,12 @@ pub enum Write {
         by: Username,
         ids: Vec<Uuid>,
         status: Status,
+    },
+    /// An account change; `op_id` finds the caller waiting on the node that
+    /// proposed it.
+    Account {
+        op_id: Uuid,
+        op: AccountOp,
     },
 }
 

@@ -271,6 +271,9 @@ impl HubState {
             Event::Storage(StorageEvent::Committed(msgs)) => {
                 msgs.into_iter().for_each(|m| self.committed(m, &mut fx))
             }
+            Event::Storage(StorageEvent::Revoked { user, family }) => {
+                self.kick(&user, family, &mut fx)
+            }
             Event::Storage(StorageEvent::Failed(msgs)) => {
                 msgs.into_iter().for_each(|m| self.failed(m, &mut fx))
             }

@@ -59,6 +59,11 @@ pub fn spawn_node(name: &str, dir: &Path, seeds: &[SocketAddr], extra: &[&str]) 
         "127.0.0.1:0",
         "--admin-token",
         ADMIN_TOKEN,
+        // Below the machine's descriptor limit: no warning in every test's output.
+        "--max-connections",
+        "2000",
+        "--max-http-connections",
+        "1000",
     ];
     if !extra.contains(&"--cluster-secret") {
         flags.extend(["--cluster-secret", CLUSTER_SECRET]);
