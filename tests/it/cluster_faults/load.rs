@@ -74,14 +74,19 @@ pub struct Report {
     pub reconnects: usize,
 }
 
-/// Signs `names` up on every node (accounts are per node): `[user][node]`.
+/// Signs `names` up, user `i` on node `i % nodes`: accounts go through the
+/// log and every node shares the JWT secret, so one login is good on every
+/// node: `[user][node]`, the same account for each node.
 pub async fn accounts(addrs: &[SocketAddr], names: &[String]) -> Vec<Vec<Account>> {
-    let mut out = Vec::new();
-    for n in names {
-        let per_node = futures_util::future::join_all(addrs.iter().map(|a| user_at(*a, n))).await;
-        out.push(per_node);
-    }
-    out
+    let signups = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| user_at(addrs[i % addrs.len()], n));
+    futures_util::future::join_all(signups)
+        .await
+        .into_iter()
+        .map(|a| vec![a; addrs.len()])
+        .collect()
 }
 
 /// Starts `accts.len()` clients, client `i` first on node `i % nodes`.
@@ -258,11 +263,16 @@ impl Client {
             self.last_cursor = Some(cursor.clone());
         }
         self.rep.seen_on.push((self.node, id.clone()));
-        if self.rep.seen.insert(id.clone(), cursor).is_some() {
+        if let Some(before) = self.rep.seen.insert(id.clone(), cursor.clone()) {
             if self.unresumed {
                 self.rep.repeats.push(id);
             } else {
-                self.rep.dups.push(id);
+                // Enough to tell a resend stored twice from a page shown twice.
+                let (node, conn) = (self.node, self.rep.closes.len());
+                let kind = f["type"].as_str().unwrap_or("?");
+                self.rep.dups.push(format!(
+                    "{id} (cursor {before}, then {cursor} as {kind} on node {node}, connection {conn})"
+                ));
             }
         }
     }

@@ -141,6 +141,11 @@ impl Netns {
             ADMIN_TOKEN,
             "--cluster-secret",
             CLUSTER_SECRET,
+            // Below the machine's descriptor limit, as `spawn_node`.
+            "--max-connections",
+            "2000",
+            "--max-http-connections",
+            "1000",
         ];
         if !seeds.is_empty() {
             flags.extend(["--seeds", &seeds]);
