@@ -99,10 +99,11 @@ impl Store {
                 // to it, so it is not a resume this read can honour.
                 let shown = |c: Cursor| q.upto.is_none_or(|u| c <= u);
                 let found = since.filter(|&c| {
-                    shown(c) && self.has_cursor(&q.room, c, pending).unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "resume lookup failed");
-                        false
-                    })
+                    shown(c)
+                        && self.has_cursor(&q.room, c, pending).unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "resume lookup failed");
+                            false
+                        })
                 });
                 match found {
                     Some(c) => (PageDir::After(c), max, true),
@@ -326,7 +327,9 @@ mod resume_tests {
     fn a_resume_past_what_was_shown_is_not_honoured() {
         let d = tempfile::tempdir().unwrap();
         let store = Store::open(&d.path().join("db"), 1 << 20).unwrap();
-        store.apply_replicated(&[post(0), post(1), post(2)]).unwrap();
+        store
+            .apply_replicated(&[post(0), post(1), post(2)])
+            .unwrap();
         // Stored up to 2; the hub has shown up to 2: resumed after 1.
         let f = store.fetch_now(&resume(1, 2), &[]).unwrap();
         assert!(f.resumed);
