@@ -82,6 +82,7 @@ pub struct ClusterView {
     ready: watch::Receiver<bool>,
     raft: openraft::Raft<raft::types::TypeConfig>,
     links: Links,
+    shared: Arc<Shared>,
 }
 
 /// One member as `/api/admin/cluster` shows it.
@@ -143,6 +144,12 @@ impl ClusterView {
             .borrow()
             .origins
             .contains(&origin.to_ascii_lowercase())
+    }
+
+    /// Waits (at most `limit`) until this node has applied what the leader
+    /// had committed: called before a session joins.
+    pub async fn catch_up(&self, limit: Duration) {
+        raft::node::catch_up(&self.raft, &self.shared, &self.links, limit).await
     }
 
     /// The log's state as this node sees it.
@@ -224,7 +231,7 @@ impl Cluster {
             deps.proposals,
             deps.accounts,
             links.clone(),
-            shared,
+            shared.clone(),
             deps.events,
             ready.clone(),
         );
@@ -242,6 +249,7 @@ impl Cluster {
             ready,
             raft: log.raft().clone(),
             links: links.clone(),
+            shared: shared.clone(),
         };
         tracing::info!(%addr, %advertise, generation, "cluster started");
         Ok(Self {

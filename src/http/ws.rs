@@ -29,6 +29,9 @@ const READ_BUFFER: usize = 1024;
 /// buffer keeps its capacity, so this bounds what a busy connection pins.
 const WRITE_BUFFER: usize = 32 * 1024;
 
+/// Cluster mode: how long a join waits for this node to catch up.
+const JOIN_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub async fn upgrade(
     ip: IpAddr,
     query: HashMap<String, String>,
@@ -117,6 +120,7 @@ fn decide(
     };
     let ctx = state.sessions.clone();
     let max = ctx.cfg.max_frame;
+    let cluster = state.cluster.clone();
     state.tracker.spawn(async move {
         // Held for the connection's lifetime: counts against the caps until it ends.
         let _slot = slot;
@@ -135,6 +139,11 @@ fn decide(
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
+        // Cluster mode: a node that is behind first applies what the leader
+        // has committed, so `since` from any node is honoured.
+        if let Some(c) = &cluster {
+            c.catch_up(JOIN_CATCH_UP).await;
+        }
         session::run(ws, ctx, req).await;
     });
     let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();

@@ -493,3 +493,42 @@ async fn accounts_work_on_every_node() {
     .await;
     assert_eq!(r.status, 401, "disabled everywhere");
 }
+
+#[tokio::test]
+async fn a_join_on_a_node_that_is_behind_honours_since_from_another_node() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = spawn_cluster(root.path(), 3, &[]);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_for("formed", FORM_BOUND, || {
+        all_ready(&refs, &["n1", "n2", "n3"])
+    })
+    .await;
+    let leader = wait_for_leader(&refs).await;
+    // A follower that will be behind: stopped while a message commits.
+    let behind = nodes.iter().find(|n| n.name != leader).unwrap();
+    let ahead = nodes.iter().find(|n| n.name == leader).unwrap();
+    let acct = user_at(ahead.addr(), &name("since")).await;
+    let mut ws = join_at(ahead.addr(), &acct, "lobby").await;
+    signal(behind, "STOP");
+    let id = say(&mut ws, "committed while a follower slept").await;
+    let m = expect_msg(&mut ws, &id).await;
+    expect_receipt(&mut ws, &id, "saved").await;
+    let cursor = m["cursor"].as_str().unwrap().to_owned();
+    // The join reaches the stopped follower first (the kernel accepts the
+    // connection and holds the request); woken, it sees the join and the
+    // leader's entry at once, and the join waits until the entry is applied.
+    let behind_addr = behind.addr();
+    let (acct2, cursor2) = (acct.clone(), cursor.clone());
+    let join = tokio::spawn(async move {
+        client::join(behind_addr, &acct2, "lobby", None, Some(&cursor2)).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(behind, "CONT");
+    let mut at_behind = join.await.unwrap().unwrap();
+    let welcome = next_frame(&mut at_behind).await;
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(
+        welcome["resumed"], true,
+        "since from another node honoured: {welcome}"
+    );
+}

@@ -35,6 +35,9 @@ pub enum Call {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A batch of writes for the leader to propose.
     Forward(Request),
+    /// The leader's read index: the log index a node must have applied to
+    /// have everything committed when the call was answered.
+    ReadIndex,
 }
 
 /// The answer to a [`Call`] of the same kind.
@@ -44,6 +47,8 @@ pub enum Answer {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Forward(Result<(), ForwardError>),
+    /// `None`: the callee is not the leader (or could not confirm it).
+    ReadIndex(Option<u64>),
     /// This node's Raft is not running yet (or any more).
     NotRunning,
     /// The call did not decode.
@@ -78,6 +83,13 @@ impl Shared {
             stamp: std::sync::atomic::AtomicU64::new(0),
             waiters: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// This node's read index, if it is the leader (confirmed by a quorum).
+    pub async fn read_index(&self) -> Option<u64> {
+        let raft = self.raft.get()?;
+        let (read, _applied) = raft.get_read_log_id().await.ok()?;
+        Some(read.map_or(0, |l| l.index))
     }
 
     pub fn add_waiter(&self, op: Uuid, reply: oneshot::Sender<AccountOutcome>) {
@@ -125,6 +137,7 @@ impl LinkHandler for Handler {
             }
             Ok(call) => match (call, self.0.raft.get()) {
                 (Call::Forward(req), _) => Answer::Forward(self.0.write_local(req).await),
+                (Call::ReadIndex, _) => Answer::ReadIndex(self.0.read_index().await),
                 (_, None) => Answer::NotRunning,
                 (Call::Append(r), Some(raft)) => Answer::Append(raft.append_entries(r).await),
                 (Call::Vote(r), Some(raft)) => Answer::Vote(raft.vote(r).await),
@@ -238,6 +251,16 @@ impl RaftNetwork<TypeConfig> for Conn {
             Ok(_) => Err(self.failed(CallFailed::Answer("another kind"))),
             Err(e) => Err(self.failed(e)),
         }
+    }
+}
+
+/// Asks `leader` for its read index.
+pub async fn read_index(links: &Links, leader: &str, ttl: Duration) -> Option<u64> {
+    let body = encode(&Call::ReadIndex).ok()?;
+    let reply = links.call(leader, Bytes::from(body), ttl).await.ok()?;
+    match decode::<Answer>(&reply) {
+        Ok(Answer::ReadIndex(i)) => i,
+        _ => None,
     }
 }
 

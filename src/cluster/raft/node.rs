@@ -184,6 +184,42 @@ pub fn status(raft: &Raft<TypeConfig>) -> LogStatus {
     }
 }
 
+/// The name of node `id` in the log's membership.
+pub fn name_of(raft: &Raft<TypeConfig>, id: NodeId) -> Option<String> {
+    let m = raft.metrics().borrow().clone();
+    m.membership_config
+        .nodes()
+        .find(|(i, _)| **i == id)
+        .map(|(_, n)| n.name.clone())
+}
+
+/// Waits until this node has applied everything committed at the leader
+/// when asked (a join on a node that is behind honours `since` from any
+/// node). Best effort: gives up at `limit`, or when no leader is known.
+pub async fn catch_up(raft: &Raft<TypeConfig>, shared: &Shared, links: &Links, limit: Duration) {
+    let _ = tokio::time::timeout(limit, async {
+        let m = raft.metrics().borrow().clone();
+        let Some(leader) = m.current_leader else {
+            return;
+        };
+        let index = if leader == m.id {
+            shared.read_index().await
+        } else {
+            match name_of(raft, leader) {
+                Some(name) => super::network::read_index(links, &name, limit).await,
+                None => None,
+            }
+        };
+        if let Some(i) = index {
+            let _ = raft
+                .wait(None)
+                .applied_index_at_least(Some(i), "join")
+                .await;
+        }
+    })
+    .await;
+}
+
 /// A leader that has not heard from a majority for this long is cut off.
 const QUORUM_ACK_MS: u64 = 1500;
 
@@ -417,11 +453,7 @@ impl Proposer {
     }
 
     fn leader_name(&self, id: NodeId) -> Option<String> {
-        let m = self.raft.metrics().borrow().clone();
-        m.membership_config
-            .nodes()
-            .find(|(i, _)| **i == id)
-            .map(|(_, n)| n.name.clone())
+        name_of(&self.raft, id)
     }
 }
 

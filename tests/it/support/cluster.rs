@@ -187,3 +187,29 @@ pub async fn all_ready(nodes: &[&Node], names: &[&str]) -> bool {
     }
     true
 }
+
+/// The log's leader once every node agrees on one.
+pub async fn wait_for_leader(nodes: &[&Node]) -> String {
+    let t0 = Instant::now();
+    loop {
+        if let Some(l) = one_leader(nodes).await {
+            return l;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no leader within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends `SIG<sig>` (STOP, CONT, TERM…) to a node's process.
+pub fn signal(node: &Node, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(node.proc.child.id().to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
