@@ -202,34 +202,7 @@ async fn run(load: Arc<Load>, accts: Vec<Account>, node: usize, name: String) ->
         };
         match got {
             None => {}
-            Some(Incoming::Frame(f)) => {
-                let ty = f["type"].as_str().unwrap_or("");
-                if ty == "chat" {
-                    c.saw(&f);
-                } else if ty == "history" {
-                    c.filled(&f).await;
-                } else if ty == "receipt" && f["status"] == "saved" {
-                    if pending
-                        .as_ref()
-                        .is_some_and(|(id, _)| f["id"] == id.as_str())
-                    {
-                        let (id, _) = pending.take().unwrap();
-                        c.load.saves.lock().unwrap().push((Instant::now(), c.node));
-                        c.rep.saved.insert(id);
-                    }
-                } else if ty == "error" {
-                    let code = f["code"].as_str().unwrap_or("?").to_owned();
-                    c.rep.errors.push((c.node, code));
-                    if let Some(p) = &pending
-                        && f["id"] == p.0.as_str()
-                    {
-                        // Not taken: resend the same id a little later.
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        let p = p.clone();
-                        c.send(&p).await;
-                    }
-                }
-            }
+            Some(Incoming::Frame(f)) => c.frame(&f, &mut pending).await,
             Some(Incoming::Closed(code)) => {
                 if c.ws.is_some() {
                     c.rep.closes.push((c.node, code));
@@ -247,6 +220,35 @@ async fn run(load: Arc<Load>, accts: Vec<Account>, node: usize, name: String) ->
 }
 
 impl Client {
+    /// One frame from the server; `pending` is the id in flight and its content.
+    async fn frame(&mut self, f: &Value, pending: &mut Option<(String, String)>) {
+        let ty = f["type"].as_str().unwrap_or("");
+        if ty == "chat" {
+            self.saw(f);
+        } else if ty == "history" {
+            self.filled(f).await;
+        } else if ty == "receipt" && f["status"] == "saved" {
+            if let Some((id, _)) = pending.take_if(|(id, _)| f["id"] == id.as_str()) {
+                self.load
+                    .saves
+                    .lock()
+                    .unwrap()
+                    .push((Instant::now(), self.node));
+                self.rep.saved.insert(id);
+            }
+        } else if ty == "error" {
+            let code = f["code"].as_str().unwrap_or("?").to_owned();
+            self.rep.errors.push((self.node, code));
+            if let Some(p) = pending.clone()
+                && f["id"] == p.0.as_str()
+            {
+                // Not taken: resend the same id a little later.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.send(&p).await;
+            }
+        }
+    }
+
     async fn send(&mut self, (id, content): &(String, String)) {
         if let Some(ws) = self.ws.as_mut() {
             let frame = json!({"type": "chat", "id": id, "room": ROOM, "content": content});
