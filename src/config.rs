@@ -30,6 +30,74 @@ pub enum Command {
     /// Manage accounts in a data directory while the server is stopped
     /// (a running server holds the database lock: use `/api/admin/*` then).
     User(UserArgs),
+    /// Manage a running cluster through one of its nodes' admin API.
+    Cluster(ClusterArgs),
+    /// Three cluster nodes on loopback with one generated CA and secret
+    /// (an offline demo); Ctrl-C stops all three.
+    ClusterDemo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub action: ClusterAction,
+    /// A running node's base URL.
+    #[arg(
+        long,
+        env = "HUBBUB_URL",
+        default_value = "https://127.0.0.1:8443",
+        global = true
+    )]
+    pub url: String,
+    /// That node's --admin-token.
+    #[arg(
+        long,
+        env = "HUBBUB_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub admin_token: Option<String>,
+    /// The CA to trust for an https URL (the generated one by default).
+    #[arg(long, default_value = "certs/ca.pem", global = true)]
+    pub ca: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterAction {
+    /// Remove a node from the replicated log's members (never done
+    /// automatically: for a node that is gone for good; stop it first).
+    Remove { node: String },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Where the nodes' data, the CA, the cluster secret and the admin token
+    /// live; reused by the next run (the cluster comes back with its history).
+    #[arg(long, default_value = "cluster-demo")]
+    pub dir: PathBuf,
+    /// Node i serves HTTPS on P+i-1 and its cluster address on P+100+i-1;
+    /// 0 lets the kernel choose every port.
+    #[arg(long, default_value_t = 8441)]
+    pub base_port: u16,
+}
+
+impl DemoArgs {
+    /// The HTTPS and cluster ports of node `i` (1-based); 0s with --base-port 0.
+    pub fn ports(&self, i: u16) -> anyhow::Result<(u16, u16)> {
+        if self.base_port == 0 {
+            return Ok((0, 0));
+        }
+        let i = i.saturating_sub(1);
+        let http = self.base_port.checked_add(i);
+        let cluster = self.base_port.checked_add(100u16.saturating_add(i));
+        match (http, cluster) {
+            (Some(h), Some(c)) => Ok((h, c)),
+            _ => anyhow::bail!(
+                "--base-port {} leaves no room for three nodes (at most 65433)",
+                self.base_port
+            ),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -565,6 +633,29 @@ mod tests {
         let c = ok(&["--cluster-secret-file", f.to_str().unwrap()]);
         c.validate().unwrap();
         assert_eq!(c.cluster_secret().unwrap().unwrap(), secret.as_bytes());
+    }
+
+    #[test]
+    fn cluster_demo_flags() {
+        let cli = Cli::try_parse_from(["hubbub", "cluster-demo"]).unwrap();
+        let Some(Command::ClusterDemo(d)) = cli.command else {
+            panic!("not the demo")
+        };
+        assert_eq!(d.dir, PathBuf::from("cluster-demo"));
+        assert_eq!(
+            (d.ports(1).unwrap(), d.ports(3).unwrap()),
+            ((8441, 8541), (8443, 8543))
+        );
+        let cli = Cli::try_parse_from(["hubbub", "cluster-demo", "--base-port", "0"]).unwrap();
+        let Some(Command::ClusterDemo(d)) = cli.command else {
+            panic!("not the demo")
+        };
+        assert_eq!(d.ports(2).unwrap(), (0, 0));
+        let high = DemoArgs {
+            dir: "x".into(),
+            base_port: 65_434,
+        };
+        assert!(high.ports(3).is_err());
     }
 
     #[test]

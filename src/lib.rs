@@ -48,6 +48,9 @@
 //!   `metrics`, `config`.
 //! - [`admin`]: `hubbub user …` against a stopped server's data directory.
 //!   May import: `storage`, `protocol`, `config`.
+//! - [`demo`]: `hubbub cluster-demo`: three nodes of this binary as child
+//!   processes on loopback, one CA, secret and admin token made first.
+//!   May import: `tls`, `files`, `config`.
 //!
 //! Rules beyond the edges, checked the same way:
 //! - only `storage` names `sled`; only `http` names `warp`, `hyper`,
@@ -68,6 +71,7 @@ pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod files;
 pub mod http;

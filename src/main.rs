@@ -65,6 +65,18 @@ async fn serve() -> anyhow::Result<()> {
     if let Some(Command::User(args)) = cli.command {
         return hubbub::admin::run(args).await;
     }
+    if let Some(Command::Cluster(args)) = cli.command {
+        let token = args
+            .admin_token
+            .ok_or_else(|| anyhow::anyhow!("--admin-token (or HUBBUB_ADMIN_TOKEN) is required"))?;
+        let hubbub::config::ClusterAction::Remove { node } = args.action;
+        let answer = hubbub::cluster::cli::remove(&args.url, &token, &args.ca, &node).await?;
+        println!("{answer}");
+        return Ok(());
+    }
+    if let Some(Command::ClusterDemo(args)) = cli.command {
+        return hubbub::demo::run(args).await;
+    }
     let running = hubbub::server::start(cli.into_config()).await?;
     running.announce();
     #[cfg(unix)]

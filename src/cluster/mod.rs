@@ -5,10 +5,12 @@
 //! - `gossip`: membership and failure detection (chitchat) behind an
 //!   authenticating transport; each node's URL, state and generation.
 //! - `generation`: this node's incarnation number, growing on every start.
+//! - `cli`: `hubbub cluster remove NODE`, a request to a running node.
 //! - `link`: one authenticated TLS stream per pair of nodes.
 //! - `raft`: the replicated log (openraft): its log and vote in sled trees
 //!   of the store's database.
 
+pub mod cli;
 pub mod generation;
 pub mod gossip;
 pub mod keys;
@@ -44,6 +46,8 @@ const DRAIN_NOTICE: Duration = Duration::from_millis(500);
 /// are refused, `/readyz` is 503, sessions are closed with 1001 (clients
 /// reconnect to another node) and upgrades are refused.
 const MINORITY_AFTER: Duration = Duration::from_secs(3);
+/// How long a membership change may take.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often readiness is re-evaluated.
 const READINESS_EVERY: Duration = Duration::from_millis(100);
 /// Attempts at finding a port free for both UDP and TCP when the port is 0.
@@ -150,6 +154,24 @@ impl ClusterView {
     /// had committed: called before a session joins.
     pub async fn catch_up(&self, limit: Duration) {
         raft::node::catch_up(&self.raft, &self.shared, &self.links, limit).await
+    }
+
+    /// Removes `node` from the log's membership (at the leader). For a node
+    /// that is gone for good: one that still runs and gossips is added back
+    /// as a learner.
+    pub async fn remove(&self, node: &str) -> Result<(), String> {
+        let m = self.raft.metrics().borrow().clone();
+        let r = match m.current_leader {
+            None => Err(raft::network::ForwardError::Failed("no leader".into())),
+            Some(l) if l == m.id => self.shared.remove_local(node).await,
+            Some(l) => match raft::node::name_of(&self.raft, l) {
+                Some(leader) => {
+                    raft::network::remove(&self.links, &leader, node, REMOVE_TIMEOUT).await
+                }
+                None => Err(raft::network::ForwardError::Failed("unknown leader".into())),
+            },
+        };
+        r.map_err(|e| e.to_string())
     }
 
     /// The log's state as this node sees it.

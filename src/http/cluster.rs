@@ -47,3 +47,22 @@ pub async fn nodes(state: AppState, headers: HeaderMap) -> Response {
         .collect();
     reply::json(StatusCode::OK, &serde_json::json!({ "nodes": nodes }))
 }
+
+/// `POST /api/admin/cluster/remove/{node}` (admin token): removes a node
+/// from the log's membership, deliberately (a dead node is never removed
+/// automatically).
+pub async fn remove(node: String, state: AppState, headers: HeaderMap) -> Response {
+    if let Err(r) = admin_ok(&state, &headers) {
+        return r;
+    }
+    let Some(c) = &state.cluster else {
+        return reply::error(ErrorCode::NotFound, "not in cluster mode");
+    };
+    match c.remove(&node).await {
+        Ok(()) => reply::json(
+            StatusCode::OK,
+            &serde_json::json!({ "removed": node, "log": c.log_status() }),
+        ),
+        Err(e) => reply::error(ErrorCode::Conflict, &e),
+    }
+}

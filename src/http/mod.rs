@@ -198,6 +198,11 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(s())
         .and(headers())
         .then(cluster::admin);
+    let cluster_remove = warp::path!("api" / "admin" / "cluster" / "remove" / String)
+        .and(warp::post())
+        .and(s())
+        .and(headers())
+        .then(cluster::remove);
     let cluster_nodes = warp::path!("api" / "cluster" / "nodes")
         .and(get())
         .and(s())
@@ -239,6 +244,8 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(admin_cluster)
         .unify()
         .or(cluster_nodes)
+        .unify()
+        .or(cluster_remove)
         .unify()
         .or(web)
         .unify()

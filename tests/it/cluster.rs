@@ -532,3 +532,71 @@ async fn a_join_on_a_node_that_is_behind_honours_since_from_another_node() {
         "since from another node honoured: {welcome}"
     );
 }
+
+#[tokio::test]
+async fn a_dead_node_is_removed_only_when_an_operator_says_so() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = spawn_cluster(root.path(), 3, &[]);
+    {
+        let refs: Vec<&Node> = nodes.iter().collect();
+        wait_for("formed", FORM_BOUND, || {
+            all_ready(&refs, &["n1", "n2", "n3"])
+        })
+        .await;
+        wait_for_leader(&refs).await;
+    }
+    nodes[2].kill();
+    let (n1, n2) = (nodes[0].addr(), nodes[1].addr());
+    let voters = |addr| async move {
+        let s = cluster_status(addr).await;
+        let mut v: Vec<String> = s["log"]["voters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // Dead, but still a voter: nothing removes it on its own.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(voters(n1).await, ["n1", "n2", "n3"]);
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let remove = |addr, node: &'static str| {
+        let auth = auth.clone();
+        async move {
+            client::request(
+                addr,
+                "POST",
+                &format!("/api/admin/cluster/remove/{node}"),
+                &[("authorization", &auth)],
+                None,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(remove(n2, "nobody").await.status, 409, "not a member");
+    // `hubbub cluster remove` asks a follower or the leader alike.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hubbub"))
+        .args(["cluster", "remove", "n3", "--url", &format!("http://{n2}")])
+        .args(["--admin-token", ADMIN_TOKEN])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"removed\":\"n3\""));
+    for addr in [n1, n2] {
+        wait_for("n3 gone from the voters", FORM_BOUND, || async move {
+            voters(addr).await == ["n1", "n2"]
+        })
+        .await;
+    }
+    // Two voters of two: writes still commit.
+    let acct = user_at(n2, &name("after_remove")).await;
+    let mut ws = join_at(n2, &acct, "lobby").await;
+    say_saved(&mut ws, "still saving").await;
+}

@@ -20,6 +20,7 @@ mod cluster;
 mod cluster_faults;
 mod commands;
 mod contract_gaps;
+mod demo;
 mod errors;
 mod eviction;
 mod frames;

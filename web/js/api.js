@@ -1,6 +1,9 @@
 // HTTP side of the client: accounts, /api/me and token refresh.
 // Cookies are HttpOnly, so the only way to know who we are is GET /api/me,
 // and `access_expires_at` in the bodies says when to refresh.
+// In a cluster the calls follow the socket's node (`setBase`): the page's own
+// origin while that node serves, another node once it is gone (cookies are
+// sent along; the server allows its peers' origins with credentials).
 
 const REFRESHED_AT = 'hubbub.refreshedAt';
 
@@ -23,12 +26,19 @@ function noteDate(res) {
   clockSkewMs = Math.abs(skew) > 2000 ? skew : 0;
 }
 
+let base = '';
+
+/** Where API calls go: '' (the page's origin) or another node's base URL. */
+export function setBase(url) {
+  base = url && url.replace(/\/+$/, '') !== location.origin ? url.replace(/\/+$/, '') : '';
+}
+
 async function call(method, path, body) {
   let res;
   try {
-    res = await fetch(path, {
+    res = await fetch(base + path, {
       method,
-      credentials: 'same-origin',
+      credentials: base ? 'include' : 'same-origin',
       headers: body === undefined ? {} : { 'content-type': 'application/json' },
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: 'no-store',
@@ -41,6 +51,14 @@ async function call(method, path, body) {
   if (res.status !== 204) {
     try { data = await res.json(); } catch { data = null; }
   }
+  if (res.status === 401 && base && path === '/api/auth/refresh') {
+    // A refresh refused by another node may only mean that its host never
+    // got our cookies (cookies are per host; nodes on one machine share
+    // them). It is not a sign-out: reported like an unreachable server, so
+    // the socket moves on round the ring and only the page's own node can
+    // end the session. (Its /api/me 401 stays a 401: it leads to a refresh.)
+    throw new ApiError(0, 'network', 'Not signed in at this server.');
+  }
   if (!res.ok) {
     const err = data && data.error ? data.error : {};
     throw new ApiError(res.status, err.code, err.message);
@@ -52,6 +70,17 @@ export const signup = (username, password) => call('POST', '/api/auth/signup', {
 export const login = (username, password) => call('POST', '/api/auth/login', { username, password });
 export const logout = () => call('POST', '/api/auth/logout');
 export const me = () => call('GET', '/api/me');
+
+/** The cluster's serving nodes ([{node, url}]), or null on a single node (404). */
+export async function clusterNodes() {
+  try {
+    const r = await call('GET', '/api/cluster/nodes');
+    return r && Array.isArray(r.nodes) ? r.nodes : [];
+  } catch (e) {
+    if (e.status === 404) return null;
+    throw e;
+  }
+}
 
 let inflight = null;
 

@@ -10,9 +10,12 @@
 import * as api from './api.js';
 import { createAuth } from './auth.js';
 import { Connection } from './conn.js';
+import { NodeList } from './nodes.js';
 import * as P from './protocol.js';
 import { createState, resetRoom } from './state.js';
-import { $, el, createView, setConnState, scrollToBottom, updateTitle, isAtBottom } from './render.js';
+import {
+  $, el, createView, setConnState, setNode, announce, scrollToBottom, updateTitle, isAtBottom,
+} from './render.js';
 import { createComposer } from './composer.js';
 import { ROOM_RE, USER_RE, CLIENT_RE, uuid, storeGet, storeSet, realTimers } from './util.js';
 
@@ -34,6 +37,15 @@ const auth = createAuth({
   onSignedOut: (msg) => signedOut(msg),
 });
 const body = document.body;
+// The cluster's nodes, kept across rooms; the API follows the socket's node.
+const nodes = new NodeList({
+  fetchNodes: api.clusterNodes,
+  origin: location.origin,
+  onMove: (n) => api.setBase(n ? n.url : ''),
+  // The list comes after the welcome: the node's name is known only then.
+  onList: () => { if (S.conn && S.conn.state === 'online') showNode(); },
+});
+let welcomedAt = null; // the node of the last welcome: a different one is a move
 function count(name) {
   body.dataset[name] = String(Number(body.dataset[name] || 0) + 1);
 }
@@ -227,6 +239,7 @@ function joinRoom(room, { replaceHash = false } = {}) {
     onTooBig: (frame, bytes) => P.onTooBig(ctx, frame, bytes),
     onSuspect: (frame, bytes) => P.onSuspect(ctx, frame, bytes),
     refreshAuth: auth.refreshAuth,
+    nodes,
     ...watchdogOverride(),
   });
   S.conn.connect();
@@ -244,6 +257,7 @@ function onConnState(state, info) {
   if (state === 'signed-out') { signedOut('Your session ended. Please log in again.'); return; }
   if (info && info.reason === 'token') count('tokenCloses');
   setConnState(state, info);
+  if (state === 'online') showNode();
   if (state !== 'online' && state !== 'connecting') {
     // Typing and presence can't be kept fresh while away.
     S.typers.clear();
@@ -251,6 +265,15 @@ function onConnState(state, info) {
     $('people-list').replaceChildren();
     $('people-count').textContent = '(unknown while disconnected)';
   }
+}
+
+// Which node the socket is on (hidden on a single node); a move is announced.
+function showNode() {
+  const name = nodes.name();
+  setNode(name);
+  if (!name || name === welcomedAt) return;
+  if (welcomedAt) announce(`Connection moved to server ${name}.`);
+  welcomedAt = name;
 }
 
 // ---------- older pages ----------

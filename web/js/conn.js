@@ -2,6 +2,11 @@
 // exponential backoff and jitter, a watchdog for dead sockets, a client-side
 // token bucket that keeps us under the server's per-connection frame limit,
 // batched receipts (`ack` with `ids`), and the frame-size limit in bytes.
+// In a cluster (`nodes`, a NodeList) the socket goes to the node in use, the
+// list is refreshed on every welcome and every 30 s while online, and a
+// socket closed with 1001 or one that fails to open (network error, 503)
+// sends the next attempt to the next node, with the usual backoff, resuming
+// with `since`.
 //
 // Seams for node's unit tests: `WebSocket` (the constructor), `timers`
 // (now/setTimeout/.../clearInterval), `env` (online state, `online`/`offline`
@@ -16,6 +21,7 @@ const PROBE_TIMEOUT_MS = 10_000;
 const WATCHDOG_EVERY_MS = 5_000;
 const ACK_FLUSH_MS = 300;
 const MAX_ACK_IDS = 100;
+const NODES_EVERY_MS = 30_000; // the cluster's node list, while online
 const OPEN = 1;                // WebSocket.OPEN
 
 export const CLOSE = {
@@ -53,6 +59,8 @@ export class Connection {
    *        unanswered message when a socket dies without a close frame (1006)
    * @param {number} [o.silenceMs]  watchdog: silence before a probe (45 s)
    * @param {number} [o.probeMs]    watchdog: wait for the probe's answer (10 s)
+   * @param {import('./nodes.js').NodeList} [o.nodes]  the cluster's nodes
+   *        (absent, or without a list: the page's origin, as on a single node)
    * @param {Function} [o.WebSocket] @param {object} [o.timers] @param {object} [o.env]
    */
   constructor(o) {
@@ -73,6 +81,7 @@ export class Connection {
     this.retryTimer = null;
     this.lastTraffic = t.now();
     this.probeAt = 0;
+    this.nodesAt = 0;
     this.queue = [];
     this.limits = { msgs_per_sec: 10, burst: 20, max_frame: 8192 };
     this.tokens = 0;
@@ -98,12 +107,19 @@ export class Connection {
   }
 
   url() {
-    const loc = this.env.location();
-    const proto = loc.protocol === 'https:' ? 'wss:' : 'ws:';
+    // The node in use, or (single node, or none chosen yet) the page's own.
+    const at = this.nodes && this.nodes.current ? new URL(this.nodes.current.url) : this.env.location();
+    const proto = at.protocol === 'https:' ? 'wss:' : 'ws:';
     const q = new URLSearchParams({ room: this.room, client: this.clientId });
     const since = this.since();
     if (since) q.set('since', since);
-    return `${proto}//${loc.host}/ws?${q}`;
+    return `${proto}//${at.host}/ws?${q}`;
+  }
+
+  refreshNodes() {
+    if (!this.nodes) return;
+    this.nodesAt = this.timers.now();
+    this.nodes.refresh();
   }
 
   connect() {
@@ -147,6 +163,7 @@ export class Connection {
         this.tokensAt = this.timers.now();
         this.setState('online', { welcome: f });
         this.closeRetired();
+        this.refreshNodes();
       }
       if (f.type === 'error' && f.code === 'rate_limited') {
         this.pause(Number(f.retry_after_ms) || 1000);
@@ -184,6 +201,10 @@ export class Connection {
       this.setState('offline');
       return;
     }
+    // 1001: the node is going away (shutdown, or it lost its majority);
+    // no welcome: it refused us (503) or cannot be reached. The next attempt,
+    // and the token check below, go to the next node.
+    if ((code === CLOSE.GOING_AWAY || !welcomed) && this.nodes) this.nodes.advance();
     if (code === CLOSE.POLICY || !welcomed) {
       // 1008: the access token expired or was revoked. A refused upgrade
       // (no welcome) looks like 1006 to a browser: the cause may be a 401.
@@ -261,6 +282,7 @@ export class Connection {
   checkAlive() {
     if (this.stopped || !this.ws || this.state !== 'online') return;
     const now = this.timers.now();
+    if (this.nodes && now - this.nodesAt >= NODES_EVERY_MS) this.refreshNodes();
     if (this.probeAt && now - this.probeAt > this.probeMs) {
       this.probeAt = 0;
       this.detach();

@@ -272,6 +272,14 @@ const STATE_TEXT = {
   'signed-out': 'Signed out',
 };
 
+/** The cluster node the socket is on; null (a single node): hidden. */
+export function setNode(name) {
+  const n = $('node');
+  n.hidden = !name;
+  n.dataset.node = name || '';
+  $('node-name').textContent = name || '';
+}
+
 export function setConnState(state, info = {}) {
   const c = $('conn');
   c.dataset.state = state;

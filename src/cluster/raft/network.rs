@@ -38,6 +38,8 @@ pub enum Call {
     /// The leader's read index: the log index a node must have applied to
     /// have everything committed when the call was answered.
     ReadIndex,
+    /// Removes a node from the log's membership (an operator's decision).
+    Remove(String),
 }
 
 /// The answer to a [`Call`] of the same kind.
@@ -49,6 +51,7 @@ pub enum Answer {
     Forward(Result<(), ForwardError>),
     /// `None`: the callee is not the leader (or could not confirm it).
     ReadIndex(Option<u64>),
+    Remove(Result<(), ForwardError>),
     /// This node's Raft is not running yet (or any more).
     NotRunning,
     /// The call did not decode.
@@ -90,6 +93,40 @@ impl Shared {
         let raft = self.raft.get()?;
         let (read, _applied) = raft.get_read_log_id().await.ok()?;
         Some(read.map_or(0, |l| l.index))
+    }
+
+    /// Removes `name` from the membership; only the leader can.
+    pub async fn remove_local(&self, name: &str) -> Result<(), ForwardError> {
+        use openraft::ChangeMembers;
+        let Some(raft) = self.raft.get() else {
+            return Err(ForwardError::Failed("the log is not running".into()));
+        };
+        let id = super::types::node_id(name);
+        let m = raft.metrics().borrow().clone();
+        let voters: std::collections::BTreeSet<NodeId> = m.membership_config.voter_ids().collect();
+        let known = m.membership_config.nodes().any(|(i, _)| *i == id);
+        if !known {
+            return Err(ForwardError::Failed(format!("{name} is not a member")));
+        }
+        let change = if voters.contains(&id) {
+            if voters.len() <= 1 {
+                return Err(ForwardError::Failed(
+                    "the last voter cannot be removed".into(),
+                ));
+            }
+            ChangeMembers::RemoveVoters([id].into())
+        } else {
+            ChangeMembers::RemoveNodes([id].into())
+        };
+        match raft.change_membership(change, false).await {
+            Ok(_) => Ok(()),
+            Err(e) => match e.forward_to_leader() {
+                Some(f) => Err(ForwardError::NotLeader(
+                    f.leader_node.as_ref().map(|n| n.name.clone()),
+                )),
+                None => Err(ForwardError::Failed(e.to_string())),
+            },
+        }
     }
 
     pub fn add_waiter(&self, op: Uuid, reply: oneshot::Sender<AccountOutcome>) {
@@ -138,6 +175,7 @@ impl LinkHandler for Handler {
             Ok(call) => match (call, self.0.raft.get()) {
                 (Call::Forward(req), _) => Answer::Forward(self.0.write_local(req).await),
                 (Call::ReadIndex, _) => Answer::ReadIndex(self.0.read_index().await),
+                (Call::Remove(name), _) => Answer::Remove(self.0.remove_local(&name).await),
                 (_, None) => Answer::NotRunning,
                 (Call::Append(r), Some(raft)) => Answer::Append(raft.append_entries(r).await),
                 (Call::Vote(r), Some(raft)) => Answer::Vote(raft.vote(r).await),
@@ -251,6 +289,25 @@ impl RaftNetwork<TypeConfig> for Conn {
             Ok(_) => Err(self.failed(CallFailed::Answer("another kind"))),
             Err(e) => Err(self.failed(e)),
         }
+    }
+}
+
+/// Asks `leader` to remove `name` from the membership.
+pub async fn remove(
+    links: &Links,
+    leader: &str,
+    name: &str,
+    ttl: Duration,
+) -> Result<(), ForwardError> {
+    let body =
+        encode(&Call::Remove(name.to_owned())).map_err(|e| ForwardError::Failed(e.to_string()))?;
+    let reply = links
+        .call(leader, Bytes::from(body), ttl)
+        .await
+        .map_err(|e| ForwardError::Failed(e.to_string()))?;
+    match decode::<Answer>(&reply) {
+        Ok(Answer::Remove(r)) => r,
+        _ => Err(ForwardError::Failed("no answer from the leader".into())),
     }
 }
 
