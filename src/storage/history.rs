@@ -93,11 +93,17 @@ impl Store {
         let (dir, limit, resumed) = match q.want {
             Want::Page(dir, limit) => (dir, limit, false),
             Want::Resume { since, max, latest } => {
+                // A cursor past `upto` is stored but not yet shown live here
+                // (cluster mode: applied before the hub took it): the live
+                // stream from `upto` on would repeat what the client saw up
+                // to it, so it is not a resume this read can honour.
+                let shown = |c: Cursor| q.upto.is_none_or(|u| c <= u);
                 let found = since.filter(|&c| {
-                    self.has_cursor(&q.room, c, pending).unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "resume lookup failed");
-                        false
-                    })
+                    shown(c)
+                        && self.has_cursor(&q.room, c, pending).unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "resume lookup failed");
+                            false
+                        })
                 });
                 match found {
                     Some(c) => (PageDir::After(c), max, true),
@@ -274,4 +280,63 @@ fn merge_cursors(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::protocol::MsgKind;
+    use crate::storage::StorageCmd;
+
+    fn post(seq: u64) -> StorageCmd {
+        StorageCmd::Append(
+            Arc::new(StoredMsg {
+                id: Uuid::new_v4(),
+                kind: MsgKind::Chat,
+                room: RoomName::parse("lobby").unwrap(),
+                sender: Username::parse("alice").unwrap(),
+                target: None,
+                content: "hi".into(),
+                action: false,
+                ts_ms: 7,
+                cursor: Cursor { ms: 7, seq },
+            }),
+            Instant::now(),
+        )
+    }
+
+    fn resume(since: u64, upto: u64) -> HistoryQuery {
+        HistoryQuery {
+            room: RoomName::parse("lobby").unwrap(),
+            viewer: Username::parse("bob").unwrap(),
+            want: Want::Resume {
+                since: Some(Cursor { ms: 7, seq: since }),
+                max: 100,
+                latest: 50,
+            },
+            upto: Some(Cursor { ms: 7, seq: upto }),
+        }
+    }
+
+    #[test]
+    fn a_resume_past_what_was_shown_is_not_honoured() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&d.path().join("db"), 1 << 20).unwrap();
+        store
+            .apply_replicated(&[post(0), post(1), post(2)])
+            .unwrap();
+        // Stored up to 2; the hub has shown up to 2: resumed after 1.
+        let f = store.fetch_now(&resume(1, 2), &[]).unwrap();
+        assert!(f.resumed);
+        assert_eq!(f.page.msgs.len(), 1);
+        // Shown only up to 0 (1 and 2 are still on their way to the hub,
+        // which will send them live): a resume after 1 would see 1 twice.
+        let f = store.fetch_now(&resume(1, 0), &[]).unwrap();
+        assert!(!f.resumed, "since is past upto");
+    }
 }

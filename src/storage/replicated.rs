@@ -14,12 +14,16 @@ impl Store {
     /// receipts that moved.
     pub fn apply_replicated(&self, cmds: &[StorageCmd]) -> Result<Vec<StorageEvent>> {
         let applied = self.apply_batch(cmds)?;
+        // An id resent while its first copy was still uncommitted can be in
+        // the log twice, even in one batch: only its first copy is fresh (shown
+        // live); the writer stored only that one.
+        let mut shown = std::collections::HashSet::new();
         let msgs: Vec<CommittedMsg> = cmds
             .iter()
             .filter_map(|c| match c {
                 StorageCmd::Append(m, _) => Some(CommittedMsg {
                     msg: Arc::clone(m),
-                    fresh: applied.fresh.contains(&m.id),
+                    fresh: applied.fresh.contains(&m.id) && shown.insert(m.id),
                 }),
                 StorageCmd::Ack(_) => None,
             })
@@ -92,6 +96,23 @@ mod tests {
         let again = store.apply_replicated(&entry).unwrap();
         assert_eq!(again.len(), 1, "the receipt does not move twice: {again:?}");
         assert!(matches!(&again[0], StorageEvent::Committed(m) if !m[0].fresh));
+        assert_eq!(store.last_cursor().unwrap(), Cursor { ms: 7, seq: 0 });
+    }
+
+    #[test]
+    fn an_id_twice_in_one_batch_is_fresh_once() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(&d.path().join("db"), 1 << 20).unwrap();
+        let id = Uuid::new_v4();
+        // The first copy's entry and the resend's, committed together.
+        let events = store
+            .apply_replicated(&[msg(id, "alice", 0), msg(id, "alice", 1)])
+            .unwrap();
+        let StorageEvent::Committed(m) = &events[0] else {
+            panic!("{events:?}")
+        };
+        let fresh: Vec<bool> = m.iter().map(|c| c.fresh).collect();
+        assert_eq!(fresh, [true, false], "shown live once");
         assert_eq!(store.last_cursor().unwrap(), Cursor { ms: 7, seq: 0 });
     }
 }

@@ -17,6 +17,7 @@ mod support;
 mod auth;
 mod chat;
 mod cluster;
+mod cluster_faults;
 mod commands;
 mod contract_gaps;
 mod demo;

@@ -480,7 +480,18 @@ impl Proposer {
                 Some(l) => match self.leader_name(l) {
                     Some(name) => {
                         let left = deadline.saturating_duration_since(Instant::now());
-                        forward(&self.links, &name, &req, left).await
+                        // A leader that stopped answering (frozen, cut off with
+                        // its link still up) is replaced about 1 s later: give
+                        // up on it then and retry at the new one, instead of
+                        // stalling every write until the deadline. The
+                        // abandoned call may still commit: ids make that safe.
+                        let mut metrics = self.raft.metrics();
+                        tokio::select! {
+                            r = forward(&self.links, &name, &req, left) => r,
+                            _ = metrics.wait_for(|m| m.current_leader != Some(l)) => {
+                                Err(ForwardError::NotLeader(None))
+                            }
+                        }
                     }
                     None => Err(ForwardError::NotLeader(None)),
                 },

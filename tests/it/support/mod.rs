@@ -6,6 +6,7 @@
 mod cluster;
 mod frames;
 mod http;
+pub mod netns;
 mod process;
 mod server;
 
