@@ -220,9 +220,10 @@ pub async fn saved(
                 (i, ws, seq, st)
             });
         }
-        let mut all = PhaseStats::default();
+        let (mut all, mut closed) = (PhaseStats::default(), 0u64);
         while let Some(r) = set.join_next().await {
             let (i, ws, seq, st) = r?;
+            closed += u64::from(st.closed);
             all.merge(&st);
             seqs[i] = seq;
             wss.push((i, ws));
@@ -239,12 +240,14 @@ pub async fn saved(
             "max".into()
         };
         eprintln!(
-            "  {name}: sent {} saved {} ({:.0}/s in window) unavailable {} unsaved {} send->saved {}",
+            "  {name}: sent {} saved {} ({:.0}/s in window) unavailable {} unsaved {} closed {} (code {:?}) send->saved {}",
             all.sent,
             all.saved,
             all.saved_in_window as f64 / args.duration,
             all.unavailable,
             all.unsaved,
+            closed,
+            all.close_code,
             all.hist.short()
         );
         out.insert(
@@ -259,7 +262,8 @@ pub async fn saved(
                 "rate_limited": all.rate_limited,
                 "other_errors": all.other_errors,
                 "unsaved": all.unsaved,
-                "closed": all.closed,
+                "closed_senders": closed,
+                "close_code": all.close_code,
                 "send_to_saved": all.hist.json_ms(),
                 "server_cores_per_node": cores,
             }),
