@@ -31,6 +31,19 @@ pub async fn accounts(args: &Args, ep: &Endpoint, n: usize) -> anyhow::Result<Ve
     Ok(net::accounts(&t, n, args.concurrency).await?.0)
 }
 
+/// Joins like [`net::join`], retried for up to 10 s: an account signed up
+/// at n1 is refused (401) by a node that has not applied its entry yet.
+async fn join(ep: &Endpoint, path: &str, a: Option<&Account>, rb: usize) -> anyhow::Result<Ws> {
+    let t0 = std::time::Instant::now();
+    loop {
+        match net::join(ep, false, path, a, rb).await {
+            Ok(ws) => return Ok(ws),
+            Err(e) if t0.elapsed() > Duration::from_secs(10) => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// What one receiver saw.
 #[derive(Default)]
 struct Recv {
@@ -122,7 +135,7 @@ pub async fn fan(
         let (ep, room, label) = (ep.clone(), room.clone(), label.clone());
         let (stop, live, rb) = (stop.clone(), live.clone(), args.read_buffer);
         set.spawn(async move {
-            let ws = net::join(&ep, false, &room, a.as_ref(), rb).await?;
+            let ws = join(&ep, &room, a.as_ref(), rb).await?;
             anyhow::Ok((label, ws, stop, live))
         });
     }
@@ -135,7 +148,7 @@ pub async fn fan(
         recvs.spawn(async move { (label, receive(ws, stop, live).await) });
     }
     let a = accts.get(recv_eps.len() / spu).cloned();
-    let sws = net::join(send_ep, false, &room, a.as_ref(), args.read_buffer).await?;
+    let sws = join(send_ep, &room, a.as_ref(), args.read_buffer).await?;
     eprintln!(
         "  {} receivers joined; sending {rate}/s for {dur:?}",
         recv_eps.len()
@@ -193,7 +206,7 @@ pub async fn saved(
         let path = format!("/ws?room=cldur{:x}-{i}", run & 0xff_ffff);
         let ep = &eps[i % eps.len()];
         let a = accts.get(i / spu);
-        wss.push((i, net::join(ep, false, &path, a, args.read_buffer).await?));
+        wss.push((i, join(ep, &path, a, args.read_buffer).await?));
     }
     let dur = Duration::from_secs_f64(args.duration);
     let mut seqs = vec![0u64; senders];
