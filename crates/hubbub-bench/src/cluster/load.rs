@@ -101,7 +101,7 @@ async fn send_at(mut ws: Ws, rate: f64, dur: Duration, size: usize) -> anyhow::R
             _ = tick.tick() => {
                 if tokio::time::Instant::now() >= end { break; }
                 let due = (start.elapsed().as_secs_f64() * rate) as u64 + 1;
-                for _ in sent..due {
+                while sent < due {
                     let content = padded(format!("t={} s=0 ", now_ns()), size);
                     let f = frames::encode(&ClientMsg::Chat { id: Uuid::new_v4(), content });
                     ws.feed(Message::Text(f.into())).await.context("sending")?;
