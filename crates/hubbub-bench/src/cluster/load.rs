@@ -129,24 +129,7 @@ pub async fn fan(
     let accts = accounts(args, send_ep, (recv_eps.len() + 1).div_ceil(spu)).await?;
     let room = format!("/ws?room=clfan{:x}", net::run_id() & 0xff_ffff);
     let (stop, live) = (CancellationToken::new(), Arc::new(AtomicU64::new(0)));
-    let mut set = JoinSet::new();
-    for (i, (label, ep)) in recv_eps.iter().enumerate() {
-        let a = accts.get(i / spu).cloned();
-        let (ep, room, label) = (ep.clone(), room.clone(), label.clone());
-        let (stop, live, rb) = (stop.clone(), live.clone(), args.read_buffer);
-        set.spawn(async move {
-            let ws = join(&ep, &room, a.as_ref(), rb).await?;
-            anyhow::Ok((label, ws, stop, live))
-        });
-    }
-    let mut joined = Vec::new();
-    while let Some(r) = set.join_next().await {
-        joined.push(r?.context("joining a receiver")?);
-    }
-    let mut recvs = JoinSet::new();
-    for (label, ws, stop, live) in joined {
-        recvs.spawn(async move { (label, receive(ws, stop, live).await) });
-    }
+    let mut recvs = start_receivers(args, &accts, recv_eps, &room, &stop, &live).await?;
     let a = accts.get(recv_eps.len() / spu).cloned();
     let sws = join(send_ep, &room, a.as_ref(), args.read_buffer).await?;
     eprintln!(
@@ -189,6 +172,35 @@ pub async fn fan(
     }))
 }
 
+/// Joins every receiver of `recv_eps` to `room`, then lets them read
+/// until `stop`; each ends with its label and what it saw.
+async fn start_receivers(
+    args: &Args,
+    accts: &[Account],
+    recv_eps: &[(String, Endpoint)],
+    room: &str,
+    stop: &CancellationToken,
+    live: &Arc<AtomicU64>,
+) -> anyhow::Result<JoinSet<(String, Recv)>> {
+    let spu = args.sessions_per_user.unwrap_or(50).max(1);
+    let mut set = JoinSet::new();
+    for (i, (label, ep)) in recv_eps.iter().enumerate() {
+        let a = accts.get(i / spu).cloned();
+        let (ep, room, label, rb) = (ep.clone(), room.to_owned(), label.clone(), args.read_buffer);
+        set.spawn(async move {
+            let ws = join(&ep, &room, a.as_ref(), rb).await?;
+            anyhow::Ok((label, ws))
+        });
+    }
+    let mut recvs = JoinSet::new();
+    while let Some(r) = set.join_next().await {
+        let (label, ws) = r?.context("joining a receiver")?;
+        let (stop, live) = (stop.clone(), live.clone());
+        recvs.spawn(async move { (label, receive(ws, stop, live).await) });
+    }
+    Ok(recvs)
+}
+
 /// S senders, each alone in its own room, spread round-robin over `eps`:
 /// send→`saved` at each offered rate in `rates` (0 = closed loop, `--window`).
 pub async fn saved(
@@ -208,39 +220,12 @@ pub async fn saved(
         let a = accts.get(i / spu);
         wss.push((i, join(ep, &path, a, args.read_buffer).await?));
     }
-    let dur = Duration::from_secs_f64(args.duration);
     let mut seqs = vec![0u64; senders];
     let mut out = serde_json::Map::new();
     for &rate in rates {
         let cpu0: Vec<Option<f64>> = pids.iter().map(|p| net::cpu_secs(Some(*p))).collect();
         let wall = std::time::Instant::now();
-        let mut set = JoinSet::new();
-        for ((i, mut ws), seq0) in wss.drain(..).zip(seqs.iter().copied()) {
-            let c = PhaseCfg {
-                rate: rate / senders as f64,
-                window: args.window.max(1),
-                duration: dur,
-                size: args.size,
-                run,
-                sender: i,
-                count: u64::MAX,
-                target: None,
-            };
-            set.spawn(async move {
-                let mut seq = seq0;
-                let make = move |q: u64| padded(format!("t={} d={q} ", now_ns()), c.size);
-                let st = phase(&mut ws, c, &mut seq, &make).await;
-                (i, ws, seq, st)
-            });
-        }
-        let (mut all, mut closed) = (PhaseStats::default(), 0u64);
-        while let Some(r) = set.join_next().await {
-            let (i, ws, seq, st) = r?;
-            closed += u64::from(st.closed);
-            all.merge(&st);
-            seqs[i] = seq;
-            wss.push((i, ws));
-        }
+        let (all, closed) = one_rate(args, &mut wss, &mut seqs, run, rate).await?;
         let w = wall.elapsed().as_secs_f64();
         let cores: Vec<Option<f64>> = pids
             .iter()
@@ -263,25 +248,67 @@ pub async fn saved(
             all.close_code,
             all.hist.short()
         );
-        out.insert(
-            name,
-            json!({
-                "offered_rate": rate,
-                "window": if rate > 0.0 { None } else { Some(args.window) },
-                "sent": all.sent,
-                "saved": all.saved,
-                "saved_per_sec": (all.saved_in_window as f64 / args.duration).round(),
-                "unavailable": all.unavailable,
-                "rate_limited": all.rate_limited,
-                "other_errors": all.other_errors,
-                "unsaved": all.unsaved,
-                "closed_senders": closed,
-                "close_code": all.close_code,
-                "send_to_saved": all.hist.json_ms(),
-                "server_cores_per_node": cores,
-            }),
-        );
+        let mut v = rate_json(args, &all, rate, closed);
+        v["server_cores_per_node"] = json!(cores);
+        out.insert(name, v);
     }
     out.insert("senders".into(), json!(senders));
     Ok(Value::Object(out))
+}
+
+/// One phase on every sender at once (`rate` in total); the merged stats and
+/// how many senders the server closed.
+async fn one_rate(
+    args: &Args,
+    wss: &mut Vec<(usize, Ws)>,
+    seqs: &mut [u64],
+    run: u64,
+    rate: f64,
+) -> anyhow::Result<(PhaseStats, u64)> {
+    let senders = seqs.len();
+    let mut set = JoinSet::new();
+    for ((i, mut ws), seq0) in wss.drain(..).zip(seqs.iter().copied()) {
+        let c = PhaseCfg {
+            rate: rate / senders as f64,
+            window: args.window.max(1),
+            duration: Duration::from_secs_f64(args.duration),
+            size: args.size,
+            run,
+            sender: i,
+            count: u64::MAX,
+            target: None,
+        };
+        set.spawn(async move {
+            let mut seq = seq0;
+            let make = move |q: u64| padded(format!("t={} d={q} ", now_ns()), c.size);
+            let st = phase(&mut ws, c, &mut seq, &make).await;
+            (i, ws, seq, st)
+        });
+    }
+    let (mut all, mut closed) = (PhaseStats::default(), 0u64);
+    while let Some(r) = set.join_next().await {
+        let (i, ws, seq, st) = r?;
+        closed += u64::from(st.closed);
+        all.merge(&st);
+        seqs[i] = seq;
+        wss.push((i, ws));
+    }
+    Ok((all, closed))
+}
+
+fn rate_json(args: &Args, all: &PhaseStats, rate: f64, closed: u64) -> Value {
+    json!({
+        "offered_rate": rate,
+        "window": if rate > 0.0 { None } else { Some(args.window) },
+        "sent": all.sent,
+        "saved": all.saved,
+        "saved_per_sec": (all.saved_in_window as f64 / args.duration).round(),
+        "unavailable": all.unavailable,
+        "rate_limited": all.rate_limited,
+        "other_errors": all.other_errors,
+        "unsaved": all.unsaved,
+        "closed_senders": closed,
+        "close_code": all.close_code,
+        "send_to_saved": all.hist.json_ms(),
+    })
 }

@@ -79,32 +79,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
     }
     eprintln!("three nodes:");
     let mut three = nodes::spawn_three(args, &bin, &root.0).await?;
-    let r = match what {
-        "failover" => {
-            let acct = load::accounts(args, &three[0].ep(), 1).await?;
-            let acct = acct
-                .into_iter()
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("no account"))?;
-            faults::failover(args, &bin, &root.0, &mut three, &acct).await
-        }
-        "detection" => faults::detection(args, &bin, &root.0, &mut three).await,
-        "gossip" => {
-            // Let the join traffic settle first.
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            faults::gossip(args, &three).await
-        }
-        _ => {
-            measure(
-                args,
-                &Setup {
-                    name: "cluster",
-                    nodes: &three,
-                },
-            )
-            .await
-        }
-    };
+    let r = on_three(args, &bin, &root.0, &mut three).await;
     for n in &mut three {
         n.stop().await;
     }
@@ -113,6 +88,38 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
     let v = Value::Object(results);
     let summary = format!("cluster {what}: {}", serde_json::to_string_pretty(&v)?);
     Ok((v, summary))
+}
+
+/// `--what` on the three nodes.
+async fn on_three(
+    args: &Args,
+    bin: &std::path::Path,
+    root: &std::path::Path,
+    three: &mut [Node],
+) -> anyhow::Result<Value> {
+    match args.what.as_str() {
+        "failover" => {
+            let acct = load::accounts(args, &three[0].ep(), 1).await?;
+            let acct = acct
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("no account"))?;
+            faults::failover(args, bin, root, three, &acct).await
+        }
+        "detection" => faults::detection(args, bin, root, three).await,
+        "gossip" => {
+            // Let the join traffic settle first.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            faults::gossip(args, three).await
+        }
+        _ => {
+            let s = Setup {
+                name: "cluster",
+                nodes: three,
+            };
+            measure(args, &s).await
+        }
+    }
 }
 
 /// The load measurement `--what` on one setup.

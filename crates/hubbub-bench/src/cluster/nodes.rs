@@ -139,9 +139,25 @@ pub async fn spawn(
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let (http, cluster) = read_addrs(stdout, name, seeds.is_some()).await?;
+    let http = http.ok_or_else(|| anyhow!("{name}: no HTTP address printed"))?;
+    Ok(Node {
+        name: name.into(),
+        http,
+        cluster,
+        child: Some(child),
+    })
+}
+
+/// Reads a starting node's stdout up to its addresses (HTTP, and the cluster
+/// address in cluster mode), then keeps draining it in the background.
+async fn read_addrs(
+    stdout: tokio::process::ChildStdout,
+    name: &str,
+    want_cluster: bool,
+) -> anyhow::Result<(Option<SocketAddr>, Option<SocketAddr>)> {
     let mut lines = BufReader::new(stdout).lines();
-    let want_cluster = seeds.is_some();
-    let (http, cluster) = tokio::time::timeout(START, async {
+    let addrs = tokio::time::timeout(START, async {
         let mut http = None;
         while let Some(line) = lines.next_line().await? {
             if let Some(a) = line.split("listening on http://").nth(1) {
@@ -162,13 +178,7 @@ pub async fn spawn(
     .await
     .with_context(|| format!("waiting for {name} to listen"))??;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let http = http.ok_or_else(|| anyhow!("{name}: no HTTP address printed"))?;
-    Ok(Node {
-        name: name.into(),
-        http,
-        cluster,
-        child: Some(child),
-    })
+    Ok(addrs)
 }
 
 /// The hubbub binary: --server-bin, else next to this binary, else target/release.
