@@ -48,6 +48,8 @@ pub struct PhaseStats {
     pub other_errors: u64,
     pub unsaved: u64,
     pub closed: bool,
+    /// The close code the server sent, if it closed the socket with one.
+    pub close_code: Option<u16>,
 }
 
 impl PhaseStats {
@@ -61,6 +63,7 @@ impl PhaseStats {
         self.other_errors += o.other_errors;
         self.unsaved += o.unsaved;
         self.closed |= o.closed;
+        self.close_code = self.close_code.or(o.close_code);
     }
 }
 
@@ -149,6 +152,11 @@ pub async fn phase(
             m = ws.next() => {
                 let text = match m {
                     Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(f))) => {
+                        st.close_code = f.map(|f| u16::from(f.code));
+                        st.closed = true;
+                        break;
+                    }
                     Some(Ok(_)) => continue,
                     Some(Err(_)) | None => { st.closed = true; break; }
                 };

@@ -6,6 +6,7 @@
 //! Every scenario is bounded in count and time, only targets loopback, and
 //! prints one JSON line of results on stdout and a human summary on stderr.
 
+mod cluster;
 mod durable;
 mod fanout;
 mod fuzz;
@@ -41,6 +42,8 @@ pub enum Scenario {
     /// Hostile frames over N connections, each answer checked against PROTOCOL.md,
     /// while a well-behaved pair chats: frames/s, outcomes, latency, RSS.
     Fuzz,
+    /// Three nodes (and a single node as the baseline): see `--what`.
+    Cluster,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -144,6 +147,15 @@ pub struct Args {
     /// Seed of the fuzz's case generator (the same seed repeats the same cases per connection).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Cluster measurement: latency, saved, max, fanout, failover, detection, gossip.
+    #[arg(long, default_value = "latency")]
+    pub what: String,
+    /// kill -9s in the cluster's failover and detection measurements.
+    #[arg(long, default_value_t = 10)]
+    pub kills: usize,
+    /// Seconds of idle over which the cluster's gossip bytes/s are measured.
+    #[arg(long, default_value_t = 60)]
+    pub gossip_secs: u64,
     /// Free text copied into the JSON (e.g. a round number).
     #[arg(long, default_value = "")]
     pub label: String,
@@ -192,6 +204,15 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         args.server_arg
             .extend(["--max-frame".into(), "65536".into()]);
     }
+    if args.scenario == Scenario::Cluster {
+        return finish(
+            &args,
+            nofile,
+            std::time::Instant::now(),
+            None,
+            cluster::run(&args).await,
+        );
+    }
     let target = net::Target::open(&args).await?;
     let started = std::time::Instant::now();
     let result = match args.scenario {
@@ -201,9 +222,21 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         Scenario::History => history::run(&args, &target).await,
         Scenario::HistoryHidden => hidden::run(&args, &target).await,
         Scenario::Fuzz => fuzz::run(&args, &target).await,
+        Scenario::Cluster => Err(anyhow::anyhow!("cluster runs start their own nodes")),
     };
     let server_rss_kib = target.pid.and_then(net::rss_kib);
     target.close().await;
+    finish(&args, nofile, started, server_rss_kib, result)
+}
+
+/// Prints the JSON line (stdout) and the summary (stderr) of a run.
+fn finish(
+    args: &Args,
+    nofile: u64,
+    started: std::time::Instant,
+    server_rss_kib: Option<u64>,
+    result: anyhow::Result<Outcome>,
+) -> anyhow::Result<()> {
     let (results, summary) = result?;
     let line = json!({
         "scenario": format!("{:?}", args.scenario).to_lowercase(),

@@ -141,6 +141,19 @@ pub struct Target {
 }
 
 impl Target {
+    /// A running plain-HTTP hubbub at `ep` that this process did not start.
+    pub fn at(ep: Endpoint) -> Target {
+        Target {
+            ep,
+            pid: None,
+            raw: false,
+            raw_path: "/".into(),
+            spawned: false,
+            child: None,
+            temp_dir: None,
+        }
+    }
+
     pub async fn open(args: &Args) -> anyhow::Result<Target> {
         if !args.spawn {
             let addr = loopback_addr(&args.url)?;
@@ -274,7 +287,7 @@ impl Target {
 /// Flags that lift the server's per-connection and per-address limits (every
 /// client of a bench shares 127.0.0.1), and plain HTTP: only those this
 /// binary's `--help` lists, so older and newer servers both start.
-fn lifted_limits(bin: &std::path::Path, tls: bool) -> Vec<String> {
+pub fn lifted_limits(bin: &std::path::Path, tls: bool) -> Vec<String> {
     const BIG: &str = "1000000";
     let wanted = [
         ("--msgs-per-sec", BIG),
