@@ -35,7 +35,7 @@ use gossip::{Gossip, GossipConfig, NodeState, View};
 use keys::ClusterKeys;
 use link::{LinkConfig, Links};
 use raft::network::{Handler, Shared};
-use raft::node::{LogNode, LogStatus};
+use raft::node::{LogNode, LogStatus, ProposerInputs};
 
 /// A dead node's gossip state is kept this long, then forgotten.
 const DEAD_GRACE: Duration = Duration::from_secs(20);
@@ -254,15 +254,15 @@ impl Cluster {
         .context("starting the replicated log")?;
         let (ready_tx, ready) = watch::channel(false);
         log.spawn_membership(gossip.view(), links.clone(), cfg.bootstrap_expect);
-        log.spawn_proposer(
-            deps.proposals,
-            deps.accounts,
-            links.clone(),
-            shared.clone(),
-            deps.events,
-            ready.clone(),
-            deps.metrics.clone(),
-        );
+        log.spawn_proposer(ProposerInputs {
+            writes: deps.proposals,
+            accounts: deps.accounts,
+            links: links.clone(),
+            shared: shared.clone(),
+            events: deps.events,
+            serving: ready.clone(),
+            metrics: deps.metrics.clone(),
+        });
         let stop = CancellationToken::new();
         let readiness = tokio::spawn(readiness(
             log.raft().clone(),

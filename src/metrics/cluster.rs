@@ -180,7 +180,11 @@ impl ClusterMetrics {
                 "hubbub_log_leader_changes_total",
                 "Times the leader this node knows changed (to another node or to none).",
             ),
-            log_is_leader: gauge(r, "hubbub_log_is_leader", "1 while this node leads the log."),
+            log_is_leader: gauge(
+                r,
+                "hubbub_log_is_leader",
+                "1 while this node leads the log.",
+            ),
             log_last_applied: gauge(
                 r,
                 "hubbub_log_last_applied",

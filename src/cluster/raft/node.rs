@@ -26,11 +26,22 @@ use crate::storage::{AccountProposal, DurableMsg, StorageCmd, StorageEvent, Stor
 const HEARTBEAT_MS: u64 = 100;
 const ELECTION_MS: (u64, u64) = (300, 600);
 /// Entries per append RPC.
-const MAX_PAYLOAD_ENTRIES: u64 = 64;
-/// One entry carries at most this many writes, and about this many bytes of
-/// message content: what was queued while the previous entry committed.
+const MAX_PAYLOAD_ENTRIES: u64 = 16;
+/// One entry carries at most this many writes, and about this many bytes
+/// (content plus `WRITE_OVERHEAD` per write): what was queued while the
+/// previous entry committed.
 const MAX_WRITES: usize = 1024;
-const MAX_ENTRY_BYTES: usize = 1 << 20;
+const MAX_ENTRY_BYTES: usize = 512 << 10;
+/// A write's encoded size besides its content (ids, names, kind), rounded up.
+const WRITE_OVERHEAD: usize = 256;
+/// The largest write: a message of 4000 characters of 4 bytes each.
+const MAX_WRITE_BYTES: usize = 16_000 + WRITE_OVERHEAD;
+// An append RPC of MAX_PAYLOAD_ENTRIES full entries must fit in one link
+// frame (16 MiB, `LinkConfig::new`), or replication to a lagging node would
+// fail on every try.
+const _: () = assert!(
+    (MAX_PAYLOAD_ENTRIES as usize) * (MAX_ENTRY_BYTES + MAX_WRITE_BYTES) < (16 << 20) - (1 << 20)
+);
 /// A batch that is not committed within this long is reported failed
 /// (`unavailable`); its writes may still commit later (ids make a resend safe).
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
@@ -135,28 +146,37 @@ impl LogNode {
 
     /// Turns what arrives on `rx` (the hub's appends, the sessions' acks)
     /// into entries, one at a time, each proposed at the leader.
-    pub fn spawn_proposer(
-        &mut self,
-        rx: mpsc::Receiver<StorageCmd>,
-        accounts: mpsc::Receiver<AccountProposal>,
-        links: Links,
-        shared: Arc<Shared>,
-        events: mpsc::Sender<StorageEvent>,
-        serving: watch::Receiver<bool>,
-        metrics: Arc<ClusterMetrics>,
-    ) {
+    pub fn spawn_proposer(&mut self, inputs: ProposerInputs) {
         let p = Proposer {
             raft: self.raft.clone(),
-            serving,
-            metrics,
+            serving: inputs.serving,
+            metrics: inputs.metrics,
             me: node_id(&self.name),
-            links,
-            shared,
-            events,
+            links: inputs.links,
+            shared: inputs.shared,
+            events: inputs.events,
         };
-        self.tasks
-            .push(tokio::spawn(p.run(rx, accounts, self.stop.clone())));
+        self.tasks.push(tokio::spawn(p.run(
+            inputs.writes,
+            inputs.accounts,
+            self.stop.clone(),
+        )));
     }
+}
+
+/// What the proposer reads from and reports to.
+pub struct ProposerInputs {
+    /// The hub's appends and the sessions' acks.
+    pub writes: mpsc::Receiver<StorageCmd>,
+    /// Auth's account changes.
+    pub accounts: mpsc::Receiver<AccountProposal>,
+    pub links: Links,
+    pub shared: Arc<Shared>,
+    /// To the hub: entries that were not committed in time.
+    pub events: mpsc::Sender<StorageEvent>,
+    /// This node serves (part of a majority): otherwise refuse at once.
+    pub serving: watch::Receiver<bool>,
+    pub metrics: Arc<ClusterMetrics>,
 }
 
 /// How the log is doing on this node.
@@ -278,8 +298,18 @@ pub fn caught_up(raft: &Raft<TypeConfig>) -> bool {
             .is_some_and(|ms| ms < QUORUM_ACK_MS),
         _ => m.current_leader.is_some(),
     };
-    quorum && m.last_applied.map(|l| l.index) >= m.last_log_index && m.running_state.is_ok()
+    // Under steady writes a node always holds a few entries appended and not
+    // yet applied (or not yet committed): "caught up" allows for that.
+    let lag = m
+        .last_log_index
+        .unwrap_or(0)
+        .saturating_sub(m.last_applied.map_or(0, |l| l.index));
+    quorum && lag <= MAX_APPLY_LAG && m.running_state.is_ok()
 }
+
+/// Entries a serving node may hold unapplied (appended, in flight to commit
+/// or apply). A node further behind is catching up and not ready.
+const MAX_APPLY_LAG: u64 = 256;
 
 impl LogNode {
     pub async fn shutdown(self) {
@@ -530,14 +560,14 @@ impl Batch {
         let op_id = uuid::Uuid::new_v4();
         shared.add_waiter(op_id, a.reply);
         self.ops.push(op_id);
-        self.bytes += 256;
+        self.bytes += 2 * WRITE_OVERHEAD;
         self.writes.push(Write::Account { op_id, op: a.op });
     }
 
     fn push_cmd(&mut self, c: StorageCmd) {
         let w = match c {
             StorageCmd::Append(m, _) => {
-                self.bytes += m.content.len();
+                self.bytes += m.content.len() + WRITE_OVERHEAD;
                 self.posts.push(DurableMsg {
                     id: m.id,
                     room: m.room.clone(),
