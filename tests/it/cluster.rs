@@ -80,13 +80,7 @@ async fn three_nodes_form_and_list_each_other() {
 async fn a_killed_node_is_marked_dead_and_returns_as_a_new_generation() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = spawn_cluster(root.path(), 3, &[]);
-    {
-        let refs: Vec<&Node> = nodes.iter().collect();
-        wait_for("formed", FORM_BOUND, || {
-            all_ready(&refs, &["n1", "n2", "n3"])
-        })
-        .await;
-    }
+    formed(&nodes).await;
     let old_generation = nodes[2].generation;
     nodes[2].kill();
     let killed = Instant::now();
@@ -228,16 +222,7 @@ async fn forged_gossip_and_strangers_never_join() {
 #[tokio::test]
 async fn a_single_node_has_no_cluster_endpoints() {
     let s = TestServer::start_with(&["--admin-token", ADMIN_TOKEN]).await;
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let r = client::request(
-        s.addr,
-        "GET",
-        "/api/admin/cluster",
-        &[("authorization", &auth)],
-        None,
-    )
-    .await
-    .unwrap();
+    let r = admin_request(s.addr, "GET", "/api/admin/cluster").await;
     assert_eq!(r.status, 404);
     assert_eq!(
         metric_sample(s.addr, "hubbub_cluster_members{state=\"ready\"}").await,
@@ -249,21 +234,13 @@ async fn a_single_node_has_no_cluster_endpoints() {
 async fn users_on_three_nodes_chat_in_one_order_and_read_one_history() {
     let root = tempfile::tempdir().unwrap();
     let nodes = spawn_cluster(root.path(), 3, &[]);
-    let refs: Vec<&Node> = nodes.iter().collect();
     let t0 = Instant::now();
-    wait_for("formed", FORM_BOUND, || {
-        all_ready(&refs, &["n1", "n2", "n3"])
-    })
-    .await;
-    wait_for("one leader", FORM_BOUND, || async {
-        one_leader(&refs).await.is_some()
-    })
-    .await;
+    formed(&nodes).await;
     println!(
         "formation: log has a leader {:?} after the nodes were up",
         t0.elapsed()
     );
-    // Accounts are per node until they go through the log: one user per node.
+    // One user per node.
     let mut users = Vec::new();
     let mut socks = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
@@ -322,17 +299,7 @@ async fn users_on_three_nodes_chat_in_one_order_and_read_one_history() {
         .unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-        let got: Vec<(String, String)> = v["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                (
-                    m["id"].as_str().unwrap().to_owned(),
-                    m["cursor"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
+        let got = ids_and_cursors(&v);
         pages.push(got);
     }
     assert_eq!(pages[0], orders[0]);
@@ -344,17 +311,7 @@ async fn users_on_three_nodes_chat_in_one_order_and_read_one_history() {
 async fn a_node_without_a_majority_stops_serving_and_comes_back() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = spawn_cluster(root.path(), 3, &[]);
-    {
-        let refs: Vec<&Node> = nodes.iter().collect();
-        wait_for("formed", FORM_BOUND, || {
-            all_ready(&refs, &["n1", "n2", "n3"])
-        })
-        .await;
-        wait_for("one leader", FORM_BOUND, || async {
-            one_leader(&refs).await.is_some()
-        })
-        .await;
-    }
+    formed(&nodes).await;
     let n3 = nodes[2].addr();
     let acct = user_at(n3, &name("alone")).await;
     let mut ws = join_at(n3, &acct, "lobby").await;
@@ -363,13 +320,7 @@ async fn a_node_without_a_majority_stops_serving_and_comes_back() {
     nodes[1].kill();
     let lost = Instant::now();
     // Its socket is closed with 1001 (clients go elsewhere); /readyz turns 503.
-    let closed = loop {
-        match ws.recv(FORM_BOUND).await {
-            Some(Incoming::Closed(code)) => break code,
-            Some(Incoming::Frame(_)) => continue,
-            None => panic!("the socket of a node without a majority stayed open"),
-        }
-    };
+    let closed = closed_code(&mut ws).await;
     println!(
         "minority: sessions closed {:?} after losing the majority",
         lost.elapsed()
@@ -413,11 +364,7 @@ async fn post(
 async fn accounts_work_on_every_node() {
     let root = tempfile::tempdir().unwrap();
     let nodes = spawn_cluster(root.path(), 3, &[]);
-    let refs: Vec<&Node> = nodes.iter().collect();
-    wait_for("formed", FORM_BOUND, || {
-        all_ready(&refs, &["n1", "n2", "n3"])
-    })
-    .await;
+    formed(&nodes).await;
     let (n1, n2, n3) = (nodes[0].addr(), nodes[1].addr(), nodes[2].addr());
     // Sign up on n1, log in on n3, refresh on n2.
     let who = name("acct");
@@ -461,26 +408,14 @@ async fn accounts_work_on_every_node() {
     let acct = user_at(n1, &victim).await;
     let mut on1 = join_at(n1, &acct, "lobby").await;
     let mut on3 = join_at(n3, &acct, "lobby").await;
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let r = client::request(
-        n2,
-        "POST",
-        &format!("/api/admin/users/{victim}/disable"),
-        &[("authorization", &auth)],
-        None,
-    )
-    .await
-    .unwrap();
+    let r = admin_request(n2, "POST", &format!("/api/admin/users/{victim}/disable")).await;
     assert_eq!(r.status, 200, "{}", r.body);
     for ws in [&mut on1, &mut on3] {
-        let code = loop {
-            match ws.recv(FORM_BOUND).await {
-                Some(Incoming::Closed(code)) => break code,
-                Some(Incoming::Frame(_)) => continue,
-                None => panic!("a disabled user's socket stayed open"),
-            }
-        };
-        assert_eq!(code, Some(1008));
+        assert_eq!(
+            closed_code(ws).await,
+            Some(1008),
+            "a disabled user's socket"
+        );
     }
     let r = post(
         n3,
@@ -498,18 +433,13 @@ async fn accounts_work_on_every_node() {
 async fn a_join_on_a_node_that_is_behind_honours_since_from_another_node() {
     let root = tempfile::tempdir().unwrap();
     let nodes = spawn_cluster(root.path(), 3, &[]);
-    let refs: Vec<&Node> = nodes.iter().collect();
-    wait_for("formed", FORM_BOUND, || {
-        all_ready(&refs, &["n1", "n2", "n3"])
-    })
-    .await;
-    let leader = wait_for_leader(&refs).await;
+    let leader = formed(&nodes).await;
     // A follower that will be behind: stopped while a message commits.
     let behind = nodes.iter().find(|n| n.name != leader).unwrap();
     let ahead = nodes.iter().find(|n| n.name == leader).unwrap();
     let acct = user_at(ahead.addr(), &name("since")).await;
     let mut ws = join_at(ahead.addr(), &acct, "lobby").await;
-    signal(behind, "STOP");
+    signal(behind, libc::SIGSTOP);
     let id = say(&mut ws, "committed while a follower slept").await;
     let m = expect_msg(&mut ws, &id).await;
     expect_receipt(&mut ws, &id, "saved").await;
@@ -523,7 +453,7 @@ async fn a_join_on_a_node_that_is_behind_honours_since_from_another_node() {
         client::join(behind_addr, &acct2, "lobby", None, Some(&cursor2)).await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    signal(behind, "CONT");
+    signal(behind, libc::SIGCONT);
     let mut at_behind = join.await.unwrap().unwrap();
     let welcome = next_frame(&mut at_behind).await;
     assert_eq!(welcome["type"], "welcome");
@@ -537,14 +467,7 @@ async fn a_join_on_a_node_that_is_behind_honours_since_from_another_node() {
 async fn a_dead_node_is_removed_only_when_an_operator_says_so() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = spawn_cluster(root.path(), 3, &[]);
-    {
-        let refs: Vec<&Node> = nodes.iter().collect();
-        wait_for("formed", FORM_BOUND, || {
-            all_ready(&refs, &["n1", "n2", "n3"])
-        })
-        .await;
-        wait_for_leader(&refs).await;
-    }
+    formed(&nodes).await;
     nodes[2].kill();
     let (n1, n2) = (nodes[0].addr(), nodes[1].addr());
     let voters = |addr| async move {
@@ -561,22 +484,8 @@ async fn a_dead_node_is_removed_only_when_an_operator_says_so() {
     // Dead, but still a voter: nothing removes it on its own.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(voters(n1).await, ["n1", "n2", "n3"]);
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let remove = |addr, node: &'static str| {
-        let auth = auth.clone();
-        async move {
-            client::request(
-                addr,
-                "POST",
-                &format!("/api/admin/cluster/remove/{node}"),
-                &[("authorization", &auth)],
-                None,
-            )
-            .await
-            .unwrap()
-        }
-    };
-    assert_eq!(remove(n2, "nobody").await.status, 409, "not a member");
+    let r = admin_request(n2, "POST", "/api/admin/cluster/remove/nobody").await;
+    assert_eq!(r.status, 409, "not a member");
     // `hubbub cluster remove` asks a follower or the leader alike.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hubbub"))
         .args(["cluster", "remove", "n3", "--url", &format!("http://{n2}")])

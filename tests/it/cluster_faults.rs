@@ -23,17 +23,6 @@ pub(crate) const FORM_BOUND: Duration = Duration::from_secs(30);
 const FAILOVER_BOUND: Duration = Duration::from_secs(10);
 pub(crate) const CLIENTS: usize = 30;
 
-/// Waits until every node sees all of them ready and one leader.
-async fn formed(nodes: &[Node]) {
-    let refs: Vec<&Node> = nodes.iter().collect();
-    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-    wait_for("formed", FORM_BOUND, || all_ready(&refs, &names)).await;
-    wait_for("one leader", FORM_BOUND, || async {
-        one_leader(&refs).await.is_some()
-    })
-    .await;
-}
-
 /// The index of the leader all nodes agree on.
 async fn leader_index(nodes: &[Node]) -> usize {
     let refs: Vec<&Node> = nodes.iter().collect();
@@ -77,13 +66,6 @@ async fn all_applied_equal(nodes: &[Node]) {
         a.windows(2).all(|w| w[0] == w[1])
     })
     .await;
-}
-
-fn signal(n: &Node, sig: libc::c_int) {
-    let pid = libc::pid_t::try_from(n.proc.child.id()).unwrap();
-    // SAFETY: kill(2) on our own child's pid; it is not reaped yet (we hold
-    // its `Child` and wait only in `terminate`), so the pid is still ours.
-    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
 }
 
 /// SIGTERM, then waits (bounded) for the process to exit.

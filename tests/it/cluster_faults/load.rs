@@ -388,17 +388,7 @@ pub async fn history(addr: SocketAddr, acct: &Account) -> Vec<(String, String)> 
         .unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
         let v = r.json();
-        let page: Vec<(String, String)> = v["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                (
-                    m["id"].as_str().unwrap().to_owned(),
-                    m["cursor"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
+        let page = ids_and_cursors(&v);
         before = page.first().map(|p| p.1.clone());
         let more = v["more"] == true;
         all.splice(0..0, page);

@@ -122,16 +122,7 @@ pub async fn join_at(addr: SocketAddr, acct: &client::Account, room: &str) -> cl
 
 /// `GET /api/admin/cluster` at `addr`.
 pub async fn cluster_status(addr: SocketAddr) -> Value {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let r = client::request(
-        addr,
-        "GET",
-        "/api/admin/cluster",
-        &[("authorization", &auth)],
-        None,
-    )
-    .await
-    .unwrap();
+    let r = admin_request(addr, "GET", "/api/admin/cluster").await;
     assert_eq!(r.status, 200, "{}", r.body);
     serde_json::from_str(&r.body).unwrap()
 }
@@ -203,13 +194,56 @@ pub async fn wait_for_leader(nodes: &[&Node]) -> String {
     }
 }
 
-/// Sends `SIG<sig>` (STOP, CONT, TERM…) to a node's process.
-pub fn signal(node: &Node, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(node.proc.child.id().to_string())
-        .status()
+/// Sends `sig` (`libc::SIGSTOP`, …) to a node's process.
+pub fn signal(n: &Node, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(n.proc.child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid; it is not reaped yet (we hold
+    // its `Child` and wait only after killing it), so the pid is still ours.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+}
+
+/// Waits until every node sees every other live and ready and all agree on
+/// one leader; returns its name.
+pub async fn formed(nodes: &[Node]) -> String {
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    wait_for("formed", Duration::from_secs(30), || {
+        all_ready(&refs, &names)
+    })
+    .await;
+    wait_for_leader(&refs).await
+}
+
+/// `(id, cursor)` of every message of a history page (`{"messages": […]}`).
+pub fn ids_and_cursors(page: &Value) -> Vec<(String, String)> {
+    page["messages"]
+        .as_array()
         .unwrap()
-        .success();
-    assert!(ok, "kill -{sig}");
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_owned(),
+                m["cursor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A request with the admin token to the node at `addr`.
+pub async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> client::HttpResponse {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    client::request(addr, method, path, &[("authorization", &auth)], None)
+        .await
+        .unwrap()
+}
+
+/// Reads until the socket closes (within 30 s); its close code.
+pub async fn closed_code(ws: &mut client::WsClient) -> Option<u16> {
+    loop {
+        match ws.recv(Duration::from_secs(30)).await {
+            Some(client::Incoming::Closed(code)) => return code,
+            Some(client::Incoming::Frame(_)) => continue,
+            None => panic!("the socket stayed open"),
+        }
+    }
 }
