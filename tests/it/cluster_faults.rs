@@ -203,10 +203,6 @@ async fn rolling_restart_loses_nothing() {
 /// The strict form of test 8: no client is ever answered `resumed: false`,
 /// so none sees a message twice even before deduplicating by id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a node that has not yet shown a client's `since` cursor (it lags the \
-            leader's commit index, or stored it but its hub has not taken it) answers \
-            `resumed: false` and the latest page: the client sees up to 50 + the lag \
-            messages again (NOTES-faults.md)"]
 async fn rolling_restart_honours_every_resume() {
     let reports = rolling_restart().await;
     let unresumed: Vec<_> = reports

@@ -263,7 +263,16 @@ pub fn name_of(raft: &Raft<TypeConfig>, id: NodeId) -> Option<String> {
 /// node). Best effort: gives up at `limit`, or when no leader is known.
 pub async fn catch_up(raft: &Raft<TypeConfig>, shared: &Shared, links: &Links, limit: Duration) {
     let _ = tokio::time::timeout(limit, async {
-        let m = raft.metrics().borrow().clone();
+        // During an election (a client moved here because its node died)
+        // there is no leader for a moment: wait for one, within `limit`.
+        let mut watch = raft.metrics();
+        let Ok(m) = watch
+            .wait_for(|m| m.current_leader.is_some())
+            .await
+            .map(|m| m.clone())
+        else {
+            return;
+        };
         let Some(leader) = m.current_leader else {
             return;
         };
