@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use hubbub_client::{self as client, Endpoint};
 use serde_json::Value;
 
+use crate::support::wait_for;
+
 /// Generous: a debug build on a loaded 2-core machine starting three nodes.
 const START: Duration = Duration::from_secs(120);
 const READY: Duration = Duration::from_secs(60);
@@ -86,18 +88,6 @@ fn first_lines(child: &mut Child, n: usize) -> Vec<String> {
         }
     }
     got
-}
-
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let t0 = Instant::now();
-    while !check().await {
-        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// `/api/admin/cluster` at `ep`; `Null` when it does not answer 200.
@@ -182,7 +172,7 @@ async fn start_formed(dir: &std::path::Path) -> (Demo, Vec<Endpoint>, String) {
         eps.push(Endpoint::tls(addr, &ca).unwrap());
     }
     for ep in &eps {
-        wait_until("/readyz 200 over TLS", READY, || async {
+        wait_for("/readyz 200 over TLS", READY, || async {
             client::request(ep, "GET", "/readyz", &[], None)
                 .await
                 .is_ok_and(|r| r.status == 200)
@@ -191,7 +181,7 @@ async fn start_formed(dir: &std::path::Path) -> (Demo, Vec<Endpoint>, String) {
     }
     let token = std::fs::read_to_string(dir.join("admin-token")).unwrap();
     let token = token.trim().to_owned();
-    wait_until("three live members and a leader", READY, || {
+    wait_for("three live members and a leader", READY, || {
         formed(&eps[0], &token, 3)
     })
     .await;
@@ -260,7 +250,7 @@ async fn after_kill_9_of_the_leader_the_other_two_carry_on() {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let n: usize = leader.trim_start_matches("node").parse().unwrap();
     let other = &eps[if n == 1 { 1 } else { 0 }];
-    wait_until("a new leader among the two left", READY, || async {
+    wait_for("a new leader among the two left", READY, || async {
         let v = cluster(other, &token).await;
         v["log"]["leader"].as_str().is_some_and(|l| l != leader)
     })

@@ -75,17 +75,7 @@ pub fn spawn_node(name: &str, dir: &Path, seeds: &[SocketAddr], extra: &[&str]) 
     // openraft logs a peer that is down at ERROR every 500 ms.
     let log = [("RUST_LOG", Path::new("warn,openraft=off"))];
     let (proc, lines) = spawn_hubbub_until(&proc_args(dir, &flags), &log, "hubbub cluster on ");
-    // "hubbub cluster on ADDR (node NAME, generation G)"
-    let last = lines.last().unwrap();
-    let mut words = last.split_whitespace().skip(3);
-    let cluster = words.next().unwrap().parse().unwrap();
-    let generation = last
-        .rsplit(' ')
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .parse()
-        .unwrap();
+    let (cluster, generation) = cluster_line(lines.last().unwrap());
     Node {
         proc,
         name: name.to_owned(),
@@ -93,6 +83,20 @@ pub fn spawn_node(name: &str, dir: &Path, seeds: &[SocketAddr], extra: &[&str]) 
         cluster,
         generation,
     }
+}
+
+/// The cluster address and generation in the line a node prints:
+/// "hubbub cluster on ADDR (node NAME, generation G)".
+pub fn cluster_line(line: &str) -> (SocketAddr, u64) {
+    let cluster = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let generation = line
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    (cluster, generation)
 }
 
 /// `n` nodes named `n1`…, each seeded with the first; in `root`.

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::cluster::{ADMIN_TOKEN, CLUSTER_SECRET, Node};
+use super::cluster::{ADMIN_TOKEN, CLUSTER_SECRET, Node, cluster_line};
 use super::process::{Proc, proc_args};
 
 /// The namespaces and links of one test; dropped = deleted.
@@ -161,16 +161,7 @@ impl Netns {
         .env("RUST_LOG", "warn,openraft=off")
         .env_remove("CAROOT");
         let (proc, last) = spawn_cmd(cmd, "hubbub cluster on ");
-        // "hubbub cluster on ADDR (node NAME, generation G)"
-        let mut words = last.split_whitespace().skip(3);
-        let cluster = words.next().unwrap().parse().unwrap();
-        let generation = last
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .trim_end_matches(')')
-            .parse()
-            .unwrap();
+        let (cluster, generation) = cluster_line(&last);
         Node {
             proc,
             name,
