@@ -151,8 +151,9 @@ impl ClusterView {
     }
 
     /// Waits (at most `limit`) until this node has applied what the leader
-    /// had committed: called before a session joins.
-    pub async fn catch_up(&self, limit: Duration) {
+    /// had committed: called before a session joins. `false`: it could not
+    /// (no leader, or not within `limit`).
+    pub async fn catch_up(&self, limit: Duration) -> bool {
         raft::node::catch_up(&self.raft, &self.shared, &self.links, limit).await
     }
 

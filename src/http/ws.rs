@@ -4,12 +4,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::Reply;
 
@@ -18,7 +19,7 @@ use super::api::identify;
 use super::guard::{acquire, too_many};
 use super::reply;
 use crate::metrics::Upgrade;
-use crate::protocol::{ClientId, ErrorCode, RoomName};
+use crate::protocol::{ClientId, CloseCode, ErrorCode, RoomName};
 use crate::session::{self, JoinRequest};
 
 /// tungstenite's read buffer per connection. On a bare warp hub this measured
@@ -29,8 +30,11 @@ const READ_BUFFER: usize = 1024;
 /// buffer keeps its capacity, so this bounds what a busy connection pins.
 const WRITE_BUFFER: usize = 32 * 1024;
 
-/// Cluster mode: how long a join waits for this node to catch up.
-const JOIN_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
+/// Cluster mode: how long a join waits for this node to catch up. A resume
+/// (`since`) that could not wait it out is closed with 1001 before
+/// `welcome`: the client tries again (another node), and its resume stays
+/// exact instead of falling back to the last 50.
+const JOIN_CATCH_UP: Duration = Duration::from_secs(3);
 
 pub async fn upgrade(
     ip: IpAddr,
@@ -141,8 +145,14 @@ fn decide(
                 .await;
         // Cluster mode: a node that is behind first applies what the leader
         // has committed, so `since` from any node is honoured.
-        if let Some(c) = &cluster {
-            c.catch_up(JOIN_CATCH_UP).await;
+        if let Some(c) = &cluster
+            && !c.catch_up(JOIN_CATCH_UP).await
+            && req.since.is_some()
+        {
+            tracing::info!("a resume on a node that is not caught up: closed (1001)");
+            ctx.metrics.closed(Some(CloseCode::GoingAway)).inc();
+            close_before_welcome(ws, CloseCode::GoingAway).await;
+            return;
         }
         session::run(ws, ctx, req).await;
     });
@@ -154,6 +164,19 @@ fn decide(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     (Upgrade::Accepted, resp)
+}
+
+/// Closes a socket that never joined, within a bound (a peer that does not
+/// read cannot hold the task).
+async fn close_before_welcome<S>(mut ws: WebSocketStream<S>, code: CloseCode)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code: code.code().into(),
+        reason: code.reason().into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
 }
 
 /// `Sec-WebSocket-Accept` for a valid RFC 6455 upgrade request, else `None`.

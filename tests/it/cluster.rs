@@ -162,7 +162,7 @@ async fn forged_gossip_and_strangers_never_join() {
 
     // Datagrams from a socket that is no node at all.
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let key = ClusterKeys::derive(CLUSTER_SECRET.as_bytes())
+    let key = ClusterKeys::derive(cluster_secret(&n1.dir).as_bytes())
         .unwrap()
         .gossip;
     let wrong = ClusterKeys::derive(b"wrong-secret-wrong-secret-0123456789")

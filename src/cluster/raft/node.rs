@@ -260,9 +260,14 @@ pub fn name_of(raft: &Raft<TypeConfig>, id: NodeId) -> Option<String> {
 
 /// Waits until this node has applied everything committed at the leader
 /// when asked (a join on a node that is behind honours `since` from any
-/// node). Best effort: gives up at `limit`, or when no leader is known.
-pub async fn catch_up(raft: &Raft<TypeConfig>, shared: &Shared, links: &Links, limit: Duration) {
-    let _ = tokio::time::timeout(limit, async {
+/// node). Gives up at `limit`, or when no leader is known: `false` then.
+pub async fn catch_up(
+    raft: &Raft<TypeConfig>,
+    shared: &Shared,
+    links: &Links,
+    limit: Duration,
+) -> bool {
+    let caught_up = tokio::time::timeout(limit, async {
         // During an election (a client moved here because its node died)
         // there is no leader for a moment: wait for one, within `limit`.
         let mut watch = raft.metrics();
@@ -271,10 +276,10 @@ pub async fn catch_up(raft: &Raft<TypeConfig>, shared: &Shared, links: &Links, l
             .await
             .map(|m| m.clone())
         else {
-            return;
+            return false;
         };
         let Some(leader) = m.current_leader else {
-            return;
+            return false;
         };
         let index = if leader == m.id {
             shared.read_index().await
@@ -284,14 +289,17 @@ pub async fn catch_up(raft: &Raft<TypeConfig>, shared: &Shared, links: &Links, l
                 None => None,
             }
         };
-        if let Some(i) = index {
-            let _ = raft
+        match index {
+            Some(i) => raft
                 .wait(None)
                 .applied_index_at_least(Some(i), "join")
-                .await;
+                .await
+                .is_ok(),
+            None => false,
         }
     })
     .await;
+    caught_up.unwrap_or(false)
 }
 
 /// A leader that has not heard from a majority for this long is cut off.

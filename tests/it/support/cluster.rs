@@ -12,8 +12,18 @@ use serde_json::Value;
 use super::process::{Proc, proc_args, spawn_hubbub_until};
 use super::server::{PASSWORD, T};
 
-/// The cluster secret every test node shares (at least 32 bytes).
-pub const CLUSTER_SECRET: &str = "cluster-secret-for-tests-0123456789abcdef";
+/// The cluster secret of the node whose data directory is `dir`: one per
+/// test, derived from the test's own temporary directory (the parent of its
+/// nodes' directories). Two tests running at once must never share one: a
+/// port a killed node of one test used may be handed to a node of another,
+/// and nodes that share a secret are one cluster (same names, same keys), so
+/// the survivors of the first would gossip and replicate into the second.
+pub fn cluster_secret(dir: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.parent().unwrap_or(dir).hash(&mut h);
+    format!("cluster-secret-for-tests-{:016x}-0123456789", h.finish())
+}
 /// The admin token of every test node.
 pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123456789";
 
@@ -65,8 +75,9 @@ pub fn spawn_node(name: &str, dir: &Path, seeds: &[SocketAddr], extra: &[&str]) 
         "--max-http-connections",
         "1000",
     ];
+    let secret = cluster_secret(dir);
     if !extra.contains(&"--cluster-secret") {
-        flags.extend(["--cluster-secret", CLUSTER_SECRET]);
+        flags.extend(["--cluster-secret", &secret]);
     }
     if !seeds.is_empty() {
         flags.extend(["--seeds", &seeds]);

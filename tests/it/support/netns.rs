@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::cluster::{ADMIN_TOKEN, CLUSTER_SECRET, Node, cluster_line};
+use super::cluster::{ADMIN_TOKEN, Node, cluster_line, cluster_secret};
 use super::process::{Proc, proc_args};
 
 /// The namespaces and links of one test; dropped = deleted.
@@ -130,6 +130,7 @@ impl Netns {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",");
+        let secret = cluster_secret(dir);
         let mut flags = vec![
             "--node-id",
             &name,
@@ -140,7 +141,7 @@ impl Netns {
             "--admin-token",
             ADMIN_TOKEN,
             "--cluster-secret",
-            CLUSTER_SECRET,
+            &secret,
             // Below the machine's descriptor limit, as `spawn_node`.
             "--max-connections",
             "2000",
