@@ -42,6 +42,8 @@ const DEAD_GRACE: Duration = Duration::from_secs(20);
 /// At shutdown, `draining` is gossiped this long before anything closes, so
 /// peers (and, through them, clients) hear it from this node itself.
 const DRAIN_NOTICE: Duration = Duration::from_millis(500);
+/// How long a leader that shuts down waits for a follower to take over.
+const HAND_OVER: Duration = Duration::from_secs(2);
 /// A serving node without a majority for this long stops serving: sends
 /// are refused, `/readyz` is 503, sessions are closed with 1001 (clients
 /// reconnect to another node) and upgrades are refused.
@@ -299,10 +301,15 @@ impl Cluster {
 
     /// Gossips `draining`, then waits a moment so that peers hear it before
     /// this node closes anything.
+    /// A leader then hands leadership over (sessions still open: their
+    /// writes go to the new leader from then on).
     pub async fn drain(&self) {
         self.stop.cancel();
         self.gossip.publisher().set_state(NodeState::Draining).await;
         tokio::time::sleep(DRAIN_NOTICE).await;
+        if let Some(to) = raft::handover::hand_over(self.log.raft(), &self.links, HAND_OVER).await {
+            tracing::info!(leader = %to, "leadership handed over");
+        }
     }
 
     /// After the hub: the log (nothing more to apply or propose), the

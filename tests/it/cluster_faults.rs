@@ -72,13 +72,17 @@ async fn all_applied_equal(nodes: &[Node]) {
 async fn terminate(n: &mut Node) {
     signal(n, libc::SIGTERM);
     let t0 = Instant::now();
-    while n.proc.child.try_wait().unwrap().is_none() {
+    loop {
+        if let Some(status) = n.proc.child.try_wait().unwrap() {
+            assert!(status.success(), "{} exited with {status}", n.name);
+            return;
+        }
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "{} ignored SIGTERM",
             n.name
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -290,4 +294,33 @@ async fn a_frozen_leader_delivers_nothing_uncommitted_and_steps_down() {
         .flat_map(|r| r.errors.iter().filter(|(i, _)| *i != leader))
         .collect();
     assert!(refused.is_empty(), "errors on the live nodes: {refused:?}");
+}
+
+/// A SIGTERMed leader hands leadership over while it drains: when its
+/// process has exited, the others already follow a new leader at a later
+/// term. Without the hand-over they would name the old leader until their
+/// election timeout passed (it heartbeats until its log shuts down, just
+/// before it exits), and writes would pause for that election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_leader_hands_over_before_it_exits() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = spawn_cluster(root.path(), 3, &[]);
+    formed(&nodes).await;
+    let leader = leader_index(&nodes).await;
+    let term = log_of(&nodes[leader]).await["term"].as_u64().unwrap();
+    let old = nodes[leader].name.clone();
+    let t0 = Instant::now();
+    terminate(&mut nodes[leader]).await;
+    for (i, n) in nodes.iter().enumerate().filter(|(i, _)| *i != leader) {
+        let log = log_of(n).await;
+        assert!(
+            log["leader"].is_string() && log["leader"] != old.as_str(),
+            "node {i} when {old} exited: {log}"
+        );
+        assert!(log["term"].as_u64().unwrap() > term, "{log}");
+    }
+    println!(
+        "{old} handed over and exited {:?} after SIGTERM",
+        t0.elapsed()
+    );
 }

@@ -5,7 +5,9 @@
 //! - `log_store`: openraft's log storage on `storage`'s byte-level log.
 //! - `types`: the entries (batches of posts and acks) and node names.
 //! - `state_machine`: hubbub's store as the state machine.
+//! - `handover`: a leader that shuts down hands leadership to a follower.
 
+pub mod handover;
 mod log_store;
 pub mod network;
 pub mod node;

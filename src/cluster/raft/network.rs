@@ -40,6 +40,9 @@ pub enum Call {
     ReadIndex,
     /// Removes a node from the log's membership (an operator's decision).
     Remove(String),
+    /// The leader, shutting down, asks this node to stand for election now
+    /// (see `handover`). Honoured only when the caller is the leader.
+    Elect,
 }
 
 /// The answer to a [`Call`] of the same kind.
@@ -52,6 +55,8 @@ pub enum Answer {
     /// `None`: the callee is not the leader (or could not confirm it).
     ReadIndex(Option<u64>),
     Remove(Result<(), ForwardError>),
+    /// Whether an election was started.
+    Elect(bool),
     /// This node's Raft is not running yet (or any more).
     NotRunning,
     /// The call did not decode.
@@ -177,6 +182,7 @@ impl LinkHandler for Handler {
                 (Call::ReadIndex, _) => Answer::ReadIndex(self.0.read_index().await),
                 (Call::Remove(name), _) => Answer::Remove(self.0.remove_local(&name).await),
                 (_, None) => Answer::NotRunning,
+                (Call::Elect, Some(raft)) => Answer::Elect(stand(raft, from).await),
                 (Call::Append(r), Some(raft)) => Answer::Append(raft.append_entries(r).await),
                 (Call::Vote(r), Some(raft)) => Answer::Vote(raft.vote(r).await),
                 (Call::Snapshot(r), Some(raft)) => Answer::Snapshot(raft.install_snapshot(r).await),
@@ -192,6 +198,27 @@ impl LinkHandler for Handler {
     }
 
     fn message(&self, _from: &str, _body: Bytes) {}
+}
+
+/// Starts an election on this node if `from` is the leader it follows.
+async fn stand(raft: &Raft<TypeConfig>, from: &str) -> bool {
+    let leader = raft.metrics().borrow().current_leader;
+    if leader
+        .and_then(|l| super::node::name_of(raft, l))
+        .as_deref()
+        != Some(from)
+    {
+        tracing::warn!(
+            peer = from,
+            "asked to stand for election by a node that does not lead"
+        );
+        return false;
+    }
+    tracing::info!(
+        leader = from,
+        "standing for election: the leader hands over"
+    );
+    raft.trigger().elect().await.is_ok()
 }
 
 /// openraft's network: one [`Conn`] per target node.
@@ -309,6 +336,17 @@ pub async fn remove(
         Ok(Answer::Remove(r)) => r,
         _ => Err(ForwardError::Failed("no answer from the leader".into())),
     }
+}
+
+/// Asks `node` to stand for election (this node leads and hands over).
+pub async fn elect(links: &Links, node: &str, ttl: Duration) -> bool {
+    let Ok(body) = encode(&Call::Elect) else {
+        return false;
+    };
+    let Ok(reply) = links.call(node, Bytes::from(body), ttl).await else {
+        return false;
+    };
+    matches!(decode::<Answer>(&reply), Ok(Answer::Elect(true)))
 }
 
 /// Asks `leader` for its read index.

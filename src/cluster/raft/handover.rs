@@ -1,0 +1,81 @@
+//! Handing leadership over when the leader shuts down, so that the
+//! cluster's writes pause for a round trip instead of an election timeout.
+//!
+//! openraft 0.9 has no leadership transfer. What it has is
+//! `trigger().elect()`: a node starts an election at once. A follower that
+//! heard from the leader within its lease refuses such a candidate, but the
+//! leader itself does not: its own lease stamp dates from its election, and
+//! a candidate whose log is as long as its own gets its vote. With three
+//! voters that is a majority (the candidate and the old leader), so the most
+//! up-to-date follower leads before this node closes anything. With five,
+//! the other followers grant the vote once their lease (about a second)
+//! has passed: no faster than a crash, no slower either.
+
+use std::time::Duration;
+
+use openraft::{Raft, ServerState};
+
+use super::network::elect;
+use super::node::name_of;
+use super::types::{NodeId, TypeConfig};
+use crate::cluster::link::Links;
+
+/// How long a follower may take to have everything the leader has before it
+/// is asked to stand anyway (writes keep arriving while sessions drain).
+const CATCH_UP: Duration = Duration::from_millis(300);
+/// Asked this many times at most (a candidate a write overtook loses).
+const ATTEMPTS: usize = 3;
+
+/// If this node leads, asks its most up-to-date voter to take over and
+/// waits (at most `limit`) until someone else leads. Returns the new
+/// leader's name, or `None` (not the leader, or no one took over in time).
+pub async fn hand_over(raft: &Raft<TypeConfig>, links: &Links, limit: Duration) -> Option<String> {
+    let me = raft.metrics().borrow().id;
+    if raft.metrics().borrow().state != ServerState::Leader {
+        return None;
+    }
+    let moved = tokio::time::timeout(limit, async {
+        for attempt in 1..=ATTEMPTS {
+            let Some(name) = successor(raft).await else {
+                return None;
+            };
+            tracing::info!(to = %name, attempt, "handing leadership over");
+            if !elect(links, &name, limit).await {
+                continue;
+            }
+            // Elected, or lost to a write that overtook it: either way the
+            // term moved. Wait for a leader that is not this node.
+            let mut watch = raft.metrics();
+            let led = watch
+                .wait_for(|m| m.current_leader.is_some_and(|l| l != me))
+                .await;
+            if let Ok(m) = led {
+                return m.current_leader.and_then(|l| name_of(raft, l));
+            }
+        }
+        None
+    })
+    .await;
+    moved.ok().flatten()
+}
+
+/// The voter (not this node) with the most of the log, given a moment to
+/// have all of it.
+async fn successor(raft: &Raft<TypeConfig>) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    loop {
+        let m = raft.metrics().borrow().clone();
+        let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
+        let best = m.replication.as_ref().and_then(|r| {
+            r.iter()
+                .filter(|(id, _)| **id != m.id && voters.contains(id))
+                .max_by_key(|(_, matched)| matched.map(|l| l.index))
+                .map(|(id, matched)| (*id, matched.map(|l| l.index)))
+        });
+        let (id, matched) = best?;
+        if matched >= m.last_log_index || tokio::time::Instant::now() >= deadline {
+            return name_of(raft, id);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
