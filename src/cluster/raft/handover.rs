@@ -36,9 +36,7 @@ pub async fn hand_over(raft: &Raft<TypeConfig>, links: &Links, limit: Duration) 
     }
     let moved = tokio::time::timeout(limit, async {
         for attempt in 1..=ATTEMPTS {
-            let Some(name) = successor(raft).await else {
-                return None;
-            };
+            let name = successor(raft).await?;
             tracing::info!(to = %name, attempt, "handing leadership over");
             if !elect(links, &name, limit).await {
                 continue;
