@@ -24,28 +24,22 @@ use openraft::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
+use super::types::{self, DECODE_LIMIT};
 use crate::error::InternalError;
 use crate::storage::{RaftLog, RaftMeta, Store};
-
-/// The largest value a stored record may claim when decoded: a corrupt
-/// length prefix then fails to decode instead of asking for an absurd
-/// allocation (which would abort the process, not return an error).
-const DECODE_LIMIT: usize = 256 << 20;
 
 /// The largest encoded entry `append` writes, well under `DECODE_LIMIT`
 /// (a decoded value may claim more bytes than it took on disk, e.g. varint
 /// integers), so whatever was written can be read back.
 const MAX_ENTRY_BYTES: usize = 64 << 20;
+const _: () = assert!(MAX_ENTRY_BYTES < DECODE_LIMIT);
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, AnyError> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| AnyError::new(&e))
+    types::encode(v).map_err(|e| AnyError::new(&e))
 }
 
 fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, AnyError> {
-    let config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
-    bincode::serde::decode_from_slice(b, config)
-        .map(|(v, _)| v)
-        .map_err(|e| AnyError::new(&e))
+    types::decode(b).map_err(|e| AnyError::new(&e))
 }
 
 fn storage(e: InternalError) -> AnyError {

@@ -90,8 +90,14 @@ pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::error::EncodeErro
     bincode::serde::encode_to_vec(v, bincode::config::standard())
 }
 
+/// The largest value a record may claim when decoded (a stored entry or a
+/// link message): a corrupt length prefix then fails to decode instead of
+/// asking for an absurd allocation, which would abort the process.
+pub const DECODE_LIMIT: usize = 256 << 20;
+
 pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, bincode::error::DecodeError> {
-    bincode::serde::decode_from_slice(b, bincode::config::standard()).map(|(v, _)| v)
+    let config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+    bincode::serde::decode_from_slice(b, config).map(|(v, _)| v)
 }
 
 #[cfg(test)]
