@@ -210,7 +210,6 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
         "{senders} senders connected ({} accounts in {login_s:.1}s)",
         accounts.len()
     );
-    let duration = Duration::from_secs_f64(args.duration);
     let rate = args.rate.unwrap_or(5000.0);
     let mut phases: Vec<(&str, f64)> = Vec::new();
     if matches!(args.phase.as_str(), "rate" | "both") && rate > 0.0 {
@@ -236,32 +235,7 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
             args.duration
         );
         let cpu = net::CpuMeter::start(t.pid);
-        let mut set = JoinSet::new();
-        for ((i, mut ws), seq0) in wss.drain(..).zip(seqs.iter().copied()) {
-            let c = PhaseCfg {
-                rate: total / senders as f64,
-                window: args.window.max(1),
-                duration,
-                size: args.size,
-                run,
-                sender: i,
-                count: u64::MAX,
-                target: None,
-            };
-            set.spawn(async move {
-                let mut seq = seq0;
-                let make = move |q: u64| padded(format!("t={} d={q} ", now_ns()), c.size);
-                let st = phase(&mut ws, c, &mut seq, &make).await;
-                (i, ws, seq, st)
-            });
-        }
-        let mut all = PhaseStats::default();
-        while let Some(r) = set.join_next().await {
-            let (i, ws, seq, st) = r?;
-            all.merge(&st);
-            seqs[i] = seq;
-            wss.push((i, ws));
-        }
+        let (all, _closed) = every_sender(args, &mut wss, &mut seqs, run, total).await?;
         let per_sec = all.saved_in_window as f64 / args.duration;
         let cpu = cpu.json();
         let mut pj = phase_json(&all, total, per_sec);
@@ -293,4 +267,44 @@ fn phase_json(s: &PhaseStats, offered: f64, per_sec: f64) -> Value {
         "closed": s.closed,
         "send_to_saved": s.hist.json_ms(),
     })
+}
+
+/// One phase on every sender at once (`rate` in total, 0 = closed loop); the merged stats and
+/// how many senders the server closed.
+pub async fn every_sender(
+    args: &Args,
+    wss: &mut Vec<(usize, Ws)>,
+    seqs: &mut [u64],
+    run: u64,
+    rate: f64,
+) -> anyhow::Result<(PhaseStats, u64)> {
+    let senders = seqs.len();
+    let mut set = JoinSet::new();
+    for ((i, mut ws), seq0) in wss.drain(..).zip(seqs.iter().copied()) {
+        let c = PhaseCfg {
+            rate: rate / senders as f64,
+            window: args.window.max(1),
+            duration: Duration::from_secs_f64(args.duration),
+            size: args.size,
+            run,
+            sender: i,
+            count: u64::MAX,
+            target: None,
+        };
+        set.spawn(async move {
+            let mut seq = seq0;
+            let make = move |q: u64| padded(format!("t={} d={q} ", now_ns()), c.size);
+            let st = phase(&mut ws, c, &mut seq, &make).await;
+            (i, ws, seq, st)
+        });
+    }
+    let (mut all, mut closed) = (PhaseStats::default(), 0u64);
+    while let Some(r) = set.join_next().await {
+        let (i, ws, seq, st) = r?;
+        closed += u64::from(st.closed);
+        all.merge(&st);
+        seqs[i] = seq;
+        wss.push((i, ws));
+    }
+    Ok((all, closed))
 }

@@ -186,29 +186,8 @@ impl Target {
             }
         };
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(lifted_limits(&bin, args.tls))
-            .arg("--certs-dir")
-            .arg(dir.join("certs"))
-            .args(&args.server_arg)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or("warn".into()),
-            )
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        // SAFETY: prctl in the child between fork and exec only sets its death signal.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        let mut cmd = server_command(&bin, &dir, args.tls, "warn", libc::SIGTERM);
+        cmd.args(&args.server_arg);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
@@ -282,6 +261,43 @@ impl Target {
             format!("/ws?room={room}")
         }
     }
+}
+
+/// A hubbub server on 127.0.0.1:0 with its data (and certificates) in
+/// `dir` and the limits lifted; its stdout piped (it prints its addresses
+/// there), killed on drop, and sent `death` if the bench itself dies. The
+/// caller adds its own flags. `log`: `RUST_LOG` unless the bench's own
+/// environment sets one.
+pub fn server_command(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    tls: bool,
+    log: &str,
+    death: libc::c_int,
+) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(lifted_limits(bin, tls))
+        .arg("--certs-dir")
+        .arg(dir.join("certs"))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| log.into()),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    // SAFETY: prctl in the child between fork and exec only sets its death signal.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, death);
+            Ok(())
+        });
+    }
+    cmd
 }
 
 /// Flags that lift the server's per-connection and per-address limits (every

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::Args;
-use crate::durable::{PhaseCfg, PhaseStats, phase};
+use crate::durable::{PhaseStats, every_sender};
 use crate::net::{self, Ws};
 use crate::sender::stamp;
 use crate::stats::{Hist, now_ns, padded, round3};
@@ -225,7 +225,7 @@ pub async fn saved(
     for &rate in rates {
         let cpu0: Vec<Option<f64>> = pids.iter().map(|p| net::cpu_secs(Some(*p))).collect();
         let wall = std::time::Instant::now();
-        let (all, closed) = one_rate(args, &mut wss, &mut seqs, run, rate).await?;
+        let (all, closed) = every_sender(args, &mut wss, &mut seqs, run, rate).await?;
         let w = wall.elapsed().as_secs_f64();
         let cores: Vec<Option<f64>> = pids
             .iter()
@@ -254,46 +254,6 @@ pub async fn saved(
     }
     out.insert("senders".into(), json!(senders));
     Ok(Value::Object(out))
-}
-
-/// One phase on every sender at once (`rate` in total); the merged stats and
-/// how many senders the server closed.
-async fn one_rate(
-    args: &Args,
-    wss: &mut Vec<(usize, Ws)>,
-    seqs: &mut [u64],
-    run: u64,
-    rate: f64,
-) -> anyhow::Result<(PhaseStats, u64)> {
-    let senders = seqs.len();
-    let mut set = JoinSet::new();
-    for ((i, mut ws), seq0) in wss.drain(..).zip(seqs.iter().copied()) {
-        let c = PhaseCfg {
-            rate: rate / senders as f64,
-            window: args.window.max(1),
-            duration: Duration::from_secs_f64(args.duration),
-            size: args.size,
-            run,
-            sender: i,
-            count: u64::MAX,
-            target: None,
-        };
-        set.spawn(async move {
-            let mut seq = seq0;
-            let make = move |q: u64| padded(format!("t={} d={q} ", now_ns()), c.size);
-            let st = phase(&mut ws, c, &mut seq, &make).await;
-            (i, ws, seq, st)
-        });
-    }
-    let (mut all, mut closed) = (PhaseStats::default(), 0u64);
-    while let Some(r) = set.join_next().await {
-        let (i, ws, seq, st) = r?;
-        closed += u64::from(st.closed);
-        all.merge(&st);
-        seqs[i] = seq;
-        wss.push((i, ws));
-    }
-    Ok((all, closed))
 }
 
 fn rate_json(args: &Args, all: &PhaseStats, rate: f64, closed: u64) -> Value {

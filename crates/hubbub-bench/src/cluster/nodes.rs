@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use hubbub_client::Endpoint;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::Args;
 use crate::net;
@@ -102,15 +102,9 @@ pub async fn spawn(
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    let mut cmd = Command::new(bin);
-    cmd.arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--data-dir")
-        .arg(&dir)
-        .args(net::lifted_limits(bin, false))
-        .arg("--certs-dir")
-        .arg(dir.join("certs"))
-        .args(["--admin-token", ADMIN_TOKEN])
+    // openraft logs a down peer at ERROR every 500 ms: the fault scenarios make many.
+    let mut cmd = net::server_command(bin, &dir, false, "warn,openraft=off", libc::SIGKILL);
+    cmd.args(["--admin-token", ADMIN_TOKEN])
         .args(&args.server_arg);
     if let Some(seeds) = seeds {
         cmd.args(["--cluster-listen", "127.0.0.1:0", "--node-id", name])
@@ -119,21 +113,6 @@ pub async fn spawn(
             let s: Vec<String> = seeds.iter().map(ToString::to_string).collect();
             cmd.args(["--seeds", &s.join(",")]);
         }
-    }
-    // openraft logs a down peer at ERROR every 500 ms: the fault scenarios make many.
-    cmd.env(
-        "RUST_LOG",
-        std::env::var("RUST_LOG").unwrap_or("warn,openraft=off".into()),
-    )
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::piped())
-    .kill_on_drop(true);
-    // SAFETY: prctl in the child between fork and exec only sets its death signal.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
     }
     let mut child = cmd
         .spawn()
