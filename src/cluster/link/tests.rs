@@ -137,6 +137,24 @@ pub async fn linked(a: &TestNode, b: &TestNode) {
     .await;
 }
 
+/// A call from `a` to `b` that `b`'s handler holds (body "block"), once
+/// `b` has started on it.
+pub async fn blocked_call(
+    a: &TestNode,
+    b: &TestNode,
+) -> tokio::task::JoinHandle<Result<Bytes, LinkError>> {
+    let links = a.links.clone();
+    let call = tokio::spawn(async move {
+        links
+            .call("b", Bytes::from_static(b"block"), Duration::from_secs(600))
+            .await
+    });
+    tokio::time::timeout(WAIT, b.handler.started.notified())
+        .await
+        .unwrap();
+    call
+}
+
 pub async fn ask(from: &TestNode, to: &str, body: &str) -> Result<String, LinkError> {
     let answer = from
         .links
@@ -231,17 +249,7 @@ async fn calls_fail_fast_without_a_link_and_when_it_drops_while_waiting() {
     assert!(matches!(short.await, Err(LinkError::Timeout(_))));
     // A call waiting on an answer that never comes fails when the link goes,
     // long before its own timeout.
-    let waiting = tokio::spawn({
-        let links = a.links.clone();
-        async move {
-            links
-                .call("b", Bytes::from_static(b"block"), Duration::from_secs(600))
-                .await
-        }
-    });
-    tokio::time::timeout(WAIT, b.handler.started.notified())
-        .await
-        .unwrap();
+    let waiting = blocked_call(&a, &b).await;
     a.links.set_peers(HashMap::new());
     let res = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
     assert!(matches!(res, Err(LinkError::Dropped(_))), "{res:?}");
@@ -335,17 +343,7 @@ async fn requests_past_the_inflight_bound_are_refused_busy() {
     .await;
     mesh(&[&a, &b]);
     linked(&a, &b).await;
-    let blocked = tokio::spawn({
-        let links = a.links.clone();
-        async move {
-            links
-                .call("b", Bytes::from_static(b"block"), Duration::from_secs(600))
-                .await
-        }
-    });
-    tokio::time::timeout(WAIT, b.handler.started.notified())
-        .await
-        .unwrap();
+    let blocked = blocked_call(&a, &b).await;
     assert!(matches!(
         ask(&a, "b", "more").await,
         Err(LinkError::Busy(_))

@@ -155,17 +155,7 @@ async fn a_full_send_queue_drops_the_link_instead_of_blocking() {
     let b = start("b").await;
     mesh(&[&a, &b]);
     linked(&a, &b).await;
-    let waiting = tokio::spawn({
-        let links = a.links.clone();
-        async move {
-            links
-                .call("b", Bytes::from_static(b"block"), Duration::from_secs(600))
-                .await
-        }
-    });
-    tokio::time::timeout(WAIT, b.handler.started.notified())
-        .await
-        .unwrap();
+    let waiting = blocked_call(&a, &b).await;
     // Without an await the writer cannot drain (current-thread runtime):
     // the fifth frame finds the queue full.
     let body = Bytes::from(vec![1u8; 1024]);
