@@ -307,7 +307,10 @@ impl Cluster {
         self.stop.cancel();
         self.gossip.publisher().set_state(NodeState::Draining).await;
         tokio::time::sleep(DRAIN_NOTICE).await;
-        if let Some(to) = raft::handover::hand_over(self.log.raft(), &self.links, HAND_OVER).await {
+        if let Some(to) =
+            raft::handover::hand_over(self.log.raft(), &self.view.shared, &self.links, HAND_OVER)
+                .await
+        {
             tracing::info!(leader = %to, "leadership handed over");
         }
     }

@@ -10,44 +10,57 @@
 //! up-to-date follower leads before this node closes anything. With five,
 //! the other followers grant the vote once their lease (about a second)
 //! has passed: no faster than a crash, no slower either.
+//!
+//! While it hands over, the leader holds writes (`Shared::gate`): it waits
+//! for those in flight, and new ones wait for it. A write that lands after
+//! the candidate was chosen would make the leader's log longer than the
+//! candidate's, and the leader would refuse it its vote.
 
 use std::time::Duration;
 
-use openraft::{Raft, ServerState};
+use openraft::{Raft, RaftMetrics, ServerState};
 
-use super::network::elect;
+use super::network::{Shared, elect};
 use super::node::name_of;
-use super::types::{NodeId, TypeConfig};
+use super::types::{NodeId, NodeInfo, TypeConfig};
 use crate::cluster::link::Links;
 
 /// How long a follower may take to have everything the leader has before it
 /// is asked to stand anyway (writes keep arriving while sessions drain).
 const CATCH_UP: Duration = Duration::from_millis(300);
-/// Asked this many times at most (a candidate a write overtook loses).
+/// Asked this many times at most.
 const ATTEMPTS: usize = 3;
+/// How long an asked candidate has to win before the next is asked.
+const ELECTION: Duration = Duration::from_millis(600);
 
 /// If this node leads, asks its most up-to-date voter to take over and
 /// waits (at most `limit`) until someone else leads. Returns the new
 /// leader's name, or `None` (not the leader, or no one took over in time).
-pub async fn hand_over(raft: &Raft<TypeConfig>, links: &Links, limit: Duration) -> Option<String> {
+pub async fn hand_over(
+    raft: &Raft<TypeConfig>,
+    shared: &Shared,
+    links: &Links,
+    limit: Duration,
+) -> Option<String> {
     let me = raft.metrics().borrow().id;
     if raft.metrics().borrow().state != ServerState::Leader {
         return None;
     }
     let moved = tokio::time::timeout(limit, async {
+        let _held = shared.gate.write().await;
         for attempt in 1..=ATTEMPTS {
             let name = successor(raft).await?;
             tracing::info!(to = %name, attempt, "handing leadership over");
             if !elect(links, &name, limit).await {
                 continue;
             }
-            // Elected, or lost to a write that overtook it: either way the
-            // term moved. Wait for a leader that is not this node.
             let mut watch = raft.metrics();
-            let led = watch
-                .wait_for(|m| m.current_leader.is_some_and(|l| l != me))
-                .await;
-            if let Ok(m) = led {
+            let led = tokio::time::timeout(
+                ELECTION,
+                watch.wait_for(|m| m.current_leader.is_some_and(|l| l != me)),
+            )
+            .await;
+            if let Ok(Ok(m)) = led {
                 return m.current_leader.and_then(|l| name_of(raft, l));
             }
         }
@@ -58,22 +71,26 @@ pub async fn hand_over(raft: &Raft<TypeConfig>, links: &Links, limit: Duration) 
 }
 
 /// The voter (not this node) with the most of the log, given a moment to
-/// have all of it.
+/// have all of it (the log does not grow meanwhile: writes are held).
 async fn successor(raft: &Raft<TypeConfig>) -> Option<String> {
-    let deadline = tokio::time::Instant::now() + CATCH_UP;
-    loop {
-        let m = raft.metrics().borrow().clone();
+    let best = |m: &RaftMetrics<NodeId, NodeInfo>| {
         let voters: Vec<NodeId> = m.membership_config.voter_ids().collect();
-        let best = m.replication.as_ref().and_then(|r| {
+        m.replication.as_ref().and_then(|r| {
             r.iter()
                 .filter(|(id, _)| **id != m.id && voters.contains(id))
                 .max_by_key(|(_, matched)| matched.map(|l| l.index))
                 .map(|(id, matched)| (*id, matched.map(|l| l.index)))
-        });
-        let (id, matched) = best?;
-        if matched >= m.last_log_index || tokio::time::Instant::now() >= deadline {
-            return name_of(raft, id);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        })
+    };
+    let mut watch = raft.metrics();
+    let all = tokio::time::timeout(
+        CATCH_UP,
+        watch.wait_for(|m| best(m).is_some_and(|(_, matched)| matched >= m.last_log_index)),
+    )
+    .await;
+    let (id, _) = match all {
+        Ok(Ok(m)) => best(&m),
+        _ => best(&raft.metrics().borrow()),
+    }?;
+    name_of(raft, id)
 }

@@ -82,6 +82,11 @@ pub struct Shared {
     /// Account changes proposed here, by op id: the caller waiting for the
     /// outcome (answered when this node applies the entry).
     waiters: Mutex<HashMap<Uuid, oneshot::Sender<AccountOutcome>>>,
+    /// Writes proposed here hold it shared while they are proposed; a
+    /// leader that hands over (see `handover`) holds it exclusively, so it
+    /// first waits for the writes in flight, then none start until it is
+    /// done: the log stops growing and the successor can have all of it.
+    pub gate: tokio::sync::RwLock<()>,
 }
 
 impl Shared {
@@ -90,6 +95,7 @@ impl Shared {
             raft: OnceLock::new(),
             stamp: std::sync::atomic::AtomicU64::new(0),
             waiters: Mutex::new(HashMap::new()),
+            gate: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -151,6 +157,9 @@ impl Shared {
         let Some(raft) = self.raft.get() else {
             return Err(ForwardError::Failed("the log is not running".into()));
         };
+        // Waits while a hand-over runs (bounded by the hand-over's limit);
+        // then, most likely, this node is not the leader any more.
+        let _proposing = self.gate.read().await;
         let now = crate::cluster::gossip::transport::wall_ms();
         let prev = self.stamp.fetch_max(now, Ordering::SeqCst);
         req.ts_ms = prev.max(now);
