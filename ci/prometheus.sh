@@ -449,7 +449,7 @@ for row, title, e in exprs:
         else:
             missing.append(f"{name} (panel {title!r})")
 if missing:
-    sys.exit("dashboard uses metrics /metrics does not have: " + ", ".join(missing))
+    sys.exit("dashboard uses metrics /metrics does not have: " + ", ".join(sorted(set(missing))))
 
 def promql(e):
     e = e.replace("$__rate_interval", "5m").replace("$__interval", "5m").replace("$__range", "5m")
