@@ -66,10 +66,6 @@ fail() {
     exit 1
 }
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
 # Polls "$@" (a command) every 0.25 s until it succeeds or $1 seconds pass.
 wait_for() {
     local secs=$1
@@ -108,8 +104,8 @@ fi
 ok "promtool check config deploy/prometheus.yml"
 
 # --- hubbub: one single node ------------------------------------------------
-# Every hubbub listens on port 0 and prints the address it got: no port is
-# picked here and bound later by someone else.
+# Every hubbub (and Prometheus) listens on port 0 and prints the address it
+# got: no port is picked here and bound later by someone else.
 # start_hubbub NAME ARGS...: runs hubbub in the background, output in $WORK/NAME.log.
 start_hubbub() {
     local name=$1
@@ -170,8 +166,6 @@ ok "cluster formed: /readyz 200 on ${CLUSTER_URLS[*]}"
 # --- Prometheus ------------------------------------------------------------
 # The shipped config, with 1 s scrapes, the single node's port, and one more
 # static target per cluster node (labelled like the shipped example).
-PPORT=$(free_port)
-PROM=http://127.0.0.1:$PPORT
 EXTRA_TARGETS=
 for i in 0 1 2; do
     EXTRA_TARGETS+="\\n      - targets: [\"${CLUSTER_INSTANCES[$i]}\"]\\n        labels: { node: n$((i + 1)) }"
@@ -191,8 +185,13 @@ done
 "$PROMTOOL" check config "$WORK/prometheus.yml" >"$WORK/promtool-config.log" 2>&1 ||
     { cat "$WORK/promtool-config.log" >&2; fail "promtool check config on the generated config"; }
 "$PROMETHEUS" --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
-    --web.listen-address="127.0.0.1:$PPORT" </dev/null >"$WORK/prometheus.log" 2>&1 &
+    --web.listen-address=127.0.0.1:0 </dev/null >"$WORK/prometheus.log" 2>&1 &
 PIDS+=($!)
+# It logs the bound address: msg="Listening on" address=127.0.0.1:PORT.
+prom_addr() { sed -n 's/.*msg="Listening on" address=\([0-9.]*:[0-9]*\).*/\1/p' "$WORK/prometheus.log" | head -n 1; }
+wait_for 30 grep -q 'msg="Listening on" address=' "$WORK/prometheus.log" ||
+    fail "Prometheus logged no 'Listening on' address within 30 s"
+PROM=http://$(prom_addr)
 wait_for 30 curl -sf "$PROM/-/ready" || fail "Prometheus did not become ready on $PROM"
 ok "Prometheus up on $PROM (pid ${PIDS[-1]})"
 
