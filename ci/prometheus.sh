@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # A real Prometheus scraping a real hubbub, end to end:
 #   - installs prometheus/promtool with apt-get when missing;
-#   - starts target/release/hubbub (or $HUBBUB_BIN) on a free port, temp data dir, TLS on (its own CA);
-#   - starts Prometheus with deploy/prometheus.yml's shape (1 s scrapes, that port);
-#   - signs up two users (curl) and chats over WebSockets (node);
-#   - checks Prometheus stored hubbub_connections and chat frames, the target is up,
-#     `promtool check metrics` on /metrics, and every metric the Grafana dashboard uses.
+#   - starts target/release/hubbub (or $HUBBUB_BIN): one single node, and a
+#     three-node cluster (n1..n3, generated cluster secret) that must form
+#     (/readyz 200 on all three); each on port 0, its own temp data dir, TLS
+#     on (one CA, made by the first node);
+#   - starts Prometheus with deploy/prometheus.yml's shape (1 s scrapes, all four nodes);
+#   - signs up two users (curl) and chats over WebSockets (node) on the single
+#     node, and likewise on the cluster (sign-up on n1, chat on n2);
+#   - checks Prometheus stored hubbub_connections and chat frames, every target is up,
+#     the cluster's members/links/leader, `promtool check metrics` on /metrics of
+#     both kinds of node, and that every query of the Grafana dashboard returns
+#     data from Prometheus (the Cluster row's: one series per cluster node).
 # Run from anywhere: `bash ci/prometheus.sh`. Exits non-zero on any failure.
 set -euo pipefail
 
@@ -19,16 +25,32 @@ FAILED=1
 log() { echo "[prometheus.sh] $*"; }
 ok() { echo "[prometheus.sh] ok: $*"; }
 
+# True while process $1 runs (an exited child not yet waited for is a zombie: not running).
+running() {
+    local st
+    st=$(ps -o stat= -p "$1" 2>/dev/null) && [ "${st#Z}" = "$st" ]
+}
+
 cleanup() {
-    local p
+    local p i alive
     for p in "${PIDS[@]}"; do
         kill "$p" 2>/dev/null || true
     done
+    # hubbub drains on SIGTERM; whatever still runs after 10 s is killed.
+    for i in $(seq 40); do
+        alive=0
+        for p in "${PIDS[@]}"; do
+            running "$p" && alive=1
+        done
+        [ "$alive" = 0 ] && break
+        sleep 0.25
+    done
     for p in "${PIDS[@]}"; do
+        kill -9 "$p" 2>/dev/null || true
         wait "$p" 2>/dev/null || true
     done
     if [ "$FAILED" != 0 ]; then
-        for f in hubbub.log prometheus.log traffic.log; do
+        for f in hubbub.log n1.log n2.log n3.log prometheus.log traffic-single.log traffic-cluster.log; do
             if [ -s "$WORK/$f" ]; then
                 echo "----- last lines of $f -----" >&2
                 tail -n 40 "$WORK/$f" >&2
@@ -42,10 +64,6 @@ trap cleanup EXIT
 fail() {
     echo "[prometheus.sh] FAIL: $*" >&2
     exit 1
-}
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
 # Polls "$@" (a command) every 0.25 s until it succeeds or $1 seconds pass.
@@ -85,48 +103,129 @@ fi
     { cat "$WORK/promtool-config.log" >&2; fail "promtool check config deploy/prometheus.yml"; }
 ok "promtool check config deploy/prometheus.yml"
 
-# --- hubbub --------------------------------------------------------------
-HPORT=$(free_port)
-HUB=https://127.0.0.1:$HPORT
-# The server generates its CA on start; curl and node trust it from here on.
+# --- hubbub: one single node ------------------------------------------------
+# Every hubbub (and Prometheus) listens on port 0 and prints the address it
+# got: no port is picked here and bound later by someone else.
+# start_hubbub NAME ARGS...: runs hubbub in the background, output in $WORK/NAME.log.
+start_hubbub() {
+    local name=$1
+    shift
+    "$HUBBUB_BIN" "$@" </dev/null >"$WORK/$name.log" 2>&1 &
+    PIDS+=($!)
+}
+# printed NAME PREFIX: the rest of NAME's first output line starting with PREFIX;
+# waits up to 30 s for it, failing at once when the process has exited.
+printed() {
+    local name=$1 prefix=$2 pid=${PIDS[-1]} deadline=$(($(date +%s) + 30)) line
+    until line=$(grep -m 1 "^$prefix" "$WORK/$name.log"); do
+        running "$pid" || fail "$name exited before printing '$prefix'"
+        [ "$(date +%s)" -lt "$deadline" ] || fail "$name printed no '$prefix' within 30 s"
+        sleep 0.1
+    done
+    echo "${line#"$prefix"}"
+}
+# The server generates its CA on start; curl, node, the cluster nodes and
+# Prometheus trust it from here on.
 export CURL_CA_BUNDLE="$WORK/certs/ca.pem" NODE_EXTRA_CA_CERTS="$WORK/certs/ca.pem"
 SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
-"$HUBBUB_BIN" --listen "127.0.0.1:$HPORT" --tls on \
+start_hubbub hubbub --listen 127.0.0.1:0 --tls on \
     --data-dir "$WORK/data" --certs-dir "$WORK/certs" --web-dir "$ROOT/web" \
-    --jwt-secret "$SECRET" --node-id ci-node --msgs-per-sec 1000 --burst 1000 \
-    </dev/null >"$WORK/hubbub.log" 2>&1 &
-PIDS+=($!)
+    --jwt-secret "$SECRET" --node-id ci-node --msgs-per-sec 1000 --burst 1000
+HUB=$(printed hubbub "hubbub listening on ")
+HPORT=${HUB##*:}
 wait_for 30 curl -sf "$HUB/healthz" || fail "hubbub did not answer /healthz on $HUB"
 ok "hubbub up on $HUB (pid ${PIDS[0]})"
 
+# --- hubbub: a three-node cluster ----------------------------------------------
+# Cluster metrics exist only in cluster mode. n1 starts alone, n2 and n3 seed
+# from it; all share the single node's certs dir (one CA for Prometheus to
+# trust) and a fresh cluster secret of their own.
+(umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >"$WORK/cluster-secret")
+CLUSTER_URLS=()
+CLUSTER_INSTANCES=()
+SEED=
+for n in n1 n2 n3; do
+    start_hubbub "$n" --listen 127.0.0.1:0 --tls on --node-id "$n" \
+        --data-dir "$WORK/$n" --certs-dir "$WORK/certs" --web-dir "$ROOT/web" \
+        --cluster-listen 127.0.0.1:0 --cluster-secret-file "$WORK/cluster-secret" \
+        ${SEED:+--seeds "$SEED"} --msgs-per-sec 1000 --burst 1000
+    url=$(printed "$n" "hubbub listening on ")
+    addr=$(printed "$n" "hubbub cluster on ")
+    addr=${addr%% *}
+    SEED=${SEED:-$addr}
+    CLUSTER_URLS+=("$url")
+    CLUSTER_INSTANCES+=("${url#https://}")
+    ok "$n up on $url, cluster address $addr (pid ${PIDS[-1]})"
+done
+for url in "${CLUSTER_URLS[@]}"; do
+    wait_for 30 curl -sf "$url/readyz" ||
+        fail "the cluster did not form within 30 s: $url/readyz says '$(curl -s "$url/readyz")'"
+done
+ok "cluster formed: /readyz 200 on ${CLUSTER_URLS[*]}"
+
 # --- Prometheus ------------------------------------------------------------
-# The shipped config, with 1 s scrapes and the chosen port.
-PPORT=$(free_port)
-PROM=http://127.0.0.1:$PPORT
+# The shipped config, with 1 s scrapes, the single node's port, and one more
+# static target per cluster node (labelled like the shipped example).
+EXTRA_TARGETS=
+for i in 0 1 2; do
+    EXTRA_TARGETS+="\\n      - targets: [\"${CLUSTER_INSTANCES[$i]}\"]\\n        labels: { node: n$((i + 1)) }"
+done
 sed -e "s/scrape_interval: 15s/scrape_interval: 1s/" \
     -e "s/evaluation_interval: 15s/evaluation_interval: 1s/" \
     -e "s/127\.0\.0\.1:8443/127.0.0.1:$HPORT/" \
     -e "s#ca_file: \.\./certs/ca\.pem#ca_file: $WORK/certs/ca.pem#" \
+    -e "s/^\( *labels: { node: node-1 }\)\$/\1$EXTRA_TARGETS/" \
     deploy/prometheus.yml >"$WORK/prometheus.yml"
 grep -q "scrape_interval: 1s" "$WORK/prometheus.yml" || fail "could not set scrape_interval in the generated config"
 grep -q "127.0.0.1:$HPORT" "$WORK/prometheus.yml" || fail "could not set the target in the generated config"
+for inst in "${CLUSTER_INSTANCES[@]}"; do
+    grep -q "^      - targets: \[\"$inst\"\]" "$WORK/prometheus.yml" ||
+        fail "could not add the cluster target $inst to the generated config"
+done
+"$PROMTOOL" check config "$WORK/prometheus.yml" >"$WORK/promtool-config.log" 2>&1 ||
+    { cat "$WORK/promtool-config.log" >&2; fail "promtool check config on the generated config"; }
 "$PROMETHEUS" --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
-    --web.listen-address="127.0.0.1:$PPORT" </dev/null >"$WORK/prometheus.log" 2>&1 &
+    --web.listen-address=127.0.0.1:0 </dev/null >"$WORK/prometheus.log" 2>&1 &
 PIDS+=($!)
+# It logs the bound address: msg="Listening on" address=127.0.0.1:PORT.
+prom_addr() { sed -n 's/.*msg="Listening on" address=\([0-9.]*:[0-9]*\).*/\1/p' "$WORK/prometheus.log" | head -n 1; }
+wait_for 30 grep -q 'msg="Listening on" address=' "$WORK/prometheus.log" ||
+    fail "Prometheus logged no 'Listening on' address within 30 s"
+PROM=http://$(prom_addr)
 wait_for 30 curl -sf "$PROM/-/ready" || fail "Prometheus did not become ready on $PROM"
-ok "Prometheus up on $PROM (pid ${PIDS[1]})"
+ok "Prometheus up on $PROM (pid ${PIDS[-1]})"
+
+# Every target scraped once before any traffic, so the traffic's counts are
+# increases Prometheus sees (rates and quantiles over them are not empty).
+targets_health() {
+    curl -s "$PROM/api/v1/targets" | python3 -c 'import json,sys
+t = json.load(sys.stdin)["data"]["activeTargets"]
+print(" ".join(sorted(x["labels"]["instance"] + "=" + x["health"] + ("" if x["health"] == "up" else ":" + x["lastError"]) for x in t)))'
+}
+all_up() {
+    local h
+    h=$(targets_health) && [ "$(echo "$h" | tr ' ' '\n' | grep -c '=up$')" = 4 ] &&
+        ! echo "$h" | tr ' ' '\n' | grep -qv '=up$'
+}
+wait_for 30 all_up || fail "Prometheus targets not all up after 30 s: $(targets_health)"
+ok "scrape targets up: $(targets_health)"
 
 # --- traffic -------------------------------------------------------------
-# Sign-up with curl; the access token comes back as a Set-Cookie.
+# Sign-up with curl at base URL $1; the access token comes back as a Set-Cookie.
 signup() {
     curl -s -D - -o /dev/null -H 'content-type: application/json' \
-        -d "{\"username\":\"$1\",\"password\":\"ci password $1 12345\"}" "$HUB/api/auth/signup" |
+        -d "{\"username\":\"$2\",\"password\":\"ci password $2 12345\"}" "$1/api/auth/signup" |
         tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: access_token=\([^;]*\).*/\1/p'
 }
-ALICE=$(signup alice)
-BOB=$(signup bob)
+ALICE=$(signup "$HUB" alice)
+BOB=$(signup "$HUB" bob)
 [ -n "$ALICE" ] && [ -n "$BOB" ] || fail "sign-up did not return access tokens"
 ok "signed up alice and bob with curl"
+# On the cluster: signed up on n1 (a replicated account change), used on n2.
+C_ALICE=$(signup "${CLUSTER_URLS[0]}" alice)
+C_BOB=$(signup "${CLUSTER_URLS[0]}" bob)
+[ -n "$C_ALICE" ] && [ -n "$C_BOB" ] || fail "sign-up on cluster node n1 did not return access tokens"
+ok "signed up alice and bob on cluster node n1 with curl"
 # A login (ok), a wrong password (failed) and a refresh (ok) for the auth counters.
 REFRESH=$(curl -s -D - -o /dev/null -H 'content-type: application/json' \
     -d '{"username":"alice","password":"ci password alice 12345"}' "$HUB/api/auth/login" |
@@ -206,11 +305,18 @@ function until(ws, pred) {
     setTimeout(() => process.exit(0), 120000);
 })().catch((e) => { console.error(e); process.exit(1); });
 EOF
-node "${NODE_FLAGS[@]}" "$WORK/traffic.cjs" "wss://127.0.0.1:$HPORT/ws?room=lobby" "$ALICE" "$BOB" \
-    "$MESSAGES" "$WORK/traffic.ok" </dev/null >"$WORK/traffic.log" 2>&1 &
-PIDS+=($!)
-wait_for 30 test -f "$WORK/traffic.ok" || fail "WebSocket traffic did not complete"
-ok "WebSocket chat: $(cat "$WORK/traffic.log")"
+# traffic NAME BASE_URL ALICE BOB: the chat above in the background (both at once).
+traffic() {
+    node "${NODE_FLAGS[@]}" "$WORK/traffic.cjs" "wss://${2#https://}/ws?room=lobby" "$3" "$4" \
+        "$MESSAGES" "$WORK/traffic-$1.ok" </dev/null >"$WORK/traffic-$1.log" 2>&1 &
+    PIDS+=($!)
+}
+traffic single "$HUB" "$ALICE" "$BOB"
+traffic cluster "${CLUSTER_URLS[1]}" "$C_ALICE" "$C_BOB"
+wait_for 30 test -f "$WORK/traffic-single.ok" || fail "WebSocket traffic did not complete"
+ok "WebSocket chat: $(cat "$WORK/traffic-single.log")"
+wait_for 30 test -f "$WORK/traffic-cluster.ok" || fail "WebSocket traffic on cluster node n2 did not complete"
+ok "WebSocket chat on cluster node n2: $(cat "$WORK/traffic-cluster.log")"
 
 # --- what Prometheus scraped ------------------------------------------------
 # Prints the first sample's value of an instant query ('' when empty).
@@ -226,84 +332,78 @@ at_least() { # query, minimum
     local v
     v=$(query "$1") && [ -n "$v" ] && python3 -c "import sys; sys.exit(0 if float('$v') >= $2 else 1)"
 }
-wait_for 30 at_least 'hubbub_connections' 0 || fail "Prometheus has no hubbub_connections after 30 s"
+exactly() { # query, value
+    local v
+    v=$(query "$1") && [ -n "$v" ] && python3 -c "import sys; sys.exit(0 if float('$v') == $2 else 1)"
+}
+# The single node's series (Prometheus scrapes four nodes).
+S="instance=\"127.0.0.1:$HPORT\""
+wait_for 30 at_least "hubbub_connections{$S}" 0 || fail "Prometheus has no hubbub_connections after 30 s"
 ok "Prometheus scraped hubbub_connections"
-wait_for 30 at_least 'hubbub_connections' 3 ||
-    fail "hubbub_connections in Prometheus is $(query hubbub_connections), expected 3"
-ok "hubbub_connections = $(query hubbub_connections) in Prometheus"
-wait_for 30 at_least 'hubbub_frames_in_total{type="chat"}' "$MESSAGES" ||
-    fail "hubbub_frames_in_total{type=\"chat\"} in Prometheus is '$(query 'hubbub_frames_in_total{type="chat"}')', expected >= $MESSAGES"
-ok "hubbub_frames_in_total{type=\"chat\"} = $(query 'hubbub_frames_in_total{type="chat"}') in Prometheus"
-wait_for 30 at_least 'hubbub_deliveries_total' $((2 * MESSAGES)) || fail "hubbub_deliveries_total below $((2 * MESSAGES))"
-ok "hubbub_deliveries_total = $(query hubbub_deliveries_total) in Prometheus"
-HEALTH=$(curl -s "$PROM/api/v1/targets" | python3 -c 'import json,sys
-t = json.load(sys.stdin)["data"]["activeTargets"]
-print(" ".join(x["health"] + ("" if x["health"] == "up" else ":" + x["lastError"]) for x in t))')
-[ "$HEALTH" = "up" ] || fail "target health: $HEALTH"
-ok "scrape target health: up"
-for q in 'hubbub_evictions_total{reason="replaced"}' 'hubbub_errors_sent_total{code="bad_request"}' \
-    'hubbub_logins_total{result="failed"}' 'hubbub_refreshes_total{result="ok"}'; do
+wait_for 30 at_least "hubbub_connections{$S}" 3 ||
+    fail "hubbub_connections in Prometheus is $(query "hubbub_connections{$S}"), expected 3"
+ok "hubbub_connections = $(query "hubbub_connections{$S}") in Prometheus"
+wait_for 30 at_least "hubbub_frames_in_total{type=\"chat\",$S}" "$MESSAGES" ||
+    fail "hubbub_frames_in_total{type=\"chat\"} in Prometheus is '$(query "hubbub_frames_in_total{type=\"chat\",$S}")', expected >= $MESSAGES"
+ok "hubbub_frames_in_total{type=\"chat\"} = $(query "hubbub_frames_in_total{type=\"chat\",$S}") in Prometheus"
+wait_for 30 at_least "hubbub_deliveries_total{$S}" $((2 * MESSAGES)) || fail "hubbub_deliveries_total below $((2 * MESSAGES))"
+ok "hubbub_deliveries_total = $(query "hubbub_deliveries_total{$S}") in Prometheus"
+all_up || fail "target health: $(targets_health)"
+ok "scrape targets still up"
+for q in 'hubbub_evictions_total{reason="replaced",' 'hubbub_errors_sent_total{code="bad_request",' \
+    'hubbub_logins_total{result="failed",' 'hubbub_refreshes_total{result="ok",'; do
+    q="$q$S}"
     wait_for 30 at_least "$q" 1 || fail "$q in Prometheus is '$(query "$q")', expected >= 1"
     ok "$q = $(query "$q") in Prometheus"
 done
 # The dashboard's quantile over all samples so far (its rate() window may hold
 # a single burst here).
-P99=$(query 'histogram_quantile(0.99, sum by (le) (hubbub_send_to_durable_seconds_bucket))')
+P99=$(query "histogram_quantile(0.99, sum by (le) (hubbub_send_to_durable_seconds_bucket{$S}))")
 [ -n "$P99" ] && [ "$P99" != NaN ] || fail "p99 send→durable has no data: '$P99'"
 ok "p99 send→durable = ${P99}s (histogram_quantile over hubbub_send_to_durable_seconds_bucket)"
 
+# The cluster as its dashboard row shows it: every node sees three ready
+# members and has two links, one node leads, n2's chats were committed.
+for inst in "${CLUSTER_INSTANCES[@]}"; do
+    q="hubbub_cluster_members{state=\"ready\",instance=\"$inst\"}"
+    wait_for 30 exactly "$q" 3 || fail "$q in Prometheus is '$(query "$q")', expected 3"
+    q="hubbub_links_up{instance=\"$inst\"}"
+    wait_for 30 exactly "$q" 2 || fail "$q in Prometheus is '$(query "$q")', expected 2"
+done
+ok "each cluster node: 3 members ready, 2 links up"
+q='count(hubbub_log_is_leader == 1)'
+wait_for 30 exactly "$q" 1 || fail "$q in Prometheus is '$(query "$q")', expected 1"
+ok "one leader: $(curl -s --get --data-urlencode 'query=hubbub_log_is_leader == 1' "$PROM/api/v1/query" |
+    python3 -c 'import json,sys; print(" ".join(r["metric"].get("node", "?") for r in json.load(sys.stdin)["data"]["result"]))')"
+q="hubbub_frames_in_total{type=\"chat\",instance=\"${CLUSTER_INSTANCES[1]}\"}"
+wait_for 30 at_least "$q" "$MESSAGES" || fail "$q in Prometheus is '$(query "$q")', expected >= $MESSAGES"
+q='sum(hubbub_log_commit_seconds_count)'
+wait_for 30 at_least "$q" 1 || fail "$q in Prometheus is '$(query "$q")', expected >= 1"
+ok "cluster: $MESSAGES chats in on n2, $(query "$q") log entries committed"
+
 # --- exposition format ------------------------------------------------------
-curl -s "$HUB/metrics" >"$WORK/metrics.txt"
-set +e
-"$PROMTOOL" check metrics <"$WORK/metrics.txt" >"$WORK/promtool.out" 2>&1
-RC=$?
-set -e
-if [ "$RC" != 0 ]; then
-    cat "$WORK/promtool.out" >&2
-    fail "promtool check metrics exited $RC"
-fi
-ok "promtool check metrics: clean"
+# A single node's /metrics and a cluster node's (the cluster families).
+lint_metrics() { # URL, output file
+    curl -s "$1/metrics" >"$2"
+    set +e
+    "$PROMTOOL" check metrics <"$2" >"$WORK/promtool.out" 2>&1
+    RC=$?
+    set -e
+    if [ "$RC" != 0 ]; then
+        cat "$WORK/promtool.out" >&2
+        fail "promtool check metrics on $1/metrics exited $RC"
+    fi
+    ok "promtool check metrics on $1/metrics: clean"
+}
+lint_metrics "$HUB" "$WORK/metrics.txt"
+lint_metrics "${CLUSTER_URLS[0]}" "$WORK/metrics-cluster.txt"
 
 # --- Grafana dashboard --------------------------------------------------------
-python3 - "$ROOT/deploy/grafana/hubbub.json" "$WORK/metrics.txt" <<'EOF'
-import json, re, sys
-dash_path, metrics_path = sys.argv[1], sys.argv[2]
-with open(dash_path) as f:
-    dash = json.load(f)  # fails on invalid JSON
-assert any(i.get("name") == "DS_PROMETHEUS" and i.get("type") == "datasource" for i in dash.get("__inputs", [])), \
-    "no DS_PROMETHEUS datasource input"
-assert dash.get("schemaVersion", 0) >= 36, "schemaVersion < 36"
-families = set()
-for line in open(metrics_path):
-    m = re.match(r"# TYPE (\S+) (\S+)", line)
-    if m:
-        families.add(m.group(1))
-exprs = []
-def walk(panels):
-    for p in panels:
-        exprs.extend((p.get("title", "?"), t["expr"]) for t in p.get("targets", []) if t.get("expr"))
-        walk(p.get("panels", []))
-walk(dash["panels"])
-for v in dash.get("templating", {}).get("list", []):
-    q = v.get("query")
-    exprs.append((v["name"], q.get("query", "") if isinstance(q, dict) else str(q or "")))
-assert exprs, "no queries in the dashboard"
-missing, used = [], set()
-for title, e in exprs:
-    for name in re.findall(r"hubbub_[a-z_]+", e):
-        base = re.sub(r"_(bucket|sum|count)$", "", name)
-        if name in families:
-            used.add(name)
-        elif base != name and base in families:
-            used.add(base)
-        else:
-            missing.append(f"{name} (panel {title!r})")
-if missing:
-    sys.exit("dashboard uses metrics /metrics does not have: " + ", ".join(missing))
-rows = [p["title"] for p in dash["panels"] if p.get("type") == "row"]
-print(f"{len(exprs)} queries over {len(used)} metric families, rows: {', '.join(rows)}")
-EOF
-ok "deploy/grafana/hubbub.json is valid and every metric it queries exists"
+# Every query of the dashboard must return data from this Prometheus (the
+# Cluster row's: a series per cluster node); see ci/check_dashboard.py.
+python3 "$ROOT/ci/check_dashboard.py" "$ROOT/deploy/grafana/hubbub.json" "$PROM" \
+    "$(IFS=,; echo "${CLUSTER_INSTANCES[*]}")" "$WORK/metrics.txt" "$WORK/metrics-cluster.txt"
+ok "deploy/grafana/hubbub.json is valid and every query of it returns data from Prometheus"
 
 FAILED=0
 log "all checks passed in $(($(date +%s) - T0)) s"

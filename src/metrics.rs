@@ -14,6 +14,8 @@ use prometheus::{
 #[macro_use]
 mod labels;
 mod cluster;
+#[cfg(test)]
+mod dashboard_tests;
 
 pub use cluster::{ClusterMetrics, GossipReject, LinkDrop, LinkFail, MemberState};
 
