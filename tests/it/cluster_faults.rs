@@ -324,3 +324,61 @@ async fn a_stopped_leader_hands_over_before_it_exits() {
         t0.elapsed()
     );
 }
+
+/// A join at `at` with `since` = the cursor of a message saved there.
+async fn resume_at(nodes: &[Node], at: usize) -> (hubbub_client::Account, String) {
+    let addr = nodes[at].addr();
+    let acct = user_at(addr, &name("resumer")).await;
+    let mut ws = join_at(addr, &acct, "lobby").await;
+    let first = say_saved(&mut ws, "first").await;
+    (acct, first["cursor"].as_str().unwrap().to_owned())
+}
+
+/// A resume during an election waits for the new leader's read index
+/// (the frozen one never answers) and is honoured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_while_the_leader_is_frozen_waits_for_the_next_one() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = spawn_cluster(root.path(), 3, &[]);
+    formed(&nodes).await;
+    let leader = leader_index(&nodes).await;
+    let at = (leader + 1) % nodes.len();
+    let (acct, cursor) = resume_at(&nodes, at).await;
+    signal(&nodes[leader], libc::SIGSTOP);
+    let t0 = Instant::now();
+    let mut ws = hubbub_client::join(nodes[at].addr(), &acct, "lobby", None, Some(&cursor))
+        .await
+        .unwrap();
+    let welcome = ws.expect("welcome", FORM_BOUND).await;
+    signal(&nodes[leader], libc::SIGCONT);
+    let welcome = welcome.unwrap();
+    println!(
+        "resume during an election: welcome after {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(welcome["resumed"], true, "{welcome}");
+}
+
+/// A resume on a node that cannot catch up (both peers frozen, so no
+/// leader; it still serves for its first 3 s) is closed with 1001 before
+/// `welcome`: the client comes back later or elsewhere with its `since`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_that_cannot_catch_up_is_closed_before_welcome() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = spawn_cluster(root.path(), 3, &[]);
+    formed(&nodes).await;
+    let (acct, cursor) = resume_at(&nodes, 2).await;
+    signal(&nodes[0], libc::SIGSTOP);
+    signal(&nodes[1], libc::SIGSTOP);
+    let ws = hubbub_client::join(nodes[2].addr(), &acct, "lobby", None, Some(&cursor)).await;
+    let first = match ws {
+        Ok(mut ws) => ws.recv(FORM_BOUND).await,
+        Err(e) => panic!("the upgrade within 3 s of losing the majority: {e}"),
+    };
+    signal(&nodes[0], libc::SIGCONT);
+    signal(&nodes[1], libc::SIGCONT);
+    match first {
+        Some(hubbub_client::Incoming::Closed(code)) => assert_eq!(code, Some(1001)),
+        other => panic!("expected a close before anything: {other:?}"),
+    }
+}

@@ -268,34 +268,41 @@ pub async fn catch_up(
     limit: Duration,
 ) -> bool {
     let caught_up = tokio::time::timeout(limit, async {
-        // During an election (a client moved here because its node died)
-        // there is no leader for a moment: wait for one, within `limit`.
         let mut watch = raft.metrics();
-        let Ok(m) = watch
-            .wait_for(|m| m.current_leader.is_some())
-            .await
-            .map(|m| m.clone())
-        else {
-            return false;
-        };
-        let Some(leader) = m.current_leader else {
-            return false;
-        };
-        let index = if leader == m.id {
-            shared.read_index().await
-        } else {
-            match name_of(raft, leader) {
-                Some(name) => super::network::read_index(links, &name, limit).await,
-                None => None,
-            }
-        };
-        match index {
-            Some(i) => raft
-                .wait(None)
-                .applied_index_at_least(Some(i), "join")
+        loop {
+            // During an election (a client moved here because its node died)
+            // there is no leader for a moment: wait for one, within `limit`.
+            let Ok(m) = watch
+                .wait_for(|m| m.current_leader.is_some())
                 .await
-                .is_ok(),
-            None => false,
+                .map(|m| m.clone())
+            else {
+                return false;
+            };
+            let Some(leader) = m.current_leader else {
+                return false;
+            };
+            let index = if leader == m.id {
+                shared.read_index().await
+            } else {
+                match name_of(raft, leader) {
+                    // A leader that stopped answering is replaced about 1 s
+                    // later: ask the new one then.
+                    Some(name) => tokio::select! {
+                        i = super::network::read_index(links, &name, limit) => i,
+                        _ = watch.wait_for(|m| m.current_leader != Some(leader)) => None,
+                    },
+                    None => None,
+                }
+            };
+            if let Some(i) = index {
+                return raft
+                    .wait(None)
+                    .applied_index_at_least(Some(i), "join")
+                    .await
+                    .is_ok();
+            }
+            tokio::time::sleep(LEADER_RETRY).await;
         }
     })
     .await;
