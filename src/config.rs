@@ -8,6 +8,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+/// `--snapshot-every`'s default, in log entries. A snapshot costs a pause of
+/// applying proportional to the whole store (it is written while applies
+/// wait), so it is taken rarely: 100 000 entries are at least 100 000
+/// writes, more under load (an entry batches what queued meanwhile).
+pub const SNAPSHOT_EVERY: u64 = 100_000;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "hubbub",
@@ -303,6 +309,11 @@ pub struct Config {
     /// The cluster forms once this many nodes see each other.
     #[arg(long, env = "HUBBUB_BOOTSTRAP_EXPECT", default_value_t = 3)]
     pub bootstrap_expect: usize,
+    /// Cluster mode: write a snapshot of the store and compact the log every
+    /// this many log entries (an entry is a batch of writes). Hidden: for
+    /// tests and operators who measured; the default suits most.
+    #[arg(long, env = "HUBBUB_SNAPSHOT_EVERY", default_value_t = SNAPSHOT_EVERY, hide = true)]
+    pub snapshot_every: u64,
 }
 
 impl Config {
@@ -427,6 +438,10 @@ impl Config {
         anyhow::ensure!(
             (1..=5).contains(&self.bootstrap_expect),
             "--bootstrap-expect must be 1..=5"
+        );
+        anyhow::ensure!(
+            self.snapshot_every >= 10,
+            "--snapshot-every must be at least 10 entries"
         );
         if let Some(u) = &self.advertise_url {
             anyhow::ensure!(

@@ -5,12 +5,14 @@
 //! - `log_store`: openraft's log storage on `storage`'s byte-level log.
 //! - `types`: the entries (batches of posts and acks) and node names.
 //! - `state_machine`: hubbub's store as the state machine.
+//! - `snapshots`: the state machine's snapshots on disk (`DATA_DIR/raft-snapshots/`).
 
 mod log_store;
 pub mod network;
 pub mod node;
 #[cfg(test)]
 mod restart_tests;
+mod snapshots;
 pub mod state_machine;
 #[cfg(test)]
 mod test_sm;
