@@ -95,6 +95,9 @@ impl<W: Write> Hashing<W> {
     }
 }
 
+/// One record: tree id, key, value.
+type Rec = (u8, Vec<u8>, Vec<u8>);
+
 /// Reads through a SHA-256.
 struct Checked {
     inner: BufReader<File>,
@@ -142,7 +145,7 @@ impl Checked {
     }
 
     /// The next record, or `None` at the end (whose count and checksum are checked).
-    fn next(&mut self, count: &mut u64) -> Result<Option<(u8, Vec<u8>, Vec<u8>)>> {
+    fn next(&mut self, count: &mut u64) -> Result<Option<Rec>> {
         let mut tag = [0u8; 1];
         self.take(&mut tag)?;
         if tag[0] == END {

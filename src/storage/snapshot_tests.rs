@@ -167,7 +167,10 @@ async fn every_replicated_tree_round_trips_and_the_log_stays_its_own() {
             names.contains(&name.as_str()) || name == "raftmeta_value",
             "tree {name} is not in the snapshot"
         );
-        assert!(!want[name].is_empty() || name == "raftindex_entry", "{name} empty");
+        assert!(
+            !want[name].is_empty() || name == "raftindex_entry",
+            "{name} empty"
+        );
     }
     assert_eq!(replicated(dump(&dst)), want);
     let after = dump(&dst);
@@ -192,7 +195,16 @@ async fn a_truncated_or_corrupt_snapshot_is_an_error_and_changes_nothing() {
     let before = dump(&dst);
     let bad = d.path().join("bad.snap");
     let mut cases: Vec<Vec<u8>> = Vec::new();
-    for cut in [0, 4, 8, 12, 40, good.len() / 2, good.len() - 33, good.len() - 1] {
+    for cut in [
+        0,
+        4,
+        8,
+        12,
+        40,
+        good.len() / 2,
+        good.len() - 33,
+        good.len() - 1,
+    ] {
         cases.push(good[..cut].to_vec());
     }
     for at in [3, 9, 20, good.len() / 3, good.len() - 40, good.len() - 2] {

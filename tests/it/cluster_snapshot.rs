@@ -57,9 +57,8 @@ async fn send_all(addr: SocketAddr, acct: Account, room: String, n: usize) -> us
         match ws.recv(Duration::from_secs(30)).await {
             Some(Incoming::Frame(f)) => match f["type"].as_str() {
                 Some("receipt") if f["status"] == "saved" => {
-                    if pending.remove(f["id"].as_str().unwrap_or("")).is_some() {
-                        saved += 1;
-                    }
+                    let id = f["id"].as_str().unwrap_or("");
+                    saved += usize::from(pending.remove(id).is_some());
                 }
                 Some("error") => {
                     // Busy for a moment: the same id again later.
@@ -137,7 +136,12 @@ async fn a_node_down_during_100k_messages_catches_up_by_snapshot() {
     let mut tasks = Vec::new();
     for (i, acct) in accts.into_iter().enumerate() {
         let addr = nodes[live[i % 2]].addr();
-        tasks.push(tokio::spawn(send_all(addr, acct, room(i), MESSAGES / SENDERS)));
+        tasks.push(tokio::spawn(send_all(
+            addr,
+            acct,
+            room(i),
+            MESSAGES / SENDERS,
+        )));
     }
     let mut saved = 0;
     for t in tasks {
@@ -156,9 +160,15 @@ async fn a_node_down_during_100k_messages_catches_up_by_snapshot() {
         assert!(metric(n, "hubbub_log_snapshots_built_total").await >= 1.0);
     }
     let log = log_of(&nodes[live[0]]).await;
+    let lead = &nodes[live[0]];
     eprintln!(
-        "{MESSAGES} messages saved in {wrote:?} ({} entries, log from {}; the dead node stopped at {down_at})",
-        log["last_log_index"], log["last_purged"]
+        "{MESSAGES} messages saved in {wrote:?} ({} entries, log from {}; the dead node stopped at {down_at}); \
+         {} snapshots built, the last {} bytes, applies paused {} s for it",
+        log["last_log_index"],
+        log["last_purged"],
+        metric(lead, "hubbub_log_snapshots_built_total").await,
+        metric(lead, "hubbub_log_snapshot_bytes").await,
+        metric(lead, "hubbub_log_snapshot_pause_seconds").await,
     );
 
     // Back: it cannot catch up from the log, only by snapshot.

@@ -161,7 +161,10 @@ impl Snapshots {
         .map_err(io_err)?
         .map_err(io_err)?;
         self.make_current(&tmp, header).map_err(io_err)?;
-        Ok((self.open_current().await?.ok_or_else(|| io_err("gone"))?.0, exported))
+        Ok((
+            self.open_current().await?.ok_or_else(|| io_err("gone"))?.0,
+            exported,
+        ))
     }
 
     /// The current snapshot, opened at its start.

@@ -163,11 +163,7 @@ async fn an_install_is_whole_after_a_crash_at_any_step() {
 
     // Crash after the import, before the mark was renamed: the same again
     // (importing twice is harmless).
-    std::fs::copy(
-        snaps_file(&data),
-        data.join(DIR).join(INSTALLING),
-    )
-    .unwrap();
+    std::fs::copy(snaps_file(&data), data.join(DIR).join(INSTALLING)).unwrap();
     let (_snaps, redone) = Snapshots::open(&data, &follower).unwrap();
     assert!(redone.is_some());
     assert_eq!(state(&follower, &root.join("s3")), new_state);

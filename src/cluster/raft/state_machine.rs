@@ -41,8 +41,8 @@ use tokio::sync::mpsc;
 use super::network::Shared;
 use super::snapshots::{Header, Snapshots};
 use super::types::{NodeId, NodeInfo, Request, TypeConfig, Write, decode, encode};
-use crate::metrics::ClusterMetrics;
 use crate::error::InternalError;
+use crate::metrics::ClusterMetrics;
 use crate::protocol::{Cursor, StoredMsg};
 use crate::storage::{
     AccountOp, AccountOutcome, AckCmd, RaftLog, RaftMeta, Spent, StorageCmd, StorageEvent, Store,
@@ -322,8 +322,11 @@ pub struct Built(Option<Result<Snapshot<TypeConfig>, SErr>>);
 
 impl RaftSnapshotBuilder<TypeConfig> for Built {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
-        self.0.take().unwrap_or_else(|| {
-            Err(StorageIOError::read_snapshot(None, AnyError::error("built once already")).into())
-        })
+        match self.0.take() {
+            Some(built) => built,
+            None => Err(
+                StorageIOError::read_snapshot(None, AnyError::error("built once already")).into(),
+            ),
+        }
     }
 }
