@@ -230,3 +230,35 @@ async fn a_truncated_or_corrupt_snapshot_is_an_error_and_changes_nothing() {
     std::fs::write(&bad, &good).unwrap();
     assert!(dst.import_replicated(&bad).is_ok());
 }
+
+/// Measurement, not a check (run with `--ignored --nocapture`): how long an
+/// export of 100 000 messages takes (applies pause that long in a cluster)
+/// and how long installing it takes.
+#[tokio::test]
+#[ignore]
+async fn measure_export_and_import_of_100k_messages() {
+    let d = tempfile::tempdir().unwrap();
+    let src = Store::open(&d.path().join("a"), 64 << 20).unwrap();
+    for batch in 0..100u64 {
+        let cmds: Vec<StorageCmd> = (0..1000u64)
+            .map(|k| {
+                let n = batch * 1000 + k + 1;
+                post(&format!("room{}", n % 8), n, None)
+            })
+            .collect();
+        src.apply_replicated(&cmds).unwrap();
+    }
+    let file = d.path().join("s.snap");
+    let t0 = Instant::now();
+    let n = export(&src, &file);
+    let exported = t0.elapsed();
+    let dst = Store::open(&d.path().join("b"), 64 << 20).unwrap();
+    let t1 = Instant::now();
+    dst.import_replicated(&file).unwrap();
+    eprintln!(
+        "100 000 messages: {} records, {} bytes; export {exported:?}, check + import {:?}",
+        n.records,
+        n.bytes,
+        t1.elapsed()
+    );
+}
