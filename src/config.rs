@@ -614,6 +614,10 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.seeds, ["a:1", "b:2"]);
         assert_eq!(c.bootstrap_expect, 3);
+        assert_eq!(c.snapshot_every, SNAPSHOT_EVERY);
+        let every = ok(&["--cluster-secret", &secret, "--snapshot-every", "50"]);
+        every.validate().unwrap();
+        assert_eq!(every.snapshot_every, 50);
         assert_eq!(c.cluster_secret().unwrap().unwrap(), secret.as_bytes());
         assert!(ok(&[]).validate().is_err(), "cluster mode without a secret");
         let short = ok(&["--cluster-secret", "short"]);
@@ -633,6 +637,7 @@ mod tests {
         );
         for bad in [
             ["--bootstrap-expect", "0"],
+            ["--snapshot-every", "9"],
             ["--node-id", "has space"],
             ["--advertise-url", "host:8443"],
         ] {
