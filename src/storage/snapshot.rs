@@ -36,8 +36,10 @@ const MAX_HEADER: u32 = 1 << 20;
 /// smaller (a message is at most ~16 KB); a larger length is corruption, and
 /// is refused before anything is allocated for it.
 const MAX_FIELD: u32 = 4 << 20;
-/// Records per sled batch while importing: bounds the memory of an import.
+/// Records and bytes per sled batch while importing: bound the memory of
+/// an import (whichever comes first).
 const IMPORT_BATCH: usize = 10_000;
+const IMPORT_BATCH_BYTES: usize = 8 << 20;
 const END: u8 = 0;
 
 /// The replicated trees, by their id in a snapshot file (never reused: a
@@ -258,6 +260,7 @@ impl Store {
         let (mut r, header) = Checked::open(path)?;
         let mut count = 0;
         let mut batch = (0u8, sled::Batch::default(), 0usize);
+        let mut bytes = 0usize;
         let tree_of = |id: u8| trees.iter().find(|(i, _)| *i == id).map(|(_, t)| t);
         while let Some((id, k, v)) = r.next(&mut count)? {
             if id == STATE {
@@ -267,12 +270,14 @@ impl Store {
                 meta.stage_meta(RaftMeta::StateMachine, &v)?;
                 continue;
             }
-            if batch.0 != id || batch.2 >= IMPORT_BATCH {
+            if batch.0 != id || batch.2 >= IMPORT_BATCH || bytes >= IMPORT_BATCH_BYTES {
+                bytes = 0;
                 if let Some(t) = tree_of(batch.0) {
                     t.apply_batch(std::mem::take(&mut batch.1))?;
                 }
                 batch = (id, sled::Batch::default(), 0);
             }
+            bytes += k.len() + v.len();
             batch.1.insert(k, v);
             batch.2 += 1;
         }
