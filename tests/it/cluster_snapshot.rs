@@ -207,16 +207,42 @@ async fn a_node_down_during_100k_messages_catches_up_by_snapshot() {
     assert_eq!(more, 5);
     let want = history(nodes[live[0]].addr(), &reader, &room(0)).await;
     assert_eq!(want.len(), MESSAGES / SENDERS + 5);
+    let target = log_of(&nodes[live[0]]).await["last_applied"]
+        .as_u64()
+        .unwrap();
     for n in &nodes {
-        let n_ = n;
         wait_for("the late messages everywhere", BOUND, || async {
-            history(n_.addr(), &reader, &room(0)).await == want
+            log_of(n).await["last_applied"].as_u64().unwrap_or(0) >= target
         })
         .await;
+        assert!(
+            history(n.addr(), &reader, &room(0)).await == want,
+            "{}",
+            n.name
+        );
     }
     assert_eq!(
         metric(&nodes[victim], "hubbub_log_snapshots_installed_total").await,
         1.0,
         "the late messages came through the log"
+    );
+
+    // kill -9 after the install: it comes back from its own store and
+    // snapshot (no new install) with the same history.
+    nodes[victim].kill();
+    nodes[victim] = spawn_node(&name_v, &dir_v, &[nodes[live[0]].cluster], &flags());
+    let target = log_of(&nodes[live[0]]).await["last_applied"]
+        .as_u64()
+        .unwrap();
+    let v = &nodes[victim];
+    wait_for("back after the install", BOUND, || async {
+        log_of(v).await["last_applied"].as_u64().unwrap_or(0) >= target
+    })
+    .await;
+    assert!(history(v.addr(), &reader, &room(0)).await == want);
+    assert_eq!(
+        metric(v, "hubbub_log_snapshots_installed_total").await,
+        0.0,
+        "its own state survived the restart"
     );
 }
