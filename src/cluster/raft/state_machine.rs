@@ -16,16 +16,20 @@
 //!   runs, so the file describes exactly the state at `last_applied` (sled
 //!   has no point-in-time view across trees; an export while applies go on
 //!   would mix states). The cost is a pause of applying for as long as the
-//!   export takes, proportional to the whole store (measured in the notes
-//!   and in `hubbub_log_snapshot_pause_seconds`); committing (and `saved`)
-//!   goes on meanwhile, and showing catches up after. The builder openraft
-//!   then runs elsewhere only hands over the finished file.
+//!   export takes, proportional to the whole store (figures in
+//!   docs/ARCHITECTURE.md; `hubbub_log_snapshot_pause_seconds`); committing
+//!   (and `saved`) goes on meanwhile, and showing catches up after. The
+//!   builder openraft then runs elsewhere only hands over the finished file.
 //! - Sent in chunks straight from the file; received into a file
 //!   (`SnapshotData` is a `tokio::fs::File`): neither side holds it in memory.
 //! - Installed by importing the checked file into the store's trees, then
 //!   the hub is told ([`StorageEvent::Installed`]): it moves its head and
 //!   closes its sessions with 1001, whose views may miss what the snapshot
 //!   brought (they resume elsewhere or here with `since`).
+//! - A snapshot that cannot be written or installed (a full disk, a file
+//!   that fails its checks) is a storage error: openraft stops this node's
+//!   log, the node stops serving, and a restart tries again from a clean
+//!   directory (partial files are removed at start).
 
 use std::sync::Arc;
 use std::time::Instant;
