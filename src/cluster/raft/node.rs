@@ -115,7 +115,7 @@ impl LogNode {
         .validate()?;
         let log_store = LogStore::open(store)?;
         let (applied_tx, applied) = watch::channel(0);
-        let sm = StateMachine::open(SmDeps {
+        let deps = SmDeps {
             store: store.clone(),
             log: store.raft_log()?,
             events,
@@ -123,7 +123,10 @@ impl LogNode {
             shared: shared.clone(),
             data_dir: cfg.data_dir,
             metrics: cfg.metrics,
-        })?;
+        };
+        // Off the async workers: finishing an interrupted install reads and
+        // writes the whole snapshot.
+        let sm = tokio::task::spawn_blocking(move || StateMachine::open(deps)).await??;
         let raft = Raft::new(
             node_id(name),
             Arc::new(config),
