@@ -8,6 +8,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+/// `--snapshot-every`'s default, in log entries. A snapshot costs a pause of
+/// applying proportional to the whole store (it is written while applies
+/// wait), so it is taken rarely: 100 000 entries are at least 100 000
+/// writes, more under load (an entry batches what queued meanwhile).
+pub const SNAPSHOT_EVERY: u64 = 100_000;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "hubbub",
@@ -303,6 +309,11 @@ pub struct Config {
     /// The cluster forms once this many nodes see each other.
     #[arg(long, env = "HUBBUB_BOOTSTRAP_EXPECT", default_value_t = 3)]
     pub bootstrap_expect: usize,
+    /// Cluster mode: write a snapshot of the store and compact the log every
+    /// this many log entries (an entry is a batch of writes). Hidden: for
+    /// tests and operators who measured; the default suits most.
+    #[arg(long, env = "HUBBUB_SNAPSHOT_EVERY", default_value_t = SNAPSHOT_EVERY, hide = true)]
+    pub snapshot_every: u64,
 }
 
 impl Config {
@@ -427,6 +438,10 @@ impl Config {
         anyhow::ensure!(
             (1..=5).contains(&self.bootstrap_expect),
             "--bootstrap-expect must be 1..=5"
+        );
+        anyhow::ensure!(
+            self.snapshot_every >= 10,
+            "--snapshot-every must be at least 10 entries"
         );
         if let Some(u) = &self.advertise_url {
             anyhow::ensure!(
@@ -599,6 +614,10 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.seeds, ["a:1", "b:2"]);
         assert_eq!(c.bootstrap_expect, 3);
+        assert_eq!(c.snapshot_every, SNAPSHOT_EVERY);
+        let every = ok(&["--cluster-secret", &secret, "--snapshot-every", "50"]);
+        every.validate().unwrap();
+        assert_eq!(every.snapshot_every, 50);
         assert_eq!(c.cluster_secret().unwrap().unwrap(), secret.as_bytes());
         assert!(ok(&[]).validate().is_err(), "cluster mode without a secret");
         let short = ok(&["--cluster-secret", "short"]);
@@ -618,6 +637,7 @@ mod tests {
         );
         for bad in [
             ["--bootstrap-expect", "0"],
+            ["--snapshot-every", "9"],
             ["--node-id", "has space"],
             ["--advertise-url", "host:8443"],
         ] {

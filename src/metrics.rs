@@ -135,6 +135,13 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     )
 }
 
+fn float_gauge(r: &Registry, name: &str, help: &str) -> prometheus::Gauge {
+    reg(
+        r,
+        prometheus::Gauge::new(name, help).unwrap_or_else(|_| unreachable_metric()),
+    )
+}
+
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     reg(
         r,

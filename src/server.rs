@@ -423,6 +423,7 @@ fn cluster_flags(cfg: &Config, url: &str) -> anyhow::Result<Option<ClusterConfig
             .map_or_else(|| url.to_owned(), |u| u.trim_end_matches('/').to_owned()),
         bootstrap_expect: cfg.bootstrap_expect,
         data_dir: cfg.data_dir.clone(),
+        snapshot_every: cfg.snapshot_every,
     }))
 }
 

@@ -35,7 +35,7 @@ use gossip::{Gossip, GossipConfig, NodeState, View};
 use keys::ClusterKeys;
 use link::{LinkConfig, Links};
 use raft::network::{Handler, Shared};
-use raft::node::{LogNode, LogStatus, ProposerInputs};
+use raft::node::{LogConfig, LogNode, LogStatus, ProposerInputs};
 
 /// A dead node's gossip state is kept this long, then forgotten.
 const DEAD_GRACE: Duration = Duration::from_secs(20);
@@ -65,6 +65,8 @@ pub struct ClusterConfig {
     pub url: String,
     pub bootstrap_expect: usize,
     pub data_dir: PathBuf,
+    /// `--snapshot-every`: log entries between snapshots.
+    pub snapshot_every: u64,
 }
 
 /// A running cluster membership. `view()` is what the rest of the server reads.
@@ -247,8 +249,13 @@ impl Cluster {
         )
         .context("starting the node links")?;
         let (mut log, _applied) = LogNode::start(
-            &cfg.node_id,
-            &deps.store,
+            LogConfig {
+                name: &cfg.node_id,
+                store: &deps.store,
+                data_dir: cfg.data_dir.clone(),
+                snapshot_every: cfg.snapshot_every,
+                metrics: deps.metrics.clone(),
+            },
             links.clone(),
             shared.clone(),
             deps.events.clone(),

@@ -3,7 +3,7 @@
 
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
-use super::{LATENCY, counter, counter_vec, gauge, gauge_vec, histogram};
+use super::{LATENCY, counter, counter_vec, float_gauge, gauge, gauge_vec, histogram};
 
 label_enum! {
     /// Why a gossip datagram was dropped, `hubbub_gossip_rejected_total{reason}`.
@@ -93,6 +93,10 @@ pub struct ClusterMetrics {
     pub log_replication_lag: IntGauge,
     pub log_commit_seconds: Histogram,
     pub log_failed_entries: IntCounter,
+    pub snapshots_built: IntCounter,
+    pub snapshots_installed: IntCounter,
+    pub snapshot_bytes: IntGauge,
+    pub snapshot_pause_seconds: prometheus::Gauge,
 }
 
 impl ClusterMetrics {
@@ -205,6 +209,26 @@ impl ClusterMetrics {
                 r,
                 "hubbub_log_failed_entries_total",
                 "Entries this node proposed that were not committed in time (their senders got unavailable).",
+            ),
+            snapshots_built: counter(
+                r,
+                "hubbub_log_snapshots_built_total",
+                "Snapshots of the state machine this node wrote (each lets the log be compacted).",
+            ),
+            snapshots_installed: counter(
+                r,
+                "hubbub_log_snapshots_installed_total",
+                "Snapshots received from the leader and installed (this node was behind the compacted log).",
+            ),
+            snapshot_bytes: gauge(
+                r,
+                "hubbub_log_snapshot_bytes",
+                "Size of this node's current snapshot file (last built or installed).",
+            ),
+            snapshot_pause_seconds: float_gauge(
+                r,
+                "hubbub_log_snapshot_pause_seconds",
+                "How long applying paused while the last snapshot was written.",
             ),
         }
     }

@@ -69,7 +69,7 @@ impl From<SpendOutcome> for Spent {
 }
 
 /// The tree that remembers which use spent a token (cluster mode only).
-const SPEND_OPS: &str = "refreshhash_spendop";
+pub(super) const SPEND_OPS: &str = "refreshhash_spendop";
 
 impl Store {
     /// Applies one account op at `now_ms`.

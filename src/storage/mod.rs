@@ -14,6 +14,10 @@
 //!   big-endian u64): accounts (see `accounts.rs`).
 //! - `raftindex_entry`, `raftmeta_value`: the replicated log's entries and vote, cluster mode
 //!   only (see `raft_log.rs`).
+//! - `refreshhash_spendop`: which use spent a refresh token (cluster mode only, `account_ops.rs`).
+//!
+//! Cluster mode: every tree above but the log's two travels in the log's
+//! snapshots (`snapshot.rs`).
 
 mod account_ops;
 mod accounts;
@@ -23,6 +27,7 @@ mod ids;
 mod queue;
 mod raft_log;
 mod replicated;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -46,6 +51,7 @@ pub use queue::{
     StorageHandle,
 };
 pub use raft_log::{RaftLog, RaftMeta};
+pub use snapshot::Exported;
 pub use writer::{StorageTask, StorageWriterConfig};
 
 use crate::error::{InternalError, StorageFault, StorageFaultKind};

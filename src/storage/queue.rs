@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::health::{StorageHealth, StorageState};
 use crate::protocol::frames::encode_unavailable;
-use crate::protocol::{Frame, RoomName, Status, StoredMsg, Username};
+use crate::protocol::{Cursor, Frame, RoomName, Status, StoredMsg, Username};
 
 /// What `unavailable` tells a client to wait while the queue is full.
 const RETRY_BUSY_MS: u64 = 100;
@@ -67,6 +67,12 @@ pub enum StorageEvent {
     Revoked {
         user: Username,
         family: Option<Uuid>,
+    },
+    /// Cluster mode: a snapshot from the leader replaced this node's
+    /// replicated state; `head` is its newest cursor. Sessions' views may
+    /// miss what it brought: the hub closes them (1001).
+    Installed {
+        head: Cursor,
     },
     /// These messages were broadcast but are not on disk, and will not be:
     /// their senders get `unavailable` and may resend the same ids.

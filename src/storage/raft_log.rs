@@ -30,7 +30,7 @@ pub enum RaftMeta {
 }
 
 impl RaftMeta {
-    fn key(self) -> &'static [u8] {
+    pub(super) fn key(self) -> &'static [u8] {
         match self {
             RaftMeta::Vote => b"vote",
             RaftMeta::Committed => b"committed",
@@ -155,6 +155,12 @@ impl RaftLog {
     pub async fn put_meta(&self, name: RaftMeta, value: &[u8]) -> Result<()> {
         self.stage_meta(name, value)?;
         self.flush().await
+    }
+
+    /// Removes a named value without flushing.
+    pub(super) fn remove_meta(&self, name: RaftMeta) -> Result<()> {
+        self.meta.remove(name.key())?;
+        Ok(())
     }
 
     /// Stores a named value without flushing: the next flush (the next

@@ -76,7 +76,9 @@ fn note(ev: StorageEvent, durable: &mut HashSet<Uuid>, failed: &mut HashSet<Uuid
         StorageEvent::Durable(v) => durable.extend(v.iter().map(|m| m.id)),
         StorageEvent::Failed(v) => failed.extend(v.iter().map(|m| m.id)),
         StorageEvent::Receipt { .. } => {}
-        StorageEvent::Committed(_) | StorageEvent::Revoked { .. } => {
+        StorageEvent::Committed(_)
+        | StorageEvent::Revoked { .. }
+        | StorageEvent::Installed { .. } => {
             panic!("the writer never reports the log's commits")
         }
     }

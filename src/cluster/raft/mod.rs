@@ -6,6 +6,7 @@
 //! - `types`: the entries (batches of posts and acks) and node names.
 //! - `state_machine`: hubbub's store as the state machine.
 //! - `handover`: a leader that shuts down hands leadership to a follower.
+//! - `snapshots`: the state machine's snapshots on disk (`DATA_DIR/raft-snapshots/`).
 
 pub mod handover;
 mod log_store;
@@ -13,6 +14,7 @@ pub mod network;
 pub mod node;
 #[cfg(test)]
 mod restart_tests;
+mod snapshots;
 pub mod state_machine;
 #[cfg(test)]
 mod test_sm;

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::LogStore;
 use super::network::{ForwardError, Network, Shared, forward};
-use super::state_machine::StateMachine;
+use super::state_machine::{SmDeps, StateMachine};
 use super::types::{NodeId, NodeInfo, Post, Request, TypeConfig, Write, node_id};
 use crate::cluster::gossip::{self, NodeState, View};
 use crate::cluster::link::Links;
@@ -52,6 +52,21 @@ const MAX_VOTERS: usize = 5;
 /// The membership task looks at replication and gossip this often.
 const MEMBERSHIP_EVERY: Duration = Duration::from_millis(250);
 
+/// Entries kept in the log behind a snapshot, at most: a node down for a
+/// short while (this many entries) catches up from the log; one further
+/// behind gets the snapshot. Never more than the snapshot interval.
+const KEEP_BEHIND_SNAPSHOT: u64 = 10_000;
+
+/// Where the log lives and how often it is compacted.
+pub struct LogConfig<'a> {
+    pub name: &'a str,
+    pub store: &'a Store,
+    pub data_dir: std::path::PathBuf,
+    /// `--snapshot-every`: entries between snapshots.
+    pub snapshot_every: u64,
+    pub metrics: Arc<ClusterMetrics>,
+}
+
 /// How the log is doing, for `/api/admin/cluster`.
 #[derive(Serialize)]
 pub struct LogStatus {
@@ -60,6 +75,10 @@ pub struct LogStatus {
     pub leader: Option<String>,
     pub last_log_index: Option<u64>,
     pub last_applied: Option<u64>,
+    /// The last entry removed by compaction (the log starts after it).
+    pub last_purged: Option<u64>,
+    /// The last entry the current snapshot covers.
+    pub snapshot: Option<u64>,
     pub voters: Vec<String>,
     pub learners: Vec<String>,
 }
@@ -75,32 +94,39 @@ impl LogNode {
     /// Starts this node's Raft (not yet part of any cluster unless its log
     /// says so) on `store`'s trees; applied entries go to `events` (the hub).
     pub async fn start(
-        name: &str,
-        store: &Store,
+        cfg: LogConfig<'_>,
         links: Links,
         shared: Arc<Shared>,
         events: mpsc::Sender<StorageEvent>,
     ) -> anyhow::Result<(Self, watch::Receiver<u64>)> {
+        let (name, store) = (cfg.name, cfg.store);
         let config = Config {
             cluster_name: "hubbub".into(),
             heartbeat_interval: HEARTBEAT_MS,
             election_timeout_min: ELECTION_MS.0,
             election_timeout_max: ELECTION_MS.1,
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
+            // Per chunk (openraft's default chunk: 3 MiB, under the 16 MiB link frame).
             install_snapshot_timeout: 2000,
-            snapshot_policy: SnapshotPolicy::Never,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            max_in_snapshot_log_to_keep: KEEP_BEHIND_SNAPSHOT.min(cfg.snapshot_every),
             ..Default::default()
         }
         .validate()?;
         let log_store = LogStore::open(store)?;
         let (applied_tx, applied) = watch::channel(0);
-        let sm = StateMachine::open(
-            store.clone(),
-            store.raft_log()?,
+        let deps = SmDeps {
+            store: store.clone(),
+            log: store.raft_log()?,
             events,
             applied_tx,
-            shared.clone(),
-        )?;
+            shared: shared.clone(),
+            data_dir: cfg.data_dir,
+            metrics: cfg.metrics,
+        };
+        // Off the async workers: finishing an interrupted install reads and
+        // writes the whole snapshot.
+        let sm = tokio::task::spawn_blocking(move || StateMachine::open(deps)).await??;
         let raft = Raft::new(
             node_id(name),
             Arc::new(config),
@@ -196,6 +222,8 @@ pub fn status(raft: &Raft<TypeConfig>) -> LogStatus {
             leader: m.current_leader.map(name_of),
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
+            last_purged: m.purged.map(|l| l.index),
+            snapshot: m.snapshot.map(|l| l.index),
             voters: voters.iter().map(|id| name_of(*id)).collect(),
             learners: m
                 .membership_config

@@ -9,10 +9,28 @@
 //! after a crash, entries past the stored point are applied again and write
 //! the same keys (ids decide duplicates).
 //!
-//! Snapshots are not built yet (the log is not compacted): the policy is
-//! `Never`, and a request to build or install one is refused.
+//! Snapshots (the log is compacted behind them; see `snapshots.rs` for the
+//! files and the crash-safe install):
+//! - Built in [`RaftStateMachine::get_snapshot_builder`], which openraft
+//!   calls on the state machine's own task: no entry is applied while it
+//!   runs, so the file describes exactly the state at `last_applied` (sled
+//!   has no point-in-time view across trees; an export while applies go on
+//!   would mix states). The cost is a pause of applying for as long as the
+//!   export takes, proportional to the whole store (figures in
+//!   docs/ARCHITECTURE.md; `hubbub_log_snapshot_pause_seconds`); committing
+//!   (and `saved`) goes on meanwhile, and showing catches up after. The
+//!   builder openraft then runs elsewhere only hands over the finished file.
+//! - Sent in chunks straight from the file; received into a file
+//!   (`SnapshotData` is a `tokio::fs::File`): neither side holds it in memory.
+//! - Installed by importing the checked file into the store's trees, then
+//!   the hub is told ([`StorageEvent::Installed`]): it moves its head and
+//!   closes its sessions with 1001, whose views may miss what the snapshot
+//!   brought (they resume elsewhere or here with `since`).
+//! - A snapshot that cannot be written or installed (a full disk, a file
+//!   that fails its checks) is a storage error: openraft stops this node's
+//!   log, the node stops serving, and a restart tries again from a clean
+//!   directory (partial files are removed at start).
 
-use std::io::Cursor as IoCursor;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,8 +43,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::network::Shared;
+use super::snapshots::{Header, Snapshots};
 use super::types::{NodeId, NodeInfo, Request, TypeConfig, Write, decode, encode};
 use crate::error::InternalError;
+use crate::metrics::ClusterMetrics;
 use crate::protocol::{Cursor, StoredMsg};
 use crate::storage::{
     AccountOp, AccountOutcome, AckCmd, RaftLog, RaftMeta, Spent, StorageCmd, StorageEvent, Store,
@@ -36,10 +56,10 @@ type SErr = StorageError<NodeId>;
 
 /// What the state machine keeps besides the store's tables.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct Applied {
-    last: Option<LogId<NodeId>>,
-    membership: StoredMembership<NodeId, NodeInfo>,
-    head: Cursor,
+pub struct Applied {
+    pub last: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, NodeInfo>,
+    pub head: Cursor,
 }
 
 pub struct StateMachine {
@@ -52,17 +72,27 @@ pub struct StateMachine {
     applied_tx: tokio::sync::watch::Sender<u64>,
     /// Callers on this node waiting for their account change.
     shared: Arc<Shared>,
+    snapshots: Snapshots,
+    metrics: Arc<ClusterMetrics>,
+}
+
+/// Where the state machine's parts are.
+pub struct SmDeps {
+    pub store: Store,
+    pub log: RaftLog,
+    pub events: mpsc::Sender<StorageEvent>,
+    pub applied_tx: tokio::sync::watch::Sender<u64>,
+    pub shared: Arc<Shared>,
+    pub data_dir: std::path::PathBuf,
+    pub metrics: Arc<ClusterMetrics>,
 }
 
 impl StateMachine {
-    pub fn open(
-        store: Store,
-        log: RaftLog,
-        events: mpsc::Sender<StorageEvent>,
-        applied_tx: tokio::sync::watch::Sender<u64>,
-        shared: Arc<Shared>,
-    ) -> anyhow::Result<Self> {
-        let applied = match log.meta(RaftMeta::StateMachine)? {
+    /// Opens the state machine; an install a crash interrupted is finished
+    /// first (the hub then hears of it like of any install).
+    pub fn open(d: SmDeps) -> anyhow::Result<Self> {
+        let (snapshots, redone) = Snapshots::open(&d.data_dir, &d.store)?;
+        let applied = match d.log.meta(RaftMeta::StateMachine)? {
             Some(b) => decode(&b)?,
             None => Applied {
                 last: None,
@@ -70,14 +100,23 @@ impl StateMachine {
                 head: Cursor::ZERO,
             },
         };
-        applied_tx.send_replace(applied.last.map_or(0, |l| l.index));
+        if let Some(h) = redone {
+            // The hub is not running yet: the queue has room for this one.
+            let _ = d.events.try_send(StorageEvent::Installed {
+                head: h.applied.head,
+            });
+        }
+        d.applied_tx
+            .send_replace(applied.last.map_or(0, |l| l.index));
         Ok(Self {
-            store,
-            log,
+            store: d.store,
+            log: d.log,
             applied,
-            events,
-            applied_tx,
-            shared,
+            events: d.events,
+            applied_tx: d.applied_tx,
+            shared: d.shared,
+            snapshots,
+            metrics: d.metrics,
         })
     }
 
@@ -159,7 +198,7 @@ fn write_err(e: impl std::fmt::Display) -> SErr {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotBuilder = NoSnapshots;
+    type SnapshotBuilder = Built;
 
     async fn applied_state(
         &mut self,
@@ -204,40 +243,94 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(out)
     }
 
-    async fn get_snapshot_builder(&mut self) -> NoSnapshots {
-        NoSnapshots
+    async fn get_snapshot_builder(&mut self) -> Built {
+        Built(Some(self.build().await))
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<IoCursor<Vec<u8>>>, SErr> {
-        Ok(Box::new(IoCursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, SErr> {
+        Ok(Box::new(self.snapshots.receiving().await?))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, NodeInfo>,
-        _snapshot: Box<IoCursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), SErr> {
-        Err(StorageIOError::write_snapshot(
-            Some(meta.signature()),
-            AnyError::error("snapshots are not supported yet (the log is not compacted)"),
-        )
-        .into())
+        let started = Instant::now();
+        let (header, bytes) = self.snapshots.install(&self.store, *snapshot).await?;
+        if header.applied.last != meta.last_log_id {
+            // The leader's meta and its file disagree: the file is what was installed.
+            tracing::warn!(meta = ?meta.last_log_id, file = ?header.applied.last,
+                "a snapshot whose file and meta differ");
+        }
+        self.applied = header.applied;
+        self.applied_tx
+            .send_replace(self.applied.last.map_or(0, |l| l.index));
+        self.metrics.snapshots_installed.inc();
+        self.metrics.snapshot_bytes.set(bytes as i64);
+        tracing::info!(snapshot = %header.id, index = self.applied.last.map_or(0, |l| l.index),
+            bytes, ms = started.elapsed().as_millis() as u64, "installed a snapshot from the leader");
+        // Closed only while the node shuts down: nobody is left to tell.
+        let _ = self
+            .events
+            .send(StorageEvent::Installed {
+                head: self.applied.head,
+            })
+            .await;
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        Ok(None)
+        Ok(self
+            .snapshots
+            .open_current()
+            .await?
+            .map(|(file, h)| Snapshot {
+                meta: h.meta(),
+                snapshot: Box::new(file),
+            }))
     }
 }
 
-/// The log is never compacted yet, so no snapshot is ever needed.
-pub struct NoSnapshots;
+impl StateMachine {
+    /// Writes the snapshot of the state now (applies wait meanwhile).
+    async fn build(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        let started = Instant::now();
+        let last = self.applied.last;
+        let header = Header {
+            id: format!(
+                "{}-{}-{}",
+                last.map_or(0, |l| l.leader_id.term),
+                last.map_or(0, |l| l.index),
+                crate::cluster::gossip::transport::wall_ms()
+            ),
+            applied: self.applied.clone(),
+        };
+        let meta = header.meta();
+        let (file, n) = self.snapshots.build(&self.store, header).await?;
+        let pause = started.elapsed();
+        self.metrics.snapshots_built.inc();
+        self.metrics.snapshot_bytes.set(n.bytes as i64);
+        self.metrics.snapshot_pause_seconds.set(pause.as_secs_f64());
+        tracing::info!(snapshot = %meta.snapshot_id, records = n.records, bytes = n.bytes,
+            pause_ms = pause.as_millis() as u64, "wrote a snapshot (applies paused meanwhile)");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
 
-impl RaftSnapshotBuilder<TypeConfig> for NoSnapshots {
+/// A snapshot already written by `get_snapshot_builder` (or why not).
+pub struct Built(Option<Result<Snapshot<TypeConfig>, SErr>>);
+
+impl RaftSnapshotBuilder<TypeConfig> for Built {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
-        Err(StorageIOError::read_snapshot(
-            None,
-            AnyError::error("snapshots are not supported yet (the log is not compacted)"),
-        )
-        .into())
+        match self.0.take() {
+            Some(built) => built,
+            None => Err(
+                StorageIOError::read_snapshot(None, AnyError::error("built once already")).into(),
+            ),
+        }
     }
 }

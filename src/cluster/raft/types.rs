@@ -7,7 +7,6 @@
 //! log alone and are the same on every node.
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -21,6 +20,7 @@ openraft::declare_raft_types!(
         D = Request,
         R = (),
         Node = NodeInfo,
+        SnapshotData = tokio::fs::File,
 );
 
 /// openraft's numeric node id for a node name: the first 8 bytes of its

@@ -274,6 +274,11 @@ impl HubState {
             Event::Storage(StorageEvent::Revoked { user, family }) => {
                 self.kick(&user, family, &mut fx)
             }
+            Event::Storage(StorageEvent::Installed { head }) => {
+                // History changed under every session: they resume with `since`.
+                self.head = self.head.max(head);
+                self.close_all(CloseCode::GoingAway, &mut fx)
+            }
             Event::Storage(StorageEvent::Failed(msgs)) => {
                 msgs.into_iter().for_each(|m| self.failed(m, &mut fx))
             }

@@ -102,3 +102,16 @@ fn a_failed_proposal_is_unavailable_to_its_sender_and_may_be_resent() {
     let fx = f.send(a, id, MsgKind::Chat, None, "hi");
     assert!(fx.append.is_some(), "the id is free again");
 }
+
+#[test]
+fn an_installed_snapshot_closes_every_session_and_moves_the_head() {
+    let (mut f, a, b) = replicated(16);
+    let head = Cursor { ms: 900, seq: 3 };
+    f.apply(Event::Storage(StorageEvent::Installed { head }));
+    assert_eq!(f.closed(a), Some(CloseCode::GoingAway));
+    assert_eq!(f.closed(b), Some(CloseCode::GoingAway));
+    // A join after it reads history up to what the snapshot brought.
+    let c = f.join("carol", "c", "lobby");
+    assert_eq!(f.last_join.as_ref().unwrap().head, head);
+    f.frames(c);
+}
