@@ -264,6 +264,7 @@ impl Cluster {
         .context("starting the replicated log")?;
         let (ready_tx, ready) = watch::channel(false);
         log.spawn_membership(gossip.view(), links.clone(), cfg.bootstrap_expect);
+        log.spawn_leadership_clock(shared.clone());
         log.spawn_proposer(ProposerInputs {
             writes: deps.proposals,
             accounts: deps.accounts,

@@ -5,7 +5,9 @@
 //! `trigger().elect()`: a node starts an election at once. A follower that
 //! heard from the leader within its lease refuses such a candidate, but the
 //! leader itself does not: its own lease stamp dates from its election, and
-//! a candidate whose log is as long as its own gets its vote. With three
+//! a candidate whose log is as long as its own gets its vote — once that
+//! stamp is a lease old (a leader elected a moment ago refuses too: the
+//! hand-over waits that out, see `track`). With three
 //! voters that is a majority (the candidate and the old leader), so the most
 //! up-to-date follower leads before this node closes anything. With five,
 //! the other followers grant the vote once their lease (about a second)
@@ -16,12 +18,15 @@
 //! the candidate was chosen would make the leader's log longer than the
 //! candidate's, and the leader would refuse it its vote.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use openraft::{Raft, RaftMetrics, ServerState};
 
 use super::network::{Shared, elect};
-use super::node::name_of;
+use super::node::{LEADER_LEASE, name_of};
 use super::types::{NodeId, NodeInfo, TypeConfig};
 use crate::cluster::link::Links;
 
@@ -30,6 +35,8 @@ use crate::cluster::link::Links;
 const CATCH_UP: Duration = Duration::from_millis(300);
 /// Asked this many times at most.
 const ATTEMPTS: usize = 3;
+/// Beyond the lease, for the clocks of two tasks.
+const LEASE_MARGIN: Duration = Duration::from_millis(50);
 /// How long an asked candidate has to win before the next is asked.
 const ELECTION: Duration = Duration::from_millis(600);
 
@@ -48,6 +55,11 @@ pub async fn hand_over(
     }
     let moved = tokio::time::timeout(limit, async {
         let _held = shared.gate.write().await;
+        // This node refuses any candidate within a lease of its own election.
+        let since = shared.led_since.lock().ok().and_then(|s| *s);
+        if let Some((_, at)) = since {
+            tokio::time::sleep_until((at + LEADER_LEASE + LEASE_MARGIN).into()).await;
+        }
         for attempt in 1..=ATTEMPTS {
             let name = successor(raft).await?;
             tracing::info!(to = %name, attempt, "handing leadership over");
@@ -93,4 +105,28 @@ async fn successor(raft: &Raft<TypeConfig>) -> Option<String> {
         _ => best(&raft.metrics().borrow()),
     }?;
     name_of(raft, id)
+}
+
+/// Records in `shared.led_since` the term this node leads and when it
+/// started to (a little after openraft's own stamp: waiting from it is
+/// safe). Until the node stops.
+pub async fn track(raft: Raft<TypeConfig>, shared: Arc<Shared>, stop: CancellationToken) {
+    let mut watch = raft.metrics();
+    loop {
+        let led = {
+            let m = watch.borrow_and_update();
+            (m.state == ServerState::Leader).then_some(m.current_term)
+        };
+        if let Ok(mut s) = shared.led_since.lock() {
+            *s = match (led, *s) {
+                (Some(t), Some((term, at))) if t == term => Some((term, at)),
+                (Some(t), _) => Some((t, Instant::now())),
+                (None, _) => None,
+            };
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = watch.changed() => if r.is_err() { return },
+        }
+    }
 }

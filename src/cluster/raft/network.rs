@@ -87,6 +87,8 @@ pub struct Shared {
     /// first waits for the writes in flight, then none start until it is
     /// done: the log stops growing and the successor can have all of it.
     pub gate: tokio::sync::RwLock<()>,
+    /// The term this node leads and since when (see `handover::track`).
+    pub led_since: Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 impl Shared {
@@ -96,6 +98,7 @@ impl Shared {
             stamp: std::sync::atomic::AtomicU64::new(0),
             waiters: Mutex::new(HashMap::new()),
             gate: tokio::sync::RwLock::new(()),
+            led_since: Mutex::new(None),
         })
     }
 

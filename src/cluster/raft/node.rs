@@ -25,6 +25,9 @@ use crate::storage::{AccountProposal, DurableMsg, StorageCmd, StorageEvent, Stor
 /// so a dead leader is replaced after about 1 s.
 const HEARTBEAT_MS: u64 = 100;
 const ELECTION_MS: (u64, u64) = (300, 600);
+/// openraft's leader lease (its `election_timeout_max`): a node refuses
+/// another candidate this long after it last heard from (or became) a leader.
+pub const LEADER_LEASE: Duration = Duration::from_millis(ELECTION_MS.1);
 /// Entries per append RPC.
 const MAX_PAYLOAD_ENTRIES: u64 = 16;
 /// One entry carries at most this many writes, and about this many bytes
@@ -168,6 +171,13 @@ impl LogNode {
             adding: BTreeSet::new(),
         };
         self.tasks.push(tokio::spawn(task.run(self.stop.clone())));
+    }
+
+    /// Keeps `shared.led_since` (when this node became leader) for the
+    /// hand-over.
+    pub fn spawn_leadership_clock(&mut self, shared: Arc<Shared>) {
+        let task = super::handover::track(self.raft.clone(), shared, self.stop.clone());
+        self.tasks.push(tokio::spawn(task));
     }
 
     /// Turns what arrives on `rx` (the hub's appends, the sessions' acks)
