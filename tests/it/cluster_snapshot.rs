@@ -75,31 +75,6 @@ async fn send_all(addr: SocketAddr, acct: Account, room: String, n: usize) -> us
     saved
 }
 
-/// Every message of `room` as the node at `addr` serves it, oldest first.
-async fn history(addr: SocketAddr, acct: &Account, room: &str) -> Vec<(String, String)> {
-    let mut all: Vec<Vec<(String, String)>> = Vec::new();
-    let mut before: Option<String> = None;
-    loop {
-        let path = match &before {
-            None => format!("/api/rooms/{room}/messages?limit=100"),
-            Some(b) => format!("/api/rooms/{room}/messages?limit=100&before={b}"),
-        };
-        let cookie = acct.cookie_header();
-        let r = client::request(addr, "GET", &path, &[("cookie", &cookie)], None)
-            .await
-            .unwrap();
-        assert_eq!(r.status, 200, "{}", r.body);
-        let v = r.json();
-        let page = ids_and_cursors(&v);
-        before = page.first().map(|p| p.1.clone());
-        let more = v["more"] == true;
-        all.push(page);
-        if !more || before.is_none() {
-            return all.into_iter().rev().flatten().collect();
-        }
-    }
-}
-
 async fn log_of(n: &Node) -> Value {
     cluster_status(n.addr()).await["log"].clone()
 }
@@ -193,10 +168,10 @@ async fn a_node_down_during_100k_messages_catches_up_by_snapshot() {
 
     // Identical history on every node, room by room (ids and cursors).
     for i in 0..SENDERS {
-        let want = history(nodes[live[0]].addr(), &reader, &room(i)).await;
+        let want = room_history(nodes[live[0]].addr(), &reader, &room(i)).await;
         assert_eq!(want.len(), MESSAGES / SENDERS, "{}", room(i));
         for n in &nodes {
-            let got = history(n.addr(), &reader, &room(i)).await;
+            let got = room_history(n.addr(), &reader, &room(i)).await;
             assert!(got == want, "{} on {} differs", room(i), n.name);
         }
     }
@@ -205,7 +180,7 @@ async fn a_node_down_during_100k_messages_catches_up_by_snapshot() {
     let late = user_at(nodes[victim].addr(), &name("late")).await;
     let more = send_all(nodes[victim].addr(), late, room(0), 5).await;
     assert_eq!(more, 5);
-    let want = history(nodes[live[0]].addr(), &reader, &room(0)).await;
+    let want = room_history(nodes[live[0]].addr(), &reader, &room(0)).await;
     assert_eq!(want.len(), MESSAGES / SENDERS + 5);
     let target = log_of(&nodes[live[0]]).await["last_applied"]
         .as_u64()
@@ -216,7 +191,7 @@ async fn a_node_down_during_100k_messages_catches_up_by_snapshot() {
         })
         .await;
         assert!(
-            history(n.addr(), &reader, &room(0)).await == want,
+            room_history(n.addr(), &reader, &room(0)).await == want,
             "{}",
             n.name
         );
@@ -239,7 +214,7 @@ async fn a_node_down_during_100k_messages_catches_up_by_snapshot() {
         log_of(v).await["last_applied"].as_u64().unwrap_or(0) >= target
     })
     .await;
-    assert!(history(v.addr(), &reader, &room(0)).await == want);
+    assert!(room_history(v.addr(), &reader, &room(0)).await == want);
     assert_eq!(
         metric(v, "hubbub_log_snapshots_installed_total").await,
         0.0,

@@ -370,32 +370,7 @@ impl Client {
 
 /// The whole history of the room at `addr`, oldest first, paged over HTTP.
 pub async fn history(addr: SocketAddr, acct: &Account) -> Vec<(String, String)> {
-    let mut all: Vec<(String, String)> = Vec::new();
-    let mut before: Option<String> = None;
-    loop {
-        let path = match &before {
-            None => format!("/api/rooms/{ROOM}/messages?limit=100"),
-            Some(b) => format!("/api/rooms/{ROOM}/messages?limit=100&before={b}"),
-        };
-        let r = client::request(
-            addr,
-            "GET",
-            &path,
-            &[("cookie", &acct.cookie_header())],
-            None,
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status, 200, "{}", r.body);
-        let v = r.json();
-        let page = ids_and_cursors(&v);
-        before = page.first().map(|p| p.1.clone());
-        let more = v["more"] == true;
-        all.splice(0..0, page);
-        if !more || before.is_none() {
-            return all;
-        }
-    }
+    room_history(addr, acct, ROOM).await
 }
 
 /// Checks the clients against `hist` (one node's full history): every saved

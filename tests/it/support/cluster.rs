@@ -262,3 +262,32 @@ pub async fn closed_code(ws: &mut client::WsClient) -> Option<u16> {
         }
     }
 }
+
+/// Every message of `room` as the node at `addr` serves it, oldest first.
+pub async fn room_history(
+    addr: SocketAddr,
+    acct: &client::Account,
+    room: &str,
+) -> Vec<(String, String)> {
+    let mut all: Vec<Vec<(String, String)>> = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let path = match &before {
+            None => format!("/api/rooms/{room}/messages?limit=100"),
+            Some(b) => format!("/api/rooms/{room}/messages?limit=100&before={b}"),
+        };
+        let cookie = acct.cookie_header();
+        let r = client::request(addr, "GET", &path, &[("cookie", &cookie)], None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        let page = ids_and_cursors(&v);
+        before = page.first().map(|p| p.1.clone());
+        let more = v["more"] == true;
+        all.push(page);
+        if !more || before.is_none() {
+            return all.into_iter().rev().flatten().collect();
+        }
+    }
+}
