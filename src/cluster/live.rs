@@ -52,7 +52,8 @@ impl Note {
     fn valid(&self) -> bool {
         match self {
             Note::Joined { user, client, .. } => {
-                Username::parse(user.as_str()).is_some() && ClientId::parse(client.as_str()).is_some()
+                Username::parse(user.as_str()).is_some()
+                    && ClientId::parse(client.as_str()).is_some()
             }
             Note::Typing { room, user, .. } => {
                 RoomName::parse(room.as_str()).is_some() && Username::parse(user.as_str()).is_some()

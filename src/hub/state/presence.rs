@@ -61,7 +61,13 @@ impl HubState {
 
     /// A typing state to the room's sessions here, none of `user`'s (never
     /// echoed). Another node's arrive here already throttled by that node.
-    pub(super) fn typing_here(&self, room: &RoomName, user: &Username, active: bool, fx: &mut Effects) {
+    pub(super) fn typing_here(
+        &self,
+        room: &RoomName,
+        user: &Username,
+        active: bool,
+        fx: &mut Effects,
+    ) {
         let to = self.others_in(room, user);
         let f = encode(&ServerMsg::Typing {
             room: room.as_str(),

@@ -127,6 +127,9 @@ fn typing_past_the_throttle_is_relayed_and_a_peers_is_shown_here() {
         active: true,
     }));
     assert!(fx.relay.is_empty());
-    assert_eq!((f.types(a), f.types(a2)), (vec!["typing".to_owned()], vec!["typing".to_owned()]));
+    assert_eq!(
+        (f.types(a), f.types(a2)),
+        (vec!["typing".to_owned()], vec!["typing".to_owned()])
+    );
     assert!(f.frames(b).is_empty());
 }
