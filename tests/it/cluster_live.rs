@@ -84,6 +84,11 @@ async fn a_session_on_another_node_closes_the_same_client_with_4001() {
             took[KICKS - 1]
         );
     }
+    let sent = metric_sample(n2.addr(), "hubbub_cluster_kicks_sent_total").await;
+    assert!(
+        sent >= Some((2 * KICKS) as f64),
+        "one per peer and join: {sent:?}"
+    );
     let mut newest = newest.unwrap();
     stays_open(&mut newest, Duration::from_secs(1), "the new session").await;
 
@@ -144,6 +149,12 @@ async fn typing_crosses_nodes_is_never_echoed_and_stops_when_its_node_dies() {
         .unwrap();
     typing_of(&mut on_n2, &a, true).await;
     typing_of(&mut on_n3, &a, true).await;
+    let sent = metric_sample(nodes[0].addr(), "hubbub_cluster_typing_sent_total").await;
+    assert!(sent >= Some(2.0), "relayed to both peers: {sent:?}");
+    for n in &nodes[1..] {
+        let got = metric_sample(n.addr(), "hubbub_cluster_typing_received_total").await;
+        assert!(got >= Some(1.0), "{}: {got:?}", n.name);
+    }
     for (ws, what) in [
         (&mut typist, "the typist"),
         (&mut typist_elsewhere, "the typist's other tab"),
