@@ -7,6 +7,9 @@
 //! - `generation`: this node's incarnation number, growing on every start.
 //! - `cli`: `hubbub cluster remove NODE`, a request to a running node.
 //! - `link`: one authenticated TLS stream per pair of nodes.
+//! - `live`: what sessions tell other nodes over the links (a session
+//!   registered: anti-zombie kicks; typing), and typing stopped when a
+//!   node dies.
 //! - `raft`: the replicated log (openraft): its log and vote in sled trees
 //!   of the store's database.
 
