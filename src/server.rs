@@ -35,6 +35,8 @@ use crate::session::{SessionConfig, SessionCtx};
 use crate::storage::{AccountLog, StorageHandle, StorageHealth, StorageWriterConfig, Store};
 use crate::tls::{Tls, local_names};
 
+mod live;
+
 /// Storage → hub events (durable ids, receipts). Full → the writer waits: the
 /// hub drains it first in every turn, and never waits on storage itself.
 const STORAGE_EVENTS_QUEUE: usize = 1024;
@@ -196,6 +198,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         events_tx,
         metrics.clone(),
     );
+    // Cluster mode: what other nodes' sessions did, for the hub.
+    let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
     // Cluster mode: appends and acks go to the replicated log instead of the
     // writer (which still watches the disk), and come back applied.
     let (storage, cluster) = match cluster_flags(&cfg, &url)? {
@@ -209,6 +213,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 proposals,
                 accounts,
                 metrics: metrics.register_cluster(),
+                live: live_tx,
             };
             (replicated, Some(Cluster::start(ccfg, deps).await?))
         }
@@ -216,17 +221,21 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     drop(events_tx_cluster);
     let cluster_view = cluster.as_ref().map(Cluster::view);
     let cluster_addr = cluster.as_ref().map(|c| c.addr);
+    let (relay_tx, relay_rx) = mpsc::channel(LIVE_QUEUE);
     let hub_cfg = HubConfig {
         metrics: metrics.clone(),
         max_sessions_per_user: cfg.max_sessions_per_user,
         queue: cfg.hub_queue,
         replicated: cluster.is_some(),
+        relay: cluster.is_some().then_some(relay_tx),
     };
     let storage_health = storage.health().clone();
     let (hub, hub_task) = HubHandle::spawn(hub_cfg, head, storage.clone(), events_rx);
     let hub_for_stop = hub.clone();
     if let Some(view) = &cluster_view {
         tokio::spawn(close_when_not_serving(view.readiness(), hub.clone()));
+        tokio::spawn(live::to_peers(relay_rx, view.clone()));
+        tokio::spawn(live::from_peers(live_rx, hub.clone()));
     }
 
     let sessions_stop = CancellationToken::new();
@@ -387,6 +396,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         task,
     })
 }
+
+/// Cluster mode: notes between the hub and the other nodes (kicks, typing)
+/// waiting either way. Full → dropped (see `HubConfig::relay`, `live::Inbox`).
+const LIVE_QUEUE: usize = 1024;
 
 /// Cluster mode: when this node stops serving (no majority for a few
 /// seconds), its sessions are closed with 1001 so that their clients

@@ -7,6 +7,9 @@
 //! - `generation`: this node's incarnation number, growing on every start.
 //! - `cli`: `hubbub cluster remove NODE`, a request to a running node.
 //! - `link`: one authenticated TLS stream per pair of nodes.
+//! - `live`: what sessions tell other nodes over the links (a session
+//!   registered: anti-zombie kicks; typing), and typing stopped when a
+//!   node dies.
 //! - `raft`: the replicated log (openraft): its log and vote in sled trees
 //!   of the store's database.
 
@@ -15,6 +18,7 @@ pub mod generation;
 pub mod gossip;
 pub mod keys;
 pub mod link;
+pub mod live;
 pub mod raft;
 
 use std::net::SocketAddr;
@@ -91,6 +95,7 @@ pub struct ClusterView {
     raft: openraft::Raft<raft::types::TypeConfig>,
     links: Links,
     shared: Arc<Shared>,
+    metrics: Arc<ClusterMetrics>,
 }
 
 /// One member as `/api/admin/cluster` shows it.
@@ -194,6 +199,11 @@ impl ClusterView {
         self.members.borrow().origins.iter().cloned().collect()
     }
 
+    /// Tells every peer with a link up (kicks, typing; see `live`).
+    pub fn relay(&self, note: &live::Note) {
+        live::broadcast(&self.links, &self.metrics, note);
+    }
+
     /// `(node, url)` of every live, ready node: where clients may connect.
     pub fn serving(&self) -> Vec<(String, String)> {
         self.members
@@ -216,6 +226,8 @@ pub struct ClusterDeps {
     /// From auth: account changes to propose.
     pub accounts: mpsc::Receiver<AccountProposal>,
     pub metrics: Arc<ClusterMetrics>,
+    /// To the hub: what other nodes' sessions did (see `live`).
+    pub live: mpsc::Sender<live::Note>,
 }
 
 impl Cluster {
@@ -241,11 +253,12 @@ impl Cluster {
         .await
         .context("starting gossip")?;
         let shared = Shared::new();
+        let inbox = live::Inbox::new(deps.live, gossip.view(), deps.metrics.clone());
         let links = Links::start(
             LinkConfig::new(cfg.node_id.clone(), keys.link.clone()),
             tcp,
             deps.metrics.clone(),
-            Arc::new(Handler(shared.clone())),
+            Arc::new(Handler(shared.clone(), inbox.clone())),
         )
         .context("starting the node links")?;
         let (mut log, _applied) = LogNode::start(
@@ -275,6 +288,7 @@ impl Cluster {
             metrics: deps.metrics.clone(),
         });
         let stop = CancellationToken::new();
+        tokio::spawn(live::watch_deaths(inbox, stop.clone()));
         let readiness = tokio::spawn(readiness(
             log.raft().clone(),
             gossip.publisher(),
@@ -290,6 +304,7 @@ impl Cluster {
             raft: log.raft().clone(),
             links: links.clone(),
             shared: shared.clone(),
+            metrics: deps.metrics.clone(),
         };
         tracing::info!(%addr, %advertise, generation, "cluster started");
         Ok(Self {

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use outbox::SessionLink;
-pub use state::{Joined, NewMsg};
+pub use state::{Joined, NewMsg, Relay};
 
 use crate::error::InternalError;
 use crate::metrics::Metrics;
@@ -75,6 +75,11 @@ pub struct HubConfig {
     /// Cluster mode: posts go to the replicated log (the storage handle given
     /// to `spawn` leads there) and are shown when committed.
     pub replicated: bool,
+    /// Cluster mode: what the other nodes must hear (kicks, typing). Bounded;
+    /// full → that relay is dropped (logged): the hub never waits, and a lost
+    /// typing state is refreshed by the next, a lost kick by the client's
+    /// next reconnect.
+    pub relay: Option<mpsc::Sender<Relay>>,
 }
 
 impl HubHandle {
@@ -95,6 +100,7 @@ impl HubHandle {
             outbox: Outbox::default(),
             storage,
             metrics: cfg.metrics,
+            relay: cfg.relay,
         };
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run(shell, rx, events_rx, cancel.clone()));
@@ -120,6 +126,12 @@ impl HubHandle {
     pub async fn typing(&self, session: Uuid, active: bool) -> Result<(), InternalError> {
         self.send(HubCmd::Event(Event::Typing { session, active }))
             .await
+    }
+
+    /// Cluster mode: what another node relayed (a session registered there
+    /// closes older ones with the same (user, client) here; a typing state).
+    pub async fn remote(&self, relay: Relay) -> Result<(), InternalError> {
+        self.send(HubCmd::Event(Event::Remote(relay))).await
     }
 
     /// The room's presence, to this session only.
@@ -187,6 +199,7 @@ struct Shell {
     outbox: Outbox,
     storage: StorageHandle,
     metrics: Arc<Metrics>,
+    relay: Option<mpsc::Sender<Relay>>,
 }
 
 impl Shell {
@@ -253,6 +266,13 @@ impl Shell {
         for d in fx.deliveries {
             self.metrics.out(d.kind).inc_by(d.to.len() as u64);
             self.outbox.push(&d.to, &d.frame);
+        }
+        if let Some(tx) = &self.relay {
+            for r in fx.relay {
+                if let Err(e) = tx.try_send(r) {
+                    tracing::warn!(error = %e, "the cluster relay queue is full; dropped one");
+                }
+            }
         }
     }
 

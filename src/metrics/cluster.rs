@@ -97,6 +97,10 @@ pub struct ClusterMetrics {
     pub snapshots_installed: IntCounter,
     pub snapshot_bytes: IntGauge,
     pub snapshot_pause_seconds: prometheus::Gauge,
+    pub kicks_sent: IntCounter,
+    pub kicks_received: IntCounter,
+    pub typing_sent: IntCounter,
+    pub typing_received: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -229,6 +233,26 @@ impl ClusterMetrics {
                 r,
                 "hubbub_log_snapshot_pause_seconds",
                 "How long applying paused while the last snapshot was written.",
+            ),
+            kicks_sent: counter(
+                r,
+                "hubbub_cluster_kicks_sent_total",
+                "Session registrations sent to peers (each closes the same user and client id there), per peer.",
+            ),
+            kicks_received: counter(
+                r,
+                "hubbub_cluster_kicks_received_total",
+                "Session registrations received from peers.",
+            ),
+            typing_sent: counter(
+                r,
+                "hubbub_cluster_typing_sent_total",
+                "Typing states relayed to peers, per peer.",
+            ),
+            typing_received: counter(
+                r,
+                "hubbub_cluster_typing_received_total",
+                "Typing states received from peers.",
             ),
         }
     }

@@ -18,6 +18,7 @@ mod auth;
 mod chat;
 mod cluster;
 mod cluster_faults;
+mod cluster_live;
 mod cluster_snapshot;
 mod commands;
 mod contract_gaps;

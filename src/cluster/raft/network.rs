@@ -178,8 +178,8 @@ impl Shared {
     }
 }
 
-/// Serves calls arriving over the links.
-pub struct Handler(pub Arc<Shared>);
+/// Serves calls arriving over the links; one-way messages go to the inbox.
+pub struct Handler(pub Arc<Shared>, pub Arc<crate::cluster::live::Inbox>);
 
 #[async_trait::async_trait]
 impl LinkHandler for Handler {
@@ -209,7 +209,9 @@ impl LinkHandler for Handler {
         }
     }
 
-    fn message(&self, _from: &str, _body: Bytes) {}
+    fn message(&self, from: &str, body: Bytes) {
+        self.1.received(from, &body);
+    }
 }
 
 /// Starts an election on this node if `from` is the leader it follows.

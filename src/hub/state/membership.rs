@@ -3,10 +3,10 @@
 
 use uuid::Uuid;
 
-use super::{Count, Effects, HubState, Removed, Session};
+use super::{Count, Effects, HubState, Relay, Removed, Session};
 use crate::metrics::{Eviction, Out};
 use crate::protocol::frames::encode;
-use crate::protocol::{CloseCode, RoomName, ServerMsg, Username};
+use crate::protocol::{ClientId, CloseCode, RoomName, ServerMsg, Username};
 
 impl HubState {
     pub(super) fn join(&mut self, id: Uuid, s: Session, fx: &mut Effects) {
@@ -22,6 +22,15 @@ impl HubState {
                     .collect()
             })
             .unwrap_or_default();
+        if self.replicated {
+            // The same (user, client) on other nodes is replaced too.
+            fx.relay.push(Relay::Joined {
+                user: user.clone(),
+                client: s.client.clone(),
+                session: id,
+                at_ms: s.joined_ms,
+            });
+        }
         let r = self.rooms.entry(room.clone()).or_default();
         let was_present = r.members.contains_key(&user);
         r.members.entry(user.clone()).or_default().push(id);
@@ -57,6 +66,37 @@ impl HubState {
                 fx.counts.push(Count::Eviction(Eviction::Revoked));
                 self.remove_session(id, Some(CloseCode::Policy), fx);
             }
+        }
+    }
+
+    /// Another node registered a session for (user, client) at `kick`
+    /// (ms, session id): this node's sessions with the same (user, client)
+    /// registered before it close with 4001. A later one stays (it will
+    /// have kicked the other), so two joins at once leave exactly one.
+    pub(super) fn remote_kick(
+        &mut self,
+        user: &Username,
+        client: &ClientId,
+        kick: (u64, Uuid),
+        fx: &mut Effects,
+    ) {
+        let older: Vec<Uuid> = self
+            .by_user
+            .get(user)
+            .map(|ids| {
+                ids.iter()
+                    .copied()
+                    .filter(|id| {
+                        self.sessions
+                            .get(id)
+                            .is_some_and(|s| s.client == *client && (s.joined_ms, *id) < kick)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in older {
+            fx.counts.push(Count::Eviction(Eviction::Replaced));
+            self.remove_session(id, Some(CloseCode::Replaced), fx);
         }
     }
 

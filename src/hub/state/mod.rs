@@ -95,6 +95,9 @@ pub enum Event {
         session: Uuid,
         active: bool,
     },
+    /// Cluster mode: what another node's hub relayed (a session registered
+    /// there, a typing state); see [`Relay`].
+    Remote(Relay),
     /// `/who`: the room's presence, to this session only.
     Who {
         session: Uuid,
@@ -119,6 +122,30 @@ pub enum Event {
     /// The session's queue was closed (its writer is gone): removed silently.
     Gone {
         session: Uuid,
+    },
+}
+
+/// Cluster mode: what crosses nodes, both ways. Out: the core emits it
+/// (`Effects::relay`) for the server to carry to the other nodes; in: another
+/// node's, back into the core as `Event::Remote`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Relay {
+    /// A session for (user, client) registered: older sessions with the same
+    /// (user, client) on the other nodes close with 4001 (anti-zombie).
+    /// Older = a smaller (`at_ms`, `session`), so that of two sessions
+    /// registered at once on two nodes exactly one survives, and the new one
+    /// is never closed by its own kick.
+    Joined {
+        user: Username,
+        client: ClientId,
+        session: Uuid,
+        at_ms: u64,
+    },
+    /// A typing state that passed the 2/s throttle on the typist's node.
+    Typing {
+        room: RoomName,
+        user: Username,
+        active: bool,
     },
 }
 
@@ -162,6 +189,8 @@ pub struct Effects {
     pub next_timer: Option<Instant>,
     /// From `Join`: the reply to the joining session.
     pub joined: Option<Joined>,
+    /// Cluster mode: for the other nodes.
+    pub relay: Vec<Relay>,
 }
 
 impl Effects {
@@ -178,6 +207,9 @@ struct Session {
     client: ClientId,
     room: RoomName,
     family: Option<Uuid>,
+    /// Wall-clock ms of the join: orders it against another node's session
+    /// with the same (user, client) (see [`Relay::Joined`]).
+    joined_ms: u64,
 }
 
 #[derive(Default)]
@@ -250,6 +282,7 @@ impl HubState {
                     client,
                     room,
                     family,
+                    joined_ms: now.ms,
                 };
                 self.join(session, s, &mut fx);
             }
@@ -263,6 +296,15 @@ impl HubState {
                 storage,
             } => self.post(session, msg, storage, now.ms, &mut fx),
             Event::Typing { session, active } => self.typing(session, active, now.at, &mut fx),
+            Event::Remote(Relay::Joined {
+                user,
+                client,
+                session,
+                at_ms,
+            }) => self.remote_kick(&user, &client, (at_ms, session), &mut fx),
+            Event::Remote(Relay::Typing { room, user, active }) => {
+                self.typing_here(&room, &user, active, &mut fx)
+            }
             Event::Who { session } => self.who(session, &mut fx),
             Event::Kick { user, family } => self.kick(&user, family, &mut fx),
             Event::Storage(StorageEvent::Durable(msgs)) => {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::{Effects, HubState};
+use super::{Effects, HubState, Relay};
 use crate::metrics::Out;
 use crate::protocol::frames::encode;
 use crate::protocol::{Frame, RoomName, ServerMsg, Username};
@@ -46,7 +46,28 @@ impl HubState {
         }
     }
 
+    /// A typing state of a session here: to the room's others here and, in
+    /// a cluster, to the other nodes.
     fn typing_to_others(&self, room: &RoomName, user: &Username, active: bool, fx: &mut Effects) {
+        if self.replicated {
+            fx.relay.push(Relay::Typing {
+                room: room.clone(),
+                user: user.clone(),
+                active,
+            });
+        }
+        self.typing_here(room, user, active, fx);
+    }
+
+    /// A typing state to the room's sessions here, none of `user`'s (never
+    /// echoed). Another node's arrive here already throttled by that node.
+    pub(super) fn typing_here(
+        &self,
+        room: &RoomName,
+        user: &Username,
+        active: bool,
+        fx: &mut Effects,
+    ) {
         let to = self.others_in(room, user);
         let f = encode(&ServerMsg::Typing {
             room: room.as_str(),

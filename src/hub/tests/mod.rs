@@ -215,4 +215,5 @@ mod membership;
 mod messages;
 mod outbox;
 mod presence;
+mod remote;
 mod replicated;
