@@ -61,9 +61,16 @@ pub async fn hand_over(
             tokio::time::sleep_until((at + LEADER_LEASE + LEASE_MARGIN).into()).await;
         }
         for attempt in 1..=ATTEMPTS {
-            let name = successor(raft).await?;
+            let Some(name) = successor(raft).await else {
+                tracing::warn!(
+                    attempt,
+                    "hand-over: no voter to hand over to (not the leader any more?)"
+                );
+                return None;
+            };
             tracing::info!(to = %name, attempt, "handing leadership over");
             if !elect(links, &name, limit).await {
+                tracing::warn!(to = %name, attempt, "hand-over: the candidate did not stand");
                 continue;
             }
             let mut watch = raft.metrics();
@@ -75,10 +82,14 @@ pub async fn hand_over(
             if let Ok(Ok(m)) = led {
                 return m.current_leader.and_then(|l| name_of(raft, l));
             }
+            tracing::warn!(to = %name, attempt, "hand-over: the candidate was not elected in time");
         }
         None
     })
     .await;
+    if moved.is_err() {
+        tracing::warn!("hand-over: gave up after {limit:?}; the others will elect by timeout");
+    }
     moved.ok().flatten()
 }
 
