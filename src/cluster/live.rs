@@ -13,54 +13,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::gossip::View;
 use super::link::Links;
 use super::raft::types::{decode, encode};
 use crate::metrics::ClusterMetrics;
-use crate::protocol::{ClientId, RoomName, Username};
+use crate::protocol::{Relay, RoomName, Username};
 
 /// An active typing state heard from another node is forgotten after this
 /// long without news (its node then told nobody it stopped: the session
 /// left). Clients expire an indicator after a few seconds by themselves.
 const TYPING_FORGET: Duration = Duration::from_secs(30);
-
-/// One message between nodes' hubs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Note {
-    /// A session for (user, client) registered at `at_ms` on the sender.
-    Joined {
-        user: Username,
-        client: ClientId,
-        session: Uuid,
-        at_ms: u64,
-    },
-    /// A typing state that passed the sender's throttle.
-    Typing {
-        room: RoomName,
-        user: Username,
-        active: bool,
-    },
-}
-
-impl Note {
-    /// The names decode without their checks (serde): checked here again.
-    fn valid(&self) -> bool {
-        match self {
-            Note::Joined { user, client, .. } => {
-                Username::parse(user.as_str()).is_some()
-                    && ClientId::parse(client.as_str()).is_some()
-            }
-            Note::Typing { room, user, .. } => {
-                RoomName::parse(room.as_str()).is_some() && Username::parse(user.as_str()).is_some()
-            }
-        }
-    }
-}
 
 /// Who is typing, by the node that said so: (room, user) → when, and the
 /// node's generation then.
@@ -70,7 +35,7 @@ type Typists = HashMap<String, (u64, HashMap<(RoomName, Username), Instant>)>;
 pub struct Inbox {
     /// To the server, which hands each note to the hub. Bounded; full → the
     /// note is dropped (logged): the link reader never waits on the hub.
-    tx: mpsc::Sender<Note>,
+    tx: mpsc::Sender<Relay>,
     view: watch::Receiver<Arc<View>>,
     typists: Mutex<Typists>,
     metrics: Arc<ClusterMetrics>,
@@ -78,7 +43,7 @@ pub struct Inbox {
 
 impl Inbox {
     pub fn new(
-        tx: mpsc::Sender<Note>,
+        tx: mpsc::Sender<Relay>,
         view: watch::Receiver<Arc<View>>,
         metrics: Arc<ClusterMetrics>,
     ) -> Arc<Self> {
@@ -92,7 +57,7 @@ impl Inbox {
 
     /// A one-way message from `from` (called on the link's reader: never waits).
     pub fn received(&self, from: &str, body: &[u8]) {
-        let note = match decode::<Note>(body) {
+        let note = match decode::<Relay>(body) {
             Ok(n) if n.valid() => n,
             Ok(_) | Err(_) => {
                 tracing::warn!(peer = from, "a link message that does not decode");
@@ -100,8 +65,8 @@ impl Inbox {
             }
         };
         match &note {
-            Note::Joined { .. } => self.metrics.kicks_received.inc(),
-            Note::Typing { room, user, active } => {
+            Relay::Joined { .. } => self.metrics.kicks_received.inc(),
+            Relay::Typing { room, user, active } => {
                 self.metrics.typing_received.inc();
                 self.remember(from, room, user, *active);
             }
@@ -109,7 +74,7 @@ impl Inbox {
         self.pass(note);
     }
 
-    fn pass(&self, note: Note) {
+    fn pass(&self, note: Relay) {
         if let Err(e) = self.tx.try_send(note) {
             tracing::warn!(error = %e, "the hub's cluster inbox is full; dropped a note");
         }
@@ -144,7 +109,7 @@ impl Inbox {
     /// Typing states of nodes that are dead, gone or restarted: each is
     /// told to this node's sessions as stopped.
     fn bury(&self, view: &View) {
-        let stopped: Vec<Note> = {
+        let stopped: Vec<Relay> = {
             let Ok(mut t) = self.typists.lock() else {
                 return;
             };
@@ -160,7 +125,7 @@ impl Inbox {
             gone.iter()
                 .filter_map(|node| t.remove(node))
                 .flat_map(|(_, typing)| typing.into_keys())
-                .map(|(room, user)| Note::Typing {
+                .map(|(room, user)| Relay::Typing {
                     room,
                     user,
                     active: false,
@@ -190,7 +155,7 @@ pub async fn watch_deaths(inbox: Arc<Inbox>, stop: CancellationToken) {
 /// Sends `note` to every peer with a link up. A peer whose link is down
 /// misses it (a kick then waits for the client's next reconnect; typing is
 /// refreshed by the next state).
-pub fn broadcast(links: &Links, metrics: &ClusterMetrics, note: &Note) {
+pub fn broadcast(links: &Links, metrics: &ClusterMetrics, note: &Relay) {
     let body = match encode(note) {
         Ok(b) => Bytes::from(b),
         Err(e) => {
@@ -201,8 +166,8 @@ pub fn broadcast(links: &Links, metrics: &ClusterMetrics, note: &Note) {
     for peer in links.up_peers() {
         match links.send(&peer, body.clone()) {
             Ok(()) => match note {
-                Note::Joined { .. } => metrics.kicks_sent.inc(),
-                Note::Typing { .. } => metrics.typing_sent.inc(),
+                Relay::Joined { .. } => metrics.kicks_sent.inc(),
+                Relay::Typing { .. } => metrics.typing_sent.inc(),
             },
             Err(e) => tracing::debug!(peer = %peer, error = %e, "a note not sent"),
         }

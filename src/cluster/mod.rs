@@ -200,7 +200,7 @@ impl ClusterView {
     }
 
     /// Tells every peer with a link up (kicks, typing; see `live`).
-    pub fn relay(&self, note: &live::Note) {
+    pub fn relay(&self, note: &crate::protocol::Relay) {
         live::broadcast(&self.links, &self.metrics, note);
     }
 
@@ -227,7 +227,7 @@ pub struct ClusterDeps {
     pub accounts: mpsc::Receiver<AccountProposal>,
     pub metrics: Arc<ClusterMetrics>,
     /// To the hub: what other nodes' sessions did (see `live`).
-    pub live: mpsc::Sender<live::Note>,
+    pub live: mpsc::Sender<crate::protocol::Relay>,
 }
 
 impl Cluster {

@@ -6,6 +6,7 @@ pub mod error_code;
 pub mod frames;
 pub mod message;
 pub mod names;
+pub mod relay;
 pub mod time;
 
 pub use close::CloseCode;
@@ -13,3 +14,4 @@ pub use error_code::ErrorCode;
 pub use frames::{ClientMsg, Frame, FrameError, PageDir, ServerMsg, WireMsg};
 pub use message::{Cursor, MsgKind, Status, StoredMsg};
 pub use names::{ClientId, RoomName, Username};
+pub use relay::Relay;

@@ -125,29 +125,7 @@ pub enum Event {
     },
 }
 
-/// Cluster mode: what crosses nodes, both ways. Out: the core emits it
-/// (`Effects::relay`) for the server to carry to the other nodes; in: another
-/// node's, back into the core as `Event::Remote`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Relay {
-    /// A session for (user, client) registered: older sessions with the same
-    /// (user, client) on the other nodes close with 4001 (anti-zombie).
-    /// Older = a smaller (`at_ms`, `session`), so that of two sessions
-    /// registered at once on two nodes exactly one survives, and the new one
-    /// is never closed by its own kick.
-    Joined {
-        user: Username,
-        client: ClientId,
-        session: Uuid,
-        at_ms: u64,
-    },
-    /// A typing state that passed the 2/s throttle on the typist's node.
-    Typing {
-        room: RoomName,
-        user: Username,
-        active: bool,
-    },
-}
+pub use crate::protocol::Relay;
 
 /// One frame for several sessions: encoded once, the bytes shared.
 #[derive(Debug)]
