@@ -10,7 +10,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::Reply;
 
@@ -150,8 +150,7 @@ fn decide(
             && req.since.is_some()
         {
             tracing::info!("a resume on a node that is not caught up: closed (1001)");
-            ctx.metrics.closed(Some(CloseCode::GoingAway)).inc();
-            close_before_welcome(ws, CloseCode::GoingAway).await;
+            session::refuse(ws, &ctx, CloseCode::GoingAway).await;
             return;
         }
         session::run(ws, ctx, req).await;
@@ -164,19 +163,6 @@ fn decide(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     (Upgrade::Accepted, resp)
-}
-
-/// Closes a socket that never joined, within a bound (a peer that does not
-/// read cannot hold the task).
-async fn close_before_welcome<S>(mut ws: WebSocketStream<S>, code: CloseCode)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let frame = CloseFrame {
-        code: code.code().into(),
-        reason: code.reason().into(),
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
 }
 
 /// `Sec-WebSocket-Accept` for a valid RFC 6455 upgrade request, else `None`.

@@ -65,6 +65,17 @@ pub struct JoinRequest {
     pub since: Option<String>,
 }
 
+/// Closes an upgraded socket that is not joined after all (cluster mode: a
+/// resume this node could not catch up for), with `code` and before any
+/// frame, counted like a session's close.
+pub async fn refuse<S>(mut ws: WebSocketStream<S>, ctx: &SessionCtx, code: CloseCode)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ctx.metrics.closed(Some(code)).inc();
+    writer::send_close(&mut ws, code).await;
+}
+
 /// Runs a session to its end. Errors stay here: they are logged, never propagated.
 /// Every line it logs carries the session's span (session id, user, room).
 pub async fn run<S>(ws: WebSocketStream<S>, ctx: SessionCtx, req: JoinRequest)

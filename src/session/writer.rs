@@ -64,6 +64,16 @@ where
     };
     // `None`: closed while a write was stuck; the Close frame would not get through either.
     let code = close.or(*close_rx.borrow()).unwrap_or(CloseCode::Normal);
+    send_close(&mut sink, code).await;
+    sink
+}
+
+/// Sends `code`'s Close frame and closes the sink, within [`CLOSE_GRACE`]
+/// (a peer that does not read cannot hold the task).
+pub(super) async fn send_close<W>(sink: &mut W, code: CloseCode)
+where
+    W: Sink<Message> + Unpin,
+{
     let frame = CloseFrame {
         code: code.code().into(),
         reason: code.reason().into(),
@@ -73,7 +83,6 @@ where
         let _ = sink.close().await;
     })
     .await;
-    sink
 }
 
 async fn write_all<W>(sink: &mut W, batch: &mut Vec<Vec<Frame>>) -> Result<(), W::Error>
