@@ -65,12 +65,6 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-fn now_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
-}
-
 impl Snapshots {
     /// Opens (creating) the directory under `data_dir`; finishes an install
     /// a crash interrupted (returns its header then), removes partial files
@@ -122,9 +116,11 @@ impl Snapshots {
     }
 
     fn file_for(&self, header: &Header) -> PathBuf {
-        let index = header.applied.last.map_or(0, |l| l.index);
-        self.dir
-            .join(format!("snap-{index:020}-{:013}.snap", now_ms()))
+        let index = header.applied.index();
+        self.dir.join(format!(
+            "snap-{index:020}-{:013}.snap",
+            crate::cluster::gossip::transport::wall_ms()
+        ))
     }
 
     /// Renames a complete file to its `snap-…` name (durably) and makes it

@@ -62,6 +62,13 @@ pub struct Applied {
     pub head: Cursor,
 }
 
+impl Applied {
+    /// The last applied log index (0 before any).
+    pub fn index(&self) -> u64 {
+        self.last.map_or(0, |l| l.index)
+    }
+}
+
 pub struct StateMachine {
     store: Store,
     log: RaftLog,
@@ -106,8 +113,7 @@ impl StateMachine {
                 head: h.applied.head,
             });
         }
-        d.applied_tx
-            .send_replace(applied.last.map_or(0, |l| l.index));
+        d.applied_tx.send_replace(applied.index());
         Ok(Self {
             store: d.store,
             log: d.log,
@@ -234,8 +240,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.log
             .stage_meta(RaftMeta::StateMachine, &state)
             .map_err(write_err)?;
-        self.applied_tx
-            .send_replace(self.applied.last.map_or(0, |l| l.index));
+        self.applied_tx.send_replace(self.applied.index());
         for ev in events {
             // Closed only while the node shuts down: nobody is left to show it to.
             let _ = self.events.send(ev).await;
@@ -264,11 +269,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 "a snapshot whose file and meta differ");
         }
         self.applied = header.applied;
-        self.applied_tx
-            .send_replace(self.applied.last.map_or(0, |l| l.index));
+        self.applied_tx.send_replace(self.applied.index());
         self.metrics.snapshots_installed.inc();
         self.metrics.snapshot_bytes.set(bytes as i64);
-        tracing::info!(snapshot = %header.id, index = self.applied.last.map_or(0, |l| l.index),
+        tracing::info!(snapshot = %header.id, index = self.applied.index(),
             bytes, ms = started.elapsed().as_millis() as u64, "installed a snapshot from the leader");
         // Closed only while the node shuts down: nobody is left to tell.
         let _ = self
