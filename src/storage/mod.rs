@@ -193,6 +193,18 @@ fn log_key(room: &RoomName, cursor: Cursor) -> Vec<u8> {
     k
 }
 
+/// The store's trees by name (also what a cluster snapshot carries: see
+/// `snapshot::TREES`).
+const ROOMS: &str = "roomname_unit";
+const MSGID_MSGREF: &str = "msgid_msgref";
+const MSGID_STATUS: &str = "msgid_status";
+const MSGID_USERNAME_STATUS: &str = "msgid_username_status";
+const ROOM_MEMBERS: &str = "roomname_username_unit";
+const USERS: &str = "username_user";
+const REFRESH: &str = "tokenhash_refresh";
+const FAMILIES: &str = "familyid_revoked";
+const ROOM_LOG: &str = "roomname_cursor_msg";
+
 fn receipt_key(id: &Uuid, user: &Username) -> Vec<u8> {
     let mut k = Vec::with_capacity(16 + user.as_str().len());
     k.extend_from_slice(id.as_bytes());
@@ -211,15 +223,15 @@ impl Store {
             .mode(sled::Mode::LowSpace)
             .open()?;
         let inner = Inner {
-            rooms: db.open_tree("roomname_unit")?,
-            msgid_msgref: db.open_tree("msgid_msgref")?,
-            msgid_status: db.open_tree("msgid_status")?,
-            msgid_username_status: db.open_tree("msgid_username_status")?,
-            room_members: db.open_tree("roomname_username_unit")?,
-            users: db.open_tree("username_user")?,
-            refresh: db.open_tree("tokenhash_refresh")?,
-            families: db.open_tree("familyid_revoked")?,
-            log: db.open_tree("roomname_cursor_msg")?,
+            rooms: db.open_tree(ROOMS)?,
+            msgid_msgref: db.open_tree(MSGID_MSGREF)?,
+            msgid_status: db.open_tree(MSGID_STATUS)?,
+            msgid_username_status: db.open_tree(MSGID_USERNAME_STATUS)?,
+            room_members: db.open_tree(ROOM_MEMBERS)?,
+            users: db.open_tree(USERS)?,
+            refresh: db.open_tree(REFRESH)?,
+            families: db.open_tree(FAMILIES)?,
+            log: db.open_tree(ROOM_LOG)?,
             known_rooms: Mutex::new(HashSet::new()),
             decode_errors: decode_errors_counter(),
             db,

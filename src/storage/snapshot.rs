@@ -45,15 +45,15 @@ const END: u8 = 0;
 /// The replicated trees, by their id in a snapshot file (never reused: a
 /// file names trees by these numbers).
 const TREES: [(u8, &str); 10] = [
-    (1, "roomname_unit"),
-    (2, "roomname_cursor_msg"),
-    (3, "msgid_msgref"),
-    (4, "msgid_status"),
-    (5, "msgid_username_status"),
-    (6, "roomname_username_unit"),
-    (7, "username_user"),
-    (8, "tokenhash_refresh"),
-    (9, "familyid_revoked"),
+    (1, super::ROOMS),
+    (2, super::ROOM_LOG),
+    (3, super::MSGID_MSGREF),
+    (4, super::MSGID_STATUS),
+    (5, super::MSGID_USERNAME_STATUS),
+    (6, super::ROOM_MEMBERS),
+    (7, super::USERS),
+    (8, super::REFRESH),
+    (9, super::FAMILIES),
     (10, super::account_ops::SPEND_OPS),
 ];
 /// The state machine's record in `raftmeta_value` (one key, `RaftMeta::StateMachine`).
