@@ -12,16 +12,7 @@ impl HubState {
     pub(super) fn join(&mut self, id: Uuid, s: Session, fx: &mut Effects) {
         let (user, room) = (s.user.clone(), s.room.clone());
         // Anti-zombie: the same (user, client id) replaces the live session.
-        let replaced: Vec<Uuid> = self
-            .by_user
-            .get(&user)
-            .map(|ids| {
-                ids.iter()
-                    .copied()
-                    .filter(|o| self.sessions.get(o).is_some_and(|o| o.client == s.client))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let replaced = self.user_sessions(&user, |_, o| o.client == s.client);
         if self.replicated {
             // The same (user, client) on other nodes is replaced too.
             fx.relay.push(Relay::Joined {
@@ -37,10 +28,7 @@ impl HubState {
         r.presence_dirty = true;
         self.sessions.insert(id, s);
         self.by_user.entry(user.clone()).or_default().push(id);
-        for old in replaced {
-            fx.counts.push(Count::Eviction(Eviction::Replaced));
-            self.remove_session(old, Some(CloseCode::Replaced), fx);
-        }
+        self.replace(replaced, fx);
         // Over the per-user cap: the oldest sessions go.
         while let Some(ids) = self.by_user.get(&user) {
             if ids.len() <= self.max_sessions_per_user {
@@ -60,12 +48,9 @@ impl HubState {
     }
 
     pub(super) fn kick(&mut self, user: &Username, family: Option<Uuid>, fx: &mut Effects) {
-        let ids: Vec<Uuid> = self.by_user.get(user).cloned().unwrap_or_default();
-        for id in ids {
-            if family.is_none() || self.sessions.get(&id).is_some_and(|s| s.family == family) {
-                fx.counts.push(Count::Eviction(Eviction::Revoked));
-                self.remove_session(id, Some(CloseCode::Policy), fx);
-            }
+        for id in self.user_sessions(user, |_, s| family.is_none() || s.family == family) {
+            fx.counts.push(Count::Eviction(Eviction::Revoked));
+            self.remove_session(id, Some(CloseCode::Policy), fx);
         }
     }
 
@@ -80,21 +65,26 @@ impl HubState {
         kick: (u64, Uuid),
         fx: &mut Effects,
     ) {
-        let older: Vec<Uuid> = self
-            .by_user
-            .get(user)
-            .map(|ids| {
-                ids.iter()
-                    .copied()
-                    .filter(|id| {
-                        self.sessions
-                            .get(id)
-                            .is_some_and(|s| s.client == *client && (s.joined_ms, *id) < kick)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        for id in older {
+        let older = self.user_sessions(user, |id, s| {
+            s.client == *client && (s.joined_ms, id) < kick
+        });
+        self.replace(older, fx);
+    }
+
+    /// `user`'s sessions here for which `keep` holds, in join order.
+    fn user_sessions(&self, user: &Username, keep: impl Fn(Uuid, &Session) -> bool) -> Vec<Uuid> {
+        let Some(ids) = self.by_user.get(user) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .copied()
+            .filter(|id| self.sessions.get(id).is_some_and(|s| keep(*id, s)))
+            .collect()
+    }
+
+    /// Closes `ids` with 4001: replaced by a newer session of their client.
+    fn replace(&mut self, ids: Vec<Uuid>, fx: &mut Effects) {
+        for id in ids {
             fx.counts.push(Count::Eviction(Eviction::Replaced));
             self.remove_session(id, Some(CloseCode::Replaced), fx);
         }
