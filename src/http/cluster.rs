@@ -154,3 +154,14 @@ fn escape(s: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn query_values_are_escaped_for_the_location() {
+        assert_eq!(escape("lobby-1_a.b~c"), "lobby-1_a.b~c");
+        assert_eq!(escape("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
+}
