@@ -228,6 +228,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         queue: cfg.hub_queue,
         replicated: cluster.is_some(),
         relay: cluster.is_some().then_some(relay_tx),
+        presence: None,
     };
     let storage_health = storage.health().clone();
     let (hub, hub_task) = HubHandle::spawn(hub_cfg, head, storage.clone(), events_rx);

@@ -215,5 +215,6 @@ mod membership;
 mod messages;
 mod outbox;
 mod presence;
+mod presence_peers;
 mod remote;
 mod replicated;
