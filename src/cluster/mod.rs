@@ -10,6 +10,8 @@
 //! - `live`: what sessions tell other nodes over the links (a session
 //!   registered: anti-zombie kicks; typing), and typing stopped when a
 //!   node dies.
+//! - `presence`, `peers`: presence across nodes: this node's users per room
+//!   gossiped as digests, other nodes' read back for the hub.
 //! - `raft`: the replicated log (openraft): its log and vote in sled trees
 //!   of the store's database.
 
@@ -19,6 +21,8 @@ pub mod gossip;
 pub mod keys;
 pub mod link;
 pub mod live;
+pub mod peers;
+pub mod presence;
 pub mod raft;
 
 use std::net::SocketAddr;
@@ -33,6 +37,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ClusterMetrics;
+use crate::protocol::{PeerPresence, RoomName, Username};
 use crate::storage::{AccountProposal, StorageCmd, StorageEvent, Store};
 
 use gossip::{Gossip, GossipConfig, NodeState, View};
@@ -96,6 +101,7 @@ pub struct ClusterView {
     links: Links,
     shared: Arc<Shared>,
     metrics: Arc<ClusterMetrics>,
+    presence: Arc<presence::Table>,
 }
 
 /// One member as `/api/admin/cluster` shows it.
@@ -204,6 +210,17 @@ impl ClusterView {
         live::broadcast(&self.links, &self.metrics, note);
     }
 
+    /// This node's users in `room` now (the hub's presence sink): gossiped
+    /// within `presence::PUBLISH_EVERY`. Never waits.
+    pub fn local_users(&self, room: RoomName, users: Vec<Username>) {
+        self.presence.set(room, users);
+    }
+
+    /// The bytes of this node's own gossip state (keys and values).
+    pub fn gossip_state_bytes(&self) -> u64 {
+        self.presence.state_bytes()
+    }
+
     /// `(node, url)` of every live, ready node: where clients may connect.
     pub fn serving(&self) -> Vec<(String, String)> {
         self.members
@@ -228,6 +245,8 @@ pub struct ClusterDeps {
     pub metrics: Arc<ClusterMetrics>,
     /// To the hub: what other nodes' sessions did (see `live`).
     pub live: mpsc::Sender<crate::protocol::Relay>,
+    /// To the hub: other nodes' users per room (see `peers`).
+    pub peers: mpsc::Sender<PeerPresence>,
 }
 
 impl Cluster {
@@ -253,12 +272,13 @@ impl Cluster {
         .await
         .context("starting gossip")?;
         let shared = Shared::new();
+        let table = Arc::new(presence::Table::default());
         let inbox = live::Inbox::new(deps.live, gossip.view(), deps.metrics.clone());
         let links = Links::start(
             LinkConfig::new(cfg.node_id.clone(), keys.link.clone()),
             tcp,
             deps.metrics.clone(),
-            Arc::new(Handler(shared.clone(), inbox.clone())),
+            Arc::new(Handler(shared.clone(), inbox.clone(), table.clone())),
         )
         .context("starting the node links")?;
         let (mut log, _applied) = LogNode::start(
@@ -289,6 +309,19 @@ impl Cluster {
         });
         let stop = CancellationToken::new();
         tokio::spawn(live::watch_deaths(inbox, stop.clone()));
+        tokio::spawn(presence::publish(
+            table.clone(),
+            gossip.publisher(),
+            deps.metrics.clone(),
+            stop.clone(),
+        ));
+        let reader = peers::Reader {
+            view: gossip.view(),
+            state: gossip.reader(),
+            links: links.clone(),
+            tx: deps.peers,
+        };
+        tokio::spawn(peers::read(reader, stop.clone()));
         let readiness = tokio::spawn(readiness(
             log.raft().clone(),
             gossip.publisher(),
@@ -305,6 +338,7 @@ impl Cluster {
             links: links.clone(),
             shared: shared.clone(),
             metrics: deps.metrics.clone(),
+            presence: table,
         };
         tracing::info!(%addr, %advertise, generation, "cluster started");
         Ok(Self {

@@ -27,6 +27,7 @@ pub async fn admin(state: AppState, headers: HeaderMap) -> Response {
             "members": c.members(),
             "links_up": c.links_up(),
             "log": c.log_status(),
+            "gossip_state_bytes": c.gossip_state_bytes(),
         }),
     )
 }
