@@ -81,6 +81,7 @@ pub async fn read(r: Reader, stop: CancellationToken) {
 struct HubGone;
 
 async fn tell(r: &Reader, p: PeerPresence) -> Result<(), HubGone> {
+    tracing::debug!(?p, "presence: a peer's room changed");
     r.tx.send(p).await.map_err(|_| HubGone)
 }
 
