@@ -243,10 +243,7 @@ mod tests {
     #[test]
     fn writes_are_coalesced_to_the_latest_state_and_an_empty_room_deletes() {
         let t = Table::default();
-        let (a, b) = (
-            RoomName::parse("a").unwrap(),
-            RoomName::parse("b").unwrap(),
-        );
+        let (a, b) = (RoomName::parse("a").unwrap(), RoomName::parse("b").unwrap());
         for i in 0..1000 {
             let names = if i % 2 == 0 { &["alice"][..] } else { &["bob"] };
             t.set(a.clone(), users(names));

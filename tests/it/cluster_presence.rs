@@ -238,6 +238,7 @@ async fn a_thousand_active_rooms_keep_a_nodes_gossip_state_within_32_kib() {
     let user = name("load");
     let acct = user_at(nodes[0].addr(), &user).await;
     let addr = nodes[0].addr();
+    let (sent_before, joins) = (gossip_sent(&nodes[0]).await, Instant::now());
     let mut sessions = Vec::with_capacity(ROOMS);
     for chunk in (0..ROOMS).collect::<Vec<_>>().chunks(50) {
         let mut set = tokio::task::JoinSet::new();
@@ -255,12 +256,14 @@ async fn a_thousand_active_rooms_keep_a_nodes_gossip_state_within_32_kib() {
     let last = format!("room-{:04}", ROOMS - 1);
     let mut ws = join_at(nodes[1].addr(), &bob_acct, &last).await;
     presence_is(&mut ws, &[&user, &bob], &[], SETTLE).await;
+    let joining = (gossip_sent(&nodes[0]).await - sent_before) / joins.elapsed().as_secs_f64();
     let bytes = state_bytes(&nodes[0]).await;
     let gauge = metric_sample(addr, "hubbub_gossip_state_bytes").await;
     let busy = gossip_rate(&nodes[0], Duration::from_secs(5)).await;
     println!(
         "gossip state of n1: {idle_state} B idle, {bytes} B with {ROOMS} active rooms; \
-         n1 sends {idle:.0} B/s idle, {busy:.0} B/s with {ROOMS} active rooms"
+         n1 sends {idle:.0} B/s idle, {joining:.0} B/s while the rooms fill, \
+         {busy:.0} B/s with {ROOMS} active rooms"
     );
     assert_eq!(gauge, Some(bytes as f64), "the gauge says the same");
     assert!(

@@ -47,7 +47,10 @@ pub enum Call {
     Elect,
     /// A room's local users on the callee, if `hash` is still that of its
     /// current list (see `cluster::presence`).
-    Presence { room: RoomName, hash: String },
+    Presence {
+        room: RoomName,
+        hash: String,
+    },
 }
 
 /// The answer to a [`Call`] of the same kind.
