@@ -309,19 +309,7 @@ impl Cluster {
         });
         let stop = CancellationToken::new();
         tokio::spawn(live::watch_deaths(inbox, stop.clone()));
-        tokio::spawn(presence::publish(
-            table.clone(),
-            gossip.publisher(),
-            deps.metrics.clone(),
-            stop.clone(),
-        ));
-        let reader = peers::Reader {
-            view: gossip.view(),
-            state: gossip.reader(),
-            links: links.clone(),
-            tx: deps.peers,
-        };
-        tokio::spawn(peers::read(reader, stop.clone()));
+        spawn_presence(&gossip, &table, &links, &deps.metrics, deps.peers, &stop);
         let readiness = tokio::spawn(readiness(
             log.raft().clone(),
             gossip.publisher(),
@@ -381,6 +369,31 @@ impl Cluster {
         self.links.shutdown().await;
         self.gossip.shutdown().await;
     }
+}
+
+/// Presence across nodes: the publisher of this node's digests and the
+/// reader of the peers'; both end with `stop`.
+fn spawn_presence(
+    gossip: &Gossip,
+    table: &Arc<presence::Table>,
+    links: &Links,
+    metrics: &Arc<ClusterMetrics>,
+    to_hub: mpsc::Sender<PeerPresence>,
+    stop: &CancellationToken,
+) {
+    tokio::spawn(presence::publish(
+        table.clone(),
+        gossip.publisher(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    let reader = peers::Reader {
+        view: gossip.view(),
+        state: gossip.reader(),
+        links: links.clone(),
+        tx: to_hub,
+    };
+    tokio::spawn(peers::read(reader, stop.clone()));
 }
 
 /// Ready ("serving") = part of a working majority and caught up. Becomes

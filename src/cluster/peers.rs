@@ -136,7 +136,11 @@ async fn read_node(
         if k.rooms.get(room) == Some(value) {
             continue;
         }
-        let Some(users) = resolve(r, &m.node, k, room, value).await else {
+        // After one failed fetch the node's other big rooms wait for the
+        // next poll: a peer that does not answer must not hold up the
+        // reading of the others (nor news of its own death) a second each.
+        let fetch = complete;
+        let Some(users) = resolve(r, &m.node, k, room, value, fetch).await else {
             complete = false;
             continue;
         };
@@ -167,14 +171,15 @@ fn users_of(node: &str, room: &RoomName, users: Vec<Username>) -> PeerPresence {
 }
 
 /// A digest's users: inline ones as they are, a hashed one's from the cache
-/// or fetched from `node`. `None`: not resolved now (retried later); a
-/// value that does not parse resolves to nobody.
+/// or (if `fetch`) fetched from `node`. `None`: not resolved now (retried
+/// later); a value that does not parse resolves to nobody.
 async fn resolve(
     r: &Reader,
     node: &str,
     k: &mut Known,
     room: &RoomName,
     value: &str,
+    fetch: bool,
 ) -> Option<Vec<Username>> {
     match Digest::parse(value) {
         None => {
@@ -187,6 +192,9 @@ async fn resolve(
                 && *h == hash
             {
                 return Some(users.clone());
+            }
+            if !fetch {
+                return None;
             }
             let users = network::presence(&r.links, node, room, &hash, FETCH_TTL).await?;
             // The list is checked as gossiped: a peer cannot make us show

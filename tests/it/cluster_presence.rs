@@ -168,6 +168,31 @@ async fn presence_is_one_list_across_nodes_and_a_dead_nodes_users_leave_no_ghost
     }
 }
 
+#[tokio::test]
+async fn a_big_rooms_list_is_fetched_over_the_link_and_follows_its_changes() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = spawn_cluster(root.path(), 3, &[]);
+    formed(&nodes).await;
+    let (n1, n2) = (nodes[0].addr(), nodes[1].addr());
+    let room = name("big");
+    let a = name("alice");
+    let mut watcher = join_at(n1, &user_at(n1, &a).await, &room).await;
+    // Five users on n2: their names do not fit in 32 bytes, so n2 gossips
+    // a count and a hash, and n1 fetches the list over the link.
+    let many: Vec<String> = (0..5).map(|_| name("member")).collect();
+    let mut on_n2 = Vec::new();
+    for u in &many {
+        on_n2.push(join_at(n2, &user_at(n2, u).await, &room).await);
+    }
+    let mut all: Vec<&str> = many.iter().map(String::as_str).collect();
+    all.push(&a);
+    presence_is(&mut watcher, &all, &[], SETTLE).await;
+    // One leaves: a new hash, fetched again.
+    drop(on_n2.pop());
+    let left = all.remove(many.len() - 1);
+    presence_is(&mut watcher, &all, &[left], SETTLE).await;
+}
+
 /// Ten kills of a node, for docs/BENCHMARKS.md: how long until its user is
 /// gone from the survivors' presence. Run with
 /// `cargo test --test it cluster_presence::convergence -- --ignored --nocapture`.
