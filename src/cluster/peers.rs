@@ -186,7 +186,10 @@ async fn resolve(
             tracing::warn!(peer = node, %room, "a presence digest that does not parse");
             Some(Vec::new())
         }
-        Some(Digest::Inline(users)) => Some(users),
+        Some(Digest::Inline(users)) => {
+            k.lists.remove(room);
+            Some(users)
+        }
         Some(Digest::Hashed { hash, count }) => {
             if let Some((h, users)) = k.lists.get(room)
                 && *h == hash
