@@ -38,7 +38,8 @@
 //!   commands) and writer (batched writes, pings, close). May import: `hub`,
 //!   `storage`, `auth`, `protocol`, `metrics`.
 //! - [`cluster`]: only with `--cluster-listen`: gossip membership
-//!   (chitchat behind an authenticating transport), authenticated node links.
+//!   (chitchat behind an authenticating transport), authenticated node links,
+//!   the replicated log, presence digests per room in gossip.
 //!   May import: `storage`, `protocol`, `error`, `files`, `metrics`.
 //! - [`http`]: the only module that names warp and hyper. Routes, the
 //!   upgrade, the accept loop. May import: `session`, `hub`, `auth`,

@@ -200,6 +200,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     );
     // Cluster mode: what other nodes' sessions did, for the hub.
     let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
+    // Cluster mode: other nodes' users per room, for the hub's presence.
+    let (peers_tx, peers_rx) = mpsc::channel(PEERS_QUEUE);
     // Cluster mode: appends and acks go to the replicated log instead of the
     // writer (which still watches the disk), and come back applied.
     let (storage, cluster) = match cluster_flags(&cfg, &url)? {
@@ -214,6 +216,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
                 accounts,
                 metrics: metrics.register_cluster(),
                 live: live_tx,
+                peers: peers_tx,
             };
             (replicated, Some(Cluster::start(ccfg, deps).await?))
         }
@@ -228,6 +231,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         queue: cfg.hub_queue,
         replicated: cluster.is_some(),
         relay: cluster.is_some().then_some(relay_tx),
+        presence: cluster_view.clone().map(|v| {
+            let sink: crate::hub::PresenceSink =
+                Arc::new(move |room, users| v.local_users(room, users));
+            sink
+        }),
     };
     let storage_health = storage.health().clone();
     let (hub, hub_task) = HubHandle::spawn(hub_cfg, head, storage.clone(), events_rx);
@@ -237,6 +245,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tokio::spawn(live::to_peers(relay_rx, view.clone()));
         tokio::spawn(live::from_peers(live_rx, hub.clone()));
         tokio::spawn(live::move_users(view.clone(), hub.clone()));
+        tokio::spawn(live::presence_from_peers(peers_rx, hub.clone()));
     }
 
     let sessions_stop = CancellationToken::new();
@@ -401,6 +410,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
 /// Cluster mode: notes between the hub and the other nodes (kicks, typing)
 /// waiting either way. Full → dropped (see `HubConfig::relay`, `live::Inbox`).
 const LIVE_QUEUE: usize = 1024;
+/// Cluster mode: other nodes' presence waiting for the hub. Full → the
+/// cluster's reader waits (nothing is dropped; the hub never waits on it).
+const PEERS_QUEUE: usize = 1024;
 
 /// Cluster mode: when this node stops serving (no majority for a few
 /// seconds), its sessions are closed with 1001 so that their clients

@@ -12,6 +12,8 @@
 //!   node dies.
 //! - `ring`: where each user is homed (a consistent-hash ring over the
 //!   serving members).
+//! - `presence`, `peers`: presence across nodes: this node's users per room
+//!   gossiped as digests, other nodes' read back for the hub.
 //! - `raft`: the replicated log (openraft): its log and vote in sled trees
 //!   of the store's database.
 
@@ -21,6 +23,8 @@ pub mod gossip;
 pub mod keys;
 pub mod link;
 pub mod live;
+pub mod peers;
+pub mod presence;
 pub mod raft;
 pub mod ring;
 
@@ -36,6 +40,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ClusterMetrics;
+use crate::protocol::{PeerPresence, RoomName, Username};
 use crate::storage::{AccountProposal, StorageCmd, StorageEvent, Store};
 
 use gossip::{Gossip, GossipConfig, NodeState, View};
@@ -102,6 +107,7 @@ pub struct ClusterView {
     shared: Arc<Shared>,
     metrics: Arc<ClusterMetrics>,
     ring: watch::Receiver<Arc<ring::Ring>>,
+    presence: Arc<presence::Table>,
 }
 
 /// One member as `/api/admin/cluster` shows it.
@@ -220,6 +226,17 @@ impl ClusterView {
         self.ring.clone()
     }
 
+    /// This node's users in `room` now (the hub's presence sink): gossiped
+    /// within `presence::PUBLISH_EVERY`. Never waits.
+    pub fn local_users(&self, room: RoomName, users: Vec<Username>) {
+        self.presence.set(room, users);
+    }
+
+    /// The bytes of this node's own gossip state (keys and values).
+    pub fn gossip_state_bytes(&self) -> u64 {
+        self.presence.state_bytes()
+    }
+
     /// `(node, url)` of every live, ready node: where clients may connect.
     pub fn serving(&self) -> Vec<(String, String)> {
         self.members
@@ -244,6 +261,8 @@ pub struct ClusterDeps {
     pub metrics: Arc<ClusterMetrics>,
     /// To the hub: what other nodes' sessions did (see `live`).
     pub live: mpsc::Sender<crate::protocol::Relay>,
+    /// To the hub: other nodes' users per room (see `peers`).
+    pub peers: mpsc::Sender<PeerPresence>,
 }
 
 impl Cluster {
@@ -269,12 +288,13 @@ impl Cluster {
         .await
         .context("starting gossip")?;
         let shared = Shared::new();
+        let table = Arc::new(presence::Table::default());
         let inbox = live::Inbox::new(deps.live, gossip.view(), deps.metrics.clone());
         let links = Links::start(
             LinkConfig::new(cfg.node_id.clone(), keys.link.clone()),
             tcp,
             deps.metrics.clone(),
-            Arc::new(Handler(shared.clone(), inbox.clone())),
+            Arc::new(Handler(shared.clone(), inbox.clone(), table.clone())),
         )
         .context("starting the node links")?;
         let (mut log, _applied) = LogNode::start(
@@ -312,6 +332,7 @@ impl Cluster {
             cfg.ring_exclude.clone(),
             stop.clone(),
         ));
+        spawn_presence(&gossip, &table, &links, &deps.metrics, deps.peers, &stop);
         let readiness = tokio::spawn(readiness(
             log.raft().clone(),
             gossip.publisher(),
@@ -329,6 +350,7 @@ impl Cluster {
             shared: shared.clone(),
             metrics: deps.metrics.clone(),
             ring: ring_rx,
+            presence: table,
         };
         tracing::info!(%addr, %advertise, generation, "cluster started");
         Ok(Self {
@@ -371,6 +393,31 @@ impl Cluster {
         self.links.shutdown().await;
         self.gossip.shutdown().await;
     }
+}
+
+/// Presence across nodes: the publisher of this node's digests and the
+/// reader of the peers'; both end with `stop`.
+fn spawn_presence(
+    gossip: &Gossip,
+    table: &Arc<presence::Table>,
+    links: &Links,
+    metrics: &Arc<ClusterMetrics>,
+    to_hub: mpsc::Sender<PeerPresence>,
+    stop: &CancellationToken,
+) {
+    tokio::spawn(presence::publish(
+        table.clone(),
+        gossip.publisher(),
+        metrics.clone(),
+        stop.clone(),
+    ));
+    let reader = peers::Reader {
+        view: gossip.view(),
+        state: gossip.reader(),
+        links: links.clone(),
+        tx: to_hub,
+    };
+    tokio::spawn(peers::read(reader, stop.clone()));
 }
 
 /// Ready ("serving") = part of a working majority and caught up. Becomes

@@ -165,6 +165,27 @@ pub fn identify(state: &AppState, headers: &HeaderMap) -> Result<Identity, Respo
         .ok_or_else(|| reply::error(ErrorCode::Unauthorized, "log in first"))
 }
 
+/// How long a cluster node waits to catch up for a genuine token whose
+/// account it does not know yet.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Cluster mode: a genuine, current token whose account or refresh family
+/// this node does not know yet (its sign-up or log-in was committed, but not
+/// yet applied here: the user was redirected to its home right after
+/// signing up elsewhere) waits until this node has caught up with the
+/// leader (≤ 1 s). Only a token signed with the cluster's key can wait, so a
+/// stranger cannot make a node wait. Afterwards `identify` decides as usual.
+pub async fn settle_identity(state: &AppState, headers: &HeaderMap) {
+    let Some(c) = &state.cluster else {
+        return;
+    };
+    if identify(state, headers).is_err()
+        && access_token(headers).is_some_and(|t| state.auth.genuine(t))
+    {
+        let _ = c.catch_up(SETTLE).await;
+    }
+}
+
 pub async fn me(state: AppState, headers: HeaderMap) -> Response {
     let who = match identify(&state, &headers) {
         Ok(w) => w,

@@ -7,7 +7,7 @@ use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
 use super::AppState;
-use super::api::{admin_ok, identify};
+use super::api::{admin_ok, identify, settle_identity};
 use super::reply;
 use crate::cluster::ClusterView;
 use crate::protocol::ErrorCode;
@@ -30,6 +30,7 @@ pub async fn admin(state: AppState, headers: HeaderMap) -> Response {
             "members": c.members(),
             "links_up": c.links_up(),
             "log": c.log_status(),
+            "gossip_state_bytes": c.gossip_state_bytes(),
         }),
     )
 }
@@ -74,6 +75,7 @@ pub async fn remove(node: String, state: AppState, headers: HeaderMap) -> Respon
 /// `{"url": "wss://…/ws", "node": "…"}`. Browsers do not follow a redirect
 /// on a WebSocket handshake, so the web client asks this first.
 pub async fn route(state: AppState, headers: HeaderMap) -> Response {
+    settle_identity(&state, &headers).await;
     let who = match identify(&state, &headers) {
         Ok(w) => w,
         Err(r) => return r,

@@ -43,6 +43,8 @@ pub async fn upgrade(
     on_upgrade: Option<OnUpgrade>,
     state: AppState,
 ) -> warp::reply::Response {
+    // Cluster mode: redirected here right after signing up elsewhere.
+    super::api::settle_identity(&state, &headers).await;
     let (result, resp) = decide(ip, query, headers, on_upgrade, &state);
     state.sessions.metrics.upgrade(result).inc();
     resp

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use outbox::SessionLink;
-pub use state::{Joined, NewMsg, Relay};
+pub use state::{Joined, NewMsg, PeerPresence, Relay};
 
 use crate::error::InternalError;
 use crate::metrics::Metrics;
@@ -85,7 +85,14 @@ pub struct HubConfig {
     /// typing state is refreshed by the next, a lost kick by the client's
     /// next reconnect.
     pub relay: Option<mpsc::Sender<Relay>>,
+    /// Cluster mode: told a room's local users whenever that set changes
+    /// (the cluster gossips them). Called on the hub's task: it must not
+    /// block (the cluster's takes a short lock and wakes its publisher).
+    pub presence: Option<PresenceSink>,
 }
+
+/// Where the hub reports a room's local users (sorted; empty: none left).
+pub type PresenceSink = Arc<dyn Fn(RoomName, Vec<Username>) + Send + Sync>;
 
 impl HubHandle {
     /// Starts the hub. `head` is the newest cursor on disk; new cursors follow it.
@@ -106,6 +113,7 @@ impl HubHandle {
             storage,
             metrics: cfg.metrics,
             relay: cfg.relay,
+            presence: cfg.presence,
         };
         let cancel = CancellationToken::new();
         let task = tokio::spawn(run(shell, rx, events_rx, cancel.clone()));
@@ -137,6 +145,11 @@ impl HubHandle {
     /// closes older ones with the same (user, client) here; a typing state).
     pub async fn remote(&self, relay: Relay) -> Result<(), InternalError> {
         self.send(HubCmd::Event(Event::Remote(relay))).await
+    }
+
+    /// Cluster mode: another node's users in a room (or that node gone).
+    pub async fn peers(&self, p: PeerPresence) -> Result<(), InternalError> {
+        self.send(HubCmd::Event(Event::Peers(p))).await
     }
 
     /// The room's presence, to this session only.
@@ -220,6 +233,7 @@ struct Shell {
     storage: StorageHandle,
     metrics: Arc<Metrics>,
     relay: Option<mpsc::Sender<Relay>>,
+    presence: Option<PresenceSink>,
 }
 
 impl Shell {
@@ -295,6 +309,12 @@ impl Shell {
                 if let Err(e) = tx.try_send(r) {
                     tracing::warn!(error = %e, "the cluster relay queue is full; dropped one");
                 }
+            }
+        }
+        if let Some(sink) = &self.presence {
+            for room in fx.local_users {
+                let users = self.state.local_users(&room);
+                sink(room, users);
             }
         }
     }

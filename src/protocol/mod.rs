@@ -14,4 +14,4 @@ pub use error_code::ErrorCode;
 pub use frames::{ClientMsg, Frame, FrameError, PageDir, ServerMsg, WireMsg};
 pub use message::{Cursor, MsgKind, Status, StoredMsg};
 pub use names::{ClientId, RoomName, Username};
-pub use relay::Relay;
+pub use relay::{PeerPresence, Relay};

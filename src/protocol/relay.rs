@@ -44,3 +44,18 @@ impl Relay {
         }
     }
 }
+
+/// Cluster mode: another node's users in a room, as its gossiped presence
+/// digest says (resolved by the cluster), for the hub's presence union.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerPresence {
+    /// `node`'s users in `room` now (empty: none any more).
+    Users {
+        node: String,
+        room: RoomName,
+        users: Vec<Username>,
+    },
+    /// `node` died, stopped serving or restarted as a new generation: none
+    /// of its users count any more (it is read afresh once it serves again).
+    Gone { node: String },
+}

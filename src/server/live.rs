@@ -1,12 +1,12 @@
 //! Cluster mode: carries the hub's relays (kicks, typing) to the other nodes
-//! and theirs to the hub, and moves users whose home moved. The hub does not
-//! know the cluster and the cluster does not know the hub: these tasks
-//! connect them.
+//! and theirs to the hub, other nodes' presence to the hub, and moves users
+//! whose home moved. The hub does not know the cluster and the cluster does
+//! not know the hub: these tasks connect them.
 
 use tokio::sync::mpsc;
 
 use crate::cluster::{ClusterView, ring};
-use crate::hub::{HubHandle, Relay};
+use crate::hub::{HubHandle, PeerPresence, Relay};
 
 /// The hub's relays to every peer. Ends when the hub stops.
 pub async fn to_peers(mut rx: mpsc::Receiver<Relay>, view: ClusterView) {
@@ -19,6 +19,15 @@ pub async fn to_peers(mut rx: mpsc::Receiver<Relay>, view: ClusterView) {
 pub async fn from_peers(mut rx: mpsc::Receiver<Relay>, hub: HubHandle) {
     while let Some(r) = rx.recv().await {
         if hub.remote(r).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Other nodes' presence to the hub. Ends when the cluster or the hub stops.
+pub async fn presence_from_peers(mut rx: mpsc::Receiver<PeerPresence>, hub: HubHandle) {
+    while let Some(p) = rx.recv().await {
+        if hub.peers(p).await.is_err() {
             return;
         }
     }

@@ -296,3 +296,30 @@ async fn users_follow_their_home_through_a_drain_and_a_return_without_a_gap() {
     })
     .await;
 }
+
+/// A user redirected home right after signing up elsewhere: the home may
+/// not have applied the sign-up yet. Its token is genuine, so the node
+/// catches up before it decides (no 401 for a fresh account). The lag is
+/// made sure of: the node is stopped while the sign-up commits on the
+/// other two, and asked the moment it runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_account_is_known_at_once_on_a_node_that_lags() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = spawn_cluster(root.path(), 3, &[]);
+    formed(&nodes).await;
+    for i in 0..3 {
+        let (at, lag) = (&nodes[i % 3], &nodes[(i + 1) % 3]);
+        signal(lag, libc::SIGSTOP);
+        let acct = user_at(at.addr(), &format!("fresh{i}")).await;
+        signal(lag, libc::SIGCONT);
+        let (r, ws) = tokio::join!(
+            client::route(lag.addr(), &acct),
+            upgrade_once(lag.addr(), "/ws?room=lobby&from=any", &acct)
+        );
+        r.unwrap_or_else(|e| panic!("fresh{i}: route at {}: {e}", lag.name));
+        ws.unwrap_or_else(|e| panic!("fresh{i}: upgrade at {}: {e}", lag.name))
+            .expect("welcome", T)
+            .await
+            .unwrap();
+    }
+}

@@ -41,6 +41,16 @@ const CLUSTER_ID: &str = "hubbub-1";
 /// The protocol version each node gossips (`proto` key).
 pub const PROTO: &str = "1";
 
+/// How long a deleted key's tombstone stays in a node's state (and is
+/// gossiped) before it is collected. Presence deletes a room's key when its
+/// last local user leaves: with chitchat's default (an hour) a node whose
+/// rooms come and go would carry an hour of tombstones, far past the state's
+/// 32 KiB budget. A peer that has not heard from a node for longer than this
+/// gets that node's whole state afresh (chitchat's reset), so a short grace
+/// loses nothing; it only costs a full state now and then to a peer that was
+/// away that long.
+pub const TOMBSTONE_GRACE: Duration = Duration::from_secs(60);
+
 const KEY_URL: &str = "url";
 const KEY_STATE: &str = "state";
 const KEY_PROTO: &str = "proto";
@@ -155,7 +165,7 @@ impl Gossip {
                 initial_interval: GOSSIP_INTERVAL,
                 dead_node_grace_period: cfg.dead_grace,
             },
-            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            marked_for_deletion_grace_period: TOMBSTONE_GRACE,
             catchup_callback: None,
             extra_liveness_predicate: None,
         };
@@ -189,6 +199,11 @@ impl Gossip {
         Publisher(self.handle.chitchat())
     }
 
+    /// Reads other nodes' keys (cheap to clone; for tasks).
+    pub fn reader(&self) -> StateReader {
+        StateReader(self.handle.chitchat())
+    }
+
     pub async fn shutdown(self) {
         self.stop.cancel();
         let _ = self.poller.await;
@@ -210,6 +225,61 @@ impl Publisher {
             .await
             .self_node_state()
             .set(KEY_STATE, state.as_str());
+    }
+}
+
+impl Publisher {
+    /// Sets (`Some`) or deletes (`None`) this node's keys in one lock, and
+    /// returns the size of its state afterwards (see [`state_bytes`]).
+    pub async fn write(&self, writes: Vec<(String, Option<String>)>) -> u64 {
+        let mut c = self.0.lock().await;
+        let st = c.self_node_state();
+        for (key, value) in writes {
+            match value {
+                Some(v) => st.set(key, v),
+                // Deleting a key never set would only log a warning.
+                None if st.contains_key(&key) => st.delete(&key),
+                None => {}
+            }
+        }
+        state_bytes(st)
+    }
+}
+
+/// The bytes of a node's keys and values as chitchat holds them, tombstones
+/// (deleted keys not yet collected) included: what its gossip state weighs.
+pub fn state_bytes(st: &chitchat::NodeState) -> u64 {
+    st.key_values_including_deleted()
+        .map(|(k, v)| (k.len() + v.value.len()) as u64)
+        .sum()
+}
+
+/// Another node's keys with a prefix, newer than what the caller saw.
+#[derive(Clone)]
+pub struct StateReader(Arc<tokio::sync::Mutex<chitchat::Chitchat>>);
+
+impl StateReader {
+    /// `member`'s (that generation's) keys starting with `prefix` (deleted
+    /// ones left out) and its max version, unless its max version is still
+    /// `seen`; `None` also when its state is not here.
+    pub async fn keys_if_moved(
+        &self,
+        member: &Member,
+        seen: Option<u64>,
+        prefix: &str,
+    ) -> Option<(u64, Vec<(String, String)>)> {
+        let id = ChitchatId::new(member.node.clone(), member.generation, member.addr);
+        let c = self.0.lock().await;
+        let st = c.node_state(&id)?;
+        let version = st.max_version();
+        if seen == Some(version) {
+            return None;
+        }
+        let keys = st
+            .iter_prefix(prefix)
+            .map(|(k, v)| (k.to_owned(), v.value.clone()))
+            .collect();
+        Some((version, keys))
     }
 }
 

@@ -25,6 +25,8 @@ use uuid::Uuid;
 
 use super::types::{NodeId, NodeInfo, Request, TypeConfig, decode, encode};
 use crate::cluster::link::{LinkError, LinkHandler, Links};
+use crate::cluster::presence::Table;
+use crate::protocol::{RoomName, Username};
 use crate::storage::AccountOutcome;
 
 /// What one node asks another.
@@ -43,6 +45,12 @@ pub enum Call {
     /// The leader, shutting down, asks this node to stand for election now
     /// (see `handover`). Honoured only when the caller is the leader.
     Elect,
+    /// A room's local users on the callee, if `hash` is still that of its
+    /// current list (see `cluster::presence`).
+    Presence {
+        room: RoomName,
+        hash: String,
+    },
 }
 
 /// The answer to a [`Call`] of the same kind.
@@ -57,6 +65,8 @@ pub enum Answer {
     Remove(Result<(), ForwardError>),
     /// Whether an election was started.
     Elect(bool),
+    /// `None`: no such room here, or its list has another hash now.
+    Presence(Option<Vec<Username>>),
     /// This node's Raft is not running yet (or any more).
     NotRunning,
     /// The call did not decode.
@@ -178,8 +188,13 @@ impl Shared {
     }
 }
 
-/// Serves calls arriving over the links; one-way messages go to the inbox.
-pub struct Handler(pub Arc<Shared>, pub Arc<crate::cluster::live::Inbox>);
+/// Serves calls arriving over the links (presence fetches from this node's
+/// presence table); one-way messages go to the inbox.
+pub struct Handler(
+    pub Arc<Shared>,
+    pub Arc<crate::cluster::live::Inbox>,
+    pub Arc<Table>,
+);
 
 #[async_trait::async_trait]
 impl LinkHandler for Handler {
@@ -193,6 +208,7 @@ impl LinkHandler for Handler {
                 (Call::Forward(req), _) => Answer::Forward(self.0.write_local(req).await),
                 (Call::ReadIndex, _) => Answer::ReadIndex(self.0.read_index().await),
                 (Call::Remove(name), _) => Answer::Remove(self.0.remove_local(&name).await),
+                (Call::Presence { room, hash }, _) => Answer::Presence(self.2.fetch(&room, &hash)),
                 (_, None) => Answer::NotRunning,
                 (Call::Elect, Some(raft)) => Answer::Elect(stand(raft, from).await),
                 (Call::Append(r), Some(raft)) => Answer::Append(raft.append_entries(r).await),
@@ -390,5 +406,27 @@ pub async fn forward(
         Ok(Answer::Forward(r)) => r,
         Ok(_) => Err(ForwardError::Failed("an answer of another kind".into())),
         Err(e) => Err(ForwardError::Failed(e.to_string())),
+    }
+}
+
+/// Asks `node` for its local users in `room` whose list hashes to `hash`;
+/// `None`: unreachable, or its list moved on (the caller reads the newer
+/// digest first).
+pub async fn presence(
+    links: &Links,
+    node: &str,
+    room: &RoomName,
+    hash: &str,
+    ttl: Duration,
+) -> Option<Vec<Username>> {
+    let call = Call::Presence {
+        room: room.clone(),
+        hash: hash.to_owned(),
+    };
+    let body = encode(&call).ok()?;
+    let reply = links.call(node, Bytes::from(body), ttl).await.ok()?;
+    match decode::<Answer>(&reply) {
+        Ok(Answer::Presence(users)) => users,
+        _ => None,
     }
 }

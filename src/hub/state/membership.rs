@@ -39,6 +39,7 @@ impl HubState {
             self.remove_session(oldest, Some(CloseCode::Replaced), fx);
         }
         if !was_present && self.sessions.contains_key(&id) {
+            self.local_users_changed(&room, fx);
             self.system_to_others(&room, &user, &format!("{user} joined"), fx);
         }
         fx.joined = Some(super::Joined {
@@ -148,9 +149,14 @@ impl HubState {
         if room.members.is_empty() {
             // Room state is freed with its last member; its log stays on disk.
             self.rooms.remove(&s.room);
+            self.local_users_changed(&s.room, fx);
             return;
         }
         if user_left {
+            self.local_users_changed(&s.room, fx);
+            let Some(room) = self.rooms.get_mut(&s.room) else {
+                return;
+            };
             room.presence_dirty = true;
             self.system_to_others(&s.room, &s.user, &format!("{} left", s.user), fx);
         }
@@ -165,6 +171,9 @@ impl HubState {
                 close: Some(code),
             }));
         self.by_user.clear();
+        if self.replicated {
+            fx.local_users.extend(self.rooms.keys().cloned());
+        }
         self.rooms.clear();
     }
 

@@ -100,6 +100,9 @@ pub enum Event {
     /// Cluster mode: what another node's hub relayed (a session registered
     /// there, a typing state); see [`Relay`].
     Remote(Relay),
+    /// Cluster mode: another node's users in a room, or that node gone; the
+    /// room's presence is the union of the local users and these.
+    Peers(PeerPresence),
     /// `/who`: the room's presence, to this session only.
     Who {
         session: Uuid,
@@ -132,7 +135,7 @@ pub enum Event {
     },
 }
 
-pub use crate::protocol::Relay;
+pub use crate::protocol::{PeerPresence, Relay};
 
 /// One frame for several sessions: encoded once, the bytes shared.
 #[derive(Debug)]
@@ -176,6 +179,9 @@ pub struct Effects {
     pub joined: Option<Joined>,
     /// Cluster mode: for the other nodes.
     pub relay: Vec<Relay>,
+    /// Cluster mode: rooms whose set of local USERS (not sessions) changed;
+    /// the shell publishes each one's [`HubState::local_users`].
+    pub local_users: Vec<RoomName>,
 }
 
 impl Effects {
@@ -229,6 +235,9 @@ pub struct HubState {
     head: Cursor,
     /// Cluster mode: messages go through the replicated log; see `accept`.
     replicated: bool,
+    /// Cluster mode: other nodes' users per room, by node (kept while no
+    /// local session is in the room: a joiner sees them at once).
+    peers: HashMap<RoomName, BTreeMap<String, Vec<Username>>>,
 }
 
 impl HubState {
@@ -243,6 +252,7 @@ impl HubState {
             known_durable: VecDeque::new(),
             head,
             replicated: false,
+            peers: HashMap::new(),
         }
     }
 
@@ -294,6 +304,7 @@ impl HubState {
             Event::Remote(Relay::Typing { room, user, active }) => {
                 self.typing_here(&room, &user, active, &mut fx)
             }
+            Event::Peers(p) => self.peer_presence(p),
             Event::Who { session } => self.who(session, &mut fx),
             Event::Kick { user, family } => self.kick(&user, family, &mut fx),
             Event::Move { users } => users.iter().for_each(|u| self.move_away(u, &mut fx)),

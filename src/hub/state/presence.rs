@@ -1,12 +1,12 @@
 //! Presence (coalesced per room) and typing (2/s per user and room, the
 //! latest held-back state sent when the interval ends): the hub's timers.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use super::{Effects, HubState, Relay};
+use super::{Effects, HubState, PeerPresence, Relay};
 use crate::metrics::Out;
 use crate::protocol::frames::encode;
 use crate::protocol::{Frame, RoomName, ServerMsg, Username};
@@ -122,21 +122,88 @@ impl HubState {
         next
     }
 
+    /// Cluster mode: `room`'s local users changed; the shell publishes them.
+    pub(super) fn local_users_changed(&self, room: &RoomName, fx: &mut Effects) {
+        if self.replicated {
+            fx.local_users.push(room.clone());
+        }
+    }
+
+    /// This node's users in `room`, sorted (what it gossips).
+    pub fn local_users(&self, room: &RoomName) -> Vec<Username> {
+        self.rooms
+            .get(room)
+            .map(|r| r.members.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Another node's users in a room, or that node gone: a room whose union
+    /// changed gets a presence frame (coalesced as a local change is).
+    pub(super) fn peer_presence(&mut self, p: PeerPresence) {
+        match p {
+            PeerPresence::Users { node, room, users } => {
+                let before = self.everyone_named(&room);
+                let of_room = self.peers.entry(room.clone()).or_default();
+                if users.is_empty() {
+                    of_room.remove(&node);
+                } else {
+                    of_room.insert(node, users);
+                }
+                if of_room.is_empty() {
+                    self.peers.remove(&room);
+                }
+                self.dirty_if_changed(&room, before);
+            }
+            PeerPresence::Gone { node } => {
+                let rooms: Vec<RoomName> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, by_node)| by_node.contains_key(&node))
+                    .map(|(room, _)| room.clone())
+                    .collect();
+                for room in rooms {
+                    let before = self.everyone_named(&room);
+                    if let Some(of_room) = self.peers.get_mut(&room) {
+                        of_room.remove(&node);
+                        if of_room.is_empty() {
+                            self.peers.remove(&room);
+                        }
+                    }
+                    self.dirty_if_changed(&room, before);
+                }
+            }
+        }
+    }
+
+    /// Marks `room` for a presence frame if its union is not `before`.
+    fn dirty_if_changed(&mut self, room: &RoomName, before: BTreeSet<Username>) {
+        if self.everyone_named(room) != before
+            && let Some(r) = self.rooms.get_mut(room)
+        {
+            r.presence_dirty = true;
+        }
+    }
+
+    /// The room's presence: its users here and on every serving node.
+    fn everyone_named(&self, room: &RoomName) -> BTreeSet<Username> {
+        let mut all: BTreeSet<Username> = self.local_users(room).into_iter().collect();
+        if let Some(by_node) = self.peers.get(room) {
+            all.extend(by_node.values().flatten().cloned());
+        }
+        all
+    }
+
     fn presence_frame(&self, room: &RoomName) -> Frame {
-        let members = self.rooms.get(room).map(|r| &r.members);
-        let users: Vec<&str> = members
-            .map(|m| {
-                m.keys()
-                    .take(PRESENCE_MAX_USERS)
-                    .map(Username::as_str)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let count = members.map_or(0, BTreeMap::len);
+        let all = self.everyone_named(room);
+        let users: Vec<&str> = all
+            .iter()
+            .take(PRESENCE_MAX_USERS)
+            .map(Username::as_str)
+            .collect();
         encode(&ServerMsg::Presence {
             room: room.as_str(),
             users,
-            count,
+            count: all.len(),
         })
     }
 }

@@ -216,5 +216,6 @@ mod membership;
 mod messages;
 mod outbox;
 mod presence;
+mod presence_peers;
 mod remote;
 mod replicated;

@@ -138,6 +138,21 @@ pub async fn join_at(addr: SocketAddr, acct: &client::Account, room: &str) -> cl
     ws
 }
 
+/// Like [`join_at`], with a chosen client id (many sessions of one user).
+pub async fn join_at_as(
+    addr: SocketAddr,
+    acct: &client::Account,
+    room: &str,
+    client_id: &str,
+) -> client::WsClient {
+    let mut ws = client::join_here(addr, acct, room, Some(client_id), None)
+        .await
+        .unwrap();
+    ws.expect("welcome", T).await.unwrap();
+    ws.expect("history", T).await.unwrap();
+    ws
+}
+
 /// `GET /api/admin/cluster` at `addr`.
 pub async fn cluster_status(addr: SocketAddr) -> Value {
     let r = admin_request(addr, "GET", "/api/admin/cluster").await;
