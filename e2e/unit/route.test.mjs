@@ -79,7 +79,7 @@ test('before the first socket the route is asked at the page\'s node; the socket
   t.conn.stop();
 });
 
-test('a client that ignores the route opens its first socket at the page\'s node (what test 1 tells apart)', async () => {
+test('without a route to ask (no fetchRoute), the first socket goes to the page\'s node as before', async () => {
   const t = setup({ routeOff: true });
   t.conn.connect();
   await settle();
@@ -205,17 +205,21 @@ test('single node (route 404): the page\'s origin, and the route is not asked ag
   t.conn.connect();
   await settle();
   assert.deepEqual(t.asked, ['n1']);
-  t.all[0].welcome();
-  await settle();
-  t.setCursor('c-5');
-  t.all[0].serverClose(CLOSE.GOING_AWAY);
+  t.all[0].serverClose(CLOSE.ABNORMAL); // refused before any welcome (and its node list)
   await settle();
   await t.clock.advance(1000);
-  t.all[1].serverClose(CLOSE.ABNORMAL);
+  assert.deepEqual(t.asked, ['n1'], 'the route\'s own 404 is remembered');
+  t.all[1].welcome();
+  await settle();
+  t.setCursor('c-5');
+  t.all[1].serverClose(CLOSE.GOING_AWAY);
   await settle();
   await t.clock.advance(2000);
-  assert.deepEqual(t.all.map(hostOf), ['chat.test', 'chat.test', 'chat.test']);
-  assert.equal(t.all[2].url.searchParams.get('since'), 'c-5');
+  t.all[2].serverClose(CLOSE.ABNORMAL);
+  await settle();
+  await t.clock.advance(4000);
+  assert.deepEqual(t.all.map(hostOf), ['chat.test', 'chat.test', 'chat.test', 'chat.test']);
+  assert.equal(t.all[3].url.searchParams.get('since'), 'c-5');
   assert.deepEqual(t.asked, ['n1'], 'asked once');
   assert.deepEqual(t.moves, []);
   assert.equal(t.nodes.name(), null);
