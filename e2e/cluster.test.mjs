@@ -11,7 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import readline from 'node:readline';
 import {
-  launch, person, uniqueName, uniqueRoom, signup, send, messages, mine, waitFor, online, personButton,
+  launch, person, uniqueName, uniqueRoom, send, messages, mine, waitFor, online, personButton,
   roomHeading, connState, PASSWORD,
 } from './helpers.mjs';
 
@@ -81,66 +81,6 @@ async function ids(page) {
   return page.getByRole('log', { name: 'Messages' }).locator('li.msg').evaluateAll((els) => els.map((e) => e.dataset.id));
 }
 
-test('node 1 killed: the pages move to another node, the chat goes on with no gap and no duplicate', needsCluster, async (t) => {
-  const n1 = await node(t, 'n1');
-  const [n2, n3] = await Promise.all([node(t, 'n2', [n1.cluster]), node(t, 'n3', [n1.cluster])]);
-  await waitFor(async () => (await ready(n1)) && (await ready(n2)) && (await ready(n3)),
-    { timeout: 20000, what: 'three ready nodes' });
-
-  const room = uniqueRoom('fail');
-  const people = [];
-  for (const prefix of ['alice', 'bob']) {
-    // The server's CSP lists the peers' origins in connect-src: the page of
-    // node 1 may move its socket and fetches to node 2 (no bypass).
-    const p = await person(browser);
-    t.after(() => p.context.close().catch(() => {}));
-    const page = await p.context.newPage();
-    await page.goto(`${n1.base}/#${room}`);
-    const name = uniqueName(prefix);
-    await signup(page, name);
-    await roomHeading(page, room).waitFor();
-    people.push({ name, page, problems: p.problems });
-  }
-  const [a, b] = people;
-  await personButton(a.page, b.name).waitFor();
-  await personButton(b.page, a.name).waitFor();
-  for (const p of people) await serverNote(p.page).filter({ hasText: 'n1' }).waitFor();
-
-  const before = ['hello from alice', 'hello from bob'];
-  await send(a.page, before[0]);
-  await send(b.page, before[1]);
-  for (const p of people) for (const m of before) await messages(p.page, m).waitFor();
-
-  await n1.kill('SIGKILL');
-  // Written while the socket is down: kept and sent on the new node.
-  await send(a.page, 'during the move');
-  for (const p of people) {
-    await serverNote(p.page).filter({ hasNotText: 'n1' }).waitFor({ timeout: 20000 });
-    await online(p.page, 20000);
-  }
-  const moved = await serverNote(a.page).textContent();
-  assert.match(moved, /n[23]/);
-  await a.page.locator('#announcer').filter({ hasText: /Connection moved to server n[23]/ }).waitFor();
-
-  const after = ['after the move, alice', 'after the move, bob'];
-  await send(a.page, after[0]);
-  await send(b.page, after[1]);
-  const all = [...before, 'during the move', ...after];
-  for (const p of people) for (const m of all) await messages(p.page, m).waitFor({ timeout: 20000 });
-  for (const m of ['during the move', after[0]]) await mine(a.page, m).waitFor({ timeout: 20000 });
-  await mine(b.page, after[1]).waitFor({ timeout: 20000 });
-  // One more each way: once it has arrived, a duplicate of an earlier one
-  // (same socket, in order) would have too.
-  await send(a.page, 'last');
-  for (const p of people) await messages(p.page, 'last').waitFor({ timeout: 20000 });
-  for (const p of people) {
-    for (const m of [...all, 'last']) assert.equal(await messages(p.page, m).count(), 1, `${p.name} sees "${m}" once`);
-    const list = await ids(p.page);
-    assert.equal(new Set(list).size, list.length, 'ids unique');
-    assert.deepEqual(p.problems, []);
-  }
-});
-
 /** The home node `/api/cluster/route` names for the page's user, asked at node `n` (null: no answer). */
 async function routeAt(page, n) {
   return page.evaluate(async (base) => {
@@ -190,6 +130,65 @@ const hostOfUrl = (u) => new URL(u).host;
 async function texts(page) {
   return page.getByRole('log', { name: 'Messages' }).locator('li.msg .body').allTextContents();
 }
+
+test('node 1 killed: the pages move to another node, the chat goes on with no gap and no duplicate', needsCluster, async (t) => {
+  const n1 = await node(t, 'n1');
+  const [n2, n3] = await Promise.all([node(t, 'n2', [n1.cluster]), node(t, 'n3', [n1.cluster])]);
+  await waitFor(async () => (await ready(n1)) && (await ready(n2)) && (await ready(n3)),
+    { timeout: 20000, what: 'three ready nodes' });
+
+  const room = uniqueRoom('fail');
+  const people = [];
+  for (const prefix of ['alice', 'bob']) {
+    // Homed on n1 (users go to their home node), the node that dies. The
+    // server's CSP lists the peers' origins in connect-src: the page of node
+    // 1 may move its socket and fetches to node 2 (no bypass).
+    const p = await personHomed(t, n1, [n1, n2, n3], prefix, (h) => h === 'n1');
+    await p.page.goto(`${n1.base}/#${room}`);
+    await p.page.reload();
+    await roomHeading(p.page, room).waitFor();
+    await online(p.page, 20000);
+    people.push(p);
+  }
+  const [a, b] = people;
+  await personButton(a.page, b.name).waitFor();
+  await personButton(b.page, a.name).waitFor();
+  for (const p of people) await serverNote(p.page).filter({ hasText: 'n1' }).waitFor();
+
+  const before = ['hello from alice', 'hello from bob'];
+  await send(a.page, before[0]);
+  await send(b.page, before[1]);
+  for (const p of people) for (const m of before) await messages(p.page, m).waitFor();
+
+  await n1.kill('SIGKILL');
+  // Written while the socket is down: kept and sent on the new node.
+  await send(a.page, 'during the move');
+  for (const p of people) {
+    await serverNote(p.page).filter({ hasNotText: 'n1' }).waitFor({ timeout: 20000 });
+    await online(p.page, 20000);
+  }
+  const moved = await serverNote(a.page).textContent();
+  assert.match(moved, /n[23]/);
+  await a.page.locator('#announcer').filter({ hasText: /Connection moved to server n[23]/ }).waitFor();
+
+  const after = ['after the move, alice', 'after the move, bob'];
+  await send(a.page, after[0]);
+  await send(b.page, after[1]);
+  const all = [...before, 'during the move', ...after];
+  for (const p of people) for (const m of all) await messages(p.page, m).waitFor({ timeout: 20000 });
+  for (const m of ['during the move', after[0]]) await mine(a.page, m).waitFor({ timeout: 20000 });
+  await mine(b.page, after[1]).waitFor({ timeout: 20000 });
+  // One more each way: once it has arrived, a duplicate of an earlier one
+  // (same socket, in order) would have too.
+  await send(a.page, 'last');
+  for (const p of people) await messages(p.page, 'last').waitFor({ timeout: 20000 });
+  for (const p of people) {
+    for (const m of [...all, 'last']) assert.equal(await messages(p.page, m).count(), 1, `${p.name} sees "${m}" once`);
+    const list = await ids(p.page);
+    assert.equal(new Set(list).size, list.length, 'ids unique');
+    assert.deepEqual(p.problems, []);
+  }
+});
 
 test('the page from node 1 for a user homed on node 2 connects at node 2; node 2 killed: it reconnects at the new home with no gap', needsCluster, async (t) => {
   const n1 = await node(t, 'n1');
