@@ -209,8 +209,8 @@ test('the page from node 1 for a user homed on node 2 connects at node 2; node 2
     await roomHeading(p.page, room).waitFor();
     await online(p.page, 20000);
   }
-  await personButton(a.page, b.name).waitFor();
-  await personButton(b.page, a.name).waitFor();
+  // (Not waiting for each other in the people list: presence across nodes
+  // is not what this test is about.)
 
   // The route, not a redirect and a retry: Alice's very first socket is at
   // n2 (a client that ignores the route tries n1 first, gets a 307 it cannot
