@@ -314,6 +314,11 @@ pub struct Config {
     /// tests and operators who measured; the default suits most.
     #[arg(long, env = "HUBBUB_SNAPSHOT_EVERY", default_value_t = SNAPSHOT_EVERY, hide = true)]
     pub snapshot_every: u64,
+    /// Cluster mode, for tests: leave this node off this node's ring of
+    /// homes, as if it had not heard the node join yet (two nodes with
+    /// different views of the ring). Hidden: never useful in production.
+    #[arg(long, env = "HUBBUB_RING_EXCLUDE", hide = true)]
+    pub ring_exclude: Option<String>,
 }
 
 impl Config {

@@ -236,6 +236,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
         tokio::spawn(close_when_not_serving(view.readiness(), hub.clone()));
         tokio::spawn(live::to_peers(relay_rx, view.clone()));
         tokio::spawn(live::from_peers(live_rx, hub.clone()));
+        tokio::spawn(live::move_users(view.clone(), hub.clone()));
     }
 
     let sessions_stop = CancellationToken::new();
@@ -437,6 +438,7 @@ fn cluster_flags(cfg: &Config, url: &str) -> anyhow::Result<Option<ClusterConfig
         bootstrap_expect: cfg.bootstrap_expect,
         data_dir: cfg.data_dir.clone(),
         snapshot_every: cfg.snapshot_every,
+        ring_exclude: cfg.ring_exclude.clone(),
     }))
 }
 

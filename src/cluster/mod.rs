@@ -10,6 +10,8 @@
 //! - `live`: what sessions tell other nodes over the links (a session
 //!   registered: anti-zombie kicks; typing), and typing stopped when a
 //!   node dies.
+//! - `ring`: where each user is homed (a consistent-hash ring over the
+//!   serving members).
 //! - `raft`: the replicated log (openraft): its log and vote in sled trees
 //!   of the store's database.
 
@@ -20,6 +22,7 @@ pub mod keys;
 pub mod link;
 pub mod live;
 pub mod raft;
+pub mod ring;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +74,8 @@ pub struct ClusterConfig {
     pub data_dir: PathBuf,
     /// `--snapshot-every`: log entries between snapshots.
     pub snapshot_every: u64,
+    /// `--ring-exclude` (tests): a node left off this node's ring.
+    pub ring_exclude: Option<String>,
 }
 
 /// A running cluster membership. `view()` is what the rest of the server reads.
@@ -96,6 +101,7 @@ pub struct ClusterView {
     links: Links,
     shared: Arc<Shared>,
     metrics: Arc<ClusterMetrics>,
+    ring: watch::Receiver<Arc<ring::Ring>>,
 }
 
 /// One member as `/api/admin/cluster` shows it.
@@ -204,6 +210,16 @@ impl ClusterView {
         live::broadcast(&self.links, &self.metrics, note);
     }
 
+    /// `user`'s home node on the current ring (`None`: no node serves).
+    pub fn home(&self, user: &str) -> Option<ring::Home> {
+        self.ring.borrow().home(user).cloned()
+    }
+
+    /// The ring, changing when the serving members change.
+    pub fn ring(&self) -> watch::Receiver<Arc<ring::Ring>> {
+        self.ring.clone()
+    }
+
     /// `(node, url)` of every live, ready node: where clients may connect.
     pub fn serving(&self) -> Vec<(String, String)> {
         self.members
@@ -289,6 +305,13 @@ impl Cluster {
         });
         let stop = CancellationToken::new();
         tokio::spawn(live::watch_deaths(inbox, stop.clone()));
+        let (ring_tx, ring_rx) = watch::channel(Arc::new(ring::Ring::default()));
+        tokio::spawn(ring::follow(
+            gossip.view(),
+            ring_tx,
+            cfg.ring_exclude.clone(),
+            stop.clone(),
+        ));
         let readiness = tokio::spawn(readiness(
             log.raft().clone(),
             gossip.publisher(),
@@ -305,6 +328,7 @@ impl Cluster {
             links: links.clone(),
             shared: shared.clone(),
             metrics: deps.metrics.clone(),
+            ring: ring_rx,
         };
         tracing::info!(%addr, %advertise, generation, "cluster started");
         Ok(Self {

@@ -1,12 +1,15 @@
-//! The cluster's endpoints. Without cluster mode both answer 404, as before
-//! they existed.
+//! The cluster's endpoints and the upgrade's redirect to a user's home node.
+//! Without cluster mode the endpoints answer 404, as before they existed.
 
-use warp::http::{HeaderMap, StatusCode};
+use std::collections::HashMap;
+
+use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
 use super::AppState;
 use super::api::{admin_ok, identify};
 use super::reply;
+use crate::cluster::ClusterView;
 use crate::protocol::ErrorCode;
 
 /// `GET /api/admin/cluster` (admin token): this node and every member it
@@ -65,4 +68,89 @@ pub async fn remove(node: String, state: AppState, headers: HeaderMap) -> Respon
         ),
         Err(e) => reply::error(ErrorCode::Conflict, &e),
     }
+}
+
+/// `GET /api/cluster/route` (logged in): where the caller's socket belongs,
+/// `{"url": "wss://…/ws", "node": "…"}`. Browsers do not follow a redirect
+/// on a WebSocket handshake, so the web client asks this first.
+pub async fn route(state: AppState, headers: HeaderMap) -> Response {
+    let who = match identify(&state, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let Some(c) = &state.cluster else {
+        return reply::error(ErrorCode::NotFound, "not in cluster mode");
+    };
+    match c.home(who.username.as_str()) {
+        Some(home) => reply::json(
+            StatusCode::OK,
+            &serde_json::json!({ "url": home.ws_url(), "node": home.node }),
+        ),
+        None => reply::error(
+            ErrorCode::Unavailable,
+            "no node serves right now: try again shortly",
+        ),
+    }
+}
+
+/// Where `user`'s upgrade is served. `Ok(away)`: here — `away` when this
+/// node is not its home but serves it anyway: the request was redirected
+/// already (it carries `from`). That is the loop shield: two nodes that
+/// disagree about the ring (one still counts a node the other saw die)
+/// redirect a client at most once, never back and forth or on to a third;
+/// a request `from` the very node this ring names is the common case of
+/// it. `Err`: 307 to the home node's `/ws`, same query plus
+/// `from=<this node>`.
+pub fn place(
+    cluster: &ClusterView,
+    user: &str,
+    query: &HashMap<String, String>,
+) -> Result<bool, Response> {
+    let Some(home) = cluster.home(user) else {
+        return Ok(false);
+    };
+    if home.node == *cluster.node {
+        return Ok(false);
+    }
+    if query.get("from").is_some_and(|f| !f.is_empty()) {
+        return Ok(true);
+    }
+    let mut pairs: Vec<(&str, &str)> = query
+        .iter()
+        .filter(|(k, _)| k.as_str() != "from")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    pairs.sort_unstable();
+    pairs.push(("from", &cluster.node));
+    let q: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
+        .collect();
+    let location = format!("{}?{}", home.ws_url(), q.join("&"));
+    let mut resp = reply::json(
+        StatusCode::TEMPORARY_REDIRECT,
+        &serde_json::json!({ "url": location, "node": home.node }),
+    );
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            resp.headers_mut().insert(header::LOCATION, v);
+            Err(resp)
+        }
+        // A URL made of an advertised URL and escaped pairs is a valid
+        // header value; if a peer advertised something odd, serve here.
+        Err(_) => Ok(true),
+    }
+}
+
+/// Percent-encodes all but RFC 3986's unreserved characters.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -208,6 +208,11 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(s())
         .and(headers())
         .then(cluster::nodes);
+    let cluster_route = warp::path!("api" / "cluster" / "route")
+        .and(get())
+        .and(s())
+        .and(headers())
+        .then(cluster::route);
     let web = match state.web_dir.clone() {
         Some(dir) => get().and(web::from_dir(dir)).boxed(),
         None => get()
@@ -244,6 +249,8 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(admin_cluster)
         .unify()
         .or(cluster_nodes)
+        .unify()
+        .or(cluster_route)
         .unify()
         .or(cluster_remove)
         .unify()

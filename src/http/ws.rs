@@ -100,6 +100,14 @@ fn decide(
             }
         },
     };
+    // Cluster mode: a user is served by its home node (see `cluster::ring`).
+    let away = match &state.cluster {
+        None => false,
+        Some(c) => match super::cluster::place(c, identity.username.as_str(), &query) {
+            Ok(away) => away,
+            Err(to) => return (Upgrade::Redirect, to),
+        },
+    };
     let Some(accept) = handshake_key(&headers) else {
         return (
             Upgrade::BadRequest,
@@ -121,6 +129,7 @@ fn decide(
         room,
         client,
         since: query.get("since").cloned(),
+        away,
     };
     let ctx = state.sessions.clone();
     let max = ctx.cfg.max_frame;

@@ -52,6 +52,11 @@ enum HubCmd {
         room: RoomName,
         reply: oneshot::Sender<Vec<Arc<StoredMsg>>>,
     },
+    /// The users with a session served here as at home (cluster mode: who
+    /// might have to move).
+    Users {
+        reply: oneshot::Sender<Vec<Username>>,
+    },
     /// Readiness probe: answered at once.
     Ping { reply: oneshot::Sender<()> },
 }
@@ -145,6 +150,21 @@ impl HubHandle {
         self.send(HubCmd::Event(Event::Kick { user, family })).await
     }
 
+    /// The users with a session on this node served as at home (not
+    /// `SessionLink::away`).
+    pub async fn homed_users(&self) -> Result<Vec<Username>, InternalError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(HubCmd::Users { reply }).await?;
+        rx.await.map_err(|_| InternalError::Stopped)
+    }
+
+    /// Cluster mode: `users`' home moved to another node; their sessions
+    /// here served as at home close with 1001 (their clients reconnect
+    /// there with `since`).
+    pub async fn move_users(&self, users: Vec<Username>) -> Result<(), InternalError> {
+        self.send(HubCmd::Event(Event::Move { users })).await
+    }
+
     pub async fn pending(&self, room: RoomName) -> Result<Vec<Arc<StoredMsg>>, InternalError> {
         let (reply, rx) = oneshot::channel();
         self.send(HubCmd::Pending { room, reply }).await?;
@@ -218,6 +238,9 @@ impl Shell {
             HubCmd::Event(ev) => self.event(ev, now),
             HubCmd::Pending { room, reply } => {
                 let _ = reply.send(self.state.pending(&room));
+            }
+            HubCmd::Users { reply } => {
+                let _ = reply.send(self.state.homed_users());
             }
             HubCmd::Ping { reply } => {
                 let _ = reply.send(());

@@ -18,6 +18,9 @@ pub struct SessionLink {
     pub room: RoomName,
     /// The refresh-token family of the access token it connected with.
     pub family: Option<Uuid>,
+    /// Cluster mode: served here although this node is not its home (the
+    /// loop shield, or placed with `from=`): never moved when homes move.
+    pub away: bool,
     /// Bounded (the session queue), one item per hub turn: every frame the
     /// session gets in one turn travels together, so a burst counts once.
     /// Full → the session is evicted with 4002.
@@ -58,6 +61,7 @@ impl Outbox {
             client,
             room,
             family,
+            away,
             out_tx,
             close_tx,
         } = link;
@@ -75,6 +79,7 @@ impl Outbox {
             client,
             room,
             family,
+            away,
         }
     }
 

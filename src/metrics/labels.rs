@@ -74,6 +74,8 @@ label_enum! {
         TooManySessions => "too_many_sessions",
         /// Its token family was revoked or its user disabled (1008).
         Revoked => "revoked",
+        /// Cluster mode: its user's home moved to another node (1001).
+        Moved => "moved",
     }
 }
 
@@ -98,6 +100,8 @@ label_enum! {
         /// Refused: cluster mode, and this node is not serving (no majority
         /// with a leader, or not caught up).
         NotServing => "not_serving",
+        /// Answered 307: cluster mode, and the user's home is another node.
+        Redirect => "redirect",
     }
 }
 

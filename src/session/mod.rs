@@ -63,6 +63,8 @@ pub struct JoinRequest {
     pub room: RoomName,
     pub client: ClientId,
     pub since: Option<String>,
+    /// Cluster mode: served here although this node is not its home.
+    pub away: bool,
 }
 
 /// Closes an upgraded socket that is not joined after all (cluster mode: a
@@ -116,6 +118,7 @@ where
         client: req.client.clone(),
         room: req.room.clone(),
         family: req.identity.family,
+        away: req.away,
         out_tx: out_tx.clone(),
         close_tx: close_tx.clone(),
     };

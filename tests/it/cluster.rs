@@ -450,7 +450,7 @@ async fn a_join_on_a_node_that_is_behind_honours_since_from_another_node() {
     let behind_addr = behind.addr();
     let (acct2, cursor2) = (acct.clone(), cursor.clone());
     let join = tokio::spawn(async move {
-        client::join(behind_addr, &acct2, "lobby", None, Some(&cursor2)).await
+        client::join_here(behind_addr, &acct2, "lobby", None, Some(&cursor2)).await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal(behind, libc::SIGCONT);

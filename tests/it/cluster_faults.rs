@@ -360,7 +360,7 @@ async fn a_resume_while_the_leader_is_frozen_waits_for_the_next_one() {
     let (acct, cursor) = resume_at(&nodes, at).await;
     signal(&nodes[leader], libc::SIGSTOP);
     let t0 = Instant::now();
-    let mut ws = hubbub_client::join(nodes[at].addr(), &acct, "lobby", None, Some(&cursor))
+    let mut ws = hubbub_client::join_here(nodes[at].addr(), &acct, "lobby", None, Some(&cursor))
         .await
         .unwrap();
     let welcome = ws.expect("welcome", FORM_BOUND).await;
@@ -384,7 +384,7 @@ async fn a_resume_that_cannot_catch_up_is_closed_before_welcome() {
     let (acct, cursor) = resume_at(&nodes, 2).await;
     signal(&nodes[0], libc::SIGSTOP);
     signal(&nodes[1], libc::SIGSTOP);
-    let ws = hubbub_client::join(nodes[2].addr(), &acct, "lobby", None, Some(&cursor)).await;
+    let ws = hubbub_client::join_here(nodes[2].addr(), &acct, "lobby", None, Some(&cursor)).await;
     let first = match ws {
         Ok(mut ws) => ws.recv(FORM_BOUND).await,
         Err(e) => panic!("the upgrade within 3 s of losing the majority: {e}"),

@@ -22,7 +22,7 @@ async fn join_as(
     room: &str,
     client_id: &str,
 ) -> client::WsClient {
-    let mut ws = client::join(addr, acct, room, Some(client_id), None)
+    let mut ws = client::join_here(addr, acct, room, Some(client_id), None)
         .await
         .unwrap();
     ws.expect("welcome", T).await.unwrap();

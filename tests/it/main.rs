@@ -19,6 +19,7 @@ mod chat;
 mod cluster;
 mod cluster_faults;
 mod cluster_live;
+mod cluster_route;
 mod cluster_snapshot;
 mod commands;
 mod contract_gaps;

@@ -108,6 +108,15 @@ impl Endpoint {
         self
     }
 
+    /// The same settings (TLS roots, source address) at another address:
+    /// another node of a cluster.
+    pub fn at(&self, addr: SocketAddr) -> Self {
+        Endpoint {
+            addr,
+            ..self.clone()
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
     }

@@ -21,10 +21,13 @@ pub struct WsClient {
     pub ws: WebSocketStream<Box<dyn Io>>,
 }
 
-/// Why an upgrade did not happen: the HTTP status (401, 403, 307, …) or a transport error.
+/// Why an upgrade did not happen: the HTTP status (401, 403, …), a redirect
+/// not followed, or a transport error.
 #[derive(Debug)]
 pub enum ConnectError {
     Status(u16, Option<String>),
+    /// A 307 (cluster mode: the user's home is another node): its `Location`.
+    Redirect(String),
     Other(anyhow::Error),
 }
 
@@ -32,6 +35,7 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Status(s, _) => write!(f, "upgrade refused with {s}"),
+            ConnectError::Redirect(to) => write!(f, "redirected to {to}"),
             ConnectError::Other(e) => write!(f, "{e:#}"),
         }
     }
@@ -39,18 +43,40 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-/// Opens `/ws?{query}` with the given extra headers (cookie, origin, …).
+/// Redirects [`connect`] follows. A cluster redirects a client at most once
+/// (its loop shield); more than this is a loop.
+pub const MAX_REDIRECTS: usize = 3;
+
+/// Opens `/ws?{query}` with the given extra headers (cookie, origin, …),
+/// following a cluster's 307 to the user's home node, `Location` as given.
 pub async fn connect(
     ep: impl Into<Endpoint>,
     query: &str,
     headers: &[(&str, &str)],
 ) -> Result<WsClient, ConnectError> {
-    let ep = ep.into();
+    let mut ep = ep.into();
+    let mut target = format!("/ws{}{query}", if query.is_empty() { "" } else { "?" });
+    for _ in 0..MAX_REDIRECTS {
+        match upgrade(&ep, &target, headers).await {
+            Err(ConnectError::Redirect(to)) => {
+                (ep, target) = follow(&ep, &to).await.map_err(ConnectError::Other)?;
+            }
+            done => return done,
+        }
+    }
+    upgrade(&ep, &target, headers).await
+}
+
+/// One upgrade of `target` (path and query) at `ep`; a 307 is not followed.
+pub async fn upgrade(
+    ep: &Endpoint,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Result<WsClient, ConnectError> {
     let addr = ep.addr;
     let url = format!(
-        "{}://{addr}/ws{}{query}",
-        if ep.is_tls() { "wss" } else { "ws" },
-        if query.is_empty() { "" } else { "?" }
+        "{}://{addr}{target}",
+        if ep.is_tls() { "wss" } else { "ws" }
     );
     let mut req = url
         .into_client_request()
@@ -68,6 +94,13 @@ pub async fn connect(
     match tokio_tungstenite::client_async_with_config(req, tcp, Some(config)).await {
         Ok((ws, _)) => Ok(WsClient { ws }),
         Err(tungstenite::Error::Http(resp)) => {
+            let location = resp
+                .headers()
+                .get(tungstenite::http::header::LOCATION)
+                .and_then(|v| v.to_str().ok());
+            if let (307, Some(to)) = (resp.status().as_u16(), location) {
+                return Err(ConnectError::Redirect(to.to_owned()));
+            }
             let body = resp
                 .body()
                 .as_ref()
@@ -76,6 +109,25 @@ pub async fn connect(
         }
         Err(e) => Err(ConnectError::Other(e.into())),
     }
+}
+
+/// Where a `Location` (`wss://host:port/ws?…`) points: the same endpoint's
+/// TLS settings at that address, and the path with its query.
+async fn follow(ep: &Endpoint, location: &str) -> anyhow::Result<(Endpoint, String)> {
+    let (scheme, rest) = location
+        .split_once("://")
+        .with_context(|| format!("a relative Location: {location}"))?;
+    if (scheme == "wss") != ep.is_tls() || !matches!(scheme, "ws" | "wss") {
+        bail!("a Location of another scheme: {location}");
+    }
+    let (authority, target) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let addr = tokio::net::lookup_host(authority)
+        .await
+        .with_context(|| format!("resolving {authority}"))?
+        .next()
+        .with_context(|| format!("no address for {authority}"))?;
+    let target = if target.is_empty() { "/" } else { target };
+    Ok((ep.at(addr), target.to_owned()))
 }
 
 /// Connects as `account` to `room` with optional client id and `since`.
@@ -87,6 +139,54 @@ pub async fn join(
     since: Option<&str>,
 ) -> anyhow::Result<WsClient> {
     let mut q = format!("room={room}");
+    if let Some(c) = client {
+        q.push_str(&format!("&client={c}"));
+    }
+    if let Some(s) = since {
+        q.push_str(&format!("&since={s}"));
+    }
+    let cookie = account.cookie_header();
+    connect(ep, &q, &[("cookie", &cookie)])
+        .await
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// Cluster mode: the caller's home node as the node at `ep` sees it
+/// (`GET /api/cluster/route`): its name and its socket URL.
+pub async fn route(ep: impl Into<Endpoint>, account: &Account) -> anyhow::Result<(String, String)> {
+    let cookie = account.cookie_header();
+    let r = crate::http::request(
+        ep,
+        "GET",
+        "/api/cluster/route",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await?;
+    if r.status != 200 {
+        bail!("/api/cluster/route answered {}: {}", r.status, r.body);
+    }
+    let v = r.json();
+    match (v["node"].as_str(), v["url"].as_str()) {
+        (Some(n), Some(u)) => Ok((n.to_owned(), u.to_owned())),
+        _ => bail!("/api/cluster/route answered {}", r.body),
+    }
+}
+
+/// Joins at `ep` itself even when the user's home is another node: `from=`
+/// names the home that node's ring chose, which its loop shield accepts.
+/// For tools and tests that place sessions on purpose (any node serves any
+/// user); clients should use [`join`] and go home.
+pub async fn join_here(
+    ep: impl Into<Endpoint>,
+    account: &Account,
+    room: &str,
+    client: Option<&str>,
+    since: Option<&str>,
+) -> anyhow::Result<WsClient> {
+    let ep = ep.into();
+    let (home, _) = route(&ep, account).await?;
+    let mut q = format!("room={room}&from={home}");
     if let Some(c) = client {
         q.push_str(&format!("&client={c}"));
     }

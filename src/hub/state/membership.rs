@@ -54,6 +54,27 @@ impl HubState {
         }
     }
 
+    /// `user`'s home is another node now: its sessions here that were
+    /// served as at home close with 1001.
+    pub(super) fn move_away(&mut self, user: &Username, fx: &mut Effects) {
+        for id in self.user_sessions(user, |_, s| !s.away) {
+            fx.counts.push(Count::Eviction(Eviction::Moved));
+            self.remove_session(id, Some(CloseCode::GoingAway), fx);
+        }
+    }
+
+    /// The users with a session here served as at home (not away).
+    pub(crate) fn homed_users(&self) -> Vec<Username> {
+        self.by_user
+            .iter()
+            .filter(|(_, ids)| {
+                ids.iter()
+                    .any(|id| self.sessions.get(id).is_some_and(|s| !s.away))
+            })
+            .map(|(u, _)| u.clone())
+            .collect()
+    }
+
     /// Another node registered a session for (user, client) at `kick`
     /// (ms, session id): this node's sessions with the same (user, client)
     /// registered before it close with 4001. A later one stays (it will

@@ -79,6 +79,8 @@ pub enum Event {
         room: RoomName,
         /// The refresh-token family of the access token it connected with.
         family: Option<Uuid>,
+        /// Served away from its home node (see `SessionLink::away`).
+        away: bool,
     },
     /// The session ended by itself: removed without a close code.
     Leave {
@@ -107,6 +109,11 @@ pub enum Event {
     Kick {
         user: Username,
         family: Option<Uuid>,
+    },
+    /// Cluster mode: these users' home moved to another node: their
+    /// sessions here close with 1001 and reconnect there.
+    Move {
+        users: Vec<Username>,
     },
     /// What the storage writer reports: messages durable or failed, receipts
     /// that moved forward.
@@ -185,6 +192,8 @@ struct Session {
     client: ClientId,
     room: RoomName,
     family: Option<Uuid>,
+    /// Served away from its home node: not moved when homes move.
+    away: bool,
     /// Wall-clock ms of the join: orders it against another node's session
     /// with the same (user, client) (see [`Relay::Joined`]).
     joined_ms: u64,
@@ -254,12 +263,14 @@ impl HubState {
                 client,
                 room,
                 family,
+                away,
             } => {
                 let s = Session {
                     user,
                     client,
                     room,
                     family,
+                    away,
                     joined_ms: now.ms,
                 };
                 self.join(session, s, &mut fx);
@@ -285,6 +296,7 @@ impl HubState {
             }
             Event::Who { session } => self.who(session, &mut fx),
             Event::Kick { user, family } => self.kick(&user, family, &mut fx),
+            Event::Move { users } => users.iter().for_each(|u| self.move_away(u, &mut fx)),
             Event::Storage(StorageEvent::Durable(msgs)) => {
                 msgs.into_iter().for_each(|m| self.durable(m, &mut fx))
             }

@@ -78,6 +78,7 @@ fn kick_closes_one_family_or_all_of_a_users_sessions() {
             client: ClientId::parse(client).unwrap(),
             room: RoomName::parse("lobby").unwrap(),
             family,
+            away: false,
         });
         Sess(id)
     };

@@ -91,6 +91,7 @@ impl Fixture {
             client: ClientId::parse(client).unwrap(),
             room: RoomName::parse(room).unwrap(),
             family: None,
+            away: false,
         });
         self.last_join = fx.joined.take();
         Sess(id)

@@ -17,6 +17,7 @@ fn link(queue: usize) -> Ends {
         client: ClientId::parse("a").unwrap(),
         room: RoomName::parse("lobby").unwrap(),
         family: None,
+        away: false,
         out_tx,
         close_tx,
     };

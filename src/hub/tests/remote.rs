@@ -34,6 +34,7 @@ fn a_join_is_relayed_with_its_session_and_time() {
         client: ClientId::parse("tab1").unwrap(),
         room: RoomName::parse("lobby").unwrap(),
         family: None,
+        away: false,
     });
     assert_eq!(
         fx.relay,

@@ -322,7 +322,7 @@ impl Client {
                 let since = self.last_cursor.clone();
                 let Ok(Ok(mut ws)) = tokio::time::timeout(
                     T,
-                    client::join(addr, &self.accts[i], ROOM, None, since.as_deref()),
+                    client::join_here(addr, &self.accts[i], ROOM, None, since.as_deref()),
                 )
                 .await
                 else {

@@ -127,9 +127,12 @@ pub async fn user_at(addr: SocketAddr, name: &str) -> client::Account {
     client::signup_or_login(addr, name, PASSWORD).await.unwrap()
 }
 
-/// Joins `room` at the node at `addr`; waits for `welcome` and `history`.
+/// Joins `room` at the node at `addr`, wherever the user's home is (see
+/// `client::join_here`); waits for `welcome` and `history`.
 pub async fn join_at(addr: SocketAddr, acct: &client::Account, room: &str) -> client::WsClient {
-    let mut ws = client::join(addr, acct, room, None, None).await.unwrap();
+    let mut ws = client::join_here(addr, acct, room, None, None)
+        .await
+        .unwrap();
     ws.expect("welcome", T).await.unwrap();
     ws.expect("history", T).await.unwrap();
     ws
