@@ -33,7 +33,8 @@ export function setBase(url) {
   base = url && url.replace(/\/+$/, '') !== location.origin ? url.replace(/\/+$/, '') : '';
 }
 
-async function call(method, path, body) {
+// `timeoutMs`: give up (like an unreachable server) after that long.
+async function call(method, path, body, timeoutMs = 0) {
   let res;
   try {
     res = await fetch(base + path, {
@@ -42,6 +43,7 @@ async function call(method, path, body) {
       headers: body === undefined ? {} : { 'content-type': 'application/json' },
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: 'no-store',
+      signal: timeoutMs ? AbortSignal.timeout(timeoutMs) : undefined,
     });
   } catch (e) {
     throw new ApiError(0, 'network', 'The server cannot be reached.');
@@ -76,6 +78,24 @@ export async function clusterNodes() {
   try {
     const r = await call('GET', '/api/cluster/nodes');
     return r && Array.isArray(r.nodes) ? r.nodes : [];
+  } catch (e) {
+    if (e.status === 404) return null;
+    throw e;
+  }
+}
+
+// The socket waits for the route's answer: a node that takes this long is
+// treated as unreachable (the next node of the ring is asked).
+const ROUTE_TIMEOUT_MS = 5000;
+
+/**
+ * The caller's home node ({url, node}: its socket URL and name), asked at
+ * the node in use; null on a single node (404). Rejects with an ApiError,
+ * `status` 0 when the node cannot be reached, 503 when it knows no serving node.
+ */
+export async function clusterRoute() {
+  try {
+    return await call('GET', '/api/cluster/route', undefined, ROUTE_TIMEOUT_MS);
   } catch (e) {
     if (e.status === 404) return null;
     throw e;

@@ -40,6 +40,8 @@ const body = document.body;
 // The cluster's nodes, kept across rooms; the API follows the socket's node.
 const nodes = new NodeList({
   fetchNodes: api.clusterNodes,
+  // Asked before each socket: the user's home node (see nodes.js).
+  fetchRoute: api.clusterRoute,
   origin: location.origin,
   onMove: (n) => api.setBase(n ? n.url : ''),
   // The list comes after the welcome: the node's name is known only then.

@@ -6,7 +6,9 @@
 // list is refreshed on every welcome and every 30 s while online, and a
 // socket closed with 1001 or one that fails to open (network error, 503)
 // sends the next attempt to the next node, with the usual backoff, resuming
-// with `since`.
+// with `since`. Before each socket the NodeList's route is asked where the
+// user's home node is (a browser cannot follow the 307 a non-home node
+// answers the upgrade with), and the socket goes there.
 //
 // Seams for node's unit tests: `WebSocket` (the constructor), `timers`
 // (now/setTimeout/.../clearInterval), `env` (online state, `online`/`offline`
@@ -74,6 +76,7 @@ export class Connection {
     if (!this.env) this.env = browserEnv();
     const t = this.timers;
     this.ws = null;
+    this.tries = 0;
     this.state = 'idle';
     this.attempt = 0;
     this.stopped = false;
@@ -106,13 +109,19 @@ export class Connection {
     this.onState(state, info);
   }
 
-  url() {
-    // The node in use, or (single node, or none chosen yet) the page's own.
-    const at = this.nodes && this.nodes.current ? new URL(this.nodes.current.url) : this.env.location();
-    const proto = at.protocol === 'https:' ? 'wss:' : 'ws:';
+  /** The socket's URL: `routed` (a route answer's) as given, else the node in use's. */
+  url(routed = null) {
     const q = new URLSearchParams({ room: this.room, client: this.clientId });
     const since = this.since();
     if (since) q.set('since', since);
+    if (routed) {
+      const u = new URL(routed);
+      u.search = q.toString();
+      return u.href;
+    }
+    // The node in use, or (single node, or none chosen yet) the page's own.
+    const at = this.nodes && this.nodes.current ? new URL(this.nodes.current.url) : this.env.location();
+    const proto = at.protocol === 'https:' ? 'wss:' : 'ws:';
     return `${proto}//${at.host}/ws?${q}`;
   }
 
@@ -134,9 +143,26 @@ export class Connection {
     this.detach();
     const quiet = this.attempt === 0 && (this.state === 'idle' || this.renewing);
     this.setState(quiet ? 'connecting' : 'reconnecting', { attempt: this.attempt });
+    if (!this.nodes || !this.nodes.routed) {
+      this.openSocket(this.url());
+      return;
+    }
+    // The route is asked first; anything that detaches meanwhile (stop, a
+    // newer connect, going offline) bumps `tries` and the answer is dropped.
+    const tries = this.tries;
+    this.nodes.route().then((routed) => {
+      if (this.stopped || tries !== this.tries) return;
+      this.openSocket(this.url(routed));
+    }, () => {
+      if (this.stopped || tries !== this.tries) return;
+      this.openSocket(this.url());
+    });
+  }
+
+  openSocket(url) {
     let ws;
     try {
-      ws = new this.WebSocket(this.url());
+      ws = new this.WebSocket(url);
     } catch (e) {
       this.renewing = false;
       this.scheduleRetry();
@@ -311,6 +337,7 @@ export class Connection {
   }
 
   detach() {
+    this.tries += 1; // a route answer on its way is for an attempt that is over
     const ws = this.ws;
     this.ws = null;
     this.requeue();
