@@ -46,7 +46,7 @@ fn https(nodes: &[Node]) -> Vec<SocketAddr> {
 }
 
 /// Restarts `nodes[i]` (same name and data dir) seeded with the others.
-async fn restart(
+pub(super) async fn restart(
     args: &Args,
     bin: &Path,
     root: &Path,

@@ -87,14 +87,20 @@ async fn join_timed(
     let placed = net::placed(ep, path, Some(acct)).await?;
     let cookie = acct.cookie_header();
     let upgrade = Instant::now();
-    let mut ws = net::ws_connect(ep, &placed, Some(&cookie), args.read_buffer).await?;
+    let ws = net::ws_connect(ep, &placed, Some(&cookie), args.read_buffer).await?;
+    let (ws, _) = welcome(ws).await?;
+    Ok((ws, upgrade, Instant::now()))
+}
+
+/// `ws` once its `welcome` arrived, and the `welcome`.
+pub(super) async fn welcome(mut ws: Ws) -> anyhow::Result<(Ws, Value)> {
     loop {
         let m = tokio::time::timeout(LIMIT, ws.next())
             .await
             .context("timed out waiting for welcome")?;
         match m {
             Some(Ok(Message::Text(t))) if t.as_str().starts_with("{\"type\":\"welcome\"") => {
-                return Ok((ws, upgrade, Instant::now()));
+                return Ok((ws, serde_json::from_str(t.as_str())?));
             }
             Some(Ok(Message::Close(f))) => bail!("closed before welcome: {f:?}"),
             Some(Ok(_)) => {}
@@ -105,7 +111,7 @@ async fn join_timed(
 }
 
 /// Reads `ws` until it closes: when, and the close code.
-async fn close_of(mut ws: Ws) -> anyhow::Result<(Instant, Option<u16>)> {
+pub(super) async fn close_of(mut ws: Ws) -> anyhow::Result<(Instant, Option<u16>)> {
     loop {
         let m = tokio::time::timeout(LIMIT, ws.next())
             .await

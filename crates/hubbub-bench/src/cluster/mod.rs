@@ -15,6 +15,8 @@
 //! - `gossip`: gossip bytes/s per node over `--gossip-secs` idle (cluster only).
 //! - `kick`: `--kicks` (default 20) times, one (user, client id) on node A
 //!   replaced from node B: B's `welcome` → A's 4001 (cluster only).
+//! - `move`: `--kills` SIGTERMs of a client's home: its 1001 → its
+//!   `welcome` at the new home (cluster only).
 //!
 //! Sessions a measurement puts on a given node are placed there with
 //! `from=` (`net::placed`); a cluster would otherwise redirect each to its
@@ -23,6 +25,7 @@
 mod faults;
 mod kick;
 mod load;
+mod moved;
 mod nodes;
 
 use std::time::Duration;
@@ -63,6 +66,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
         "detection",
         "gossip",
         "kick",
+        "move",
     ];
     if !known.contains(&what) {
         bail!("--what must be one of {known:?}");
@@ -114,6 +118,10 @@ async fn on_three(
         "kick" => {
             let acct = one_account(args, &three[0].ep()).await?;
             kick::kick(args, three, &acct).await
+        }
+        "move" => {
+            let accts = load::accounts(args, &three[0].ep(), 10).await?;
+            moved::moved(args, bin, root, three, &accts).await
         }
         "gossip" => {
             // Let the join traffic settle first.
