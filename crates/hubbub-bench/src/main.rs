@@ -147,10 +147,10 @@ pub struct Args {
     /// Seed of the fuzz's case generator (the same seed repeats the same cases per connection).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Cluster measurement: latency, saved, max, fanout, failover, detection, gossip, kick.
+    /// Cluster measurement: latency, saved, max, fanout, failover, detection, gossip, kick, move.
     #[arg(long, default_value = "latency")]
     pub what: String,
-    /// kill -9s in the cluster's failover and detection measurements.
+    /// kill -9s in the cluster's failover and detection measurements, SIGTERMs in its move.
     #[arg(long, default_value_t = 10)]
     pub kills: usize,
     /// Rounds of the cluster's kick measurement (a session replaced from another node).
