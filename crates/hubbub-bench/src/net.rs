@@ -540,3 +540,26 @@ pub fn run_id() -> u64 {
         .unwrap_or(0)
         ^ ((std::process::id() as u64) << 40)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_redirect_is_followed_to_its_loopback_address_with_its_query() {
+        let ep = Endpoint::from("127.0.0.1:1".parse::<SocketAddr>().unwrap());
+        let (to, path) = follow(&ep, "ws://127.0.0.1:4242/ws?room=a&from=n1")
+            .await
+            .unwrap();
+        assert_eq!(to.addr, "127.0.0.1:4242".parse::<SocketAddr>().unwrap());
+        assert_eq!(path, "/ws?room=a&from=n1");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_off_loopback_or_to_another_scheme_is_refused() {
+        let ep = Endpoint::from("127.0.0.1:1".parse::<SocketAddr>().unwrap());
+        assert!(follow(&ep, "ws://10.1.2.3:4242/ws?room=a").await.is_err());
+        assert!(follow(&ep, "http://127.0.0.1:4242/ws").await.is_err());
+        assert!(follow(&ep, "/ws?room=a").await.is_err());
+    }
+}

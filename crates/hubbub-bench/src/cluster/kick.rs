@@ -144,3 +144,27 @@ fn summary(xs: &[f64]) -> Value {
         "all": v.iter().map(|x| round3(*x)).collect::<Vec<_>>(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_takes_nearest_rank_percentiles() {
+        let xs: Vec<f64> = (1..=200).map(f64::from).collect();
+        let s = summary(&xs);
+        assert_eq!(s["min"], 1.0);
+        assert_eq!(s["median"], 100.0);
+        assert_eq!(s["p99"], 198.0);
+        assert_eq!(s["max"], 200.0);
+        assert_eq!(summary(&[])["p99"], Value::Null);
+    }
+
+    #[test]
+    fn a_close_before_the_welcome_is_negative() {
+        let a = Instant::now();
+        let b = a + Duration::from_millis(2);
+        assert_eq!(signed_ms(a, b), 2.0);
+        assert_eq!(signed_ms(b, a), -2.0);
+    }
+}
