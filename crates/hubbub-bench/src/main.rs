@@ -147,12 +147,15 @@ pub struct Args {
     /// Seed of the fuzz's case generator (the same seed repeats the same cases per connection).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Cluster measurement: latency, saved, max, fanout, failover, detection, gossip.
+    /// Cluster measurement: latency, saved, max, fanout, failover, detection, gossip, kick, move.
     #[arg(long, default_value = "latency")]
     pub what: String,
-    /// kill -9s in the cluster's failover and detection measurements.
+    /// kill -9s in the cluster's failover and detection measurements, SIGTERMs in its move.
     #[arg(long, default_value_t = 10)]
     pub kills: usize,
+    /// Rounds of the cluster's kick measurement (a session replaced from another node).
+    #[arg(long, default_value_t = 20)]
+    pub kicks: usize,
     /// Seconds of idle over which the cluster's gossip bytes/s are measured.
     #[arg(long, default_value_t = 60)]
     pub gossip_secs: u64,

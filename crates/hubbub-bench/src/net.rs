@@ -348,13 +348,35 @@ fn server_bin(args: &Args) -> anyhow::Result<PathBuf> {
     bail!("no hubbub binary found; build it (cargo build --release) or pass --server-bin")
 }
 
-/// Opens a WebSocket with a small read buffer (the bench holds thousands).
+/// Redirects [`ws_connect`] follows: a cluster redirects a client at most
+/// once (its loop shield), so more than this is a loop.
+const MAX_REDIRECTS: usize = 3;
+
+/// Opens a WebSocket with a small read buffer (the bench holds thousands),
+/// following a cluster's 307 to the user's home node.
 pub async fn ws_connect(
     ep: &Endpoint,
     path: &str,
     cookie: Option<&str>,
     read_buffer: usize,
 ) -> anyhow::Result<Ws> {
+    let (mut ep, mut path) = (ep.clone(), path.to_owned());
+    for _ in 0..=MAX_REDIRECTS {
+        match upgrade(&ep, &path, cookie, read_buffer).await? {
+            Ok(ws) => return Ok(ws),
+            Err(location) => (ep, path) = follow(&ep, &location).await?,
+        }
+    }
+    bail!("more than {MAX_REDIRECTS} redirects (last to {path})")
+}
+
+/// One upgrade: the socket, or the `Location` of a 307.
+async fn upgrade(
+    ep: &Endpoint,
+    path: &str,
+    cookie: Option<&str>,
+    read_buffer: usize,
+) -> anyhow::Result<Result<Ws, String>> {
     let scheme = if ep.is_tls() { "wss" } else { "ws" };
     let mut req = format!("{scheme}://{}{path}", ep.addr).into_client_request()?;
     if let Some(c) = cookie {
@@ -366,9 +388,63 @@ pub async fn ws_connect(
         .read_buffer_size(read_buffer.max(256))
         .max_message_size(Some(64 << 20));
     match tokio_tungstenite::client_async_with_config(req, tcp, Some(config)).await {
-        Ok((ws, _)) => Ok(ws),
-        Err(tungstenite::Error::Http(resp)) => bail!("upgrade refused with {}", resp.status()),
+        Ok((ws, _)) => Ok(Ok(ws)),
+        Err(tungstenite::Error::Http(resp)) => {
+            let location = resp
+                .headers()
+                .get(tungstenite::http::header::LOCATION)
+                .and_then(|v| v.to_str().ok());
+            match (resp.status().as_u16(), location) {
+                (307, Some(to)) => Ok(Err(to.to_owned())),
+                (s, _) => bail!("upgrade refused with {s}"),
+            }
+        }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Where a `Location` (`ws://host:port/ws?…`) points: `ep`'s TLS settings
+/// at that (loopback) address, and the path with its query.
+async fn follow(ep: &Endpoint, location: &str) -> anyhow::Result<(Endpoint, String)> {
+    let rest = ["ws://", "wss://"]
+        .iter()
+        .find_map(|p| location.strip_prefix(p))
+        .ok_or_else(|| anyhow!("a Location that is not ws:// or wss://: {location}"))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let addr = loopback_addr(&format!("ws://{authority}"))?;
+    let path = if path.is_empty() { "/" } else { path };
+    Ok((ep.at(addr), path.to_owned()))
+}
+
+/// `path` (`/ws?…`) placed at `ep` itself in a cluster: with `from=` the
+/// home that node names for `account` (`GET /api/cluster/route`), which its
+/// loop shield serves where it lands. Unchanged on a node not in a cluster
+/// (404) or without an account.
+pub async fn placed(
+    ep: &Endpoint,
+    path: &str,
+    account: Option<&Account>,
+) -> anyhow::Result<String> {
+    let Some(a) = account else {
+        return Ok(path.to_owned());
+    };
+    let cookie = a.cookie_header();
+    let r = hubbub_client::request(
+        ep.clone(),
+        "GET",
+        "/api/cluster/route",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await?;
+    match r.status {
+        404 => Ok(path.to_owned()),
+        200 => {
+            let node = r.json()["node"].as_str().map(str::to_owned);
+            let node = node.ok_or_else(|| anyhow!("/api/cluster/route answered {}", r.body))?;
+            Ok(format!("{path}&from={node}"))
+        }
+        s => bail!("/api/cluster/route answered {s}: {}", r.body),
     }
 }
 
@@ -463,4 +539,27 @@ pub fn run_id() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
         ^ ((std::process::id() as u64) << 40)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_redirect_is_followed_to_its_loopback_address_with_its_query() {
+        let ep = Endpoint::from("127.0.0.1:1".parse::<SocketAddr>().unwrap());
+        let (to, path) = follow(&ep, "ws://127.0.0.1:4242/ws?room=a&from=n1")
+            .await
+            .unwrap();
+        assert_eq!(to.addr, "127.0.0.1:4242".parse::<SocketAddr>().unwrap());
+        assert_eq!(path, "/ws?room=a&from=n1");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_off_loopback_or_to_another_scheme_is_refused() {
+        let ep = Endpoint::from("127.0.0.1:1".parse::<SocketAddr>().unwrap());
+        assert!(follow(&ep, "ws://10.1.2.3:4242/ws?room=a").await.is_err());
+        assert!(follow(&ep, "http://127.0.0.1:4242/ws").await.is_err());
+        assert!(follow(&ep, "/ws?room=a").await.is_err());
+    }
 }

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
+use super::load;
 use super::nodes::{self, Node};
 use crate::Args;
 use crate::net;
@@ -45,7 +46,7 @@ fn https(nodes: &[Node]) -> Vec<SocketAddr> {
 }
 
 /// Restarts `nodes[i]` (same name and data dir) seeded with the others.
-async fn restart(
+pub(super) async fn restart(
     args: &Args,
     bin: &Path,
     root: &Path,
@@ -83,7 +84,7 @@ pub async fn failover(
         let si = (li + 1) % nodes.len();
         let probe = nodes[si].ep();
         let room = format!("/ws?room=clfail{:x}", net::run_id() & 0xff_ffff);
-        let mut ws = net::join(&probe, false, &room, Some(acct), args.read_buffer).await?;
+        let mut ws = load::join(&probe, &room, Some(acct), args.read_buffer).await?;
         nodes[li].kill9().await;
         let killed = now_ns();
         let t = loop {
@@ -95,9 +96,7 @@ pub async fn failover(
                     }
                     // The survivor closed the session (no leader for long): come back.
                     tokio::time::sleep(Duration::from_millis(20)).await;
-                    if let Ok(w) =
-                        net::join(&probe, false, &room, Some(acct), args.read_buffer).await
-                    {
+                    if let Ok(w) = load::join(&probe, &room, Some(acct), args.read_buffer).await {
                         ws = w;
                     }
                 }

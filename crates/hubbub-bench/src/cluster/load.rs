@@ -31,12 +31,23 @@ pub async fn accounts(args: &Args, ep: &Endpoint, n: usize) -> anyhow::Result<Ve
     Ok(net::accounts(&t, n, args.concurrency).await?.0)
 }
 
-/// Joins like [`net::join`], retried for up to 10 s: an account signed up
-/// at n1 is refused (401) by a node that has not applied its entry yet.
-async fn join(ep: &Endpoint, path: &str, a: Option<&Account>, rb: usize) -> anyhow::Result<Ws> {
+/// Joins like [`net::join`] at `ep` itself (placed there with `from=`, see
+/// [`net::placed`]: the measurements put sessions on chosen nodes), retried
+/// for up to 10 s: an account signed up at n1 is refused (401) by a node
+/// that has not applied its entry yet.
+pub(super) async fn join(
+    ep: &Endpoint,
+    path: &str,
+    a: Option<&Account>,
+    rb: usize,
+) -> anyhow::Result<Ws> {
     let t0 = std::time::Instant::now();
     loop {
-        match net::join(ep, false, path, a, rb).await {
+        let r = match net::placed(ep, path, a).await {
+            Ok(p) => net::join(ep, false, &p, a, rb).await,
+            Err(e) => Err(e),
+        };
+        match r {
             Ok(ws) => return Ok(ws),
             Err(e) if t0.elapsed() > Duration::from_secs(10) => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,

@@ -13,9 +13,19 @@
 //!   sender on n1 at `--rate` (default 1000/s).
 //! - `failover`, `detection`: `--kills` (default 10) kill -9s (cluster only).
 //! - `gossip`: gossip bytes/s per node over `--gossip-secs` idle (cluster only).
+//! - `kick`: `--kicks` (default 20) times, one (user, client id) on node A
+//!   replaced from node B: B's `welcome` → A's 4001 (cluster only).
+//! - `move`: `--kills` SIGTERMs of a client's home: its 1001 → its
+//!   `welcome` at the new home (cluster only).
+//!
+//! Sessions a measurement puts on a given node are placed there with
+//! `from=` (`net::placed`); a cluster would otherwise redirect each to its
+//! user's home.
 
 mod faults;
+mod kick;
 mod load;
+mod moved;
 mod nodes;
 
 use std::time::Duration;
@@ -55,6 +65,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
         "failover",
         "detection",
         "gossip",
+        "kick",
+        "move",
     ];
     if !known.contains(&what) {
         bail!("--what must be one of {known:?}");
@@ -99,14 +111,18 @@ async fn on_three(
 ) -> anyhow::Result<Value> {
     match args.what.as_str() {
         "failover" => {
-            let acct = load::accounts(args, &three[0].ep(), 1).await?;
-            let acct = acct
-                .into_iter()
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("no account"))?;
+            let acct = one_account(args, &three[0].ep()).await?;
             faults::failover(args, bin, root, three, &acct).await
         }
         "detection" => faults::detection(args, bin, root, three).await,
+        "kick" => {
+            let acct = one_account(args, &three[0].ep()).await?;
+            kick::kick(args, three, &acct).await
+        }
+        "move" => {
+            let accts = load::accounts(args, &three[0].ep(), 10).await?;
+            moved::moved(args, bin, root, three, &accts).await
+        }
         "gossip" => {
             // Let the join traffic settle first.
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -120,6 +136,14 @@ async fn on_three(
             measure(args, &s).await
         }
     }
+}
+
+/// One account `bench_0`, signed up (or in) at `ep`.
+async fn one_account(args: &Args, ep: &Endpoint) -> anyhow::Result<hubbub_client::Account> {
+    let acct = load::accounts(args, ep, 1).await?;
+    acct.into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no account"))
 }
 
 /// The load measurement `--what` on one setup.

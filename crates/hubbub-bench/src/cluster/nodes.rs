@@ -47,6 +47,16 @@ impl Node {
         }
     }
 
+    /// SIGTERM without waiting: the node drains; [`Node::stop`] reaps it.
+    pub fn term(&self) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: signalling our own child by its PID.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+
     /// SIGTERM, SIGKILL after 20 s.
     pub async fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
