@@ -138,6 +138,11 @@ pub async fn join(
     client: Option<&str>,
     since: Option<&str>,
 ) -> anyhow::Result<WsClient> {
+    join_with(ep, account, join_query(room, client, since)).await
+}
+
+/// `room=…` with the optional `client` and `since`.
+fn join_query(room: &str, client: Option<&str>, since: Option<&str>) -> String {
     let mut q = format!("room={room}");
     if let Some(c) = client {
         q.push_str(&format!("&client={c}"));
@@ -145,6 +150,14 @@ pub async fn join(
     if let Some(s) = since {
         q.push_str(&format!("&since={s}"));
     }
+    q
+}
+
+async fn join_with(
+    ep: impl Into<Endpoint>,
+    account: &Account,
+    q: String,
+) -> anyhow::Result<WsClient> {
     let cookie = account.cookie_header();
     connect(ep, &q, &[("cookie", &cookie)])
         .await
@@ -186,17 +199,8 @@ pub async fn join_here(
 ) -> anyhow::Result<WsClient> {
     let ep = ep.into();
     let (home, _) = route(&ep, account).await?;
-    let mut q = format!("room={room}&from={home}");
-    if let Some(c) = client {
-        q.push_str(&format!("&client={c}"));
-    }
-    if let Some(s) = since {
-        q.push_str(&format!("&since={s}"));
-    }
-    let cookie = account.cookie_header();
-    connect(ep, &q, &[("cookie", &cookie)])
-        .await
-        .map_err(|e| anyhow!("{e}"))
+    let q = format!("{}&from={home}", join_query(room, client, since));
+    join_with(ep, account, q).await
 }
 
 /// What `WsClient::recv` returns: a JSON frame or how the connection ended.
