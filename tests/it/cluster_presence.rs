@@ -282,6 +282,13 @@ async fn a_thousand_active_rooms_keep_a_nodes_gossip_state_within_32_kib() {
     let mut ws = join_at(nodes[1].addr(), &bob_acct, &last).await;
     presence_is(&mut ws, &[&user, &bob], &[], SETTLE).await;
     let joining = (gossip_sent(&nodes[0]).await - sent_before) / joins.elapsed().as_secs_f64();
+    // Every room is in the state: the last joins of a chunk may be written
+    // a publish interval after the room bob saw.
+    let every_room = (ROOMS * (2 + "room-0000".len() + user.len())) as u64;
+    wait_for("every room in the gossip state", SETTLE, || async {
+        state_bytes(&nodes[0]).await >= every_room
+    })
+    .await;
     let bytes = state_bytes(&nodes[0]).await;
     let gauge = metric_sample(addr, "hubbub_gossip_state_bytes").await;
     let busy = gossip_rate(&nodes[0], Duration::from_secs(5)).await;
@@ -291,10 +298,6 @@ async fn a_thousand_active_rooms_keep_a_nodes_gossip_state_within_32_kib() {
          {busy:.0} B/s with {ROOMS} active rooms"
     );
     assert_eq!(gauge, Some(bytes as f64), "the gauge says the same");
-    assert!(
-        bytes >= (ROOMS * (2 + "room-0000".len() + user.len())) as u64,
-        "every room is in the state: {bytes} B"
-    );
     assert!(bytes <= STATE_BUDGET, "{bytes} B > {STATE_BUDGET} B");
     drop(sessions);
 }
