@@ -29,6 +29,7 @@ pub async fn admin(state: AppState, headers: HeaderMap) -> Response {
             "ready": c.is_ready(),
             "members": c.members(),
             "links_up": c.links_up(),
+            "ring": c.ring().borrow().nodes().collect::<Vec<_>>(),
             "log": c.log_status(),
             "gossip_state_bytes": c.gossip_state_bytes(),
         }),

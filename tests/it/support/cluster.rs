@@ -34,6 +34,8 @@ pub struct Node {
     pub dir: PathBuf,
     pub cluster: SocketAddr,
     pub generation: u64,
+    /// Its `--ring-exclude`, if it was started with one.
+    pub ring_exclude: Option<String>,
 }
 
 impl Node {
@@ -93,6 +95,10 @@ pub fn spawn_node(name: &str, dir: &Path, seeds: &[SocketAddr], extra: &[&str]) 
         dir: dir.to_owned(),
         cluster,
         generation,
+        ring_exclude: extra
+            .windows(2)
+            .find(|w| w[0] == "--ring-exclude")
+            .map(|w| w[1].to_owned()),
     }
 }
 
@@ -235,8 +241,8 @@ pub fn signal(n: &Node, sig: libc::c_int) {
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
 }
 
-/// Waits until every node sees every other live and ready and all agree on
-/// one leader; returns its name.
+/// Waits until every node sees every other live and ready, every node's
+/// ring of homes has them all, and all agree on one leader; returns its name.
 pub async fn formed(nodes: &[Node]) -> String {
     let refs: Vec<&Node> = nodes.iter().collect();
     let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
@@ -244,7 +250,30 @@ pub async fn formed(nodes: &[Node]) -> String {
         all_ready(&refs, &names)
     })
     .await;
+    wait_for("every ring has every node", Duration::from_secs(30), || {
+        rings_have(&refs, &names)
+    })
+    .await;
     wait_for_leader(&refs).await
+}
+
+/// True when every node's ring of homes has all of `names` (a node started
+/// with `--ring-exclude` leaves that one out, and is not asked about it).
+pub async fn rings_have(nodes: &[&Node], names: &[&str]) -> bool {
+    for n in nodes {
+        let status = cluster_status(n.addr()).await;
+        let ring: Vec<&str> = status["ring"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if !names
+            .iter()
+            .all(|m| ring.contains(m) || n.ring_exclude.as_deref() == Some(*m))
+        {
+            return false;
+        }
+    }
+    true
 }
 
 /// `(id, cursor)` of every message of a history page (`{"messages": […]}`).

@@ -169,6 +169,7 @@ impl Netns {
             dir: dir.to_owned(),
             cluster,
             generation,
+            ring_exclude: None,
         }
     }
 }
