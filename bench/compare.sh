@@ -75,15 +75,17 @@ run_node() { run_raw node "$1" node "$PEER/server.js"; }
 run_go() { run_raw go "$1" "$GOHUB/go-hub"; }
 
 # send_s < DURATION means a sender was closed (evicted) early: that run did not sustain the rate.
-fields='[.results.deliveries_per_sec, (.results.deliveries_per_server_cpu_s // "n/a"), .results.send_s, .results.lost, .results.evicted, .results.latency.p50_ms, .results.latency.p99_ms, .results.latency.p999_ms, .results.latency.max_ms, .results.cpu.server_cores, .results.cpu.bench_cores, (if .results.deliveries_per_sec > 0 then (.results.cpu.server_cores / .results.deliveries_per_sec * 1e8 | round) / 100 else "n/a" end), (if .results.deliveries_per_sec > 0 then (.results.cpu.bench_cores / .results.deliveries_per_sec * 1e8 | round) / 100 else "n/a" end), .results.cpu.machine_load1, .server_rss_kib_end] | @tsv'
+# lost counts only receivers still open at the end; dropped = receivers the server closed
+# without hubbub's eviction code (the Go hub drops a client whose 256-slot queue is full).
+fields='[.results.deliveries_per_sec, (.results.deliveries_per_server_cpu_s // "n/a"), .results.send_s, .results.lost, .results.evicted, .results.closed_other, .results.latency.p50_ms, .results.latency.p99_ms, .results.latency.p999_ms, .results.latency.max_ms, .results.cpu.server_cores, .results.cpu.bench_cores, (if .results.deliveries > 0 then (.results.cpu.server_cpu_s / .results.deliveries * 1e8 | round) / 100 else "n/a" end), (if .results.deliveries > 0 then (.results.cpu.bench_cpu_s / .results.deliveries * 1e8 | round) / 100 else "n/a" end), .results.cpu.machine_load1, .server_rss_kib_end] | @tsv'
 # srv_s/M, gen_s/M: CPU-seconds of the server and of this generator per million deliveries.
-printf '%-10s %10s %12s %7s %7s %7s %9s %9s %9s %9s %6s %6s %7s %7s %5s %9s\n' run deliv/s per_cpu_s send_s lost evicted p50_ms p99_ms p999_ms max_ms srv_c gen_c srv_s/M gen_s/M load rss_kib
+printf '%-10s %10s %12s %7s %7s %7s %7s %9s %9s %9s %9s %6s %6s %7s %7s %5s %9s\n' run deliv/s per_cpu_s send_s lost evicted dropped p50_ms p99_ms p999_ms max_ms srv_c gen_c srv_s/M gen_s/M load rss_kib
 for r in $(seq 1 "$ROUNDS"); do
   for who in "${WHO[@]}"; do
     "run_$who" "$r"
     if [ -s "$OUT/$who-$r.json" ]; then
       printf '%-10s ' "$who-$r"
-      jq -r "$fields" "$OUT/$who-$r.json" | awk -F'\t' '{printf "%10s %12s %7s %7s %7s %9s %9s %9s %9s %6s %6s %7s %7s %5s %9s\n",$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15}'
+      jq -r "$fields" "$OUT/$who-$r.json" | awk -F'\t' '{printf "%10s %12s %7s %7s %7s %7s %9s %9s %9s %9s %6s %6s %7s %7s %5s %9s\n",$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16}'
     else
       echo "$who-$r failed: see $OUT/$who-$r.log"
     fi
@@ -104,8 +106,9 @@ for who in "${WHO[@]}"; do
   p=$(cat "$OUT"/$who-*.json 2>/dev/null | jq -r '.results.latency.p99_ms' | median)
   l=$(cat "$OUT"/$who-*.json 2>/dev/null | jq -r '.results.lost' | median)
   e=$(cat "$OUT"/$who-*.json 2>/dev/null | jq -r '.results.evicted' | median)
+  x=$(cat "$OUT"/$who-*.json 2>/dev/null | jq -r '.results.closed_other' | median)
   c=$(cat "$OUT"/$who-*.json 2>/dev/null | jq -r '.results.deliveries_per_server_cpu_s' | median)
-  sm=$(cat "$OUT"/$who-*.json 2>/dev/null | jq -r 'if .results.deliveries_per_sec > 0 then .results.cpu.server_cores / .results.deliveries_per_sec * 1e6 else empty end' | median)
-  gm=$(cat "$OUT"/$who-*.json 2>/dev/null | jq -r 'if .results.deliveries_per_sec > 0 then .results.cpu.bench_cores / .results.deliveries_per_sec * 1e6 else empty end' | median)
-  printf '%-8s deliveries/s %s  per server CPU-second %s  p99 %s ms  lost %s  evicted %s  CPU-s per M deliveries: server %.2f generator %.2f\n' "$who" "$d" "$c" "$p" "$l" "$e" "$sm" "$gm"
+  sm=$(cat "$OUT"/$who-*.json 2>/dev/null | jq -r 'if .results.deliveries > 0 then .results.cpu.server_cpu_s / .results.deliveries * 1e6 else empty end' | median)
+  gm=$(cat "$OUT"/$who-*.json 2>/dev/null | jq -r 'if .results.deliveries > 0 then .results.cpu.bench_cpu_s / .results.deliveries * 1e6 else empty end' | median)
+  printf '%-8s deliveries/s %s  per server CPU-second %s  p99 %s ms  lost %s  evicted %s  dropped %s  CPU-s per M deliveries: server %.2f generator %.2f\n' "$who" "$d" "$c" "$p" "$l" "$e" "$x" "$sm" "$gm"
 done
