@@ -35,11 +35,12 @@ WHO=(hubbub)
 for p in $PEERS; do
   case "$p" in
     go)
-      if command -v go >/dev/null; then
-        (cd "$GOHUB" && GO111MODULE=off GOPATH=${GOPATH:-/usr/share/gocode} go build -o go-hub . >&2)
+      if ! command -v go >/dev/null; then
+        echo "go not found: skipping the Go hub (apt-get install golang-go golang-github-gorilla-websocket-dev)" >&2
+      elif (cd "$GOHUB" && GO111MODULE=off GOPATH=${GOHUB_GOPATH:-/usr/share/gocode} go build -o go-hub . >&2); then
         WHO+=(go)
       else
-        echo "go not found: skipping the Go hub (apt-get install golang-go golang-github-gorilla-websocket-dev)" >&2
+        echo "the Go hub did not build (is golang-github-gorilla-websocket-dev installed?): skipping it" >&2
       fi
       ;;
     node)
@@ -93,7 +94,7 @@ for r in $(seq 1 "$ROUNDS"); do
   for peer in "${WHO[@]:1}"; do
     if [ -s "$OUT/hubbub-$r.json" ] && [ -s "$OUT/$peer-$r.json" ]; then
       jq -rn --slurpfile a "$OUT/hubbub-$r.json" --slurpfile b "$OUT/$peer-$r.json" \
-        '"round \($ARGS.named.r): hubbub/\($ARGS.named.p) deliveries/s \(($a[0].results.deliveries_per_sec / $b[0].results.deliveries_per_sec * 100 | round) / 100)  per server CPU-second \(($a[0].results.deliveries_per_server_cpu_s / $b[0].results.deliveries_per_server_cpu_s * 100 | round) / 100)  p99 \(if $b[0].results.latency.p99_ms > 0 then ($a[0].results.latency.p99_ms / $b[0].results.latency.p99_ms * 100 | round) / 100 else "n/a" end)"' \
+        '"round \($ARGS.named.r): hubbub/\($ARGS.named.p) deliveries/s \(($a[0].results.deliveries_per_sec / $b[0].results.deliveries_per_sec * 100 | round) / 100)  per server CPU-second \(if ($a[0].results.deliveries_per_server_cpu_s // 0) > 0 and ($b[0].results.deliveries_per_server_cpu_s // 0) > 0 then ($a[0].results.deliveries_per_server_cpu_s / $b[0].results.deliveries_per_server_cpu_s * 100 | round) / 100 else "n/a" end)  p99 \(if $b[0].results.latency.p99_ms > 0 then ($a[0].results.latency.p99_ms / $b[0].results.latency.p99_ms * 100 | round) / 100 else "n/a" end)"' \
         --arg r "$r" --arg p "$peer"
     fi
   done
