@@ -294,33 +294,35 @@ async fn run_member(mut ws: Ws, c: MemberCtx, plan: Option<SendCfg>) -> (usize, 
                 break;
             }
         };
-        let s = text.as_str();
-        let body = if raw || s.starts_with("{\"type\":\"chat\"") {
-            stamp(s)
-        } else {
-            if s.starts_with("{\"type\":\"error\"") {
-                if s.contains("\"rate_limited\"") {
-                    st.rate_limited += 1;
-                } else if s.contains("\"unavailable\"") {
-                    st.unavailable += 1;
-                } else {
-                    st.other_errors += 1;
+        // A peer that batches (the Go hub) joins messages with `\n`; each line is one delivery.
+        for s in net::lines(text.as_str()) {
+            let body = if raw || s.starts_with("{\"type\":\"chat\"") {
+                stamp(s)
+            } else {
+                if s.starts_with("{\"type\":\"error\"") {
+                    if s.contains("\"rate_limited\"") {
+                        st.rate_limited += 1;
+                    } else if s.contains("\"unavailable\"") {
+                        st.unavailable += 1;
+                    } else {
+                        st.other_errors += 1;
+                    }
                 }
+                None
+            };
+            let Some((sent, from)) = body else { continue };
+            let now = now_ns();
+            st.hist.record(now.saturating_sub(sent));
+            st.last_ns = now;
+            st.delivered += 1;
+            if let Some(c) = st.per_sender.get_mut(from as usize) {
+                *c += 1;
             }
-            None
-        };
-        let Some((sent, from)) = body else { continue };
-        let now = now_ns();
-        st.hist.record(now.saturating_sub(sent));
-        st.last_ns = now;
-        st.delivered += 1;
-        if let Some(c) = st.per_sender.get_mut(from as usize) {
-            *c += 1;
-        }
-        unpublished += 1;
-        if unpublished >= 64 {
-            live.fetch_add(unpublished, Ordering::Relaxed);
-            unpublished = 0;
+            unpublished += 1;
+            if unpublished >= 64 {
+                live.fetch_add(unpublished, Ordering::Relaxed);
+                unpublished = 0;
+            }
         }
     }
     live.fetch_add(unpublished, Ordering::Relaxed);

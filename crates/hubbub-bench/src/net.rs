@@ -541,6 +541,13 @@ pub fn run_id() -> u64 {
         ^ ((std::process::id() as u64) << 40)
 }
 
+/// The messages in one received text frame: a peer that batches (the Go hub,
+/// a gorilla-style writer) joins what it had queued with `\n`, one message per
+/// line; a frame without `\n` is one message. Empty lines carry nothing.
+pub fn lines(frame: &str) -> impl Iterator<Item = &str> {
+    frame.split('\n').filter(|l| !l.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,5 +568,25 @@ mod tests {
         assert!(follow(&ep, "ws://10.1.2.3:4242/ws?room=a").await.is_err());
         assert!(follow(&ep, "http://127.0.0.1:4242/ws").await.is_err());
         assert!(follow(&ep, "/ws?room=a").await.is_err());
+    }
+
+    #[test]
+    fn a_batched_frame_splits_into_one_message_per_line() {
+        let one = "t=1 s=0 xxx";
+        assert_eq!(lines(one).collect::<Vec<_>>(), [one]);
+        let three = "t=1 s=0 a\nt=2 s=0 b\nt=3 s=1 c";
+        assert_eq!(
+            lines(three).collect::<Vec<_>>(),
+            ["t=1 s=0 a", "t=2 s=0 b", "t=3 s=1 c"]
+        );
+        // Each line keeps its own stamp, so each counts as its own delivery.
+        let stamps: Vec<_> = lines(three).filter_map(crate::sender::stamp).collect();
+        assert_eq!(stamps, [(1, 0), (2, 0), (3, 1)]);
+        // A trailing or doubled separator yields no empty message.
+        assert_eq!(lines("a\n\nb\n").collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(lines("").count(), 0);
+        // hubbub's JSON frames hold no raw newline: one frame, one message.
+        let chat = r#"{"type":"chat","content":"t=5 s=2 line\nbreak"}"#;
+        assert_eq!(lines(chat).count(), 1);
     }
 }
