@@ -307,8 +307,7 @@ mod tests {
             b,
         )
         .await;
-        let v = std::mem::take(&mut *out.lock().unwrap());
-        v
+        std::mem::take(&mut *out.lock().unwrap())
     }
 
     fn lines(msgs: &[Message]) -> (usize, Vec<usize>) {
