@@ -192,19 +192,23 @@ export async function shot(page, name) {
 export async function recordTicks(page) {
   await page.evaluate(() => {
     window.__ticks = {};
-    const note = (li) => {
-      const id = li.dataset.id; const s = li.dataset.status;
+    const note = (li, s = li.dataset.status) => {
+      const id = li.dataset.id;
       if (!id || !s) return;
       const list = (window.__ticks[id] ||= []);
       if (list[list.length - 1] !== s) list.push(s);
     };
+    // Several statuses may be set in one task (batch=1: receipts share a
+    // frame), so the values come from each change's oldValue, then the last.
     new MutationObserver((records) => {
+      const changed = new Set();
       for (const r of records) {
-        if (r.type === 'attributes') note(r.target);
+        if (r.type === 'attributes') { note(r.target, r.oldValue); changed.add(r.target); }
         for (const n of r.addedNodes || []) if (n.nodeType === 1 && n.matches('li.msg')) note(n);
       }
+      for (const li of changed) note(li);
     }).observe(document.getElementById('messages'), {
-      subtree: true, childList: true, attributes: true, attributeFilter: ['data-status'],
+      subtree: true, childList: true, attributes: true, attributeOldValue: true, attributeFilter: ['data-status'],
     });
   });
 }

@@ -49,6 +49,9 @@ pub struct Metrics {
     /// By `Eviction`: see [`Metrics::eviction`].
     evictions: IntCounterVec,
     pub rate_limited: IntCounter,
+    /// `batch=1` connections: text frames carrying several messages, and those messages.
+    pub batched_frames: IntCounter,
+    pub batched_messages: IntCounter,
     pub storage_queue_depth: IntGauge,
     pub storage_batch_size: Histogram,
     pub storage_flush_seconds: Histogram,
@@ -245,6 +248,16 @@ impl Metrics {
                 &r,
                 "hubbub_rate_limited_frames_total",
                 "Frames dropped by the per-connection rate limit.",
+            ),
+            batched_frames: counter(
+                &r,
+                "hubbub_batched_frames_total",
+                "Text frames that carried several newline-joined messages (batch=1).",
+            ),
+            batched_messages: counter(
+                &r,
+                "hubbub_batched_messages_total",
+                "Messages sent inside batched text frames (batch=1).",
             ),
             storage_queue_depth: gauge(
                 &r,

@@ -40,6 +40,7 @@ test('connects to /ws with room, client and since; online after welcome', () => 
   assert.equal(u.searchParams.get('room'), 'r');
   assert.equal(u.searchParams.get('client'), 'web-1');
   assert.equal(u.searchParams.get('since'), 'c-42');
+  assert.equal(u.searchParams.get('batch'), '1');
   assert.equal(t.states.at(-1)[0], 'connecting');
   t.all[0].welcome();
   assert.equal(t.conn.state, 'online');
@@ -177,4 +178,25 @@ test('backoff grows, is capped at 30 s and never 0', () => {
   assert.equal(backoffDelay(1, () => 1), 1000);
   assert.equal(backoffDelay(20, () => 1), 30_000);
   assert.equal(backoffDelay(20, () => 0), 15_000);
+});
+
+test('batch=1: a text frame of several lines is every frame in it, in order', () => {
+  const t = setup();
+  t.conn.connect();
+  t.all[0].open();
+  const hostile = 'a\nb\u2028c"}\n{';
+  t.all[0].recvBatch([
+    { type: 'welcome', user: 'ann', room: 'r', resumed: true,
+      limits: { max_frame: 8192, max_content: 4000, msgs_per_sec: 10, burst: 20 } },
+    { type: 'history', messages: [], more: false },
+    { type: 'chat', id: 'm1', room: 'r', sender: 'bob', content: hostile },
+    { type: 'presence', room: 'r', users: ['ann', 'bob'], count: 2 },
+  ]);
+  assert.deepEqual(t.frames.map((f) => f.type), ['welcome', 'history', 'chat', 'presence']);
+  assert.equal(t.frames[2].content, hostile);
+  assert.equal(t.conn.state, 'online');
+  // A lone frame (the server's answer without batching) still works.
+  t.all[0].recv({ type: 'system', room: 'r', content: 'hi' });
+  assert.equal(t.frames.at(-1).type, 'system');
+  t.conn.stop();
 });

@@ -60,6 +60,8 @@ export function fakeSockets() {
     // The server's side:
     open() { this.readyState = 1; this.onopen?.(); }
     recv(frame) { this.onmessage?.({ data: JSON.stringify(frame) }); }
+    // batch=1: several frames in one text frame, a line each.
+    recvBatch(frames) { this.onmessage?.({ data: frames.map((f) => JSON.stringify(f)).join('\n') }); }
     welcome(extra = {}) {
       this.open();
       this.recv({ type: 'welcome', user: 'ann', room: 'r', resumed: true,

@@ -70,7 +70,7 @@ test('before the first socket the route is asked at the page\'s node; the socket
   await settle();
   assert.deepEqual(t.asked, ['n1']);
   assert.equal(t.all.length, 1);
-  assert.equal(t.all[0].url.href, 'ws://n2.test:8442/ws?room=r&client=web-1', 'the named URL, today\'s query');
+  assert.equal(t.all[0].url.href, 'ws://n2.test:8442/ws?room=r&client=web-1&batch=1', 'the named URL, today\'s query');
   assert.deepEqual(t.moves, ['n2'], 'the API follows the socket\'s node');
   assert.equal(t.nodes.base(), 'http://n2.test:8442');
   t.all[0].welcome();
@@ -91,7 +91,7 @@ test('the home is the page\'s own node: the socket stays at the page\'s origin, 
   const t = setup({ home: 'n1' });
   t.conn.connect();
   await settle();
-  assert.equal(t.all[0].url.href, 'ws://chat.test/ws?room=r&client=web-1');
+  assert.equal(t.all[0].url.href, 'ws://chat.test/ws?room=r&client=web-1&batch=1');
   assert.deepEqual(t.moves, [], 'nothing moved');
   assert.equal(t.nodes.base(), 'http://chat.test');
   assert.equal(t.nodes.name(), 'n1', 'named before any list');
@@ -149,7 +149,7 @@ test('the home node dies: its route fails, the next node of the ring is asked, t
   await settle();
   await t.clock.advance(1000);
   assert.deepEqual(t.asked, ['n1', 'n2', 'n3'], 'asked at n2 (the node in use), unreachable, then at n3');
-  assert.equal(t.all[1].url.href, 'ws://chat.test/ws?room=r&client=web-1&since=c-4', 'the new home: n1');
+  assert.equal(t.all[1].url.href, 'ws://chat.test/ws?room=r&client=web-1&batch=1&since=c-4', 'the new home: n1');
   assert.deepEqual(t.moves, ['n2', 'n3', null]);
   assert.equal(t.nodes.base(), 'http://chat.test');
   t.conn.stop();

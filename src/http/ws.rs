@@ -102,6 +102,17 @@ fn decide(
             }
         },
     };
+    // `batch=1`: this connection's server frames may be newline-joined (PROTOCOL.md).
+    let batch = match query.get("batch").map(String::as_str) {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(_) => {
+            return (
+                Upgrade::BadRequest,
+                reply::error(ErrorCode::BadRequest, "invalid batch (0 or 1)"),
+            );
+        }
+    };
     // Cluster mode: a user is served by its home node (see `cluster::ring`).
     let away = match &state.cluster {
         None => false,
@@ -132,6 +143,7 @@ fn decide(
         client,
         since: query.get("since").cloned(),
         away,
+        batch,
     };
     let ctx = state.sessions.clone();
     let max = ctx.cfg.max_frame;

@@ -65,6 +65,8 @@ pub struct JoinRequest {
     pub since: Option<String>,
     /// Cluster mode: served here although this node is not its home.
     pub away: bool,
+    /// `batch=1`: the writer may join queued frames into one text frame.
+    pub batch: bool,
 }
 
 /// Closes an upgraded socket that is not joined after all (cluster mode: a
@@ -138,6 +140,7 @@ where
         close_rx.clone(),
         preamble,
         ctx.cfg.ping_interval,
+        req.batch.then(|| writer::Batching::new(&ctx.metrics)),
     ));
     let code = reader::run(&mut stream, &ctx, &req, id, &out_tx, close_rx).await;
     if let Some(code) = code {

@@ -2,6 +2,11 @@
 //! session queue in batches (feed every queued frame, one flush), pings, and
 //! sends the Close frame when the session is closed. It hands the sink back
 //! for the lingering close (`linger`).
+//!
+//! With `batch=1` ([`Batching`]) the frames of one drain are also joined by
+//! `\n` into as few text frames as [`BATCH_BUDGET`] allows: the client pays
+//! per WebSocket frame, and this costs no waiting (only what is already
+//! queued is joined). Pings and the Close frame always go alone.
 
 use std::time::Duration;
 
@@ -10,6 +15,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
+use prometheus::IntCounter;
+
+use crate::metrics::Metrics;
 use crate::protocol::{CloseCode, Frame};
 
 /// Queue items (hub turns) taken per flush at most. tungstenite writes its
@@ -18,6 +26,29 @@ use crate::protocol::{CloseCode, Frame};
 const MAX_ITEMS: usize = 16;
 /// How long a Close frame may take to go out before the socket is just dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// `batch=1`: bytes of JSON joined into one text frame at most (a single
+/// larger frame still goes, alone). 32 KiB is tungstenite's write buffer here
+/// (`http::ws`), so a full batch is one socket write and pins no more memory
+/// than a busy connection already does; with chat frames of ~250 bytes it
+/// carries ~130 messages, so per-frame costs are already spread over two
+/// orders of magnitude and more would only make each copy (and a browser's
+/// one `onmessage`) longer.
+pub const BATCH_BUDGET: usize = 32 * 1024;
+
+/// A `batch=1` connection's counters (`hubbub_batched_*`).
+pub struct Batching {
+    frames: IntCounter,
+    messages: IntCounter,
+}
+
+impl Batching {
+    pub fn new(m: &Metrics) -> Self {
+        Batching {
+            frames: m.batched_frames.clone(),
+            messages: m.batched_messages.clone(),
+        }
+    }
+}
 
 pub async fn run<W>(
     mut sink: W,
@@ -25,17 +56,26 @@ pub async fn run<W>(
     mut close_rx: watch::Receiver<Option<CloseCode>>,
     preamble: Vec<Frame>,
     ping_every: Duration,
+    joining: Option<Batching>,
 ) -> W
 where
     W: Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
     let mut batch: Vec<Vec<Frame>> = vec![preamble];
+    if joining.is_some() {
+        // What the hub queued while the preamble was read (presence) joins it.
+        while batch.len() < MAX_ITEMS
+            && let Ok(item) = out_rx.try_recv()
+        {
+            batch.push(item);
+        }
+    }
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let close = loop {
         if !batch.is_empty() {
             // A peer that does not read blocks this flush; eviction must still win.
             tokio::select! {
-                r = write_all(&mut sink, &mut batch) => if r.is_err() { return sink },
+                r = write_all(&mut sink, &mut batch, joining.as_ref()) => if r.is_err() { return sink },
                 _ = close_rx.changed() => break None,
             }
         }
@@ -85,14 +125,57 @@ where
     .await;
 }
 
-async fn write_all<W>(sink: &mut W, batch: &mut Vec<Vec<Frame>>) -> Result<(), W::Error>
+async fn write_all<W>(
+    sink: &mut W,
+    batch: &mut Vec<Vec<Frame>>,
+    joining: Option<&Batching>,
+) -> Result<(), W::Error>
 where
     W: Sink<Message> + Unpin,
 {
+    let Some(counts) = joining else {
+        for f in batch.drain(..).flatten() {
+            sink.feed(Message::Text(text(f))).await?;
+        }
+        return sink.flush().await;
+    };
+    let mut group: Vec<Frame> = Vec::new();
+    let mut size = 0;
     for f in batch.drain(..).flatten() {
-        sink.feed(Message::Text(text(f))).await?;
+        if !group.is_empty() && size + 1 + f.len() > BATCH_BUDGET {
+            sink.feed(join(&mut group, counts)).await?;
+            size = 0;
+        }
+        size += f.len() + usize::from(!group.is_empty());
+        group.push(f);
+    }
+    if !group.is_empty() {
+        sink.feed(join(&mut group, counts)).await?;
     }
     sink.flush().await
+}
+
+/// One text frame of `group`'s frames, one JSON object per line (our JSON
+/// has no raw newline: `encode`), leaving `group` empty. A lone frame is
+/// sent as it is, without a copy.
+fn join(group: &mut Vec<Frame>, counts: &Batching) -> Message {
+    if group.len() == 1
+        && let Some(f) = group.pop()
+    {
+        return Message::Text(text(f));
+    }
+    let len = group.iter().map(|f| f.len() + 1).sum();
+    let mut out = String::with_capacity(len);
+    for (i, f) in group.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(f.as_str());
+    }
+    counts.frames.inc();
+    counts.messages.inc_by(group.len() as u64);
+    group.clear();
+    Message::Text(out.into())
 }
 
 /// Our frame as tungstenite's text payload: the same shared bytes (a frame
@@ -159,6 +242,7 @@ mod tests {
             close_rx,
             Vec::new(),
             ping,
+            None,
         ));
         // Wait (bounded) until the writer is blocked in its first ping.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -175,5 +259,105 @@ mod tests {
             .await
             .expect("the writer stayed stuck in its ping after the session closed")
             .unwrap();
+    }
+
+    /// A peer that takes everything at once: records what was sent.
+    struct Record(Arc<std::sync::Mutex<Vec<Message>>>);
+
+    impl Sink<Message> for Record {
+        type Error = tokio_tungstenite::tungstenite::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, m: Message) -> Result<(), Self::Error> {
+            self.0.lock().unwrap().push(m);
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn frame(i: usize, pad: usize) -> Frame {
+        Frame::from(format!(r#"{{"i":{i},"pad":"{}"}}"#, "x".repeat(pad)))
+    }
+
+    /// Runs a writer over `items` queued before it starts, closes it, and
+    /// returns the messages it sent (the Close frame last).
+    async fn sent(items: Vec<Vec<Frame>>, batching: bool) -> Vec<Message> {
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (out_tx, out_rx) = mpsc::channel(items.len().max(1));
+        for it in items {
+            out_tx.try_send(it).unwrap();
+        }
+        drop(out_tx);
+        let (_close_tx, close_rx) = watch::channel(None);
+        let m = Metrics::new();
+        let preamble = vec![frame(0, 0)];
+        let b = batching.then(|| Batching::new(&m));
+        run(
+            Record(out.clone()),
+            out_rx,
+            close_rx,
+            preamble,
+            Duration::from_secs(60),
+            b,
+        )
+        .await;
+        std::mem::take(&mut *out.lock().unwrap())
+    }
+
+    fn lines(msgs: &[Message]) -> (usize, Vec<usize>) {
+        let mut texts = 0;
+        let mut seq = Vec::new();
+        for m in msgs {
+            if let Message::Text(t) = m {
+                texts += 1;
+                for l in t.as_str().split('\n') {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    seq.push(v["i"].as_u64().unwrap() as usize);
+                }
+            }
+        }
+        (texts, seq)
+    }
+
+    #[tokio::test]
+    async fn batching_joins_what_is_queued_within_the_budget_in_order() {
+        // 1 + 200 frames of ~1 KiB: ~201 KiB, so several budget-sized frames.
+        let items: Vec<Vec<Frame>> = (0..10)
+            .map(|k| (0..20).map(|j| frame(1 + k * 20 + j, 1000)).collect())
+            .collect();
+        let msgs = sent(items.clone(), true).await;
+        let (texts, seq) = lines(&msgs);
+        assert_eq!(seq, (0..=200).collect::<Vec<_>>(), "every frame, in order");
+        assert!(texts > 1 && texts < 20, "{texts} text frames for 201");
+        for m in &msgs {
+            if let Message::Text(t) = m {
+                assert!(t.len() <= BATCH_BUDGET, "{} bytes over the budget", t.len());
+            }
+        }
+        assert!(
+            matches!(msgs.last(), Some(Message::Close(_))),
+            "close alone, last"
+        );
+        // Without batching: one text frame per message, byte for byte.
+        let plain = sent(items, false).await;
+        let (texts, seq) = lines(&plain);
+        assert_eq!((texts, seq.len()), (201, 201));
+        assert_eq!(plain[0], Message::Text(text(frame(0, 0))));
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_budget_goes_alone() {
+        let items = vec![vec![frame(1, 10), frame(2, BATCH_BUDGET), frame(3, 10)]];
+        let msgs = sent(items, true).await;
+        let (texts, seq) = lines(&msgs);
+        assert_eq!(seq, vec![0, 1, 2, 3]);
+        // preamble + 1 | 2 | 3
+        assert_eq!(texts, 3);
     }
 }

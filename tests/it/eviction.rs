@@ -25,7 +25,7 @@ async fn connect_small_buffer(s: &TestServer, acct: &Account, room: &str) -> WsC
     let tcp = sock.connect(s.addr).await.unwrap();
     let io: Box<dyn hubbub_client::Io> = Box::new(tcp);
     let (ws, _) = tokio_tungstenite::client_async(req, io).await.unwrap();
-    WsClient { ws }
+    WsClient::new(ws)
 }
 
 /// Reads until every id in `want` has arrived as a chat; returns them in arrival order.

@@ -15,6 +15,7 @@
 mod support;
 
 mod auth;
+mod batch;
 mod chat;
 mod cluster;
 mod cluster_faults;

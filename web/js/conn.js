@@ -111,7 +111,8 @@ export class Connection {
 
   /** The socket's URL: `routed` (a route answer's) as given, else the node in use's. */
   url(routed = null) {
-    const q = new URLSearchParams({ room: this.room, client: this.clientId });
+    // batch=1: the server may join queued frames into one, a line each (see onmessage).
+    const q = new URLSearchParams({ room: this.room, client: this.clientId, batch: '1' });
     const since = this.since();
     if (since) q.set('since', since);
     if (routed) {
@@ -172,12 +173,9 @@ export class Connection {
     this.unanswered = new Map();
     let welcomed = false;
     ws.onopen = () => { this.lastTraffic = this.timers.now(); };
-    ws.onmessage = (ev) => {
-      if (this.ws !== ws) return;
-      this.lastTraffic = this.timers.now();
-      this.probeAt = 0;
+    const onFrame = (line) => {
       let f;
-      try { f = JSON.parse(ev.data); } catch { return; }
+      try { f = JSON.parse(line); } catch { return; }
       if (f.id) this.unanswered.delete(f.id);
       if (f.type === 'welcome') {
         welcomed = true;
@@ -196,6 +194,18 @@ export class Connection {
       }
       this.onFrame(f);
       if (f.type === 'welcome') { this.pump(); this.scheduleAckFlush(); }
+    };
+    ws.onmessage = (ev) => {
+      if (this.ws !== ws) return;
+      this.lastTraffic = this.timers.now();
+      this.probeAt = 0;
+      // batch=1: one JSON frame per line (the server's JSON has no raw newline).
+      const lines = typeof ev.data === 'string' ? ev.data.split('\n') : [];
+      for (const line of lines) {
+        // A frame's handler may close or replace the socket: the rest is stale.
+        if (this.ws !== ws) return;
+        onFrame(line);
+      }
     };
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;

@@ -42,6 +42,37 @@ struct MemberStats {
     other_errors: u64,
 }
 
+impl MemberStats {
+    /// Counts one received message (`s`, a line) received at `now`; true
+    /// for a delivery (a stamped chat).
+    fn count(&mut self, s: &str, raw: bool, now: u64) -> bool {
+        let body = if raw || s.starts_with("{\"type\":\"chat\"") {
+            stamp(s)
+        } else {
+            if s.starts_with("{\"type\":\"error\"") {
+                if s.contains("\"rate_limited\"") {
+                    self.rate_limited += 1;
+                } else if s.contains("\"unavailable\"") {
+                    self.unavailable += 1;
+                } else {
+                    self.other_errors += 1;
+                }
+            }
+            None
+        };
+        let Some((sent, from)) = body else {
+            return false;
+        };
+        self.hist.record(now.saturating_sub(sent));
+        self.last_ns = now;
+        self.delivered += 1;
+        if let Some(c) = self.per_sender.get_mut(from as usize) {
+            *c += 1;
+        }
+        true
+    }
+}
+
 struct Member {
     group: usize,
     sender: Option<usize>,
@@ -133,7 +164,11 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
         let room = groups[m.group].room.clone();
         let account = accounts.get(account_of[i]).cloned();
         let sem = sem.clone();
-        let (path, rb, ep, raw) = (t.ws_path(&room), args.read_buffer, t.ep.clone(), t.raw);
+        let mut path = t.ws_path(&room);
+        if !t.raw && !args.no_batch {
+            path.push_str("&batch=1");
+        }
+        let (rb, ep, raw) = (args.read_buffer, t.ep.clone(), t.raw);
         connects.spawn(async move {
             let _p = sem.acquire_owned().await?;
             let ws = net::join(&ep, raw, &path, account.as_ref(), rb).await?;
@@ -294,35 +329,17 @@ async fn run_member(mut ws: Ws, c: MemberCtx, plan: Option<SendCfg>) -> (usize, 
                 break;
             }
         };
-        // A peer that batches (the Go hub) joins messages with `\n`; each line is one delivery.
+        // batch=1 (hubbub) or a peer that joins its queue (the Go hub): one
+        // message per line. Our JSON and the raw peers' payloads hold no raw newline.
+        let now = now_ns();
         for s in net::lines(text.as_str()) {
-            let body = if raw || s.starts_with("{\"type\":\"chat\"") {
-                stamp(s)
-            } else {
-                if s.starts_with("{\"type\":\"error\"") {
-                    if s.contains("\"rate_limited\"") {
-                        st.rate_limited += 1;
-                    } else if s.contains("\"unavailable\"") {
-                        st.unavailable += 1;
-                    } else {
-                        st.other_errors += 1;
-                    }
-                }
-                None
-            };
-            let Some((sent, from)) = body else { continue };
-            let now = now_ns();
-            st.hist.record(now.saturating_sub(sent));
-            st.last_ns = now;
-            st.delivered += 1;
-            if let Some(c) = st.per_sender.get_mut(from as usize) {
-                *c += 1;
+            if st.count(s, raw, now) {
+                unpublished += 1;
             }
-            unpublished += 1;
-            if unpublished >= 64 {
-                live.fetch_add(unpublished, Ordering::Relaxed);
-                unpublished = 0;
-            }
+        }
+        if unpublished >= 64 {
+            live.fetch_add(unpublished, Ordering::Relaxed);
+            unpublished = 0;
         }
     }
     live.fetch_add(unpublished, Ordering::Relaxed);
@@ -465,4 +482,43 @@ fn summarize(
         t.cpu
     );
     (results, summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemberStats;
+
+    /// A batched text frame (hubbub's `batch=1`, the Go hub's joined queue)
+    /// is one delivery per line, errors counted as such.
+    #[test]
+    fn every_line_of_a_joined_frame_counts() {
+        let chat = |t: u64| {
+            format!(r#"{{"type":"chat","id":"x","content":"t={t} s=0 pad","cursor":"a"}}"#)
+        };
+        let frame = [
+            chat(10),
+            r#"{"type":"error","code":"rate_limited","message":"slow down"}"#.to_owned(),
+            chat(20),
+            r#"{"type":"presence","room":"r","users":[],"count":0}"#.to_owned(),
+            chat(30),
+        ]
+        .join("\n");
+        let mut st = MemberStats {
+            per_sender: vec![0],
+            ..Default::default()
+        };
+        let counted = frame
+            .split('\n')
+            .filter(|l| st.count(l, false, 100))
+            .count();
+        assert_eq!((counted, st.delivered, st.per_sender[0]), (3, 3, 3));
+        assert_eq!(st.rate_limited, 1);
+        // Raw mode: the Go hub's newline-joined payloads.
+        let raw = "t=1 s=0 a\nt=2 s=0 b";
+        let mut st = MemberStats {
+            per_sender: vec![0],
+            ..Default::default()
+        };
+        assert_eq!(raw.split('\n').filter(|l| st.count(l, true, 5)).count(), 2);
+    }
 }

@@ -138,6 +138,10 @@ pub struct Args {
     /// tungstenite read buffer per client connection, bytes.
     #[arg(long, default_value_t = 4096)]
     pub read_buffer: usize,
+    /// fanout and rooms against hubbub: connect without `batch=1`, one WebSocket frame
+    /// per message (by default the receivers opt in and split frames on `\n`).
+    #[arg(long)]
+    pub no_batch: bool,
     /// Hard cap on the whole run, seconds.
     #[arg(long, default_value_t = 900)]
     pub max_secs: u64,
@@ -244,6 +248,10 @@ fn finish(
     let line = json!({
         "scenario": format!("{:?}", args.scenario).to_lowercase(),
         "target": if args.raw { "raw" } else { "hubbub" },
+        // fanout and rooms receivers ask hubbub for batch=1 unless --no-batch.
+        "batch": !args.raw
+            && !args.no_batch
+            && matches!(args.scenario, Scenario::Fanout | Scenario::Rooms),
         "spawned": args.spawn,
         "label": args.label,
         "nofile_limit": nofile,

@@ -468,11 +468,13 @@ pub async fn join(
                 .context("timed out waiting for welcome/history")?;
             match m {
                 Some(Ok(Message::Text(t))) => {
-                    let s = t.as_str();
-                    if s.starts_with("{\"type\":\"welcome\"") {
-                        seen_welcome = true;
-                    } else if seen_welcome && s.starts_with("{\"type\":\"history\"") {
-                        break;
+                    // batch=1: welcome and history may share a frame, a line each.
+                    for s in t.as_str().split('\n') {
+                        if s.starts_with("{\"type\":\"welcome\"") {
+                            seen_welcome = true;
+                        } else if seen_welcome && s.starts_with("{\"type\":\"history\"") {
+                            return Ok(ws);
+                        }
                     }
                 }
                 Some(Ok(Message::Close(f))) => bail!("closed on join: {f:?}"),

@@ -1,6 +1,7 @@
 //! WebSocket sessions: the upgrade (with the server's refusal status), typed
 //! frames out, JSON frames and the close code in.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -19,6 +20,8 @@ use crate::http::{Account, Endpoint, Io};
 /// A WebSocket session.
 pub struct WsClient {
     pub ws: WebSocketStream<Box<dyn Io>>,
+    /// `batch=1`: the lines of a text frame not yet returned by `recv`.
+    pending: VecDeque<Value>,
 }
 
 /// Why an upgrade did not happen: the HTTP status (401, 403, …), a redirect
@@ -92,7 +95,7 @@ pub async fn upgrade(
         .read_buffer_size(16 * 1024)
         .max_message_size(Some(64 << 20));
     match tokio_tungstenite::client_async_with_config(req, tcp, Some(config)).await {
-        Ok((ws, _)) => Ok(WsClient { ws }),
+        Ok((ws, _)) => Ok(WsClient::new(ws)),
         Err(tungstenite::Error::Http(resp)) => {
             let location = resp
                 .headers()
@@ -211,6 +214,14 @@ pub enum Incoming {
 }
 
 impl WsClient {
+    /// A session over an already upgraded stream.
+    pub fn new(ws: WebSocketStream<Box<dyn Io>>) -> Self {
+        WsClient {
+            ws,
+            pending: VecDeque::new(),
+        }
+    }
+
     /// Sends a frame of the protocol, serialized as the server parses it.
     pub async fn send(&mut self, msg: &ClientMsg) -> anyhow::Result<()> {
         self.send_text(frames::encode(msg)).await
@@ -231,7 +242,12 @@ impl WsClient {
     }
 
     /// The next JSON frame or close, skipping pings; `None` after `timeout`.
+    /// A text frame of several lines (`batch=1`: one JSON object per line)
+    /// yields them one by one, in order.
     pub async fn recv(&mut self, timeout: Duration) -> Option<Incoming> {
+        if let Some(v) = self.pending.pop_front() {
+            return Some(Incoming::Frame(v));
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let m = tokio::time::timeout_at(deadline, self.ws.next())
@@ -241,9 +257,16 @@ impl WsClient {
                 None => return Some(Incoming::Closed(None)),
                 Some(Err(_)) => return Some(Incoming::Closed(None)),
                 Some(Ok(Message::Text(t))) => {
-                    return Some(Incoming::Frame(
-                        serde_json::from_str(t.as_str()).unwrap_or(Value::Null),
-                    ));
+                    // Our JSON never holds a raw newline, so a frame without
+                    // `batch=1` is one line and splitting changes nothing.
+                    self.pending.extend(
+                        t.as_str()
+                            .split('\n')
+                            .map(|l| serde_json::from_str(l).unwrap_or(Value::Null)),
+                    );
+                    if let Some(v) = self.pending.pop_front() {
+                        return Some(Incoming::Frame(v));
+                    }
                 }
                 Some(Ok(Message::Close(f))) => {
                     return Some(Incoming::Closed(f.map(|f| u16::from(f.code))));

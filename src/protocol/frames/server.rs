@@ -129,8 +129,15 @@ pub enum ServerMsg<'a> {
 
 /// Serializes a frame once. Our frame types hold only strings, numbers and
 /// sequences, for which serde_json cannot fail; the fallback is never taken.
+///
+/// The result never holds a raw `\n`: compact serde_json puts no whitespace
+/// between tokens and escapes every control character inside strings. A
+/// `batch=1` connection relies on it (frames joined by `\n`, one per line);
+/// the frames tests check it over every frame kind with hostile content.
 pub fn encode<T: Serialize>(msg: &T) -> Frame {
-    Frame::from(serde_json::to_string(msg).unwrap_or_else(|_| String::from("{}")))
+    let json = serde_json::to_string(msg).unwrap_or_else(|_| String::from("{}"));
+    debug_assert!(!json.contains('\n'), "a raw newline in an encoded frame");
+    Frame::from(json)
 }
 
 pub fn encode_message(m: &StoredMsg) -> Frame {

@@ -156,3 +156,77 @@ fn encodes_error_without_empty_fields() {
         r#"{"type":"error","code":"bad_request","message":"x"}"#
     );
 }
+
+/// `batch=1` joins frames with `\n`, one JSON object per line: no encoded
+/// frame may hold a raw newline, whatever a user typed. Every frame kind,
+/// with hostile content in every string a user controls.
+#[test]
+fn no_frame_kind_ever_holds_a_raw_newline() {
+    let hostile = "a\nb\r\nc\u{2028}d\u{2029}e\u{85}f\"\\\u{0}\t}\n{\"type\":\"chat\"}";
+    let m = StoredMsg {
+        id: Uuid::parse_str(ID).unwrap(),
+        kind: crate::protocol::MsgKind::Private,
+        room: crate::protocol::RoomName::parse("lobby").unwrap(),
+        sender: Username::parse("ann").unwrap(),
+        target: Some(Username::parse("bob").unwrap()),
+        content: hostile.into(),
+        action: true,
+        ts_ms: 0,
+        cursor: Cursor::ZERO,
+    };
+    let msgs = vec![(std::sync::Arc::new(m.clone()), Some(Status::Seen))];
+    let id = m.id;
+    let frames = vec![
+        encode_message(&m),
+        encode_history(HistoryPage::new(&msgs, true), Some(hostile)),
+        encode(&ServerMsg::Welcome {
+            user: hostile,
+            room: hostile,
+            node: hostile,
+            session: hostile,
+            client: hostile,
+            resumed: true,
+            limits: Limits {
+                max_frame: 1,
+                max_content: 1,
+                msgs_per_sec: 1,
+                burst: 1,
+            },
+        }),
+        encode(&ServerMsg::Receipt {
+            id: &id,
+            status: "seen",
+            by: Some(hostile),
+        }),
+        encode(&ServerMsg::Typing {
+            room: hostile,
+            sender: hostile,
+            active: true,
+        }),
+        encode(&ServerMsg::Presence {
+            room: hostile,
+            users: vec![hostile, hostile],
+            count: 2,
+        }),
+        encode(&ServerMsg::System {
+            room: hostile,
+            content: hostile,
+        }),
+        encode_error(&FrameError::new(
+            ErrorCode::BadRequest,
+            hostile,
+            Some(hostile.into()),
+        )),
+        encode_saved(&id),
+        encode_unavailable(hostile, Some(hostile), 5),
+        encode_retry(ErrorCode::RateLimited, hostile, Some(hostile), 5),
+    ];
+    for f in &frames {
+        assert!(!f.as_str().contains('\n'), "raw newline in {f:?}");
+        // Each line parses back on its own, with the content intact.
+        let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+        assert!(v["type"].is_string(), "{f:?}");
+    }
+    let v: serde_json::Value = serde_json::from_str(frames[0].as_str()).unwrap();
+    assert_eq!(v["content"], hostile);
+}
