@@ -100,6 +100,24 @@ async function homeAt(page, at, timeout = 15000) {
 }
 
 /**
+ * Waits until every node in `all` lists all of them as serving (asked with
+ * the page's cookies): the ring of homes is built from the same list, so
+ * homes asked before that may still change (a node that turned ready a
+ * moment ago is not yet on every ring).
+ */
+async function allServing(page, all) {
+  await waitFor(async () => {
+    const counts = await Promise.all(all.map((n) => page.evaluate(async (base) => {
+      try {
+        const r = await fetch(`${base}/api/cluster/nodes`, { credentials: 'include', cache: 'no-store' });
+        return r.ok ? (await r.json()).nodes.length : 0;
+      } catch { return 0; }
+    }, n.base)));
+    return counts.every((c) => c === all.length);
+  }, { timeout: 20000, what: `every node lists ${all.length} serving nodes` });
+}
+
+/**
  * A person whose home is a node `wanted` accepts, signed up (by the page's
  * own fetch, so its cookies are the browser's) from node `n`'s login page;
  * names are tried until the ring puts one there. Every socket the page
@@ -118,6 +136,7 @@ async function personHomed(t, n, all, prefix, wanted) {
       method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
     })).status, { username: name, password: PASSWORD });
     assert.ok(status >= 200 && status < 300, `sign-up of ${name}: ${status}`);
+    await allServing(page, all);
     const home = await homeAt(page, all);
     if (wanted(home)) return { name, home, page, sockets, problems: p.problems };
   }
