@@ -3,12 +3,9 @@
 //! frame per message; any other value refused before the upgrade.
 
 use futures_util::StreamExt;
-use hubbub_client::{self as client, Account, ConnectError, WsClient};
+use hubbub_client::{self as client, ConnectError, WsClient};
 use serde_json::Value;
-use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use crate::support::*;
 
@@ -16,24 +13,6 @@ use crate::support::*;
 /// buffers hold for a reader with a 4 KiB receive window, so the server's
 /// writer is stuck while the hub keeps queueing (eviction.rs relies on it too).
 const MESSAGES: usize = 2000;
-
-/// `/ws?room={room}{extra}` with a 4 KiB receive buffer, so that a session
-/// that does not read soon blocks the server's writer.
-async fn connect_small(s: &TestServer, acct: &Account, room: &str, extra: &str) -> WsClient {
-    let mut req = format!("ws://{}/ws?room={room}{extra}", s.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "cookie",
-        HeaderValue::from_str(&acct.cookie_header()).unwrap(),
-    );
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let tcp = sock.connect(s.addr).await.unwrap();
-    let io: Box<dyn hubbub_client::Io> = Box::new(tcp);
-    let (ws, _) = tokio_tungstenite::client_async(req, io).await.unwrap();
-    WsClient::new(ws)
-}
 
 /// The next text frame as it came on the wire (pings skipped).
 async fn next_text(ws: &mut WsClient) -> String {
@@ -96,7 +75,7 @@ async fn a_backlog_comes_batched_only_to_who_asked_in_order() {
         s.user(&name("plain")).await,
         s.user(&name("flooder")).await,
     );
-    let mut batched = connect_small(&s, &a, "burst", "&batch=1").await;
+    let mut batched = connect_small_buffer(&s, &a, "burst", "&batch=1").await;
     // The join burst: welcome and history (and presence, if queued by then) in one frame.
     let first = lines_of(&next_text(&mut batched).await);
     assert!(first.len() >= 2, "the join burst came unbatched: {first:?}");
@@ -104,7 +83,7 @@ async fn a_backlog_comes_batched_only_to_who_asked_in_order() {
         (&first[0]["type"], &first[1]["type"]),
         (&"welcome".into(), &"history".into())
     );
-    let mut plain = connect_small(&s, &b, "burst", "&batch=0").await;
+    let mut plain = connect_small_buffer(&s, &b, "burst", "&batch=0").await;
     let first = next_text(&mut plain).await;
     assert_eq!(lines_of(&first)[0]["type"], "welcome", "{first}");
     assert!(!first.contains('\n'), "batch=0 got a joined frame: {first}");

@@ -5,28 +5,8 @@ use std::collections::HashSet;
 
 use crate::support::*;
 use hubbub_client::{Account, WsClient};
-use tokio::net::TcpSocket;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 const MESSAGES: usize = 3000;
-
-/// Connects with a small receive buffer, so the kernel cannot soak up the flood for it.
-async fn connect_small_buffer(s: &TestServer, acct: &Account, room: &str) -> WsClient {
-    let mut req = format!("ws://{}/ws?room={room}", s.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "cookie",
-        HeaderValue::from_str(&acct.cookie_header()).unwrap(),
-    );
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let tcp = sock.connect(s.addr).await.unwrap();
-    let io: Box<dyn hubbub_client::Io> = Box::new(tcp);
-    let (ws, _) = tokio_tungstenite::client_async(req, io).await.unwrap();
-    WsClient::new(ws)
-}
 
 /// Reads until every id in `want` has arrived as a chat; returns them in arrival order.
 async fn read_all(mut ws: WsClient, want: HashSet<String>) -> (WsClient, Vec<String>) {
@@ -125,7 +105,7 @@ async fn flood_room(queue: &str) -> (TestServer, Account, WsClient, WsClient, Ws
     let staller = s.user(&name("staller")).await;
     let flooder = s.user(&name("flooder")).await;
     let watcher = s.user(&name("watcher")).await;
-    let mut stalled = connect_small_buffer(&s, &staller, "flood").await;
+    let mut stalled = connect_small_buffer(&s, &staller, "flood", "").await;
     stalled.expect("welcome", T).await.unwrap();
     stalled.expect("history", T).await.unwrap();
     let w = s.join(&watcher, "flood").await;

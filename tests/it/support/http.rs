@@ -198,3 +198,29 @@ pub async fn metric_sample(ep: impl Into<Endpoint>, series: &str) -> Option<f64>
                 .unwrap_or_else(|e| panic!("{series} = {v:?}: {e}"))
         })
 }
+
+/// `/ws?room={room}{extra}` with a 4 KiB receive buffer: the kernel cannot
+/// soak up a flood for a session that stops reading, so the server's
+/// writer soon blocks on it (eviction, batching of a backlog).
+pub async fn connect_small_buffer(
+    s: &TestServer,
+    acct: &Account,
+    room: &str,
+    extra: &str,
+) -> WsClient {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let mut req = format!("ws://{}/ws?room={room}{extra}", s.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "cookie",
+        HeaderValue::from_str(&acct.cookie_header()).unwrap(),
+    );
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(s.addr).await.unwrap();
+    let io: Box<dyn hubbub_client::Io> = Box::new(tcp);
+    let (ws, _) = tokio_tungstenite::client_async(req, io).await.unwrap();
+    WsClient::new(ws)
+}
