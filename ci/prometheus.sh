@@ -305,14 +305,17 @@ function until(ws, pred) {
     setTimeout(() => process.exit(0), 120000);
 })().catch((e) => { console.error(e); process.exit(1); });
 EOF
-# traffic NAME BASE_URL ALICE BOB: the chat above in the background (both at once).
+# traffic NAME BASE_URL ALICE BOB [QUERY]: the chat above in the background (both at once).
 traffic() {
-    node "${NODE_FLAGS[@]}" "$WORK/traffic.cjs" "wss://${2#https://}/ws?room=lobby" "$3" "$4" \
+    node "${NODE_FLAGS[@]}" "$WORK/traffic.cjs" "wss://${2#https://}/ws?room=lobby${5:-}" "$3" "$4" \
         "$MESSAGES" "$WORK/traffic-$1.ok" </dev/null >"$WORK/traffic-$1.log" 2>&1 &
     PIDS+=($!)
 }
 traffic single "$HUB" "$ALICE" "$BOB"
-traffic cluster "${CLUSTER_URLS[1]}" "$C_ALICE" "$C_BOB"
+# On n2 on purpose (its metrics are checked below): a request that carries
+# `from=` is served where it lands instead of being redirected (307) to the
+# user's home node, which Node's WebSocket would not follow.
+traffic cluster "${CLUSTER_URLS[1]}" "$C_ALICE" "$C_BOB" "&from=n2"
 wait_for 30 test -f "$WORK/traffic-single.ok" || fail "WebSocket traffic did not complete"
 ok "WebSocket chat: $(cat "$WORK/traffic-single.log")"
 wait_for 30 test -f "$WORK/traffic-cluster.ok" || fail "WebSocket traffic on cluster node n2 did not complete"
