@@ -141,19 +141,7 @@ impl HubState {
     /// changed gets a presence frame (coalesced as a local change is).
     pub(super) fn peer_presence(&mut self, p: PeerPresence) {
         match p {
-            PeerPresence::Users { node, room, users } => {
-                let before = self.everyone_named(&room);
-                let of_room = self.peers.entry(room.clone()).or_default();
-                if users.is_empty() {
-                    of_room.remove(&node);
-                } else {
-                    of_room.insert(node, users);
-                }
-                if of_room.is_empty() {
-                    self.peers.remove(&room);
-                }
-                self.dirty_if_changed(&room, before);
-            }
+            PeerPresence::Users { node, room, users } => self.set_peer(room, node, users),
             PeerPresence::Gone { node } => {
                 let rooms: Vec<RoomName> = self
                     .peers
@@ -162,17 +150,25 @@ impl HubState {
                     .map(|(room, _)| room.clone())
                     .collect();
                 for room in rooms {
-                    let before = self.everyone_named(&room);
-                    if let Some(of_room) = self.peers.get_mut(&room) {
-                        of_room.remove(&node);
-                        if of_room.is_empty() {
-                            self.peers.remove(&room);
-                        }
-                    }
-                    self.dirty_if_changed(&room, before);
+                    self.set_peer(room, node.clone(), Vec::new());
                 }
             }
         }
+    }
+
+    /// `node`'s users in `room` are `users` now (empty: none, forgotten).
+    fn set_peer(&mut self, room: RoomName, node: String, users: Vec<Username>) {
+        let before = self.everyone_named(&room);
+        let of_room = self.peers.entry(room.clone()).or_default();
+        if users.is_empty() {
+            of_room.remove(&node);
+        } else {
+            of_room.insert(node, users);
+        }
+        if of_room.is_empty() {
+            self.peers.remove(&room);
+        }
+        self.dirty_if_changed(&room, before);
     }
 
     /// Marks `room` for a presence frame if its union is not `before`.
