@@ -36,7 +36,10 @@ fn name_where(prefix: &str, want: impl Fn(&str) -> bool) -> String {
 
 /// `/api/cluster/route` at `addr` for `acct`: (node, url).
 async fn route(addr: SocketAddr, acct: &client::Account) -> (String, String) {
-    client::route(addr, acct).await.unwrap()
+    client::route(addr, acct)
+        .await
+        .unwrap()
+        .expect("not a cluster")
 }
 
 fn cookie(acct: &client::Account) -> String {
@@ -260,7 +263,9 @@ async fn users_follow_their_home_through_a_drain_and_a_return_without_a_gap() {
         w.send(&client::frames::chat(s).1).await.unwrap();
     }
     wait_for("a new home for the user", MOVE_BOUND, || async {
-        client::route(n1, &acct).await.is_ok_and(|(n, _)| n != "n3")
+        client::route(n1, &acct)
+            .await
+            .is_ok_and(|r| r.is_some_and(|(n, _)| n != "n3"))
     })
     .await;
     let (mut ws, got) = resume(n1, &acct, &since, sent.len()).await;
@@ -316,7 +321,8 @@ async fn a_fresh_account_is_known_at_once_on_a_node_that_lags() {
             client::route(lag.addr(), &acct),
             upgrade_once(lag.addr(), "/ws?room=lobby&from=any", &acct)
         );
-        r.unwrap_or_else(|e| panic!("fresh{i}: route at {}: {e}", lag.name));
+        r.unwrap_or_else(|e| panic!("fresh{i}: route at {}: {e}", lag.name))
+            .expect("not a cluster");
         ws.unwrap_or_else(|e| panic!("fresh{i}: upgrade at {}: {e}", lag.name))
             .expect("welcome", T)
             .await

@@ -428,24 +428,10 @@ pub async fn placed(
     let Some(a) = account else {
         return Ok(path.to_owned());
     };
-    let cookie = a.cookie_header();
-    let r = hubbub_client::request(
-        ep.clone(),
-        "GET",
-        "/api/cluster/route",
-        &[("cookie", &cookie)],
-        None,
-    )
-    .await?;
-    match r.status {
-        404 => Ok(path.to_owned()),
-        200 => {
-            let node = r.json()["node"].as_str().map(str::to_owned);
-            let node = node.ok_or_else(|| anyhow!("/api/cluster/route answered {}", r.body))?;
-            Ok(format!("{path}&from={node}"))
-        }
-        s => bail!("/api/cluster/route answered {s}: {}", r.body),
-    }
+    Ok(match hubbub_client::route(ep.clone(), a).await? {
+        None => path.to_owned(),
+        Some((node, _)) => format!("{path}&from={node}"),
+    })
 }
 
 /// Connects a session to `room` and, for hubbub, waits for `welcome` and `history`.

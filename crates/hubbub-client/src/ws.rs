@@ -168,8 +168,12 @@ async fn join_with(
 }
 
 /// Cluster mode: the caller's home node as the node at `ep` sees it
-/// (`GET /api/cluster/route`): its name and its socket URL.
-pub async fn route(ep: impl Into<Endpoint>, account: &Account) -> anyhow::Result<(String, String)> {
+/// (`GET /api/cluster/route`): its name and its socket URL; `None` from a
+/// node not in a cluster (404).
+pub async fn route(
+    ep: impl Into<Endpoint>,
+    account: &Account,
+) -> anyhow::Result<Option<(String, String)>> {
     let cookie = account.cookie_header();
     let r = crate::http::request(
         ep,
@@ -179,12 +183,14 @@ pub async fn route(ep: impl Into<Endpoint>, account: &Account) -> anyhow::Result
         None,
     )
     .await?;
-    if r.status != 200 {
-        bail!("/api/cluster/route answered {}: {}", r.status, r.body);
+    match r.status {
+        200 => {}
+        404 => return Ok(None),
+        s => bail!("/api/cluster/route answered {s}: {}", r.body),
     }
     let v = r.json();
     match (v["node"].as_str(), v["url"].as_str()) {
-        (Some(n), Some(u)) => Ok((n.to_owned(), u.to_owned())),
+        (Some(n), Some(u)) => Ok(Some((n.to_owned(), u.to_owned()))),
         _ => bail!("/api/cluster/route answered {}", r.body),
     }
 }
@@ -201,7 +207,9 @@ pub async fn join_here(
     since: Option<&str>,
 ) -> anyhow::Result<WsClient> {
     let ep = ep.into();
-    let (home, _) = route(&ep, account).await?;
+    let (home, _) = route(&ep, account)
+        .await?
+        .ok_or_else(|| anyhow!("/api/cluster/route answered 404: not a cluster"))?;
     let q = format!("{}&from={home}", join_query(room, client, since));
     join_with(ep, account, q).await
 }
