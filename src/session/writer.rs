@@ -165,17 +165,22 @@ fn join(group: &mut Vec<Frame>, counts: &Batching) -> Message {
         return Message::Text(text(f));
     }
     let len = group.iter().map(|f| f.len() + 1).sum();
-    let mut out = String::with_capacity(len);
+    // Bytes, not a `String` built with `Frame::as_str`: that checks UTF-8
+    // again for every frame and every recipient (a quarter of the server's
+    // CPU at 2 M deliveries/s in a perf profile).
+    let mut out = Vec::with_capacity(len);
     for (i, f) in group.iter().enumerate() {
         if i > 0 {
-            out.push('\n');
+            out.push(b'\n');
         }
-        out.push_str(f.as_str());
+        out.extend_from_slice(f.as_bytes());
     }
     counts.frames.inc();
     counts.messages.inc_by(group.len() as u64);
     group.clear();
-    Message::Text(out.into())
+    // SAFETY: frames are UTF-8 (see `text`) and so is b'\n'; a concatenation
+    // of whole UTF-8 strings is UTF-8.
+    Message::Text(unsafe { Utf8Bytes::from_bytes_unchecked(out.into()) })
 }
 
 /// Our frame as tungstenite's text payload: the same shared bytes (a frame

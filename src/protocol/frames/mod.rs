@@ -29,6 +29,12 @@ impl Frame {
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
+    /// The UTF-8 bytes, borrowed: for copying them somewhere without
+    /// `as_str`'s UTF-8 check (which costs as much as the copy).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The UTF-8 bytes, shared (no copy).
     pub fn into_bytes(self) -> Bytes {
         self.0
