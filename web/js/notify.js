@@ -45,10 +45,10 @@ export class Notifier {
       this.env.storage.setItem(ENABLED_KEY, 'off');
       return 'off';
     }
-    let p = this.env.Notification.permission;
-    if (p !== 'granted') {
-      try { p = await this.env.Notification.requestPermission(); } catch { p = 'denied'; }
-    }
+    // Asked even when already granted: it answers at once then, without a
+    // prompt, and this stays the one place (a click) that ever asks.
+    let p;
+    try { p = await this.env.Notification.requestPermission(); } catch { p = 'denied'; }
     if (p !== 'granted') {
       this.env.storage.setItem(ENABLED_KEY, 'off');
       return 'denied';
