@@ -124,6 +124,10 @@ test('links: hostile input stays text', () => {
   assert.deepEqual(links('https://ok.example/"onmouseover="alert(1)'), [['https://ok.example/', 'https://ok.example/']]);
   assert.equal(safeHref('javascript:alert(1)'), null);
   assert.equal(safeHref('data:,x'), null);
+  // Schemes with a host are refused by the scheme check itself.
+  for (const s of ['ftp://example.com/x', 'ws://example.com/', 'file://host/etc/passwd', 'chrome://settings']) {
+    assert.equal(safeHref(s), null, s);
+  }
   assert.equal(safeHref('https://example.com'), 'https://example.com/');
 });
 
