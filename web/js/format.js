@@ -16,13 +16,27 @@ const DAY_MS = 24 * 60 * 60 * 1000;
  */
 export function dayKey(ts, timeZone) {
   const d = new Date(ts);
-  if (Number.isNaN(d.getTime())) return null;
-  const parts = new Intl.DateTimeFormat('en-CA', {
-    timeZone, year: 'numeric', month: '2-digit', day: '2-digit',
-  }).formatToParts(d);
+  const ms = d.getTime();
+  if (Number.isNaN(ms)) return null;
+  // The list is laid out again on every change (up to 500 messages): the
+  // formatter is made once per zone and the keys are remembered.
+  const memo = `${timeZone || ''}|${ms}`;
+  const hit = dayKeys.get(memo);
+  if (hit) return hit;
+  let f = dayFormats.get(timeZone || '');
+  if (!f) {
+    f = new Intl.DateTimeFormat('en-CA', { timeZone, year: 'numeric', month: '2-digit', day: '2-digit' });
+    dayFormats.set(timeZone || '', f);
+  }
+  const parts = f.formatToParts(d);
   const v = (t) => parts.find((p) => p.type === t).value;
-  return `${v('year')}-${v('month')}-${v('day')}`;
+  const key = `${v('year')}-${v('month')}-${v('day')}`;
+  if (dayKeys.size >= 4000) dayKeys.clear(); // bounded; refilled by the next layout
+  dayKeys.set(memo, key);
+  return key;
 }
+const dayFormats = new Map(); // time zone -> Intl.DateTimeFormat
+const dayKeys = new Map();    // "zone|ms" -> "YYYY-MM-DD"
 
 // Whole days between two keys: through UTC midnights, so a 23- or 25-hour
 // day (DST) is still one day.

@@ -150,8 +150,11 @@ export function createView(S, hooks) {
         prev = null;
       }
       const cont = continuesGroup(prev, m);
-      li.classList.toggle('cont', cont);
-      li.dataset.group = cont ? 'cont' : 'start';
+      const group = cont ? 'cont' : 'start';
+      if (li.dataset.group !== group) { // untouched when unchanged: no style work
+        li.classList.toggle('cont', cont);
+        li.dataset.group = group;
+      }
       prev = m;
     }
     for (const sep of list.querySelectorAll(':scope > li.day-sep')) if (sep.dataset.pass !== pass) sep.remove();
