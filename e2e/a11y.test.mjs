@@ -101,6 +101,9 @@ test('a busy chat: no serious or critical axe violations, light and dark', async
   const [a, b] = await people(t, browser, uniqueRoom('a11y'), ['alice', 'bob']);
   const pa = a.page; const pb = b.page;
   await send(pb, 'hello from bob');
+  // A run of one sender, a link and a mention of Alice: scanned too, with the
+  // notification toggles and the day separator.
+  await send(pb, `@${a.name} see https://example.com/docs`);
   await send(pa, 'and a reply');
   await personButton(pb, a.name).click();
   await send(pb, 'a private word');
@@ -112,6 +115,12 @@ test('a busy chat: no serious or critical axe violations, light and dark', async
   const announcer = pa.locator('#announcer');
   await announcer.getByText(`${b.name}: hello from bob`).waitFor({ state: 'attached' });
   assert.equal(await announcer.getAttribute('aria-live'), 'polite');
+  const mention = messages(pa, `@${a.name} see https://example.com/docs`);
+  await mention.getByRole('link', { name: 'https://example.com/docs' }).waitFor();
+  await mention.getByText('mentions you').waitFor();
+  await pa.getByRole('log', { name: 'Messages' }).getByRole('heading', { name: 'Today' }).waitFor();
+  await pa.getByRole('button', { name: 'Desktop notifications', pressed: false }).waitFor();
+  await pa.getByRole('button', { name: 'Mute this room', pressed: false }).waitFor();
   await axe(pa, 'chat (light)');
   await pa.emulateMedia({ colorScheme: 'dark' });
   await axe(pa, 'chat (dark)');

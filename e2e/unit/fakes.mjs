@@ -93,7 +93,7 @@ export function recordingUi(over = {}) {
   };
   for (const n of ['setMe', 'appendMessage', 'insertOlder', 'updateMessage', 'renderStatus', 'removeMessage',
     'clearMessages', 'clearMarker', 'systemLine', 'announce', 'scrollToBottom', 'showUnread', 'observeSeen',
-    'seenSent', 'renderTyping', 'renderPresence', 'renderOlder']) ui[n] = rec(n);
+    'seenSent', 'renderTyping', 'renderPresence', 'renderOlder', 'incoming']) ui[n] = rec(n);
   return Object.assign(ui, over);
 }
 

@@ -288,3 +288,20 @@ test('typing text: one, two, three, many; expired names drop out', () => {
   assert.equal(P.typingText(S, clock.now()), 'bob, cy and dan are typing…');
   assert.equal(P.typingText(S, clock.now() + P.TYPING_EXPIRE_MS + 1), '');
 });
+
+test('incoming (tab title count, notifications): live messages from others only, once each', () => {
+  const { S, ctx } = setup();
+  const P0 = msg('bob');
+  P.onHistory(ctx, { type: 'history', messages: [P0, msg('ann')], more: false });
+  assert.equal(ctx.ui.calls.incoming, undefined, 'the first page is not news');
+  const live = msg('bob', { content: 'hi @ann' });
+  P.onMessage(ctx, live, { live: true });
+  P.onMessage(ctx, live, { live: true }); // the same frame again (a resend)
+  P.onMessage(ctx, msg('ann'), { live: true });
+  assert.deepEqual(ctx.ui.calls.incoming.map(([m]) => m.id), [live.id]);
+  // Caught up after a reconnect: news too.
+  S.resumed = true;
+  const later = msg('cy');
+  P.onHistory(ctx, { type: 'history', messages: [later], more: false });
+  assert.deepEqual(ctx.ui.calls.incoming.map(([m]) => m.id), [live.id, later.id]);
+});

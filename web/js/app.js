@@ -17,6 +17,7 @@ import {
   $, el, createView, setConnState, setNode, announce, scrollToBottom, updateTitle, isAtBottom,
 } from './render.js';
 import { createComposer } from './composer.js';
+import { Notifier } from './notify.js';
 import { ROOM_RE, USER_RE, CLIENT_RE, uuid, storeGet, storeSet, realTimers } from './util.js';
 
 const RECENT_ROOMS = 'hubbub.rooms';
@@ -25,10 +26,22 @@ const MAX_RECENT = 12;
 
 const S = createState();
 const ctx = { S, ui: null, timers: realTimers, saveOutbox };
+// Off until the user turns them on (the permission is asked for only in
+// that click); `Notification` is read when used, not captured at load.
+const notifier = new Notifier({
+  get Notification() { return window.Notification; },
+  storage: {
+    getItem: (k) => { try { return localStorage.getItem(k); } catch { return null; } },
+    setItem: (k, v) => { try { localStorage.setItem(k, v); } catch { /* quota or disabled */ } },
+  },
+  hidden: () => document.visibilityState !== 'visible',
+  focus: () => window.focus(),
+});
 ctx.ui = createView(S, {
   onSeen: (ids) => { if (S.conn) P.ackSeen(ctx, ids); },
   requestOlder,
   pickUser: (u) => { setPmTarget(u); closeSidebar(); $('composer-input').focus(); },
+  onIncoming: (m) => { if (notifier.consider(m, { me: S.me, room: S.room })) count('notifications'); },
 });
 const composer = createComposer(ctx);
 const auth = createAuth({
@@ -230,6 +243,7 @@ function joinRoom(room, { replaceHash = false } = {}) {
   }
   $('room-title').textContent = `#${room}`;
   updateTitle(S);
+  renderNotifyButtons();
   setPmTarget(null);
   rememberRoom(room);
   S.conn = new Connection({
@@ -303,6 +317,48 @@ function closeSidebar() {
   $('sidebar-toggle').setAttribute('aria-expanded', 'false');
 }
 
+// ---------- desktop notifications ----------
+
+function renderNotifyButtons() {
+  const on = $('notify-btn');
+  const mute = $('mute-btn');
+  on.hidden = !notifier.supported;
+  mute.hidden = !notifier.supported;
+  on.setAttribute('aria-pressed', String(notifier.enabled));
+  $('notify-state').textContent = notifier.enabled ? 'on' : 'off';
+  const muted = !!S.room && notifier.isMuted(S.room);
+  mute.setAttribute('aria-pressed', String(muted));
+}
+
+// The only place the permission is asked for: this click.
+async function onNotifyClick() {
+  const r = await notifier.toggle();
+  const note = $('notify-note');
+  note.hidden = r !== 'denied';
+  note.textContent = r === 'denied'
+    ? 'Notifications are blocked for this site: allow them in the browser’s site settings, then try again.'
+    : '';
+  renderNotifyButtons();
+}
+
+function onMuteClick() {
+  if (!S.room) return;
+  notifier.setMuted(S.room, !notifier.isMuted(S.room));
+  renderNotifyButtons();
+}
+
+// Back to the tab: the count in the title is said once, then cleared.
+function onVisibility() {
+  if (document.visibilityState === 'visible' && S.hiddenUnread) {
+    const n = S.hiddenUnread;
+    S.hiddenUnread = 0;
+    updateTitle(S);
+    announce(n === 1 ? '1 new message arrived while this tab was in the background'
+      : `${n} new messages arrived while this tab was in the background`);
+  }
+  ctx.ui.flushSeen();
+}
+
 // ---------- wiring ----------
 
 function onComposerKey(ev) {
@@ -357,7 +413,10 @@ function bind() {
     const s = $('scroller');
     if (s.scrollTop < 80) requestOlder();
     if (isAtBottom() && document.visibilityState === 'visible') ctx.ui.clearUnread();
+    ctx.ui.syncJump();
   }, { passive: true });
+  $('notify-btn').addEventListener('click', onNotifyClick);
+  $('mute-btn').addEventListener('click', onMuteClick);
   $('sidebar-toggle').addEventListener('click', () => {
     const open = !$('sidebar').classList.contains('open');
     $('sidebar').classList.toggle('open', open);
@@ -369,12 +428,13 @@ function bind() {
     if ($('sidebar').classList.contains('open')) { closeSidebar(); $('sidebar-toggle').focus(); return; }
     if (S.pmTarget) { setPmTarget(null); $('composer-input').focus(); }
   });
-  document.addEventListener('visibilitychange', ctx.ui.flushSeen);
+  document.addEventListener('visibilitychange', onVisibility);
   window.addEventListener('hashchange', () => {
     const h = decodeURIComponent(location.hash.replace(/^#/, '')).toLowerCase();
     if (S.me && ROOM_RE.test(h) && h !== S.room) joinRoom(h, { replaceHash: true });
   });
   setInterval(ctx.ui.renderTyping, 1000); // others' typing expires
+  setInterval(ctx.ui.relayout, 60_000); // "Today" becomes "Yesterday" at midnight
 }
 
 async function findSession(before = Promise.resolve()) {

@@ -156,6 +156,7 @@ export function onMessage(ctx, m, { live, fromHistory = false }) {
   } else if (S.newerTrimmed) {
     // Not in view (the reader paged far back); counted, acked, reloaded on "jump".
     if (!own) { ackDelivered(ctx, m.id); S.unread += 1; ui.showUnread(S.unread, true); }
+    if (!own && live) ui.incoming(m);
     return;
   } else {
     const wasBottom = ui.atBottom();
@@ -166,6 +167,7 @@ export function onMessage(ctx, m, { live, fromHistory = false }) {
     S.order.push(m.id);
     ui.appendMessage(entry, { marker });
     if (live && !own) {
+      ui.incoming(m); // the tab title's count, a desktop notification
       if (fromHistory) {
         S.caughtUp += 1; // announced as one summary after the page
       } else {

@@ -3,6 +3,9 @@
 // textContent, never innerHTML.
 
 import { typingText } from './protocol.js';
+import {
+  continuesGroup, dayKey, dayLabel, fullTime, mentionsUser, tokenize,
+} from './format.js';
 
 export const $ = (id) => document.getElementById(id);
 export const el = (tag, cls, text) => {
@@ -43,17 +46,44 @@ export function announce(text) {
   while (a.childElementCount > 3) a.firstElementChild.remove();
 }
 
+/** The tab title: the count of messages that came while the tab was hidden. */
 export function updateTitle(S) {
   const base = S.room ? `#${S.room} · hubbub` : 'hubbub';
-  document.title = S.unread ? `(${S.unread}) ${base}` : base;
+  document.title = S.hiddenUnread ? `(${S.hiddenUnread}) ${base}` : base;
 }
 
 /**
- * The `ui` of protocol.js. `hooks`: { onSeen(ids), requestOlder(), pickUser(u) }.
+ * A message's text into `body`: text nodes, `<a>` for http(s) links only
+ * (tokenize() checked the scheme; the element's own parse checks it again)
+ * and `<mark>` for mentions of `me`. DOM APIs only, never innerHTML.
+ */
+export function renderText(body, text, me) {
+  body.replaceChildren();
+  for (const t of tokenize(text, me)) {
+    if (t.type === 'link') {
+      const a = document.createElement('a');
+      a.href = t.href;
+      if (a.protocol === 'http:' || a.protocol === 'https:') {
+        a.textContent = t.text;
+        a.target = '_blank';
+        a.rel = 'noopener noreferrer';
+        body.append(a);
+        continue;
+      }
+    }
+    if (t.type === 'mention') body.append(el('mark', 'mention-mark', t.text));
+    else body.append(document.createTextNode(t.text));
+  }
+}
+
+/**
+ * The `ui` of protocol.js. `hooks`: { onSeen(ids), requestOlder(), pickUser(u), onIncoming(m) }.
  */
 export function createView(S, hooks) {
   const els = new Map(); // id -> {li, body, pm, time, tick, tickIcon, tickText}
+  const msgOf = new WeakMap(); // li -> its message, for grouping
   let marker = null;
+  let relayoutPass = 0;
 
   const seenObserver = new IntersectionObserver((entries) => {
     for (const e of entries) {
@@ -76,9 +106,99 @@ export function createView(S, hooks) {
   function clearUnread() {
     if (S.newerTrimmed) return;
     S.unread = 0;
-    $('jump-btn').hidden = true;
+    syncJump();
     updateTitle(S);
   }
+
+  // "Jump to latest": shown whenever the list is scrolled up (with the count
+  // of new messages below when there are some) or the newest were dropped
+  // after paging; hidden at the bottom.
+  function syncJump(n = S.unread, trimmed = S.newerTrimmed) {
+    const jb = $('jump-btn');
+    if (trimmed) {
+      jb.textContent = n ? `${n} new · Jump to the latest messages` : 'Jump to the latest messages';
+      jb.hidden = false;
+    } else if (n) {
+      jb.textContent = n === 1 ? '1 new message below' : `${n} new messages below`;
+      jb.hidden = false;
+    } else if (!isAtBottom()) {
+      jb.textContent = 'Jump to the latest messages';
+      jb.hidden = false;
+    } else {
+      jb.hidden = true;
+    }
+  }
+
+  // Sender groups and day separators, over the whole list: a message
+  // continues the group of the message right above it (format.js says
+  // when); a system line or a marker between breaks the group; the first
+  // message of each day gets a separator (a heading) right above it.
+  // Separators are reused, and those no longer needed go.
+  function relayout() {
+    const list = $('messages');
+    const pass = String(++relayoutPass);
+    const now = Date.now();
+    let prev = null; let lastDay = null;
+    for (const li of [...list.children]) {
+      if (li.classList.contains('day-sep')) continue;
+      const m = msgOf.get(li);
+      if (!m) { prev = null; continue; }
+      const day = dayKey(m.ts);
+      if (day && day !== lastDay) {
+        daySeparator(li, day, now).dataset.pass = pass;
+        lastDay = day;
+        prev = null;
+      }
+      const cont = continuesGroup(prev, m);
+      const group = cont ? 'cont' : 'start';
+      if (li.dataset.group !== group) { // untouched when unchanged: no style work
+        li.classList.toggle('cont', cont);
+        li.dataset.group = group;
+      }
+      prev = m;
+    }
+    for (const sep of list.querySelectorAll(':scope > li.day-sep')) if (sep.dataset.pass !== pass) sep.remove();
+  }
+
+  function daySeparator(li, day, now) {
+    let sep = li.previousElementSibling;
+    if (!sep || !sep.classList.contains('day-sep') || sep.dataset.day !== day) {
+      sep = el('li', 'day-sep');
+      sep.dataset.day = day;
+      sep.append(el('h3', 'day-label'));
+      li.before(sep);
+    }
+    const label = dayLabel(Date.parse(msgOf.get(li).ts), now);
+    const h = sep.firstElementChild;
+    if (h.textContent !== label) h.textContent = label;
+    return sep;
+  }
+
+  // The times are one tab stop (roving tabindex): Tab reaches the newest
+  // (kept while the reader is among them), the arrow keys, Home and End move
+  // between them, and the focused one shows its full timestamp (style.css).
+  function rovingTime() {
+    const list = $('messages');
+    const focused = document.activeElement;
+    if (focused instanceof HTMLTimeElement && list.contains(focused)) return; // the reader is there
+    for (const t of list.querySelectorAll('time.ts[tabindex="0"]')) t.tabIndex = -1;
+    const times = list.querySelectorAll('time.ts');
+    if (times.length) times[times.length - 1].tabIndex = 0;
+  }
+
+  function onTimeKey(ev) {
+    const t = ev.target;
+    if (!(t instanceof HTMLTimeElement)) return;
+    const times = [...$('messages').querySelectorAll('time.ts')];
+    const i = times.indexOf(t);
+    const to = { ArrowUp: i - 1, ArrowDown: i + 1, Home: 0, End: times.length - 1 }[ev.key];
+    if (to === undefined || !times[to]) return;
+    ev.preventDefault();
+    t.tabIndex = -1;
+    times[to].tabIndex = 0;
+    times[to].focus();
+  }
+  $('messages').addEventListener('keydown', onTimeKey);
 
   function build(entry) {
     const li = el('li', 'msg');
@@ -88,8 +208,11 @@ export function createView(S, hooks) {
     const meta = el('div', 'meta');
     const sender = el('span', 'sender', entry.own ? `${entry.m.sender} (you)` : entry.m.sender);
     const pm = el('span', 'pm-label');
+    const mention = el('span', 'mention-label', 'mentions you');
+    mention.hidden = true;
     const time = el('time', 'ts');
-    meta.append(sender, pm, time);
+    time.tabIndex = -1;
+    meta.append(sender, pm, mention, time);
     const body = el('div', 'body');
     const tick = el('span', 'tick');
     const tickIcon = el('span', 'tick-icon');
@@ -98,7 +221,7 @@ export function createView(S, hooks) {
     tick.append(tickIcon, tickText);
     tick.hidden = true;
     li.append(meta, body, tick);
-    const v = { li, body, pm, time, tick, tickIcon, tickText };
+    const v = { li, body, pm, mention, time, tick, tickIcon, tickText };
     els.set(entry.id, v);
     fill(entry, v);
     if (entry.status) paintStatus(entry, v);
@@ -117,9 +240,17 @@ export function createView(S, hooks) {
       v.pm.textContent = '';
       v.pm.hidden = true;
     }
-    v.body.textContent = m.action ? `* ${m.sender} ${m.content}` : m.content;
-    if (m.ts) { v.time.dateTime = m.ts; v.time.textContent = fmtTime(m.ts); }
+    const mentioned = !entry.own && mentionsUser(m, S.me);
+    v.li.classList.toggle('mention', mentioned);
+    v.mention.hidden = !mentioned;
+    renderText(v.body, m.action ? `* ${m.sender} ${m.content}` : m.content, entry.own ? null : S.me);
+    if (m.ts) {
+      v.time.dateTime = m.ts;
+      v.time.textContent = fmtTime(m.ts);
+      v.time.title = fullTime(m.ts); // hover, and the description when focused
+    }
     if (m.cursor) v.li.dataset.cursor = m.cursor;
+    msgOf.set(v.li, m);
   }
 
   function paintStatus(entry, v) {
@@ -140,6 +271,7 @@ export function createView(S, hooks) {
     li.append(el('span', 'visually-hidden', kind === 'error' ? 'Error: ' : 'Notice: '));
     li.append(document.createTextNode(text));
     $('messages').append(li);
+    relayout();
     if (wasBottom) scrollToBottom();
   }
 
@@ -166,6 +298,8 @@ export function createView(S, hooks) {
   return {
     flushSeen,
     clearUnread,
+    syncJump,
+    relayout,
     atBottom: isAtBottom,
     visible: () => document.visibilityState === 'visible',
     setMe(name) { $('me-name').textContent = name; },
@@ -177,6 +311,8 @@ export function createView(S, hooks) {
         list.append(marker);
       }
       list.append(build(entry));
+      relayout();
+      rovingTime();
     },
     insertOlder(entries) {
       const s = $('scroller');
@@ -184,9 +320,11 @@ export function createView(S, hooks) {
       const list = $('messages');
       const first = list.firstChild;
       for (const e of entries) list.insertBefore(build(e), first);
+      relayout();
+      rovingTime();
       s.scrollTop = s.scrollHeight - before;
     },
-    updateMessage(entry) { const v = els.get(entry.id); if (v) fill(entry, v); },
+    updateMessage(entry) { const v = els.get(entry.id); if (v) { fill(entry, v); relayout(); } },
     renderStatus(entry) { const v = els.get(entry.id); if (v) paintStatus(entry, v); },
     removeMessage(id) {
       const v = els.get(id);
@@ -194,6 +332,8 @@ export function createView(S, hooks) {
       seenObserver.unobserve(v.li);
       v.li.remove();
       els.delete(id);
+      relayout();
+      rovingTime();
     },
     clearMessages() {
       seenObserver.disconnect();
@@ -201,22 +341,22 @@ export function createView(S, hooks) {
       marker = null;
       $('messages').replaceChildren();
     },
-    clearMarker() { if (marker) { marker.remove(); marker = null; } },
+    clearMarker() { if (marker) { marker.remove(); marker = null; relayout(); } },
     systemLine,
     announce,
     scrollToBottom,
     showUnread(n, trimmed) {
-      const jb = $('jump-btn');
-      if (trimmed) {
-        jb.textContent = n ? `${n} new · Jump to the latest messages` : 'Jump to the latest messages';
-        jb.hidden = false;
-      } else if (n) {
-        jb.textContent = n === 1 ? '1 new message below' : `${n} new messages below`;
-        jb.hidden = false;
-      } else {
-        jb.hidden = true;
-      }
+      syncJump(n, !!trimmed);
       updateTitle(S);
+    },
+    // A new live message from someone else: counted in the tab title while
+    // the tab is hidden, and maybe a desktop notification (hooks.onIncoming).
+    incoming(m) {
+      if (document.visibilityState !== 'visible') {
+        S.hiddenUnread += 1;
+        updateTitle(S);
+      }
+      hooks.onIncoming(m);
     },
     // Others' messages carry data-acked: the last receipt this tab sent.
     observeSeen(id) {

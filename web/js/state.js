@@ -33,7 +33,8 @@ export function createState(caps = {}) {
     ackedDelivered: new Set(),
     ackedSeen: new Set(),
     visibleUnseen: new Set(),
-    unread: 0,
+    unread: 0,              // new messages below the view (the "jump" button)
+    hiddenUnread: 0,        // new messages while the tab was hidden (the tab title)
     marker: false,          // the "New messages" marker is shown
     joinedOnce: false,
     resumed: false,         // the last welcome honoured our `since`
