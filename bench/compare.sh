@@ -6,6 +6,7 @@
 #   PEERS="go node" bench/compare.sh      # which raw peers run beside hubbub (default both)
 #   ROUNDS=3 N=1000 RATE=1000 DURATION=10 SIZE=100 SENDERS=10 bench/compare.sh
 #   SKIP_BUILD=1 CARGO_TARGET_DIR=/work/target-bench bench/compare.sh   # binaries already built
+#   SCENARIO=idle N=10000 bench/compare.sh  # idle memory: server RSS per connection, connect rate
 #
 # Prints one line per run, per-round ratios (hubbub / each peer), and medians.
 # Everything runs on loopback; every server is stopped after its run.
@@ -15,7 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
-N=${N:-1000}
+SCENARIO=${SCENARIO:-fanout}
+case "$SCENARIO" in fanout | idle) ;; *) echo "SCENARIO is fanout or idle" >&2; exit 2 ;; esac
+if [ "$SCENARIO" = idle ]; then N=${N:-10000}; else N=${N:-1000}; fi
 RATE=${RATE:-1000}
 DURATION=${DURATION:-10}
 SIZE=${SIZE:-100}
@@ -51,7 +54,11 @@ for p in $PEERS; do
   esac
 done
 
-COMMON=(fanout -n "$N" -s "$SENDERS" -r "$RATE" -b "$SIZE" --duration "$DURATION" "$@")
+if [ "$SCENARIO" = idle ]; then
+  COMMON=(idle -n "$N" "$@")
+else
+  COMMON=(fanout -n "$N" -s "$SENDERS" -r "$RATE" -b "$SIZE" --duration "$DURATION" "$@")
+fi
 
 run_hubbub() { # $1 = round
   "$BENCH" "${COMMON[@]}" --spawn --server-bin "$TARGET_DIR/release/hubbub" --label "hubbub-$1" \
@@ -74,6 +81,31 @@ run_raw() { # $1 = name, $2 = round, $3... = command
 }
 run_node() { run_raw node "$1" node "$PEER/server.js"; }
 run_go() { run_raw go "$1" "$GOHUB/go-hub"; }
+
+if [ "$SCENARIO" = idle ]; then
+  # Server RSS per idle connection (after the bench's warm-up connections) and the connect rate.
+  ifields='[.results.rss_per_conn_kib, .results.connects_per_sec, .results.connect_latency.p50_ms, .results.connect_latency.p99_ms, .results.failed, .results.rss_before_kib, .results.rss_after_kib] | @tsv'
+  printf '%-10s %12s %11s %9s %9s %7s %12s %12s\n' run rss_kib/conn connects/s p50_ms p99_ms failed rss_before rss_after
+  for r in $(seq 1 "$ROUNDS"); do
+    for who in "${WHO[@]}"; do
+      "run_$who" "$r"
+      if [ -s "$OUT/$who-$r.json" ]; then
+        printf '%-10s ' "$who-$r"
+        jq -r "$ifields" "$OUT/$who-$r.json" | awk -F'\t' '{printf "%12s %11s %9s %9s %7s %12s %12s\n",$1,$2,$3,$4,$5,$6,$7}'
+      else
+        echo "$who-$r failed: see $OUT/$who-$r.log"
+      fi
+    done
+  done
+  median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+  echo "medians over $ROUNDS rounds (results in $OUT):"
+  for who in "${WHO[@]}"; do
+    k=$(cat "$OUT"/$who-*.json 2>/dev/null | jq -r '.results.rss_per_conn_kib // empty' | median)
+    c=$(cat "$OUT"/$who-*.json 2>/dev/null | jq -r '.results.connects_per_sec // empty' | median)
+    printf '%-8s RSS per connection %s KiB  connects/s %s\n' "$who" "$k" "$c"
+  done
+  exit 0
+fi
 
 # send_s < DURATION means a sender was closed (evicted) early: that run did not sustain the rate.
 # lost counts only receivers still open at the end; dropped = receivers the server closed
