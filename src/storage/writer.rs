@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -61,6 +61,29 @@ impl StorageHandle {
         events_tx: mpsc::Sender<StorageEvent>,
         metrics: Arc<Metrics>,
     ) -> (Self, StorageTask) {
+        Self::spawn_with(store, cfg, events_tx, metrics, None)
+    }
+
+    /// `spawn`, with every flush first taking a permit from `gate`: a test
+    /// holds flushes back to see what the writer does meanwhile.
+    #[cfg(test)]
+    pub(super) fn spawn_gated(
+        store: Store,
+        cfg: StorageWriterConfig,
+        events_tx: mpsc::Sender<StorageEvent>,
+        metrics: Arc<Metrics>,
+        gate: Arc<Semaphore>,
+    ) -> (Self, StorageTask) {
+        Self::spawn_with(store, cfg, events_tx, metrics, Some(gate))
+    }
+
+    fn spawn_with(
+        store: Store,
+        cfg: StorageWriterConfig,
+        events_tx: mpsc::Sender<StorageEvent>,
+        metrics: Arc<Metrics>,
+        flush_gate: Option<Arc<Semaphore>>,
+    ) -> (Self, StorageTask) {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let cancel = CancellationToken::new();
         let health = StorageHealth::new();
@@ -70,6 +93,7 @@ impl StorageHandle {
             metrics,
             health: health.clone(),
             guard: SpaceGuard::new(cfg.data_dir, cfg.min_free_bytes),
+            flush_gate,
         };
         // Before the first message: a node started on a full disk is not ready.
         writer.check_space();
@@ -94,6 +118,8 @@ struct Writer {
     metrics: Arc<Metrics>,
     health: Arc<StorageHealth>,
     guard: SpaceGuard,
+    /// Tests only (`spawn_gated`): each flush waits for a permit.
+    flush_gate: Option<Arc<Semaphore>>,
 }
 
 /// What a batch wrote, counted only once its flush succeeded.
@@ -214,7 +240,15 @@ impl Writer {
             Ok(applied) => {
                 let store = self.store.clone();
                 // Started after the apply: sled's flush covers every write made before it.
-                let flush = tokio::spawn(async move { flush_with_retry(&store).await });
+                let gate = self.flush_gate.clone();
+                let flush = tokio::spawn(async move {
+                    if let Some(g) = gate
+                        && let Ok(p) = g.acquire().await
+                    {
+                        p.forget();
+                    }
+                    flush_with_retry(&store).await
+                });
                 let cmds = std::mem::replace(buf, Vec::with_capacity(MAX_BATCH));
                 Some(InFlight {
                     cmds,
