@@ -7,12 +7,12 @@
 //! reported to the hub as `Failed`, storage turns `Failed` for good, and the
 //! server stops: sled keeps such an error, so only a restart recovers.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -27,6 +27,12 @@ use crate::protocol::{MsgKind, RoomName, Status, StoredMsg, Username};
 
 /// Most commands taken per batch: bounds one batch's latency and memory.
 const MAX_BATCH: usize = 1024;
+/// Group commits whose flush may be under way at once. With one, a message
+/// that arrives during a flush waits for it to end and then for a whole next
+/// one; with two, it is applied at once and its flush starts right away,
+/// while the previous one finishes (the disk merges overlapping fsyncs).
+/// More would only queue at the disk.
+const MAX_IN_FLIGHT: usize = 2;
 /// How often free space is checked while no batch comes: a full node notices
 /// freed space (and an idle one a filling disk) within this time.
 const SPACE_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -55,6 +61,29 @@ impl StorageHandle {
         events_tx: mpsc::Sender<StorageEvent>,
         metrics: Arc<Metrics>,
     ) -> (Self, StorageTask) {
+        Self::spawn_with(store, cfg, events_tx, metrics, None)
+    }
+
+    /// `spawn`, with every flush first taking a permit from `gate`: a test
+    /// holds flushes back to see what the writer does meanwhile.
+    #[cfg(test)]
+    pub(super) fn spawn_gated(
+        store: Store,
+        cfg: StorageWriterConfig,
+        events_tx: mpsc::Sender<StorageEvent>,
+        metrics: Arc<Metrics>,
+        gate: Arc<Semaphore>,
+    ) -> (Self, StorageTask) {
+        Self::spawn_with(store, cfg, events_tx, metrics, Some(gate))
+    }
+
+    fn spawn_with(
+        store: Store,
+        cfg: StorageWriterConfig,
+        events_tx: mpsc::Sender<StorageEvent>,
+        metrics: Arc<Metrics>,
+        flush_gate: Option<Arc<Semaphore>>,
+    ) -> (Self, StorageTask) {
         let (tx, rx) = mpsc::channel(cfg.queue.max(1));
         let cancel = CancellationToken::new();
         let health = StorageHealth::new();
@@ -64,6 +93,7 @@ impl StorageHandle {
             metrics,
             health: health.clone(),
             guard: SpaceGuard::new(cfg.data_dir, cfg.min_free_bytes),
+            flush_gate,
         };
         // Before the first message: a node started on a full disk is not ready.
         writer.check_space();
@@ -88,6 +118,8 @@ struct Writer {
     metrics: Arc<Metrics>,
     health: Arc<StorageHealth>,
     guard: SpaceGuard,
+    /// Tests only (`spawn_gated`): each flush waits for a permit.
+    flush_gate: Option<Arc<Semaphore>>,
 }
 
 /// What a batch wrote, counted only once its flush succeeded.
@@ -99,33 +131,61 @@ pub(super) struct Applied {
     pub(super) fresh: HashSet<Uuid>,
 }
 
+/// A group commit applied to sled whose flush is under way (see `MAX_IN_FLIGHT`).
+struct InFlight {
+    cmds: Vec<StorageCmd>,
+    applied: Applied,
+    started: Instant,
+    /// The flush, on its own task: sled's `flush_async` runs it on sled's
+    /// threads, and the writer meanwhile applies the next batch.
+    flush: JoinHandle<Result<()>>,
+}
+
+/// The oldest flush under way, or never when none is.
+async fn oldest(in_flight: &mut VecDeque<InFlight>) -> Result<()> {
+    match in_flight.front_mut() {
+        Some(g) => (&mut g.flush).await.unwrap_or_else(|e| Err(e.into())),
+        None => std::future::pending().await,
+    }
+}
+
 async fn run(mut w: Writer, mut rx: mpsc::Receiver<StorageCmd>, cancel: CancellationToken) {
     let mut buf = Vec::with_capacity(MAX_BATCH);
-    let mut closing = false;
+    let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(MAX_IN_FLIGHT);
+    let (mut closing, mut drained) = (false, false);
     let mut space_tick = tokio::time::interval(SPACE_CHECK_EVERY);
     space_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let n = tokio::select! {
+    while !(drained && in_flight.is_empty()) {
+        tokio::select! {
             biased;
             _ = cancel.cancelled(), if !closing => {
                 // Refuse new sends; what is already queued still comes out of recv_many.
                 rx.close();
                 closing = true;
-                continue;
             }
-            n = rx.recv_many(&mut buf, MAX_BATCH) => n,
-            _ = space_tick.tick() => {
+            // Reported in the order they were applied (FIFO): a batch is
+            // reported only after its own flush, which began after it was applied.
+            r = oldest(&mut in_flight), if !in_flight.is_empty() => {
+                if let Some(g) = in_flight.pop_front() {
+                    w.finish(g, r).await;
+                }
+            }
+            // With every flush slot taken, commands gather on the queue and
+            // make the next group commit bigger.
+            n = rx.recv_many(&mut buf, MAX_BATCH), if !drained && in_flight.len() < MAX_IN_FLIGHT => {
+                if n == 0 {
+                    drained = true;
+                    continue;
+                }
+                // Only changes what is accepted next: this batch was accepted, so it is
+                // written (the watermark leaves room for it).
                 w.check_space();
-                continue;
+                if let Some(g) = w.start(&mut buf).await {
+                    in_flight.push_back(g);
+                }
             }
-        };
-        if n == 0 {
-            break;
+            _ = space_tick.tick() => w.check_space(),
         }
-        // Only changes what is accepted next: this batch was accepted, so it is
-        // written (the watermark leaves room for it).
-        w.check_space();
-        w.write(&mut buf).await;
     }
     if w.health.state() != StorageState::Failed {
         // Flush once more: membership and account writes made outside the queue.
@@ -165,38 +225,64 @@ impl Writer {
         self.metrics.storage_state.set(self.health.state() as i64);
     }
 
-    /// Applies and flushes one batch, then reports it: durable, or failed.
-    async fn write(&mut self, buf: &mut Vec<StorageCmd>) {
+    /// Applies one batch and starts its flush; `None` when it was not
+    /// applied (storage failed: the batch is reported failed now).
+    async fn start(&mut self, buf: &mut Vec<StorageCmd>) -> Option<InFlight> {
         if self.health.state() == StorageState::Failed {
             // sled keeps a failed state: nothing more is written before a restart.
             let failed = failed_msgs(buf.drain(..));
             self.report(StorageEvent::Failed(failed)).await;
-            return;
+            return None;
         }
         self.metrics.storage_batch_size.observe(buf.len() as f64);
         let started = Instant::now();
-        let result = match self.store.apply_batch(buf) {
-            Ok(applied) => flush_with_retry(&self.store).await.map(|()| applied),
-            Err(e) => Err(e),
-        };
-        let applied = match result {
-            Ok(a) => a,
-            Err(e) => return self.fail(e, buf).await,
-        };
+        match self.store.apply_batch(buf) {
+            Ok(applied) => {
+                let store = self.store.clone();
+                // Started after the apply: sled's flush covers every write made before it.
+                let gate = self.flush_gate.clone();
+                let flush = tokio::spawn(async move {
+                    if let Some(g) = gate
+                        && let Ok(p) = g.acquire().await
+                    {
+                        p.forget();
+                    }
+                    flush_with_retry(&store).await
+                });
+                let cmds = std::mem::replace(buf, Vec::with_capacity(MAX_BATCH));
+                Some(InFlight {
+                    cmds,
+                    applied,
+                    started,
+                    flush,
+                })
+            }
+            Err(e) => {
+                self.fail(e, buf).await;
+                None
+            }
+        }
+    }
+
+    /// Reports a group commit once its flush ended: durable, or failed.
+    async fn finish(&mut self, mut g: InFlight, flushed: Result<()>) {
+        if let Err(e) = flushed {
+            return self.fail(e, &mut g.cmds).await;
+        }
         let flushed = Instant::now();
         let m = &self.metrics;
         m.storage_flush_seconds
-            .observe((flushed - started).as_secs_f64());
+            .observe((flushed - g.started).as_secs_f64());
         // Counted now, not when applied: these count what is on disk.
-        m.messages_stored.inc_by(applied.stored);
-        m.stored_bytes.inc_by(applied.bytes);
-        for cmd in buf.drain(..) {
+        m.messages_stored.inc_by(g.applied.stored);
+        m.stored_bytes.inc_by(g.applied.bytes);
+        for cmd in g.cmds.drain(..) {
             if let StorageCmd::Append(_, queued_at) = cmd {
                 m.durable_latency_seconds
                     .observe((flushed - queued_at).as_secs_f64());
             }
         }
-        for ev in applied.events {
+        for ev in g.applied.events {
             self.report(ev).await;
         }
     }

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use uuid::Uuid;
 
 use super::StorageWriterConfig;
@@ -163,4 +163,67 @@ fn an_append_reservation_is_refused_like_try_send_and_freed_when_unused() {
     assert_eq!(handle.try_reserve_append().err(), Some(Refused::Full));
     handle.health().fail("test".into());
     assert_eq!(handle.try_reserve_append().err(), Some(Refused::Failed));
+}
+
+/// While one group commit's flush is under way, the writer applies the next
+/// batch and starts its flush too (at most `MAX_IN_FLIGHT`); each batch is
+/// reported durable only after its own flush, in the order applied.
+#[tokio::test]
+async fn the_next_batch_is_applied_while_a_flush_is_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db"), 1 << 20).unwrap();
+    let (events_tx, mut events_rx) = mpsc::channel(64);
+    let cfg = StorageWriterConfig {
+        queue: 64,
+        data_dir: dir.path().to_owned(),
+        min_free_bytes: 0,
+    };
+    let gate = Arc::new(Semaphore::new(0));
+    let (h, task) =
+        StorageHandle::spawn_gated(store.clone(), cfg, events_tx, Metrics::new(), gate.clone());
+    let (room, alice) = (
+        RoomName::parse("lobby").unwrap(),
+        Username::parse("alice").unwrap(),
+    );
+    let applied =
+        |id: &Uuid| store.classify_id(id, &alice, &room).unwrap() == crate::storage::IdUse::Resend;
+    let mut cursor = Cursor::ZERO;
+    // Batch 1: applied, its flush held at the gate.
+    let (first, cmd) = append(&mut cursor);
+    h.try_send(cmd).unwrap();
+    wait_until(|| applied(&first)).await;
+    // Batch 2 is applied while the first flush is still held: the fix.
+    let (second, cmd) = append(&mut cursor);
+    h.try_send(cmd).unwrap();
+    wait_until(|| applied(&second)).await;
+    // Nothing is reported before a flush ends.
+    tokio::task::yield_now().await;
+    assert!(events_rx.try_recv().is_err(), "reported before its flush");
+    // A third waits on the queue: both flush slots are taken.
+    let (third, cmd) = append(&mut cursor);
+    h.try_send(cmd).unwrap();
+    gate.add_permits(3);
+    let mut order = Vec::new();
+    while order.len() < 3 {
+        match tokio::time::timeout(LONG, events_rx.recv()).await.unwrap() {
+            Some(StorageEvent::Durable(v)) => order.extend(v.iter().map(|m| m.id)),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    assert_eq!(
+        order,
+        [first, second, third],
+        "reported in the order applied"
+    );
+    drop(h);
+    task.shutdown().await;
+}
+
+/// Polls `f` until it holds, for at most `LONG` (a bounded wait, not a timing assert).
+async fn wait_until(f: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !f() {
+        assert!(started.elapsed() < LONG, "condition not reached");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

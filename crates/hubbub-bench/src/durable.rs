@@ -2,8 +2,16 @@
 //! time from send to the `saved` receipt. Phase `rate`: a total offered rate R.
 //! Phase `max`: closed loop, each sender keeps up to `--window` unsaved
 //! messages in flight; the result is saved receipts per second.
+//!
+//! During the rate phase a probe times this disk's own fsync (4 KiB write +
+//! fdatasync, every `PROBE_EVERY`) on a file in the server's data dir, so
+//! that send→`saved` can be read against what one fsync costs in the same run.
 
 use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,6 +29,11 @@ use crate::{Args, Outcome};
 
 /// How long a phase waits for the last receipts after it stops sending.
 const DRAIN: Duration = Duration::from_secs(10);
+/// The fsync probe's pace: ~400 samples in a 10 s phase, a small share of the
+/// disk's fsyncs next to the server's (one per group commit).
+const PROBE_EVERY: Duration = Duration::from_millis(25);
+/// The probe file's size: it rewrites these 4 KiB blocks in turn.
+const PROBE_BLOCKS: u64 = 64;
 
 #[derive(Clone)]
 pub struct PhaseCfg {
@@ -235,17 +248,28 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
             args.duration
         );
         let cpu = net::CpuMeter::start(t.pid);
+        let probe = (total > 0.0).then(|| FsyncProbe::start(probe_dir(t)));
         let (all, _closed) = every_sender(args, &mut wss, &mut seqs, run, total).await?;
+        let fsync = match probe {
+            Some(p) => Some(p.finish().await),
+            None => None,
+        };
         let per_sec = all.saved_in_window as f64 / args.duration;
         let cpu = cpu.json();
         let mut pj = phase_json(&all, total, per_sec);
         pj["cpu"] = cpu.clone();
+        if let Some(f) = &fsync {
+            pj["fsync"] = f.json();
+        }
         results.insert(name.into(), pj);
         summary.push_str(&format!(
             "{name:>4}: offered {} sent {} saved {} ({per_sec:.0} saved/s in window) unavailable {} rate_limited {} unsaved {}\n      send->saved {}\n      cpu {}\n",
             if total > 0.0 { format!("{total:.0}/s") } else { format!("window {}", args.window) },
             all.sent, all.saved, all.unavailable, all.rate_limited, all.unsaved, all.hist.short(), cpu
         ));
+        if let Some(f) = &fsync {
+            summary.push_str(&format!("      fsync probe {}\n", f.short()));
+        }
     }
     results.insert("senders".into(), json!(senders));
     results.insert("size".into(), json!(args.size));
@@ -307,4 +331,91 @@ pub async fn every_sender(
         wss.push((i, ws));
     }
     Ok((all, closed))
+}
+
+/// Where the probe writes: the server's data dir (same filesystem as its
+/// sled files), else the temp dir.
+fn probe_dir(t: &Target) -> PathBuf {
+    t.data_dir.clone().unwrap_or_else(std::env::temp_dir)
+}
+
+/// A thread that times 4 KiB write + fdatasync on one file until stopped.
+struct FsyncProbe {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<std::io::Result<Hist>>,
+}
+
+/// The probe's result: its histogram, or why it could not run.
+enum ProbeResult {
+    Ok(Hist),
+    Err(String),
+}
+
+impl FsyncProbe {
+    fn start(dir: PathBuf) -> FsyncProbe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::task::spawn_blocking(move || probe_loop(&dir, &flag));
+        FsyncProbe { stop, task }
+    }
+
+    async fn finish(self) -> ProbeResult {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.task.await {
+            Ok(Ok(h)) => ProbeResult::Ok(h),
+            Ok(Err(e)) => ProbeResult::Err(e.to_string()),
+            Err(e) => ProbeResult::Err(e.to_string()),
+        }
+    }
+}
+
+impl ProbeResult {
+    fn json(&self) -> Value {
+        match self {
+            ProbeResult::Ok(h) => h.json_ms(),
+            ProbeResult::Err(e) => json!({ "error": e }),
+        }
+    }
+
+    fn short(&self) -> String {
+        match self {
+            ProbeResult::Ok(h) => h.short(),
+            ProbeResult::Err(e) => format!("failed: {e}"),
+        }
+    }
+}
+
+fn probe_loop(dir: &std::path::Path, stop: &AtomicBool) -> std::io::Result<Hist> {
+    let path = dir.join(format!("fsync-probe-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    // Removed however the loop ends.
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = Remove(path);
+    let block = [0x5a_u8; 4096];
+    // Allocate the blocks first: the timed writes overwrite, as sled's do.
+    for b in 0..PROBE_BLOCKS {
+        f.write_all_at(&block, b * 4096)?;
+    }
+    f.sync_all()?;
+    let mut h = Hist::default();
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let t0 = now_ns();
+        f.write_all_at(&block, (i % PROBE_BLOCKS) * 4096)?;
+        f.sync_data()?;
+        h.record(now_ns().saturating_sub(t0));
+        i += 1;
+        std::thread::sleep(PROBE_EVERY);
+    }
+    Ok(h)
 }

@@ -138,6 +138,9 @@ pub struct Target {
     pub spawned: bool,
     child: Option<Child>,
     temp_dir: Option<PathBuf>,
+    /// The server's data dir, when known (`--spawn`, or `--data-dir` with `--url`):
+    /// where `durable` measures this disk's fsync.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Target {
@@ -151,6 +154,7 @@ impl Target {
             spawned: false,
             child: None,
             temp_dir: None,
+            data_dir: None,
         }
     }
 
@@ -170,6 +174,7 @@ impl Target {
                 spawned: false,
                 child: None,
                 temp_dir: None,
+                data_dir: args.data_dir.clone(),
             });
         }
         let bin = server_bin(args)?;
@@ -229,6 +234,7 @@ impl Target {
             spawned: true,
             child: Some(child),
             temp_dir,
+            data_dir: Some(dir),
         })
     }
 
