@@ -136,6 +136,8 @@ pub struct Target {
     pub raw: bool,
     pub raw_path: String,
     pub spawned: bool,
+    /// The spawned server's data directory (`--data-dir` or a temp dir).
+    pub data_dir: Option<PathBuf>,
     child: Option<Child>,
     temp_dir: Option<PathBuf>,
 }
@@ -149,6 +151,7 @@ impl Target {
             raw: false,
             raw_path: "/".into(),
             spawned: false,
+            data_dir: None,
             child: None,
             temp_dir: None,
         }
@@ -168,6 +171,8 @@ impl Target {
                 raw: args.raw,
                 raw_path: args.raw_path.clone(),
                 spawned: false,
+                // Of a server started elsewhere: given to read its size (fill).
+                data_dir: args.data_dir.clone(),
                 child: None,
                 temp_dir: None,
             });
@@ -227,6 +232,7 @@ impl Target {
             raw: false,
             raw_path: args.raw_path.clone(),
             spawned: true,
+            data_dir: Some(dir.clone()),
             child: Some(child),
             temp_dir,
         })
