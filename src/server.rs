@@ -117,7 +117,6 @@ impl Running {
 pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     cfg.validate()?;
     check_fd_limit(&cfg);
-    limit_malloc_arenas(cfg.malloc_arenas);
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
@@ -502,11 +501,12 @@ fn check_fd_limit(cfg: &Config) {
 }
 
 /// Caps glibc's malloc arenas (`--malloc-arenas`, 0 = leave glibc's
-/// default). Process-wide and only for arenas made from now on, so it is set
-/// before the server's tasks start allocating. With the default 8 per core,
-/// sled's page cache churn left RSS at 192 MB after 1 M stored messages
-/// where 2 arenas gave 153 MB (docs/BENCHMARKS.md, "History growth").
-fn limit_malloc_arenas(arenas: u32) {
+/// default). Process-wide, and only in effect when called before a second
+/// thread allocates: glibc fixes the limit when it first makes an arena
+/// (main calls it before the runtime starts). With the default 8 per core,
+/// sled's page-cache churn left RSS at 192 MB after 1 M stored messages where
+/// 2 arenas gave 153 MB (docs/BENCHMARKS.md, "History growth").
+pub fn limit_malloc_arenas(arenas: u32) {
     if arenas == 0 {
         return;
     }

@@ -94,7 +94,68 @@ pub(super) fn sled_config(dir: &Path, o: &StoreOptions) -> sled::Config {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use uuid::Uuid;
+
     use super::*;
+    use crate::protocol::{Cursor, MsgKind, PageDir, RoomName, StoredMsg, Username};
+    use crate::storage::{StorageCmd, Store};
+
+    fn post(seq: u64) -> StorageCmd {
+        StorageCmd::Append(
+            Arc::new(StoredMsg {
+                id: Uuid::new_v4(),
+                kind: MsgKind::Chat,
+                room: RoomName::parse("lobby").unwrap(),
+                sender: Username::parse("alice").unwrap(),
+                target: None,
+                content: format!("m{seq}"),
+                action: false,
+                ts_ms: 7,
+                cursor: Cursor { ms: 7, seq },
+            }),
+            Instant::now(),
+        )
+    }
+
+    /// A data directory made with sled's default segment size (every
+    /// directory before `--store-segment-kb`) opens, with its messages, under
+    /// a server started with another size; a new directory takes the flag's.
+    #[test]
+    fn an_existing_dir_keeps_its_segment_size() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("db");
+        {
+            let store = Store::open(&path, 1 << 20).unwrap();
+            store.apply_replicated(&[post(1), post(2)]).unwrap();
+            store.inner.db.flush().unwrap();
+        }
+        let bigger = StoreOptions {
+            cache_bytes: 1 << 20,
+            segment_bytes: 4 << 20,
+        };
+        let store = Store::open_with(&path, &bigger).unwrap();
+        let (room, viewer) = (
+            RoomName::parse("lobby").unwrap(),
+            Username::parse("bob").unwrap(),
+        );
+        let page = store
+            .page(&room, &viewer, PageDir::Latest, 10, None, &[])
+            .unwrap();
+        let got: Vec<&str> = page.msgs.iter().map(|(m, _)| m.content.as_str()).collect();
+        assert_eq!(got, ["m1", "m2"]);
+        drop(store);
+        assert_eq!(
+            persisted(&path).unwrap().segment_size,
+            DEFAULT_SEGMENT_BYTES
+        );
+
+        let fresh = d.path().join("db2");
+        drop(Store::open_with(&fresh, &bigger).unwrap());
+        assert_eq!(persisted(&fresh).unwrap().segment_size, 4 << 20);
+    }
 
     #[test]
     fn reads_sleds_conf() {
