@@ -281,11 +281,6 @@ pub struct Config {
     /// sled page cache in MiB.
     #[arg(long, env = "HUBBUB_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
-    /// sled log segment size in KiB, for a NEW data directory only (an
-    /// existing one keeps the size it was created with): a power of two,
-    /// 64..=16384.
-    #[arg(long, env = "HUBBUB_STORE_SEGMENT_KB", default_value_t = 512)]
-    pub store_segment_kb: u32,
     /// glibc malloc arenas (0: glibc's default, 8 per core). Memory freed in
     /// one thread's arena stays mapped there, so with many arenas RSS drifts
     /// far above what is in use as history and its page cache churn.
@@ -351,11 +346,6 @@ impl Config {
         anyhow::ensure!(
             self.session_queue >= 2 && self.storage_queue >= 1 && self.hub_queue >= 1,
             "queues must be positive"
-        );
-        anyhow::ensure!(
-            self.store_segment_kb.is_power_of_two()
-                && (64..=16384).contains(&self.store_segment_kb),
-            "--store-segment-kb must be a power of two in 64..=16384"
         );
         anyhow::ensure!(
             self.malloc_arenas <= 1024,

@@ -20,10 +20,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Before the runtime's threads exist: glibc fixes its arena limit when
     // the first thread besides main needs an arena.
-    hubbub::server::limit_malloc_arenas(match &cli.command {
+    let arenas = match &cli.command {
         Some(Command::Serve(c)) => c.malloc_arenas,
         _ => cli.serve.malloc_arenas,
-    });
+    };
+    let arenas_capped = hubbub::server::limit_malloc_arenas(arenas);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -34,7 +35,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(cli)) {
+    match runtime.block_on(serve(cli, (arenas, arenas_capped))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<StorageFailed>().is_some() => {
             // The server task has logged the reason and what to do.
@@ -47,7 +48,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(cli: Cli) -> anyhow::Result<()> {
+/// `arenas`: `--malloc-arenas` and whether glibc took it (logged here, once
+/// logging is set up).
+async fn serve(cli: Cli, arenas: (u32, bool)) -> anyhow::Result<()> {
     // One crypto provider for the whole process (ring); rustls panics when it
     // has to guess between two.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -76,6 +79,12 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             .with_ansi(std::io::stderr().is_terminal())
             .with_env_filter(filter)
             .init();
+    }
+    if !arenas.1 {
+        tracing::warn!(
+            arenas = arenas.0,
+            "could not limit the malloc arenas (--malloc-arenas; not glibc?)"
+        );
     }
     if let Some(Command::User(args)) = cli.command {
         return hubbub::admin::run(args).await;

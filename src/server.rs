@@ -32,9 +32,7 @@ use crate::http::{self, AppState, Edge, Hosts, Origins};
 use crate::hub::{HubConfig, HubHandle};
 use crate::metrics::Metrics;
 use crate::session::{SessionConfig, SessionCtx};
-use crate::storage::{
-    AccountLog, StorageHandle, StorageHealth, StorageWriterConfig, Store, StoreOptions,
-};
+use crate::storage::{AccountLog, StorageHandle, StorageHealth, StorageWriterConfig, Store};
 use crate::tls::{Tls, local_names};
 
 mod live;
@@ -501,23 +499,22 @@ fn check_fd_limit(cfg: &Config) {
 }
 
 /// Caps glibc's malloc arenas (`--malloc-arenas`, 0 = leave glibc's
-/// default). Process-wide, and only in effect when called before a second
-/// thread allocates: glibc fixes the limit when it first makes an arena
-/// (main calls it before the runtime starts). With the default 8 per core,
-/// sled's page-cache churn left RSS at 192 MB after 1 M stored messages where
-/// 2 arenas gave 153 MB (docs/BENCHMARKS.md, "History growth").
-pub fn limit_malloc_arenas(arenas: u32) {
+/// default); false if the allocator refused (or is not glibc). Process-wide,
+/// and only in effect when called before a second thread allocates: glibc
+/// fixes the limit when it first makes an extra arena, so main calls it
+/// before the runtime starts, and logs the answer once logging is up. With
+/// glibc's default (8 per core) RSS after 1 M stored messages was 160–193 MB,
+/// with 2 arenas 142–156 MB (docs/BENCHMARKS.md, "History growth").
+pub fn limit_malloc_arenas(arenas: u32) -> bool {
     if arenas == 0 {
-        return;
+        return true;
     }
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes an allocator tuning value; it returns 0 on failure.
     let ok = unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas as libc::c_int) } == 1;
     #[cfg(not(target_env = "gnu"))]
     let ok = false;
-    if !ok {
-        tracing::warn!(arenas, "could not limit the malloc arenas (not glibc?)");
-    }
+    ok
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.
@@ -552,11 +549,7 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     let path = cfg.data_dir.join("db");
     let mut tries = 0;
     loop {
-        let options = StoreOptions {
-            cache_bytes: cfg.cache_mb << 20,
-            segment_bytes: (cfg.store_segment_kb as usize) << 10,
-        };
-        match Store::open_with(&path, &options) {
+        match Store::open(&path, cfg.cache_mb << 20) {
             Ok(s) => return Ok(s),
             Err(e) if tries < 20 && e.is_lock_held() => {
                 tries += 1;

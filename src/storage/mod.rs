@@ -24,7 +24,6 @@ mod accounts;
 mod health;
 mod history;
 mod ids;
-mod open;
 mod queue;
 mod raft_log;
 mod replicated;
@@ -47,7 +46,6 @@ pub use accounts::{PurgeStats, RefreshRecord, SpendOutcome, UserRecord};
 pub use health::{StorageHealth, StorageState, free_bytes};
 pub use history::{Fetched, HistoryQuery, Page, Want};
 pub use ids::IdUse;
-pub use open::{DEFAULT_SEGMENT_BYTES, StoreOptions};
 pub use queue::{
     AckCmd, AppendPermit, CommittedMsg, DurableMsg, Refused, StorageCmd, StorageEvent,
     StorageHandle,
@@ -215,16 +213,15 @@ fn receipt_key(id: &Uuid, user: &Username) -> Vec<u8> {
 }
 
 impl Store {
-    /// Opens (or creates) the database under `dir` with sled's default
-    /// segment size. Only one process may hold it.
+    /// Opens (or creates) the database under `dir`. Only one process may hold it.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
-        Self::open_with(dir, &StoreOptions::with_cache(cache_bytes))
-    }
-
-    /// Opens (or creates) the database under `dir` (see `open.rs` for what
-    /// an existing directory keeps).
-    pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Self> {
-        let db = open::sled_config(dir, options).open()?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // We group-commit ourselves: nothing is acknowledged before our own flush.
+            .flush_every_ms(None)
+            .mode(sled::Mode::LowSpace)
+            .open()?;
         let inner = Inner {
             rooms: db.open_tree(ROOMS)?,
             msgid_msgref: db.open_tree(MSGID_MSGREF)?,
