@@ -503,8 +503,9 @@ fn check_fd_limit(cfg: &Config) {
 /// and only in effect when called before a second thread allocates: glibc
 /// fixes the limit when it first makes an extra arena, so main calls it
 /// before the runtime starts, and logs the answer once logging is up. With
-/// glibc's default (8 per core) RSS after 1 M stored messages was 160–193 MB,
-/// with 2 arenas 142–156 MB (docs/BENCHMARKS.md, "History growth").
+/// glibc's default (8 per core) RSS after 1 M stored messages was 159–193 MB,
+/// with 2 arenas 142–163 MB; the same at 5 M (docs/BENCHMARKS.md, "History
+/// growth").
 pub fn limit_malloc_arenas(arenas: u32) -> bool {
     if arenas == 0 {
         return true;
