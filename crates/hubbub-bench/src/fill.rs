@@ -158,3 +158,27 @@ fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
     }
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_fill_exactly_and_vary() {
+        let a = words("fill 0-1 ".into(), 100, 1);
+        let b = words("fill 0-2 ".into(), 100, 2);
+        assert_eq!(a.len(), 100);
+        assert!(a.starts_with("fill 0-1 "));
+        assert_ne!(a[9..], b[9..]);
+    }
+
+    #[test]
+    fn dir_bytes_counts_nested_files() {
+        let d = std::env::temp_dir().join(format!("hubbub-fill-test-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub").join("f"), vec![1u8; 10_000]).unwrap();
+        let n = dir_bytes(&d).unwrap();
+        let _ = std::fs::remove_dir_all(&d);
+        assert!(n >= 10_000, "{n}");
+    }
+}
