@@ -281,6 +281,11 @@ pub struct Config {
     /// sled page cache in MiB.
     #[arg(long, env = "HUBBUB_CACHE_MB", default_value_t = 64)]
     pub cache_mb: u64,
+    /// glibc malloc arenas (0: glibc's default, 8 per core). Memory freed in
+    /// one thread's arena stays mapped there, so with many arenas RSS drifts
+    /// far above what is in use as history and its page cache churn.
+    #[arg(long, env = "HUBBUB_MALLOC_ARENAS", default_value_t = 2)]
+    pub malloc_arenas: u32,
     /// Cluster mode: gossip (UDP) and node links (TCP) on this address (port 0
     /// picks one; it is printed). Without it the node is alone.
     #[arg(long, env = "HUBBUB_CLUSTER_LISTEN")]
@@ -341,6 +346,10 @@ impl Config {
         anyhow::ensure!(
             self.session_queue >= 2 && self.storage_queue >= 1 && self.hub_queue >= 1,
             "queues must be positive"
+        );
+        anyhow::ensure!(
+            self.malloc_arenas <= 1024,
+            "--malloc-arenas must be at most 1024 (0: glibc's default)"
         );
         anyhow::ensure!(
             self.min_free_mb <= 1 << 30,

@@ -7,8 +7,7 @@ use tracing_subscriber::EnvFilter;
 
 /// Exit status: 0 after a signal, `EXIT_STORAGE_FAILED` (75) when storage
 /// failed, 1 for any other error (printed like `anyhow` does).
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // Everything hubbub creates (sled's files, which it makes with the umask
     // and may add at any time, the JWT secret, keys) is for this user only.
     // Stricter bits the caller set are kept.
@@ -18,7 +17,25 @@ async fn main() -> ExitCode {
         let old = libc::umask(0o077);
         libc::umask(old | 0o077);
     }
-    match serve().await {
+    let cli = Cli::parse();
+    // Before the runtime's threads exist: glibc fixes its arena limit when
+    // the first thread besides main needs an arena.
+    let arenas = match &cli.command {
+        Some(Command::Serve(c)) => c.malloc_arenas,
+        _ => cli.serve.malloc_arenas,
+    };
+    let arenas_capped = hubbub::server::limit_malloc_arenas(arenas);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cli, (arenas, arenas_capped))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<StorageFailed>().is_some() => {
             // The server task has logged the reason and what to do.
@@ -31,11 +48,12 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve() -> anyhow::Result<()> {
+/// `arenas`: `--malloc-arenas` and whether glibc took it (logged here, once
+/// logging is set up).
+async fn serve(cli: Cli, arenas: (u32, bool)) -> anyhow::Result<()> {
     // One crypto provider for the whole process (ring); rustls panics when it
     // has to guess between two.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
     // openraft logs every failed replication RPC to a node that is down (every
     // 500 ms) at ERROR, and ordinary election moments at WARN: hubbub reports
     // a dead peer itself (gossip, /api/admin/cluster, metrics).
@@ -61,6 +79,12 @@ async fn serve() -> anyhow::Result<()> {
             .with_ansi(std::io::stderr().is_terminal())
             .with_env_filter(filter)
             .init();
+    }
+    if !arenas.1 {
+        tracing::warn!(
+            arenas = arenas.0,
+            "could not limit the malloc arenas (--malloc-arenas; not glibc?)"
+        );
     }
     if let Some(Command::User(args)) = cli.command {
         return hubbub::admin::run(args).await;

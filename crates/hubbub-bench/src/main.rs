@@ -9,6 +9,7 @@
 mod cluster;
 mod durable;
 mod fanout;
+mod fill;
 mod fuzz;
 mod hidden;
 mod history;
@@ -44,6 +45,8 @@ pub enum Scenario {
     Fuzz,
     /// Three nodes (and a single node as the baseline): see `--what`.
     Cluster,
+    /// Fill one room to M messages in steps: server RSS and data-dir size per step.
+    Fill,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -114,6 +117,9 @@ pub struct Args {
     /// Messages to pre-fill (history).
     #[arg(long, default_value_t = 1_000_000)]
     pub messages: usize,
+    /// Messages per step of `fill` (RSS and disk are sampled after each).
+    #[arg(long, default_value_t = 250_000)]
+    pub step: u64,
     /// Unsaved messages in flight per sender in closed-loop phases (durable max, history pre-fill).
     #[arg(long, default_value_t = 64)]
     pub window: usize,
@@ -194,8 +200,10 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         bail!("--spawn starts hubbub; start the raw peer yourself and pass --url and --server-pid");
     }
     let mut args = args;
-    if matches!(args.scenario, Scenario::History | Scenario::HistoryHidden)
-        && args.spawn
+    if matches!(
+        args.scenario,
+        Scenario::History | Scenario::HistoryHidden | Scenario::Fill
+    ) && args.spawn
         && !args.server_arg.iter().any(|a| a.contains("session-queue"))
     {
         // Pre-fill senders share the room, so each gets every sender's burst
@@ -229,6 +237,7 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         Scenario::History => history::run(&args, &target).await,
         Scenario::HistoryHidden => hidden::run(&args, &target).await,
         Scenario::Fuzz => fuzz::run(&args, &target).await,
+        Scenario::Fill => fill::run(&args, &target).await,
         Scenario::Cluster => Err(anyhow::anyhow!("cluster runs start their own nodes")),
     };
     let server_rss_kib = target.pid.and_then(net::rss_kib);

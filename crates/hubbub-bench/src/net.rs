@@ -136,6 +136,8 @@ pub struct Target {
     pub raw: bool,
     pub raw_path: String,
     pub spawned: bool,
+    /// The spawned server's data directory (`--data-dir` or a temp dir).
+    pub data_dir: Option<PathBuf>,
     child: Option<Child>,
     temp_dir: Option<PathBuf>,
     /// The server's data dir, when known (`--spawn`, or `--data-dir` with `--url`):
@@ -152,6 +154,7 @@ impl Target {
             raw: false,
             raw_path: "/".into(),
             spawned: false,
+            data_dir: None,
             child: None,
             temp_dir: None,
             data_dir: None,
@@ -172,6 +175,8 @@ impl Target {
                 raw: args.raw,
                 raw_path: args.raw_path.clone(),
                 spawned: false,
+                // Of a server started elsewhere: given to read its size (fill).
+                data_dir: args.data_dir.clone(),
                 child: None,
                 temp_dir: None,
                 data_dir: args.data_dir.clone(),
@@ -232,6 +237,7 @@ impl Target {
             raw: false,
             raw_path: args.raw_path.clone(),
             spawned: true,
+            data_dir: Some(dir.clone()),
             child: Some(child),
             temp_dir,
             data_dir: Some(dir),
