@@ -136,13 +136,12 @@ pub struct Target {
     pub raw: bool,
     pub raw_path: String,
     pub spawned: bool,
-    /// The spawned server's data directory (`--data-dir` or a temp dir).
+    /// The server's data dir, when known (`--spawn`: `--data-dir` or a temp
+    /// dir; with `--url`: `--data-dir`): `fill` weighs it, `durable` measures
+    /// this disk's fsync there.
     pub data_dir: Option<PathBuf>,
     child: Option<Child>,
     temp_dir: Option<PathBuf>,
-    /// The server's data dir, when known (`--spawn`, or `--data-dir` with `--url`):
-    /// where `durable` measures this disk's fsync.
-    pub data_dir: Option<PathBuf>,
 }
 
 impl Target {
@@ -157,7 +156,6 @@ impl Target {
             data_dir: None,
             child: None,
             temp_dir: None,
-            data_dir: None,
         }
     }
 
@@ -179,7 +177,6 @@ impl Target {
                 data_dir: args.data_dir.clone(),
                 child: None,
                 temp_dir: None,
-                data_dir: args.data_dir.clone(),
             });
         }
         let bin = server_bin(args)?;
@@ -237,10 +234,9 @@ impl Target {
             raw: false,
             raw_path: args.raw_path.clone(),
             spawned: true,
-            data_dir: Some(dir.clone()),
+            data_dir: Some(dir),
             child: Some(child),
             temp_dir,
-            data_dir: Some(dir),
         })
     }
 
