@@ -74,6 +74,7 @@ fn kick_closes_one_family_or_all_of_a_users_sessions() {
         f.live.insert(id);
         f.apply(Event::Join {
             session: id,
+            conn: id,
             user: Username::parse("alice").unwrap(),
             client: ClientId::parse(client).unwrap(),
             room: RoomName::parse("lobby").unwrap(),

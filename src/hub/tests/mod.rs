@@ -87,6 +87,7 @@ impl Fixture {
         self.live.insert(id);
         let mut fx = self.apply(Event::Join {
             session: id,
+            conn: id,
             user: Username::parse(user).unwrap(),
             client: ClientId::parse(client).unwrap(),
             room: RoomName::parse(room).unwrap(),
