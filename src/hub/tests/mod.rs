@@ -98,6 +98,22 @@ impl Fixture {
         Sess(id)
     }
 
+    /// A subscription of the multi-room connection `conn`.
+    fn subscribe(&mut self, conn: Uuid, user: &str, client: &str, room: &str) -> Sess {
+        let id = Uuid::new_v4();
+        self.live.insert(id);
+        self.apply(Event::Join {
+            session: id,
+            conn,
+            user: Username::parse(user).unwrap(),
+            client: ClientId::parse(client).unwrap(),
+            room: RoomName::parse(room).unwrap(),
+            family: None,
+            away: false,
+        });
+        Sess(id)
+    }
+
     fn frames(&mut self, s: Sess) -> Vec<Value> {
         self.inbox.remove(&s.0).unwrap_or_default()
     }
