@@ -114,7 +114,7 @@ async fn each_room_resumes_exactly_on_one_socket() {
     let (mut a, _) = multi(&s, &alice, None).await;
     let (sub, hist) = subscribe(&mut a, "rb", Some(&b1)).await;
     assert_eq!(sub["resumed"], true);
-    assert_eq!(ids_of(&hist), [b2.clone()]);
+    assert_eq!(ids_of(&hist), [b2]);
 
     // ra resumes after a1 while bob keeps writing to ra: every message after
     // a1 exactly once and in order, across the history and the live stream.
