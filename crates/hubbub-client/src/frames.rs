@@ -117,7 +117,7 @@ mod tests {
 
     use super::*;
     use hubbub::protocol::frames::parse_client;
-    use hubbub::protocol::{Cursor, Status, Username};
+    use hubbub::protocol::{Cursor, RoomName, Status, Username};
 
     /// Every frame the client encodes is the frame the server parses.
     #[test]
@@ -139,6 +139,17 @@ mod tests {
             },
             ClientMsg::Typing { active: true },
             ClientMsg::Typing { active: false },
+            ClientMsg::Subscribe {
+                room: RoomName::parse("r-1").unwrap(),
+                since: Some(c.to_string()),
+            },
+            ClientMsg::Subscribe {
+                room: RoomName::parse("r2").unwrap(),
+                since: None,
+            },
+            ClientMsg::Unsubscribe {
+                room: RoomName::parse("r2").unwrap(),
+            },
             ClientMsg::Ack {
                 ids: vec![id, Uuid::new_v4()],
                 status: Status::Delivered,
