@@ -180,6 +180,10 @@ pub struct Config {
     /// Sessions one user may hold; beyond it the oldest is closed with 4001.
     #[arg(long, env = "HUBBUB_MAX_SESSIONS_PER_USER", default_value_t = 8)]
     pub max_sessions_per_user: usize,
+    /// Rooms one multi-room connection (`/ws?multi=1`) may subscribe at once;
+    /// a `subscribe` beyond is answered `too_many_rooms`, the connection kept.
+    #[arg(long, env = "HUBBUB_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
+    pub max_rooms_per_connection: usize,
     /// Access-token lifetime in seconds.
     #[arg(long, env = "HUBBUB_ACCESS_TTL_SECS", default_value_t = 900)]
     pub access_ttl_secs: u64,
@@ -362,6 +366,10 @@ impl Config {
         anyhow::ensure!(
             self.max_sessions_per_user > 0,
             "--max-sessions-per-user must be positive"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.max_rooms_per_connection),
+            "--max-rooms-per-connection must be 1..=10000"
         );
         anyhow::ensure!(
             self.access_ttl_secs > 0 && self.refresh_ttl_secs > 0,

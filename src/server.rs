@@ -259,6 +259,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             msgs_per_sec: cfg.msgs_per_sec,
             burst: cfg.burst,
             queue: cfg.session_queue,
+            max_rooms: cfg.max_rooms_per_connection,
             ping_interval: cfg.ping_interval(),
             idle_timeout: cfg.idle_timeout(),
         }),

@@ -84,11 +84,23 @@ fn decide(
         Ok(i) => i,
         Err(r) => return (Upgrade::Auth, r),
     };
-    let Some(room) = RoomName::parse_or_default(query.get("room").map(String::as_str)) else {
-        return (
-            Upgrade::Room,
-            reply::error(ErrorCode::BadRequest, "invalid room name"),
-        );
+    let room = match multi_room(&query) {
+        Ok(true) => None,
+        Ok(false) => match RoomName::parse_or_default(query.get("room").map(String::as_str)) {
+            Some(room) => Some(room),
+            None => {
+                return (
+                    Upgrade::Room,
+                    reply::error(ErrorCode::BadRequest, "invalid room name"),
+                );
+            }
+        },
+        Err(msg) => {
+            return (
+                Upgrade::BadRequest,
+                reply::error(ErrorCode::BadRequest, msg),
+            );
+        }
     };
     let client = match query.get("client").map(String::as_str) {
         None | Some("") => ClientId::random(),
@@ -186,6 +198,20 @@ fn decide(
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     (Upgrade::Accepted, resp)
+}
+
+/// `multi=1`: a multi-room connection, which names no `room` or `since` on
+/// the URL (a missing `room` still means `general`: v1 clients rely on it);
+/// its `subscribe` frames carry both.
+fn multi_room(query: &HashMap<String, String>) -> Result<bool, &'static str> {
+    match query.get("multi").map(String::as_str) {
+        None | Some("0") => Ok(false),
+        Some("1") if query.contains_key("room") || query.contains_key("since") => {
+            Err("a multi-room connection (multi=1) takes no room or since: subscribe names them")
+        }
+        Some("1") => Ok(true),
+        Some(_) => Err("invalid multi (0 or 1)"),
+    }
 }
 
 /// `Sec-WebSocket-Accept` for a valid RFC 6455 upgrade request, else `None`.

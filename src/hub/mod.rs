@@ -29,7 +29,7 @@ pub use state::{Joined, NewMsg, PeerPresence, Relay};
 
 use crate::error::InternalError;
 use crate::metrics::Metrics;
-use crate::protocol::{CloseCode, Cursor, RoomName, StoredMsg, Username};
+use crate::protocol::{CloseCode, Cursor, Frame, RoomName, StoredMsg, Username};
 use crate::storage::{StorageEvent, StorageHandle};
 use outbox::{Outbox, Refusal};
 use state::{Count, Effects, Event, HubState, Now};
@@ -43,6 +43,11 @@ enum HubCmd {
         link: SessionLink,
         reply: oneshot::Sender<Joined>,
     },
+    /// A held subscription's `subscribed` and `history`: sent ahead of what
+    /// it gathered since its join, and from then on it gets its frames.
+    Release { session: Uuid, first: Vec<Frame> },
+    /// A subscription leaves; `last` (`unsubscribed`) is its final frame.
+    Unsubscribe { session: Uuid, last: Frame },
     /// Everything else that is a core event as it is (`Leave`, `Typing`, …).
     Event(Event),
     /// A `Post` before admission: the shell reserves a storage slot first.
@@ -128,6 +133,17 @@ impl HubHandle {
         let (reply, rx) = oneshot::channel();
         self.send(HubCmd::Join { link, reply }).await?;
         rx.await.map_err(|_| InternalError::Stopped)
+    }
+
+    /// Ends the hold of a subscription joined with `SessionLink::held`.
+    pub async fn release(&self, session: Uuid, first: Vec<Frame>) -> Result<(), InternalError> {
+        self.send(HubCmd::Release { session, first }).await
+    }
+
+    /// A subscription leaves its room like a closing session; `last` is
+    /// queued after its final frame, so nothing of the room follows it.
+    pub async fn unsubscribe(&self, session: Uuid, last: Frame) -> Result<(), InternalError> {
+        self.send(HubCmd::Unsubscribe { session, last }).await
     }
 
     /// Sends a `chat` or `private`: broadcast once storage took it, or
@@ -247,6 +263,15 @@ impl Shell {
                     let _ = reply.send(joined);
                 }
                 self.carry_out(fx);
+            }
+            HubCmd::Release { session, first } => self.outbox.release(session, first),
+            HubCmd::Unsubscribe { session, last } => {
+                let queue = self.outbox.queue_of(session);
+                self.event(Event::Leave { session }, now);
+                // Full: the connection is being evicted anyway (4002).
+                if let Some(q) = queue {
+                    let _ = q.try_send(vec![last]);
+                }
             }
             HubCmd::Post { session, msg } => self.post(session, msg, now),
             HubCmd::Event(ev) => self.event(ev, now),

@@ -13,6 +13,11 @@ use crate::protocol::{ClientId, CloseCode, Frame, RoomName, Username};
 /// A session as the hub sees it: who it is, where its frames go, how to close it.
 pub struct SessionLink {
     pub id: Uuid,
+    /// The WebSocket connection: the session's own id on a single-room
+    /// connection; shared by every subscription of a multi-room one, which
+    /// the hub then counts and replaces as one (`max_sessions_per_user`,
+    /// same client id, slow-reader eviction).
+    pub conn: Uuid,
     pub user: Username,
     pub client: ClientId,
     pub room: RoomName,
@@ -27,13 +32,23 @@ pub struct SessionLink {
     pub out_tx: mpsc::Sender<Vec<Frame>>,
     /// Set once to close the session with a code; the writer sends the Close frame.
     pub close_tx: watch::Sender<Option<CloseCode>>,
+    /// A subscription of a multi-room connection: its frames are held back
+    /// until [`Outbox::release`] puts its `subscribed` and `history` in front
+    /// of them (the single-room writer gets its preamble first instead).
+    pub held: bool,
 }
+
+/// Frames a held subscription may gather before its release (one history
+/// read): beyond, it counts as a full queue (4002). A bound, never reached
+/// by a reader that keeps up.
+const HELD_MAX: usize = 4096;
 
 struct Link {
     out_tx: mpsc::Sender<Vec<Frame>>,
     close_tx: watch::Sender<Option<CloseCode>>,
-    /// Frames for this session in this turn.
+    /// Frames for this session in this turn (or, while held, since its join).
     frames: Vec<Frame>,
+    held: bool,
 }
 
 /// What became of a session's queue when the turn's frames went out.
@@ -57,6 +72,7 @@ impl Outbox {
     pub(super) fn attach(&mut self, link: SessionLink) -> Event {
         let SessionLink {
             id,
+            conn,
             user,
             client,
             room,
@@ -64,6 +80,7 @@ impl Outbox {
             away,
             out_tx,
             close_tx,
+            held,
         } = link;
         self.links.insert(
             id,
@@ -71,10 +88,12 @@ impl Outbox {
                 out_tx,
                 close_tx,
                 frames: Vec::new(),
+                held,
             },
         );
         Event::Join {
             session: id,
+            conn,
             user,
             client,
             room,
@@ -93,6 +112,22 @@ impl Outbox {
                 link.frames.push(frame.clone());
             }
         }
+    }
+
+    /// Ends a subscription's hold: `first` (its `subscribed` and `history`)
+    /// goes out ahead of what gathered meanwhile, at the end of this turn.
+    pub(super) fn release(&mut self, id: Uuid, mut first: Vec<Frame>) {
+        if let Some(link) = self.links.get_mut(&id) {
+            link.held = false;
+            first.append(&mut link.frames);
+            link.frames = first;
+            self.dirty.push(id);
+        }
+    }
+
+    /// The session's queue, for a last frame after it is removed (`unsubscribed`).
+    pub(super) fn queue_of(&self, id: Uuid) -> Option<mpsc::Sender<Vec<Frame>>> {
+        self.links.get(&id).map(|l| l.out_tx.clone())
     }
 
     /// Forgets a session (its unsent frames with it), closing it with `close`.
@@ -118,6 +153,13 @@ impl Outbox {
                 continue;
             };
             if link.frames.is_empty() {
+                continue;
+            }
+            if link.held {
+                // Kept for `release`, which marks it dirty again.
+                if link.frames.len() > HELD_MAX {
+                    refused.push((id, Refusal::Full));
+                }
                 continue;
             }
             match link.out_tx.try_send(std::mem::take(&mut link.frames)) {

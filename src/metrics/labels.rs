@@ -56,6 +56,9 @@ label_enum! {
         Typing => "typing",
         Ack => "ack",
         History => "history",
+        /// Multi-room connections: join and leave a room.
+        Subscribe => "subscribe",
+        Unsubscribe => "unsubscribe",
         /// Text that does not parse as a client frame.
         Invalid => "invalid",
         /// A binary message (closed with 1003).

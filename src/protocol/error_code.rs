@@ -32,11 +32,15 @@ pub enum ErrorCode {
     RequestTimeout,
     /// Something failed inside the server; the details are in its log only.
     Internal,
+    /// A multi-room connection's `subscribe` over `--max-rooms-per-connection`.
+    TooManyRooms,
+    /// A multi-room connection named a room it is not subscribed to.
+    NotSubscribed,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order (metrics pre-register from it).
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
@@ -49,6 +53,8 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::RequestTimeout,
         ErrorCode::Internal,
+        ErrorCode::TooManyRooms,
+        ErrorCode::NotSubscribed,
     ];
 
     /// Whether an `error` frame may carry this code; the others are HTTP's
@@ -62,7 +68,9 @@ impl ErrorCode {
             | ErrorCode::NotFound
             | ErrorCode::Conflict
             | ErrorCode::Forbidden
-            | ErrorCode::Unavailable => true,
+            | ErrorCode::Unavailable
+            | ErrorCode::TooManyRooms
+            | ErrorCode::NotSubscribed => true,
             ErrorCode::Unauthorized
             | ErrorCode::MethodNotAllowed
             | ErrorCode::RequestTimeout
@@ -84,15 +92,17 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Internal => "internal",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::NotSubscribed => "not_subscribed",
         }
     }
 
     /// The HTTP status that carries this code.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::BadRequest | ErrorCode::UnknownCommand => 400,
+            ErrorCode::BadRequest | ErrorCode::UnknownCommand | ErrorCode::NotSubscribed => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::TooManyRooms => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::RequestTimeout => 408,
@@ -116,6 +126,6 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), ErrorCode::ALL.len());
         let frames = ErrorCode::ALL.into_iter().filter(|c| c.in_frames()).count();
-        assert_eq!(frames, 8);
+        assert_eq!(frames, 10);
     }
 }

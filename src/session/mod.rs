@@ -7,6 +7,7 @@
 pub mod commands;
 mod linger;
 mod reader;
+mod subs;
 mod writer;
 
 use std::sync::Arc;
@@ -24,8 +25,8 @@ use tracing::Instrument;
 use crate::auth::Identity;
 use crate::hub::{HubHandle, Joined, SessionLink};
 use crate::metrics::{HistoryKind, Metrics, Out, SessionState, close_label};
-use crate::protocol::frames::{HistoryPage, Limits, MAX_CONTENT_CHARS, encode, encode_history};
-use crate::protocol::{ClientId, CloseCode, Cursor, Frame, RoomName, ServerMsg};
+use crate::protocol::frames::{HistoryPage, Limits, MAX_CONTENT_CHARS, encode, encode_history_in};
+use crate::protocol::{ClientId, CloseCode, Cursor, Frame, RoomName, ServerMsg, Username};
 use crate::storage::{HistoryQuery, StorageHandle, Store, Want};
 
 /// Messages a resume (`since`) replays at most; `more: true` beyond.
@@ -40,6 +41,8 @@ pub struct SessionConfig {
     pub burst: u32,
     /// Session queue capacity in frames; full → eviction (4002).
     pub queue: usize,
+    /// Rooms one multi-room connection may subscribe at once.
+    pub max_rooms: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
 }
@@ -60,7 +63,9 @@ pub struct SessionCtx {
 /// Everything the upgrade checked: who, where, and from which cursor.
 pub struct JoinRequest {
     pub identity: Identity,
-    pub room: RoomName,
+    /// `None`: a multi-room connection (`/ws?multi=1`): it joins rooms with
+    /// `subscribe` frames, each a hub session of its own (see `subs`).
+    pub room: Option<RoomName>,
     pub client: ClientId,
     pub since: Option<String>,
     /// Cluster mode: served here although this node is not its home.
@@ -87,7 +92,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let id = Uuid::new_v4();
-    let span = tracing::info_span!("session", session = %id, user = %req.identity.username, room = %req.room);
+    let room = req.room.as_ref().map_or("*", RoomName::as_str);
+    let span =
+        tracing::info_span!("session", session = %id, user = %req.identity.username, room = %room);
     let m = ctx.metrics.clone();
     m.connections.inc();
     run_inner(ws, ctx, req, id).instrument(span).await;
@@ -106,29 +113,23 @@ where
     // least 2; the floor repeats it for a `SessionConfig` built by hand.
     let (out_tx, out_rx) = mpsc::channel::<Vec<Frame>>(ctx.cfg.queue.max(2));
     let (close_tx, close_rx) = watch::channel(None);
-    let user = req.identity.username.clone();
     let joining = ctx.metrics.session_state(SessionState::Joining);
     let active = ctx.metrics.session_state(SessionState::Active);
     joining.inc();
 
-    if let Err(e) = ctx.store.remember_member(&req.room, &user) {
-        tracing::error!(error = %e, "could not record room membership");
-    }
-    let link = SessionLink {
-        id,
-        user: user.clone(),
-        client: req.client.clone(),
-        room: req.room.clone(),
-        family: req.identity.family,
-        away: req.away,
-        out_tx: out_tx.clone(),
-        close_tx: close_tx.clone(),
-    };
-    let preamble = match ctx.hub.join(link).await {
-        Ok(joined) => preamble(&ctx, &req, id, joined).await,
-        Err(_) => {
-            close_tx.send_replace(Some(CloseCode::GoingAway));
-            Vec::new()
+    let (preamble, mut route) = match &req.room {
+        Some(room) => {
+            let preamble = join_single(&ctx, &req, room, id, &out_tx, &close_tx).await;
+            let route = reader::Route::Single {
+                room: room.clone(),
+                session: id,
+            };
+            (preamble, route)
+        }
+        None => {
+            let subs = subs::Subs::new(id, close_tx.clone());
+            let welcome = welcome(&ctx, &req, None, id, false);
+            (vec![welcome], reader::Route::Multi(subs))
         }
     };
     joining.dec();
@@ -142,12 +143,15 @@ where
         ctx.cfg.ping_interval,
         req.batch.then(|| writer::Batching::new(&ctx.metrics)),
     ));
-    let code = reader::run(&mut stream, &ctx, &req, id, &out_tx, close_rx).await;
+    let code = reader::run(&mut stream, &ctx, &req, &mut route, &out_tx, close_rx).await;
     if let Some(code) = code {
         // Only the first close code counts (the hub may have set one already).
         close_tx.send_if_modified(|c| c.is_none() && c.replace(code).is_none());
     }
-    ctx.hub.leave(id);
+    match &route {
+        reader::Route::Single { session, .. } => ctx.hub.leave(*session),
+        reader::Route::Multi(subs) => subs.leave_all(&ctx.hub),
+    }
     drop(out_tx);
     let sink = writer.await;
     active.dec();
@@ -159,16 +163,89 @@ where
     linger::let_go(sink, stream).await;
 }
 
-/// `welcome` and `history`: sent before anything from the queue, so nothing
-/// can come between them, and the live stream continues right after `head`.
-async fn preamble(ctx: &SessionCtx, req: &JoinRequest, id: Uuid, joined: Joined) -> Vec<Frame> {
+/// A single-room connection joins its room; `welcome` and `history` come back.
+async fn join_single(
+    ctx: &SessionCtx,
+    req: &JoinRequest,
+    room: &RoomName,
+    id: Uuid,
+    out_tx: &mpsc::Sender<Vec<Frame>>,
+    close_tx: &watch::Sender<Option<CloseCode>>,
+) -> Vec<Frame> {
     let user = &req.identity.username;
+    if let Err(e) = ctx.store.remember_member(room, user) {
+        tracing::error!(error = %e, "could not record room membership");
+    }
+    let link = SessionLink {
+        id,
+        conn: id,
+        user: user.clone(),
+        client: req.client.clone(),
+        room: room.clone(),
+        family: req.identity.family,
+        away: req.away,
+        out_tx: out_tx.clone(),
+        close_tx: close_tx.clone(),
+        held: false,
+    };
+    match ctx.hub.join(link).await {
+        Ok(joined) => {
+            let since = req.since.as_deref();
+            let (history, resumed) = first_page(ctx, user, room, since, joined, false).await;
+            let welcome = welcome(ctx, req, Some(room), id, resumed);
+            vec![welcome, history]
+        }
+        Err(_) => {
+            close_tx.send_replace(Some(CloseCode::GoingAway));
+            Vec::new()
+        }
+    }
+}
+
+/// The `welcome` frame; `room` is `None` on a multi-room connection.
+fn welcome(
+    ctx: &SessionCtx,
+    req: &JoinRequest,
+    room: Option<&RoomName>,
+    id: Uuid,
+    resumed: bool,
+) -> Frame {
+    let session = id.to_string();
+    ctx.metrics.out(Out::Welcome).inc();
+    encode(&ServerMsg::Welcome {
+        user: req.identity.username.as_str(),
+        room: room.map(RoomName::as_str),
+        node: &ctx.node,
+        session: &session,
+        client: req.client.as_str(),
+        resumed,
+        limits: Limits {
+            max_frame: ctx.cfg.max_frame,
+            max_content: MAX_CONTENT_CHARS,
+            msgs_per_sec: ctx.cfg.msgs_per_sec,
+            burst: ctx.cfg.burst,
+        },
+    })
+}
+
+/// A join's `history` (the last 50, or everything visible after `since`, up
+/// to the join's `head`) and whether `since` was honoured. Goes out before
+/// anything queued for the session, so the live stream continues right after
+/// `head`. `named`: the frame names its room (multi-room connections).
+async fn first_page(
+    ctx: &SessionCtx,
+    user: &Username,
+    room: &RoomName,
+    since: Option<&str>,
+    joined: Joined,
+    named: bool,
+) -> (Frame, bool) {
     let timer = ctx.metrics.history(HistoryKind::Join).start_timer();
     let query = HistoryQuery {
-        room: req.room.clone(),
+        room: room.clone(),
         viewer: user.clone(),
         want: Want::Resume {
-            since: req.since.as_deref().and_then(Cursor::parse),
+            since: since.and_then(Cursor::parse),
             max: RESUME_MAX,
             latest: JOIN_HISTORY,
         },
@@ -185,24 +262,8 @@ async fn preamble(ctx: &SessionCtx, req: &JoinRequest, id: Uuid, joined: Joined)
             (HistoryPage::new(&[], false), false)
         }
     };
-    let session = id.to_string();
-    let welcome = encode(&ServerMsg::Welcome {
-        user: user.as_str(),
-        room: req.room.as_str(),
-        node: &ctx.node,
-        session: &session,
-        client: req.client.as_str(),
-        resumed,
-        limits: Limits {
-            max_frame: ctx.cfg.max_frame,
-            max_content: MAX_CONTENT_CHARS,
-            msgs_per_sec: ctx.cfg.msgs_per_sec,
-            burst: ctx.cfg.burst,
-        },
-    });
-    let history = encode_history(page, None);
+    let history = encode_history_in(page, None, named.then(|| room.as_str()));
     drop(timer);
-    ctx.metrics.out(Out::Welcome).inc();
     ctx.metrics.out(Out::History).inc();
-    vec![welcome, history]
+    (history, resumed)
 }

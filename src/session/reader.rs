@@ -11,16 +11,17 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use uuid::Uuid;
 
 use super::commands::{self, Command};
+use super::subs::Subs;
 use super::{JoinRequest, SessionCtx};
 use crate::hub::NewMsg;
 use crate::metrics::{HistoryKind, In, Out};
 use crate::protocol::ErrorCode;
 use crate::protocol::frames::{
-    HistoryPage, check_content, encode, encode_error, encode_history, encode_retry, encode_saved,
-    encode_unavailable, parse_client,
+    HistoryPage, check_content, encode, encode_error, encode_history_in, encode_retry,
+    encode_saved, encode_unavailable, parse_client_frame,
 };
 use crate::protocol::{
-    ClientMsg, CloseCode, Frame, FrameError, MsgKind, PageDir, ServerMsg, time::now_ms,
+    ClientMsg, CloseCode, Frame, FrameError, MsgKind, PageDir, RoomName, ServerMsg, time::now_ms,
 };
 use crate::storage::{HistoryQuery, IdUse, Refused, StorageState, Want};
 
@@ -28,11 +29,21 @@ use crate::storage::{HistoryQuery, IdUse, Refused, StorageState, Want};
 /// index or a history page (the write-ahead queue's refusals carry their own).
 const READ_RETRY_MS: u64 = 100;
 
-struct Reader<'a> {
-    ctx: &'a SessionCtx,
-    req: &'a JoinRequest,
-    session: Uuid,
-    out_tx: &'a mpsc::Sender<Vec<Frame>>,
+/// One frame's handling: the connection's parts and the room (hub session) it is for.
+pub(super) struct Reader<'a> {
+    pub ctx: &'a SessionCtx,
+    pub req: &'a JoinRequest,
+    pub room: &'a RoomName,
+    pub session: Uuid,
+    pub out_tx: &'a mpsc::Sender<Vec<Frame>>,
+    /// A multi-room connection: `history` replies name their room.
+    pub multi: bool,
+}
+
+/// Where a connection's frames go: its one room, or (multi-room) the room each names.
+pub(super) enum Route {
+    Single { room: RoomName, session: Uuid },
+    Multi(Subs),
 }
 
 /// Reads until the session ends; returns the close code to send, if the reader chose one.
@@ -40,7 +51,7 @@ pub async fn run<R>(
     stream: &mut R,
     ctx: &SessionCtx,
     req: &JoinRequest,
-    session: Uuid,
+    route: &mut Route,
     out_tx: &mpsc::Sender<Vec<Frame>>,
     mut close_rx: watch::Receiver<Option<CloseCode>>,
 ) -> Option<CloseCode>
@@ -57,12 +68,6 @@ where
     let expires_in = Duration::from_millis((req.identity.exp * 1000).saturating_sub(now_ms()));
     let expiry = tokio::time::sleep(expires_in);
     tokio::pin!(expiry);
-    let me = Reader {
-        ctx,
-        req,
-        session,
-        out_tx,
-    };
 
     loop {
         let next = tokio::select! {
@@ -87,7 +92,7 @@ where
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(_) => {
-                me.count_in(In::Binary);
+                count_in(ctx, In::Binary);
                 return Some(CloseCode::Unsupported);
             }
             Message::Close(_) => {
@@ -102,7 +107,9 @@ where
             if quiet_until.is_none_or(|q| now >= q) {
                 let wait = not_until.wait_time_from(clock.now());
                 quiet_until = Some(now + wait);
-                me.fail(
+                fail(
+                    ctx,
+                    out_tx,
                     ErrorCode::RateLimited,
                     encode_retry(
                         ErrorCode::RateLimited,
@@ -117,20 +124,39 @@ where
         if text.len() > cfg.max_frame {
             return Some(CloseCode::TooBig);
         }
-        match parse_client(text.as_str()) {
-            Ok(m) => {
-                me.count_in(match &m {
-                    ClientMsg::Chat { .. } => In::Chat,
-                    ClientMsg::Private { .. } => In::Private,
-                    ClientMsg::Typing { .. } => In::Typing,
-                    ClientMsg::Ack { .. } => In::Ack,
-                    ClientMsg::History { .. } => In::History,
-                });
-                me.handle(m).await
+        match parse_client_frame(text.as_str()) {
+            Ok(f) => {
+                count_in(
+                    ctx,
+                    match &f.msg {
+                        ClientMsg::Chat { .. } => In::Chat,
+                        ClientMsg::Private { .. } => In::Private,
+                        ClientMsg::Typing { .. } => In::Typing,
+                        ClientMsg::Ack { .. } => In::Ack,
+                        ClientMsg::History { .. } => In::History,
+                        ClientMsg::Subscribe { .. } => In::Subscribe,
+                        ClientMsg::Unsubscribe { .. } => In::Unsubscribe,
+                    },
+                );
+                match route {
+                    // A `room` the client sent is ignored here, as ever.
+                    Route::Single { room, session } => {
+                        let me = Reader {
+                            ctx,
+                            req,
+                            room,
+                            session: *session,
+                            out_tx,
+                            multi: false,
+                        };
+                        me.handle(f.msg).await
+                    }
+                    Route::Multi(subs) => subs.handle(f, ctx, req, out_tx).await,
+                }
             }
             Err(e) => {
-                me.count_in(In::Invalid);
-                me.fail(e.code, encode_error(&e));
+                count_in(ctx, In::Invalid);
+                fail(ctx, out_tx, e.code, encode_error(&e));
             }
         }
     }
@@ -163,36 +189,46 @@ fn read_error_close(e: &tungstenite::Error) -> Option<CloseCode> {
     }
 }
 
+/// Queues a reply to this connection only. A full queue drops it: the hub
+/// evicts this connection on its next delivery anyway.
+pub(super) fn push(ctx: &SessionCtx, out_tx: &mpsc::Sender<Vec<Frame>>, f: Frame, kind: Out) {
+    ctx.metrics.out(kind).inc();
+    let _ = out_tx.try_send(vec![f]);
+}
+
+/// Queues an error frame, counted by code.
+pub(super) fn fail(ctx: &SessionCtx, out_tx: &mpsc::Sender<Vec<Frame>>, code: ErrorCode, f: Frame) {
+    ctx.metrics.error_sent(code).inc();
+    push(ctx, out_tx, f, Out::Error);
+}
+
+/// An `error` frame with `code`, echoing the frame's `id` if it had one.
+pub(super) fn error_frame(code: ErrorCode, message: &str, id: Option<&str>) -> Frame {
+    encode_error(&FrameError {
+        code,
+        message: message.to_owned(),
+        id: id.map(str::to_owned),
+    })
+}
+
+fn count_in(ctx: &SessionCtx, kind: In) {
+    ctx.metrics.frame_in(kind).inc();
+}
+
 impl Reader<'_> {
-    /// Queues a reply to this session only. A full queue drops it: the hub
-    /// evicts this session on its next delivery anyway.
     fn push(&self, f: Frame, kind: Out) {
-        self.ctx.metrics.out(kind).inc();
-        let _ = self.out_tx.try_send(vec![f]);
+        push(self.ctx, self.out_tx, f, kind)
     }
 
-    /// Queues an error frame, counted by code.
     fn fail(&self, code: ErrorCode, f: Frame) {
-        self.ctx.metrics.error_sent(code).inc();
-        self.push(f, Out::Error);
-    }
-
-    fn count_in(&self, kind: In) {
-        self.ctx.metrics.frame_in(kind).inc();
+        fail(self.ctx, self.out_tx, code, f)
     }
 
     fn error(&self, code: ErrorCode, message: &str, id: Option<&str>) {
-        self.fail(
-            code,
-            encode_error(&FrameError {
-                code,
-                message: message.to_owned(),
-                id: id.map(str::to_owned),
-            }),
-        );
+        self.fail(code, error_frame(code, message, id));
     }
 
-    async fn handle(&self, m: ClientMsg) {
+    pub(super) async fn handle(&self, m: ClientMsg) {
         match m {
             ClientMsg::Chat { id, content } if content.starts_with('/') => {
                 self.command(id, &content).await
@@ -219,6 +255,12 @@ impl Reader<'_> {
                 }
             }
             ClientMsg::History { dir, limit, req } => self.history(dir, limit, req).await,
+            // A multi-room connection's `subs` takes these before they get here.
+            ClientMsg::Subscribe { .. } | ClientMsg::Unsubscribe { .. } => self.error(
+                ErrorCode::BadRequest,
+                "subscribe and unsubscribe need a multi-room connection (/ws?multi=1)",
+                None,
+            ),
         }
     }
 
@@ -238,7 +280,7 @@ impl Reader<'_> {
             }
             Ok(Command::Reply(text)) => self.push(
                 encode(&ServerMsg::System {
-                    room: self.req.room.as_str(),
+                    room: self.room.as_str(),
                     content: &text,
                 }),
                 Out::System,
@@ -257,7 +299,7 @@ impl Reader<'_> {
         content: String,
         action: bool,
     ) {
-        let (user, room) = (&self.req.identity.username, &self.req.room);
+        let (user, room) = (&self.req.identity.username, self.room);
         let id_text = id.to_string();
         if self.ctx.storage.health().state() == StorageState::Failed {
             // sled fails every read now too: answer without a lookup (and a log line) per message.
@@ -304,7 +346,7 @@ impl Reader<'_> {
 
     async fn history(&self, dir: PageDir, limit: usize, req: Option<String>) {
         let _timer = self.ctx.metrics.history(HistoryKind::Page).start_timer();
-        let room = self.req.room.clone();
+        let room = self.room.clone();
         let pending = self.ctx.hub.pending(room.clone()).await.unwrap_or_default();
         let query = HistoryQuery {
             room,
@@ -315,7 +357,11 @@ impl Reader<'_> {
         let ctx = self.ctx;
         match ctx.store.fetch_history(query, pending, &ctx.metrics).await {
             Ok(f) => self.push(
-                encode_history(HistoryPage::new(&f.page.msgs, f.page.more), req.as_deref()),
+                encode_history_in(
+                    HistoryPage::new(&f.page.msgs, f.page.more),
+                    req.as_deref(),
+                    self.multi.then(|| self.room.as_str()),
+                ),
                 Out::History,
             ),
             Err(e) => {

@@ -35,6 +35,7 @@ mod history_scan;
 mod lingering_close;
 mod logs;
 mod metrics;
+mod multi;
 mod privacy;
 mod process;
 mod prop_parsers;

@@ -193,6 +193,10 @@ fn to_json(m: &ClientMsg) -> Value {
             }
             v
         }
+        ClientMsg::Subscribe { room, since } => {
+            json!({"type":"subscribe","room":room.as_str(),"since":since})
+        }
+        ClientMsg::Unsubscribe { room } => json!({"type":"unsubscribe","room":room.as_str()}),
     }
 }
 

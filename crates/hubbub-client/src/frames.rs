@@ -37,6 +37,14 @@ enum Wire<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         req: Option<&'a str>,
     },
+    Subscribe {
+        room: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<&'a str>,
+    },
+    Unsubscribe {
+        room: &'a str,
+    },
 }
 
 impl<'a> From<&'a ClientMsg> for Wire<'a> {
@@ -70,8 +78,24 @@ impl<'a> From<&'a ClientMsg> for Wire<'a> {
                     req: req.as_deref(),
                 }
             }
+            ClientMsg::Subscribe { room, since } => Wire::Subscribe {
+                room: room.as_str(),
+                since: since.as_deref(),
+            },
+            ClientMsg::Unsubscribe { room } => Wire::Unsubscribe {
+                room: room.as_str(),
+            },
         }
     }
+}
+
+/// The text of `msg` on a multi-room connection: the frame names `room`.
+pub fn encode_in(msg: &ClientMsg, room: &str) -> String {
+    let mut v = serde_json::to_value(Wire::from(msg)).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("room".into(), room.into());
+    }
+    v.to_string()
 }
 
 /// The text of one frame. `Wire` holds only strings, numbers, booleans and
@@ -93,7 +117,7 @@ mod tests {
 
     use super::*;
     use hubbub::protocol::frames::parse_client;
-    use hubbub::protocol::{Cursor, Status, Username};
+    use hubbub::protocol::{Cursor, RoomName, Status, Username};
 
     /// Every frame the client encodes is the frame the server parses.
     #[test]
@@ -115,6 +139,17 @@ mod tests {
             },
             ClientMsg::Typing { active: true },
             ClientMsg::Typing { active: false },
+            ClientMsg::Subscribe {
+                room: RoomName::parse("r-1").unwrap(),
+                since: Some(c.to_string()),
+            },
+            ClientMsg::Subscribe {
+                room: RoomName::parse("r2").unwrap(),
+                since: None,
+            },
+            ClientMsg::Unsubscribe {
+                room: RoomName::parse("r2").unwrap(),
+            },
             ClientMsg::Ack {
                 ids: vec![id, Uuid::new_v4()],
                 status: Status::Delivered,

@@ -18,4 +18,4 @@ pub mod ws;
 pub use hubbub::protocol;
 
 pub use http::{Account, Endpoint, HttpResponse, Io, request, signup_or_login};
-pub use ws::{ConnectError, Incoming, WsClient, connect, join, join_here, route};
+pub use ws::{ConnectError, Incoming, WsClient, connect, join, join_here, join_multi, route};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
-use hubbub::protocol::ClientMsg;
+use hubbub::protocol::{ClientMsg, RoomName};
 use serde_json::Value;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -144,6 +144,20 @@ pub async fn join(
     join_with(ep, account, join_query(room, client, since)).await
 }
 
+/// A multi-room connection (`multi=1`) as `account`, with an optional client
+/// id: its `welcome` names no room; [`WsClient::subscribe`] joins rooms.
+pub async fn join_multi(
+    ep: impl Into<Endpoint>,
+    account: &Account,
+    client: Option<&str>,
+) -> anyhow::Result<WsClient> {
+    let mut q = String::from("multi=1");
+    if let Some(c) = client {
+        q.push_str(&format!("&client={c}"));
+    }
+    join_with(ep, account, q).await
+}
+
 /// `room=…` with the optional `client` and `since`.
 fn join_query(room: &str, client: Option<&str>, since: Option<&str>) -> String {
     let mut q = format!("room={room}");
@@ -233,6 +247,25 @@ impl WsClient {
     /// Sends a frame of the protocol, serialized as the server parses it.
     pub async fn send(&mut self, msg: &ClientMsg) -> anyhow::Result<()> {
         self.send_text(frames::encode(msg)).await
+    }
+
+    /// Multi-room connections: joins `room` (resuming after `since`); the
+    /// server answers `subscribed` and the room's `history`.
+    pub async fn subscribe(&mut self, room: &str, since: Option<&str>) -> anyhow::Result<()> {
+        let room = RoomName::parse(room).with_context(|| format!("invalid room {room:?}"))?;
+        let since = since.map(str::to_owned);
+        self.send(&ClientMsg::Subscribe { room, since }).await
+    }
+
+    /// Multi-room connections: leaves `room`; the server answers `unsubscribed`.
+    pub async fn unsubscribe(&mut self, room: &str) -> anyhow::Result<()> {
+        let room = RoomName::parse(room).with_context(|| format!("invalid room {room:?}"))?;
+        self.send(&ClientMsg::Unsubscribe { room }).await
+    }
+
+    /// Multi-room connections: sends `msg` naming `room`.
+    pub async fn send_in(&mut self, msg: &ClientMsg, room: &str) -> anyhow::Result<()> {
+        self.send_text(frames::encode_in(msg, room)).await
     }
 
     /// Sends any JSON value as a text frame (for frames the protocol does not

@@ -9,16 +9,21 @@ use crate::protocol::frames::encode;
 use crate::protocol::{ClientId, CloseCode, RoomName, ServerMsg, Username};
 
 impl HubState {
-    pub(super) fn join(&mut self, id: Uuid, s: Session, fx: &mut Effects) {
+    pub(super) fn join(&mut self, id: Uuid, mut s: Session, fx: &mut Effects) {
         let (user, room) = (s.user.clone(), s.room.clone());
-        // Anti-zombie: the same (user, client id) replaces the live session.
-        let replaced = self.user_sessions(&user, |_, o| o.client == s.client);
+        // A connection's later subscriptions keep its first one's join time:
+        // other nodes order connections, not subscriptions (`remote_kick`).
+        if let Some(first) = self.conn_sessions(&user, s.conn).first() {
+            s.joined_ms = self.sessions[first].joined_ms;
+        }
+        // Anti-zombie: the same (user, client id) on another connection replaces it whole.
+        let replaced = self.user_sessions(&user, |_, o| o.client == s.client && o.conn != s.conn);
         if self.replicated {
             // The same (user, client) on other nodes is replaced too.
             fx.relay.push(Relay::Joined {
                 user: user.clone(),
                 client: s.client.clone(),
-                session: id,
+                session: s.conn,
                 at_ms: s.joined_ms,
             });
         }
@@ -29,14 +34,16 @@ impl HubState {
         self.sessions.insert(id, s);
         self.by_user.entry(user.clone()).or_default().push(id);
         self.replace(replaced, fx);
-        // Over the per-user cap: the oldest sessions go.
-        while let Some(ids) = self.by_user.get(&user) {
-            if ids.len() <= self.max_sessions_per_user {
+        // Over the per-user cap (connections, however many rooms each): the oldest go.
+        loop {
+            let conns = self.user_conns(&user);
+            if conns.len() <= self.max_sessions_per_user {
                 break;
             }
-            let oldest = ids[0];
             fx.counts.push(Count::Eviction(Eviction::TooManySessions));
-            self.remove_session(oldest, Some(CloseCode::Replaced), fx);
+            for old in self.conn_sessions(&user, conns[0]) {
+                self.remove_session(old, Some(CloseCode::Replaced), fx);
+            }
         }
         if !was_present && self.sessions.contains_key(&id) {
             self.local_users_changed(&room, fx);
@@ -87,8 +94,8 @@ impl HubState {
         kick: (u64, Uuid),
         fx: &mut Effects,
     ) {
-        let older = self.user_sessions(user, |id, s| {
-            s.client == *client && (s.joined_ms, id) < kick
+        let older = self.user_sessions(user, |_, s| {
+            s.client == *client && (s.joined_ms, s.conn) < kick
         });
         self.replace(older, fx);
     }
@@ -104,6 +111,24 @@ impl HubState {
             .collect()
     }
 
+    /// `user`'s connections here, oldest first.
+    fn user_conns(&self, user: &Username) -> Vec<Uuid> {
+        let mut conns: Vec<Uuid> = Vec::new();
+        for id in self.by_user.get(user).into_iter().flatten() {
+            if let Some(s) = self.sessions.get(id)
+                && !conns.contains(&s.conn)
+            {
+                conns.push(s.conn);
+            }
+        }
+        conns
+    }
+
+    /// The sessions (subscriptions) of one of `user`'s connections, in join order.
+    fn conn_sessions(&self, user: &Username, conn: Uuid) -> Vec<Uuid> {
+        self.user_sessions(user, |_, s| s.conn == conn)
+    }
+
     /// Closes `ids` with 4001: replaced by a newer session of their client.
     fn replace(&mut self, ids: Vec<Uuid>, fx: &mut Effects) {
         for id in ids {
@@ -112,11 +137,14 @@ impl HubState {
         }
     }
 
-    /// A session whose queue was full: closed with 4002; nobody else waits.
+    /// A session whose queue was full: closed with 4002 with every other
+    /// subscription of its connection (they share the queue); nobody else waits.
     pub(super) fn evict(&mut self, id: Uuid, fx: &mut Effects) {
-        if self.sessions.contains_key(&id) {
+        if let Some(s) = self.sessions.get(&id) {
             fx.counts.push(Count::Eviction(Eviction::Slow));
-            self.remove_session(id, Some(CloseCode::Evicted), fx);
+            for sid in self.conn_sessions(&s.user.clone(), s.conn) {
+                self.remove_session(sid, Some(CloseCode::Evicted), fx);
+            }
         }
     }
 

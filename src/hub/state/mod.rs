@@ -74,6 +74,8 @@ pub enum Event {
     /// A session enters its room (the shell already holds its queue).
     Join {
         session: Uuid,
+        /// Its connection (see `SessionLink::conn`).
+        conn: Uuid,
         user: Username,
         client: ClientId,
         room: RoomName,
@@ -194,6 +196,8 @@ impl Effects {
 }
 
 struct Session {
+    /// Its connection: several sessions (subscriptions) may share one.
+    conn: Uuid,
     user: Username,
     client: ClientId,
     room: RoomName,
@@ -269,6 +273,7 @@ impl HubState {
         match event {
             Event::Join {
                 session,
+                conn,
                 user,
                 client,
                 room,
@@ -276,6 +281,7 @@ impl HubState {
                 away,
             } => {
                 let s = Session {
+                    conn,
                     user,
                     client,
                     room,

@@ -74,6 +74,7 @@ fn kick_closes_one_family_or_all_of_a_users_sessions() {
         f.live.insert(id);
         f.apply(Event::Join {
             session: id,
+            conn: id,
             user: Username::parse("alice").unwrap(),
             client: ClientId::parse(client).unwrap(),
             room: RoomName::parse("lobby").unwrap(),
@@ -137,4 +138,53 @@ fn leaving_frees_the_room_and_cursors_keep_increasing() {
     // A new joiner's head is the newest cursor: its history goes up to it.
     f.join("bob", "b", "lobby");
     assert_eq!(f.last_join.as_ref().unwrap().head, appended[1].1);
+}
+
+/// A multi-room connection's subscriptions are one session to the hub: they
+/// never replace each other, count once against the cap, and a new connection
+/// with their client id or a full queue closes them all.
+#[test]
+fn a_connections_subscriptions_count_replace_and_evict_as_one() {
+    let mut f = Fixture::new(2, 16);
+    let conn = Uuid::new_v4();
+    let subs: Vec<Sess> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|r| f.subscribe(conn, "alice", "multi", r))
+        .collect();
+    let other = f.join("alice", "two", "r1");
+    assert!(subs.iter().chain([&other]).all(|s| f.closed(*s).is_none()));
+    assert_eq!(f.hub.session_count(), 4);
+    // A third connection: the oldest one, all its subscriptions, goes (4001).
+    let third = f.join("alice", "three", "r9");
+    for s in &subs {
+        assert_eq!(f.closed(*s), Some(CloseCode::Replaced));
+    }
+    assert!(f.closed(other).is_none() && f.closed(third).is_none());
+
+    // Same client id on a new connection: the old one goes whole.
+    let mut f = Fixture::new(8, 16);
+    let conn = Uuid::new_v4();
+    let old = [
+        f.subscribe(conn, "alice", "tab", "r1"),
+        f.subscribe(conn, "alice", "tab", "r2"),
+    ];
+    let new = f.subscribe(Uuid::new_v4(), "alice", "tab", "r3");
+    assert!(
+        old.iter()
+            .all(|s| f.closed(*s) == Some(CloseCode::Replaced))
+    );
+    assert!(f.closed(new).is_none());
+
+    // One full queue: every subscription of that connection is evicted (4002).
+    let conn = Uuid::new_v4();
+    let subs = [
+        f.subscribe(conn, "bob", "b", "r1"),
+        f.subscribe(conn, "bob", "b", "r2"),
+    ];
+    f.apply(Event::Evicted { session: subs[1].0 });
+    assert!(
+        subs.iter()
+            .all(|s| f.closed(*s) == Some(CloseCode::Evicted))
+    );
+    assert!(f.closed(new).is_none());
 }

@@ -87,6 +87,7 @@ impl Fixture {
         self.live.insert(id);
         let mut fx = self.apply(Event::Join {
             session: id,
+            conn: id,
             user: Username::parse(user).unwrap(),
             client: ClientId::parse(client).unwrap(),
             room: RoomName::parse(room).unwrap(),
@@ -94,6 +95,22 @@ impl Fixture {
             away: false,
         });
         self.last_join = fx.joined.take();
+        Sess(id)
+    }
+
+    /// A subscription of the multi-room connection `conn`.
+    fn subscribe(&mut self, conn: Uuid, user: &str, client: &str, room: &str) -> Sess {
+        let id = Uuid::new_v4();
+        self.live.insert(id);
+        self.apply(Event::Join {
+            session: id,
+            conn,
+            user: Username::parse(user).unwrap(),
+            client: ClientId::parse(client).unwrap(),
+            room: RoomName::parse(room).unwrap(),
+            family: None,
+            away: false,
+        });
         Sess(id)
     }
 

@@ -11,8 +11,10 @@ type Ends = (
 fn link(queue: usize) -> Ends {
     let (out_tx, rx) = mpsc::channel(queue);
     let (close_tx, close) = watch::channel(None);
+    let id = Uuid::new_v4();
     let l = SessionLink {
-        id: Uuid::new_v4(),
+        id,
+        conn: id,
         user: Username::parse("alice").unwrap(),
         client: ClientId::parse("a").unwrap(),
         room: RoomName::parse("lobby").unwrap(),
@@ -20,6 +22,7 @@ fn link(queue: usize) -> Ends {
         away: false,
         out_tx,
         close_tx,
+        held: false,
     };
     (l, rx, close)
 }

@@ -107,6 +107,7 @@ fn the_local_user_set_is_published_not_sessions() {
     f.live.insert(id);
     let fx = f.apply(Event::Join {
         session: id,
+        conn: id,
         user: Username::parse("alice").unwrap(),
         client: ClientId::parse("a2").unwrap(),
         room: lobby.clone(),
@@ -136,6 +137,7 @@ fn a_single_node_publishes_nothing() {
     f.live.insert(id);
     let fx = f.apply(Event::Join {
         session: id,
+        conn: id,
         user: Username::parse("alice").unwrap(),
         client: ClientId::parse("a").unwrap(),
         room: RoomName::parse("lobby").unwrap(),

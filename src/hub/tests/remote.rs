@@ -30,6 +30,7 @@ fn a_join_is_relayed_with_its_session_and_time() {
     f.live.insert(id);
     let fx = f.apply(Event::Join {
         session: id,
+        conn: id,
         user: name("alice"),
         client: ClientId::parse("tab1").unwrap(),
         room: RoomName::parse("lobby").unwrap(),

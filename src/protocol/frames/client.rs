@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use crate::protocol::error_code::ErrorCode;
 use crate::protocol::message::{Cursor, Status};
-use crate::protocol::names::Username;
+use crate::protocol::names::{RoomName, Username};
 
 /// Content limit in Unicode scalar values, after trimming.
 pub const MAX_CONTENT_CHARS: usize = 4000;
@@ -47,6 +47,25 @@ pub enum ClientMsg {
         limit: usize,
         req: Option<String>,
     },
+    /// Multi-room connections: join `room` on this socket, resuming after
+    /// `since` (kept as sent: an unknown cursor is not an error, as on `/ws`).
+    Subscribe {
+        room: RoomName,
+        since: Option<String>,
+    },
+    /// Multi-room connections: leave `room`.
+    Unsubscribe {
+        room: RoomName,
+    },
+}
+
+/// A parsed frame and the `room` it named, as sent. Only a multi-room
+/// connection reads `room` (a single-room one ignores it, so it is kept raw:
+/// a non-string or invalid one is that connection's error to give, not the parser's).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientFrame {
+    pub msg: ClientMsg,
+    pub room: Option<serde_json::Value>,
 }
 
 /// A frame the client got wrong; answered with an `error` frame, connection kept.
@@ -82,6 +101,9 @@ struct RawFrame {
     after: Option<String>,
     limit: Option<i64>,
     req: Option<String>,
+    /// Any JSON: a single-room connection ignores it whatever it is.
+    room: Option<serde_json::Value>,
+    since: Option<String>,
 }
 
 /// Second chance after a failed parse: find the `id` to echo in the error.
@@ -92,6 +114,11 @@ struct IdOnly {
 
 /// Parses one text frame. Every failure is a `FrameError` with the code PROTOCOL.md names.
 pub fn parse_client(text: &str) -> Result<ClientMsg, FrameError> {
+    parse_client_frame(text).map(|f| f.msg)
+}
+
+/// [`parse_client`], keeping the frame's `room` for a multi-room connection.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     // serde's derived structs also accept a JSON array (fields by position):
     // a frame is an object, so anything else stops here (JSON whitespace only).
     if !text
@@ -122,7 +149,16 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, FrameError> {
         let s = raw.id.as_deref().ok_or_else(|| bad("missing field `id`"))?;
         Uuid::parse_str(s).map_err(|_| bad("`id` must be a UUID"))
     };
-    match raw.kind.as_deref() {
+    let room = || -> Result<RoomName, FrameError> {
+        let r = raw
+            .room
+            .as_ref()
+            .ok_or_else(|| bad("missing field `room`"))?;
+        r.as_str()
+            .and_then(RoomName::parse)
+            .ok_or_else(|| bad("`room` is not a valid room name"))
+    };
+    let msg = match raw.kind.as_deref() {
         Some("chat") => {
             let id = id()?;
             let content = content(raw.content.as_deref(), &echo)?;
@@ -182,9 +218,18 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, FrameError> {
                 req: raw.req,
             })
         }
+        Some("subscribe") => Ok(ClientMsg::Subscribe {
+            room: room()?,
+            since: raw.since.clone(),
+        }),
+        Some("unsubscribe") => Ok(ClientMsg::Unsubscribe { room: room()? }),
         Some(other) => Err(bad(&format!("unknown type {:?}", truncate(other, 32)))),
         None => Err(bad("missing field `type`")),
-    }
+    }?;
+    Ok(ClientFrame {
+        msg,
+        room: raw.room,
+    })
 }
 
 /// `limit` for a page: absent means the default, otherwise 1..=100.

@@ -84,18 +84,33 @@ pub struct Limits {
 pub enum ServerMsg<'a> {
     Welcome {
         user: &'a str,
-        room: &'a str,
+        /// Absent on a multi-room connection (`subscribed` names each room).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
         node: &'a str,
         session: &'a str,
         client: &'a str,
         resumed: bool,
         limits: Limits,
     },
+    /// A multi-room connection joined `room`; that room's `history` follows.
+    Subscribed {
+        room: &'a str,
+        session: &'a str,
+        resumed: bool,
+    },
+    /// A multi-room connection left `room`: nothing of it follows.
+    Unsubscribed {
+        room: &'a str,
+    },
     History {
         messages: Vec<WireMsg<'a>>,
         more: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         req: Option<&'a str>,
+        /// Multi-room connections only: whose page this is (it may be empty).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
     },
     Receipt {
         id: &'a Uuid,
@@ -155,10 +170,16 @@ pub fn encode_error(e: &FrameError) -> Frame {
 
 /// The `history` frame: one page, answering `req` if the client sent one.
 pub fn encode_history(page: HistoryPage<'_>, req: Option<&str>) -> Frame {
+    encode_history_in(page, req, None)
+}
+
+/// [`encode_history`] naming its room (multi-room connections).
+pub fn encode_history_in(page: HistoryPage<'_>, req: Option<&str>, room: Option<&str>) -> Frame {
     encode(&ServerMsg::History {
         messages: page.messages,
         more: page.more,
         req,
+        room,
     })
 }
 

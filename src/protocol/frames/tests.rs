@@ -179,9 +179,16 @@ fn no_frame_kind_ever_holds_a_raw_newline() {
     let frames = vec![
         encode_message(&m),
         encode_history(HistoryPage::new(&msgs, true), Some(hostile)),
+        encode_history_in(HistoryPage::new(&msgs, true), None, Some(hostile)),
+        encode(&ServerMsg::Subscribed {
+            room: hostile,
+            session: hostile,
+            resumed: true,
+        }),
+        encode(&ServerMsg::Unsubscribed { room: hostile }),
         encode(&ServerMsg::Welcome {
             user: hostile,
-            room: hostile,
+            room: Some(hostile),
             node: hostile,
             session: hostile,
             client: hostile,
@@ -229,4 +236,29 @@ fn no_frame_kind_ever_holds_a_raw_newline() {
     }
     let v: serde_json::Value = serde_json::from_str(frames[0].as_str()).unwrap();
     assert_eq!(v["content"], hostile);
+}
+
+#[test]
+fn subscribe_frames_parse_and_keep_room() {
+    assert_eq!(
+        parse_client(r#"{"type":"subscribe","room":"b","since":"x"}"#),
+        Ok(ClientMsg::Subscribe {
+            room: crate::protocol::RoomName::parse("b").unwrap(),
+            since: Some("x".into()),
+        })
+    );
+    assert_eq!(
+        parse_client(r#"{"type":"unsubscribe","room":"b"}"#),
+        Ok(ClientMsg::Unsubscribe {
+            room: crate::protocol::RoomName::parse("b").unwrap(),
+        })
+    );
+    assert_eq!(err(r#"{"type":"subscribe"}"#).code, ErrorCode::BadRequest);
+    assert_eq!(
+        err(r#"{"type":"subscribe","room":"A B"}"#).code,
+        ErrorCode::BadRequest
+    );
+    // A single-room client's `room` of any type is still no error.
+    let f = parse_client_frame(r#"{"type":"typing","active":true,"room":5}"#).unwrap();
+    assert_eq!(f.room, Some(serde_json::json!(5)));
 }
