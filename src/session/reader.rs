@@ -91,7 +91,7 @@ where
                 return Some(CloseCode::Unsupported);
             }
             Message::Close(_) => {
-                flush_close_reply(stream).await;
+                Box::pin(flush_close_reply(stream)).await;
                 return Some(CloseCode::Normal);
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
@@ -126,7 +126,11 @@ where
                     ClientMsg::Ack { .. } => In::Ack,
                     ClientMsg::History { .. } => In::History,
                 });
-                me.handle(m).await
+                // Boxed: a command's state (history read, storage lookups,
+                // hub calls) is kilobytes, and inline it would be part of
+                // every idle session's task for good. One allocation per
+                // frame read costs less than its JSON parse.
+                Box::pin(me.handle(m)).await
             }
             Err(e) => {
                 me.count_in(In::Invalid);
