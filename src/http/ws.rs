@@ -176,12 +176,7 @@ fn serve_upgraded(
     ctx: SessionCtx,
     cluster: Option<ClusterView>,
 ) -> impl Future<Output = ()> + Send {
-    let opening = Box::pin(open(
-        on_upgrade,
-        ctx.clone(),
-        cluster,
-        req.since.is_some(),
-    ));
+    let opening = Box::pin(open(on_upgrade, ctx.clone(), cluster, req.since.is_some()));
     // The slot is held for the connection's lifetime: it counts against the caps until it ends.
     session::run(opening, ctx, req, slot)
 }

@@ -127,13 +127,8 @@ impl Drop for Counted {
     }
 }
 
-async fn run_inner<S, G>(
-    opening: Opening<S>,
-    ctx: SessionCtx,
-    req: JoinRequest,
-    id: Uuid,
-    keep: G,
-) where
+async fn run_inner<S, G>(opening: Opening<S>, ctx: SessionCtx, req: JoinRequest, id: Uuid, keep: G)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     G: Send + 'static,
 {
