@@ -24,10 +24,13 @@ use crate::metrics::Upgrade;
 use crate::protocol::{ClientId, CloseCode, ErrorCode, RoomName};
 use crate::session::{self, JoinRequest, SessionCtx};
 
-/// tungstenite's read buffer per connection. On a bare warp hub this measured
-/// 5.6 KiB idle per connection at 1 KiB, 8.7 KiB at 4 KiB, 137 KiB with the
-/// 128 KiB default; chat frames are small, and a larger one takes a few reads.
-const READ_BUFFER: usize = 1024;
+/// tungstenite's read buffer per connection, kept for the socket's life.
+/// On a bare warp hub this measured 5.6 KiB idle per connection at 1 KiB,
+/// 8.7 KiB at 4 KiB, 137 KiB with the 128 KiB default; in hubbub 512 B saves
+/// 0.55 KiB per idle connection over 1 KiB with the same fan-out throughput
+/// and CPU (docs/BENCHMARKS.md). Chat frames are small; a larger one takes a
+/// few more reads (the buffer grows for it and is reused).
+const READ_BUFFER: usize = 512;
 /// tungstenite writes to the socket once its out-buffer passes this; the
 /// buffer keeps its capacity, so this bounds what a busy connection pins.
 const WRITE_BUFFER: usize = 32 * 1024;
