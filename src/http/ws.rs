@@ -3,10 +3,11 @@
 //! the socket gets a small read buffer (warp::ws() leaves 128 KiB per socket).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -16,16 +17,20 @@ use warp::reply::Reply;
 
 use super::AppState;
 use super::api::identify;
-use super::guard::{acquire, too_many};
+use super::guard::{ConnSlot, acquire, too_many};
 use super::reply;
+use crate::cluster::ClusterView;
 use crate::metrics::Upgrade;
 use crate::protocol::{ClientId, CloseCode, ErrorCode, RoomName};
-use crate::session::{self, JoinRequest};
+use crate::session::{self, JoinRequest, SessionCtx};
 
-/// tungstenite's read buffer per connection. On a bare warp hub this measured
-/// 5.6 KiB idle per connection at 1 KiB, 8.7 KiB at 4 KiB, 137 KiB with the
-/// 128 KiB default; chat frames are small, and a larger one takes a few reads.
-const READ_BUFFER: usize = 1024;
+/// tungstenite's read buffer per connection, kept for the socket's life.
+/// On a bare warp hub this measured 5.6 KiB idle per connection at 1 KiB,
+/// 8.7 KiB at 4 KiB, 137 KiB with the 128 KiB default; in hubbub 512 B saves
+/// 0.55 KiB per idle connection over 1 KiB with the same fan-out throughput
+/// and CPU (docs/BENCHMARKS.md). Chat frames are small; a larger one takes a
+/// few more reads (the buffer grows for it and is reused).
+const READ_BUFFER: usize = 512;
 /// tungstenite writes to the socket once its out-buffer passes this; the
 /// buffer keeps its capacity, so this bounds what a busy connection pins.
 const WRITE_BUFFER: usize = 32 * 1024;
@@ -157,39 +162,14 @@ fn decide(
         away,
         batch,
     };
-    let ctx = state.sessions.clone();
-    let max = ctx.cfg.max_frame;
-    let cluster = state.cluster.clone();
-    state.tracker.spawn(async move {
-        // Held for the connection's lifetime: counts against the caps until it ends.
-        let _slot = slot;
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(WRITE_BUFFER)
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max));
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-        // Cluster mode: a node that is behind first applies what the leader
-        // has committed, so `since` from any node is honoured.
-        if let Some(c) = &cluster
-            && !c.catch_up(JOIN_CATCH_UP).await
-            && req.since.is_some()
-        {
-            tracing::info!("a resume on a node that is not caught up: closed (1001)");
-            session::refuse(ws, &ctx, CloseCode::GoingAway).await;
-            return;
-        }
-        session::run(ws, ctx, req).await;
-    });
+    let task = serve_upgraded(
+        on_upgrade,
+        slot,
+        req,
+        state.sessions.clone(),
+        state.cluster.clone(),
+    );
+    state.tracker.spawn(task);
     let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = resp.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -214,6 +194,58 @@ fn multi_room(query: &HashMap<String, String>) -> Result<bool, &'static str> {
     }
 }
 
+/// The task of one upgraded connection, from the 101 to the socket's drop:
+/// the session, which gets its socket from the boxed [`open`] (so that the
+/// upgrade's and a cluster catch-up's state are freed once done, instead of
+/// staying in a task that lives as long as the connection).
+fn serve_upgraded(
+    on_upgrade: OnUpgrade,
+    slot: ConnSlot,
+    req: JoinRequest,
+    ctx: SessionCtx,
+    cluster: Option<ClusterView>,
+) -> impl Future<Output = ()> + Send {
+    let opening = Box::pin(open(on_upgrade, ctx.clone(), cluster, req.since.is_some()));
+    // The slot is held for the connection's lifetime: it counts against the caps until it ends.
+    session::run(opening, ctx, req, slot)
+}
+
+/// The upgraded socket as a WebSocket with our buffer sizes and limits,
+/// or `None` when the upgrade failed or the socket was refused (and closed).
+async fn open(
+    on_upgrade: OnUpgrade,
+    ctx: SessionCtx,
+    cluster: Option<ClusterView>,
+    resume: bool,
+) -> Option<WebSocketStream<TokioIo<Upgraded>>> {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return None;
+        }
+    };
+    let max = ctx.cfg.max_frame;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    // Cluster mode: a node that is behind first applies what the leader
+    // has committed, so `since` from any node is honoured.
+    if let Some(c) = &cluster
+        && !c.catch_up(JOIN_CATCH_UP).await
+        && resume
+    {
+        tracing::info!("a resume on a node that is not caught up: closed (1001)");
+        session::refuse(ws, &ctx, CloseCode::GoingAway).await;
+        return None;
+    }
+    Some(ws)
+}
+
 /// `Sec-WebSocket-Accept` for a valid RFC 6455 upgrade request, else `None`.
 fn handshake_key(h: &HeaderMap) -> Option<String> {
     let has = |name: header::HeaderName, token: &str| {
@@ -234,4 +266,27 @@ fn handshake_key(h: &HeaderMap) -> Option<String> {
     }
     h.get(header::SEC_WEBSOCKET_KEY)
         .map(|k| derive_accept_key(k.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use super::*;
+
+    fn future_size<A, B, C, D, E, F: Future>(_: fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// The upgraded connection's task (kept while the socket is open) holds
+    /// the session's idle state, not the upgrade's or a catch-up's.
+    #[test]
+    fn an_upgraded_connections_task_keeps_only_the_sessions_idle_state() {
+        let n = future_size(serve_upgraded);
+        eprintln!("serve_upgraded future: {n} bytes");
+        assert!(
+            n <= crate::session::tests::SESSION_FUTURE_MAX + 64,
+            "serve_upgraded future is {n} bytes"
+        );
+    }
 }

@@ -10,6 +10,8 @@ mod reader;
 mod subs;
 mod writer;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use prometheus::IntGauge;
 use tracing::Instrument;
 
 use crate::auth::Identity;
@@ -85,26 +88,61 @@ where
     writer::send_close(&mut ws, code).await;
 }
 
+/// How a session gets its socket: the upgrade (and in cluster mode the
+/// catch-up), boxed so that none of its state stays in the session's task;
+/// `None`: no session (the upgrade failed, or the socket was refused and closed).
+pub type Opening<S> = Pin<Box<dyn Future<Output = Option<WebSocketStream<S>>> + Send>>;
+
 /// Runs a session to its end. Errors stay here: they are logged, never propagated.
 /// Every line it logs carries the session's span (session id, user, room).
-pub async fn run<S>(ws: WebSocketStream<S>, ctx: SessionCtx, req: JoinRequest)
+/// `keep` (the connection's place under the caps) is held until the socket is dropped.
+///
+/// A plain fn returning the one async fn's future: tokio allocates a task's
+/// future for its largest state and keeps it while the socket is open, and
+/// every async layer stores its own copy of its arguments (the socket,
+/// request and context: ~0.5 KiB), so there is only one layer.
+pub fn run<S, G>(
+    opening: Opening<S>,
+    ctx: SessionCtx,
+    req: JoinRequest,
+    keep: G,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    G: Send + 'static,
 {
     let id = Uuid::new_v4();
     let room = req.room.as_ref().map_or("*", RoomName::as_str);
-    let span =
-        tracing::info_span!("session", session = %id, user = %req.identity.username, room = %room);
-    let m = ctx.metrics.clone();
-    m.connections.inc();
-    run_inner(ws, ctx, req, id).instrument(span).await;
-    m.connections.dec();
+    let span = tracing::info_span!("session", session = %id, user = %req.identity.username, room = %room);
+    run_inner(opening, ctx, req, id, keep).instrument(span)
 }
 
-async fn run_inner<S>(ws: WebSocketStream<S>, ctx: SessionCtx, req: JoinRequest, id: Uuid)
+/// Counts an open session in `hubbub_connections` while it lives.
+struct Counted(IntGauge);
+
+impl Counted {
+    fn new(g: &IntGauge) -> Self {
+        g.inc();
+        Counted(g.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn run_inner<S, G>(opening: Opening<S>, ctx: SessionCtx, req: JoinRequest, id: Uuid, keep: G)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    G: Send + 'static,
 {
+    let _keep = keep;
+    let Some(ws) = opening.await else {
+        return;
+    };
+    let _counted = Counted::new(&ctx.metrics.connections);
     let (sink, mut stream) = ws.split();
     // One item per hub turn (a batch of frames), `--session-queue` of them.
     // Full → the hub evicts this session (close 4002) instead of waiting:
@@ -119,7 +157,12 @@ where
 
     let (preamble, mut route) = match &req.room {
         Some(room) => {
-            let preamble = join_single(&ctx, &req, room, id, &out_tx, &close_tx).await;
+            // Boxed, like every await that runs once per session: a task's
+            // future is allocated for its largest state and kept while the
+            // socket is open, so the join and history read (kilobytes of
+            // state) must not live inline.
+            let preamble =
+                Box::pin(join_single(&ctx, &req, room, id, &out_tx, &close_tx)).await;
             let route = reader::Route::Single {
                 room: room.clone(),
                 session: id,
@@ -160,7 +203,7 @@ where
     ctx.metrics.closed(code).inc();
     tracing::debug!(close = %close_label(code), "session ended");
     // Still counted in the connection caps and gauge while it lingers: it is open.
-    linger::let_go(sink, stream).await;
+    Box::pin(linger::let_go(sink, stream)).await;
 }
 
 /// A single-room connection joins its room; `welcome` and `history` come back.
@@ -266,4 +309,33 @@ async fn first_page(
     drop(timer);
     ctx.metrics.out(Out::History).inc();
     (history, resumed)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::future::Future;
+
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    pub(crate) fn future_size<A, B, C, D, F: Future>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// A session's task lives as long as its socket, and tokio allocates it
+    /// for its largest state: the upgrade, join, history read, commands and
+    /// linger are boxed, and there is one async layer, so that what stays is
+    /// the idle loop. Before, this task was ~11 KiB per connection in a
+    /// release build (heaptrack) and several times the bound here (debug
+    /// builds lay futures out larger still).
+    #[test]
+    fn a_sessions_task_keeps_only_its_idle_state() {
+        let n = future_size(run::<tokio::io::DuplexStream, ()>);
+        eprintln!("session::run future: {n} bytes");
+        assert!(n <= SESSION_FUTURE_MAX, "session::run future is {n} bytes");
+    }
+
+    /// Generous for a debug build (1624 bytes at the fix); before it, 3488 with the
+    /// commands boxed but three async layers, more without.
+    pub(crate) const SESSION_FUTURE_MAX: usize = 2048;
 }

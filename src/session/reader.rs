@@ -96,7 +96,7 @@ where
                 return Some(CloseCode::Unsupported);
             }
             Message::Close(_) => {
-                flush_close_reply(stream).await;
+                Box::pin(flush_close_reply(stream)).await;
                 return Some(CloseCode::Normal);
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
@@ -138,6 +138,10 @@ where
                         ClientMsg::Unsubscribe { .. } => In::Unsubscribe,
                     },
                 );
+                // Boxed: a command's state (history read, storage lookups,
+                // hub calls, a subscription's join) is kilobytes, and inline
+                // it would be part of every idle session's task for good. One
+                // allocation per frame read costs less than its JSON parse.
                 match route {
                     // A `room` the client sent is ignored here, as ever.
                     Route::Single { room, session } => {
@@ -149,9 +153,9 @@ where
                             out_tx,
                             multi: false,
                         };
-                        me.handle(f.msg).await
+                        Box::pin(me.handle(f.msg)).await
                     }
-                    Route::Multi(subs) => subs.handle(f, ctx, req, out_tx).await,
+                    Route::Multi(subs) => Box::pin(subs.handle(f, ctx, req, out_tx)).await,
                 }
             }
             Err(e) => {
