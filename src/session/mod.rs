@@ -113,7 +113,8 @@ where
 {
     let id = Uuid::new_v4();
     let room = req.room.as_ref().map_or("*", RoomName::as_str);
-    let span = tracing::info_span!("session", session = %id, user = %req.identity.username, room = %room);
+    let span =
+        tracing::info_span!("session", session = %id, user = %req.identity.username, room = %room);
     run_inner(opening, ctx, req, id, keep).instrument(span)
 }
 
@@ -161,8 +162,7 @@ where
             // future is allocated for its largest state and kept while the
             // socket is open, so the join and history read (kilobytes of
             // state) must not live inline.
-            let preamble =
-                Box::pin(join_single(&ctx, &req, room, id, &out_tx, &close_tx)).await;
+            let preamble = Box::pin(join_single(&ctx, &req, room, id, &out_tx, &close_tx)).await;
             let route = reader::Route::Single {
                 room: room.clone(),
                 session: id,
