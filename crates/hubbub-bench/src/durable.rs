@@ -50,6 +50,36 @@ pub struct PhaseCfg {
     pub target: Option<Username>,
 }
 
+impl PhaseCfg {
+    /// A closed-loop sender as the pre-fills run it: `--window` unsaved at
+    /// most, `--size` bytes, for up to `--max-secs`.
+    pub fn closed_loop(
+        args: &crate::Args,
+        run: u64,
+        sender: usize,
+        count: u64,
+        target: Option<Username>,
+    ) -> PhaseCfg {
+        PhaseCfg {
+            rate: 0.0,
+            window: args.window.max(1),
+            duration: Duration::from_secs(args.max_secs),
+            size: args.size,
+            run,
+            sender,
+            count,
+            target,
+        }
+    }
+}
+
+/// Sender `i`'s share of `total` messages split over `senders` (the first
+/// `total % senders` send one more).
+pub fn share(total: u64, senders: usize, i: usize) -> u64 {
+    let n = senders.max(1) as u64;
+    total / n + u64::from((i as u64) < total % n)
+}
+
 #[derive(Default)]
 pub struct PhaseStats {
     pub hist: Hist,
@@ -418,4 +448,19 @@ fn probe_loop(dir: &std::path::Path, stop: &AtomicBool) -> std::io::Result<Hist>
         std::thread::sleep(PROBE_EVERY);
     }
     Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn shares_add_up_and_differ_by_one_at_most() {
+        for (total, senders) in [(10, 3), (7, 8), (1_000_000, 8), (0, 4), (5, 1)] {
+            let parts: Vec<u64> = (0..senders).map(|i| share(total, senders, i)).collect();
+            assert_eq!(parts.iter().sum::<u64>(), total, "{total} over {senders}");
+            let (lo, hi) = (parts.iter().min().unwrap(), parts.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{parts:?}");
+        }
+    }
 }

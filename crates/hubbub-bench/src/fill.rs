@@ -11,7 +11,7 @@ use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::durable::{PhaseCfg, PhaseStats, phase};
+use crate::durable::{PhaseCfg, PhaseStats, phase, share};
 use crate::net::{self, Target};
 use crate::stats::round3;
 use crate::{Args, Outcome};
@@ -40,17 +40,7 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
             let account = accounts.get(i).cloned();
             let (ep, rb, path, size) =
                 (t.ep.clone(), args.read_buffer, t.ws_path(&room), args.size);
-            let count = n / senders as u64 + u64::from((i as u64) < n % senders as u64);
-            let c = PhaseCfg {
-                rate: 0.0,
-                window: args.window.max(1),
-                duration: Duration::from_secs(args.max_secs),
-                size,
-                run,
-                sender: i + 1,
-                count,
-                target: None,
-            };
+            let c = PhaseCfg::closed_loop(args, run, i + 1, share(n, senders, i), None);
             let mut seq = *seq0;
             set.spawn(async move {
                 let mut ws = net::join(&ep, false, &path, account.as_ref(), rb).await?;

@@ -5,7 +5,7 @@
 //! join→history, carol's `before` page across the hidden run, and bob's join
 //! (who sees the privates) for comparison.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail};
 use hubbub_client::Account;
@@ -22,19 +22,6 @@ use crate::{Args, Outcome};
 /// Public messages before and after the hidden run.
 const PUBLIC: u64 = 5;
 
-fn cfg(args: &Args, run: u64, sender: usize, count: u64, target: Option<Username>) -> PhaseCfg {
-    PhaseCfg {
-        rate: 0.0,
-        window: args.window.max(1),
-        duration: Duration::from_secs(args.max_secs),
-        size: args.size,
-        run,
-        sender,
-        count,
-        target,
-    }
-}
-
 /// Sends `count` messages from `account` (chat, or private to `target`) over
 /// `conns` sockets in a closed loop; returns the merged stats.
 async fn send(
@@ -50,7 +37,7 @@ async fn send(
     let mut set = JoinSet::new();
     for i in 0..conns {
         let n = count / conns as u64 + u64::from((i as u64) < count % conns as u64);
-        let c = cfg(args, run, i + 1, n, target.clone());
+        let c = PhaseCfg::closed_loop(args, run, i + 1, n, target.clone());
         let (ep, rb, path, size) = (t.ep.clone(), args.read_buffer, t.ws_path(room), args.size);
         let account = account.clone();
         set.spawn(async move {
@@ -127,7 +114,7 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
         let run = net::run_id();
         let mut ws = net::join(&t.ep, false, &t.ws_path(&room), Some(&alice), rb).await?;
         let mk = marker.clone();
-        let m = phase(&mut ws, cfg(args, run, 0, 1, None), &mut 0, &move |_| {
+        let m = phase(&mut ws, PhaseCfg::closed_loop(args, run, 0, 1, None), &mut 0, &move |_| {
             mk.clone()
         })
         .await;

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::durable::{PhaseCfg, PhaseStats, phase};
+use crate::durable::{PhaseCfg, PhaseStats, phase, share};
 use crate::net::{self, Target, Ws};
 use crate::stats::{Hist, padded, round3};
 use crate::{Args, Outcome};
@@ -182,17 +182,7 @@ async fn prefill(
     for i in 0..senders {
         let account = accounts.get(i).cloned();
         let (ep, rb, path, size) = (t.ep.clone(), args.read_buffer, t.ws_path(room), args.size);
-        let count = m / senders as u64 + u64::from((i as u64) < m % senders as u64);
-        let c = PhaseCfg {
-            rate: 0.0,
-            window: args.window.max(1),
-            duration: Duration::from_secs(args.max_secs),
-            size,
-            run,
-            sender: i + 1,
-            count,
-            target: None,
-        };
+        let c = PhaseCfg::closed_loop(args, run, i + 1, share(m, senders, i), None);
         set.spawn(async move {
             let mut ws = net::join(&ep, false, &path, account.as_ref(), rb).await?;
             let make = move |q: u64| padded(format!("fill {i}-{q} "), size);
