@@ -82,22 +82,29 @@ run_raw() { # $1 = name, $2 = round, $3... = command
 run_node() { run_raw node "$1" node "$PEER/server.js"; }
 run_go() { run_raw go "$1" "$GOHUB/go-hub"; }
 
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+# One round: runs every server once and prints its row ($2: jq fields as TSV, $3: awk printf format).
+run_round() { # $1 = round
+  local r=$1 who
+  for who in "${WHO[@]}"; do
+    "run_$who" "$r"
+    if [ -s "$OUT/$who-$r.json" ]; then
+      printf '%-10s ' "$who-$r"
+      jq -r "$2" "$OUT/$who-$r.json" | awk -F'\t' "{printf \"$3\\n\",\$1,\$2,\$3,\$4,\$5,\$6,\$7,\$8,\$9,\$10,\$11,\$12,\$13,\$14,\$15,\$16}"
+    else
+      echo "$who-$r failed: see $OUT/$who-$r.log"
+    fi
+  done
+}
+
 if [ "$SCENARIO" = idle ]; then
   # Server RSS per idle connection (after the bench's warm-up connections) and the connect rate.
   ifields='[.results.rss_per_conn_kib, .results.connects_per_sec, .results.connect_latency.p50_ms, .results.connect_latency.p99_ms, .results.failed, .results.rss_before_kib, .results.rss_after_kib] | @tsv'
   printf '%-10s %12s %11s %9s %9s %7s %12s %12s\n' run rss_kib/conn connects/s p50_ms p99_ms failed rss_before rss_after
   for r in $(seq 1 "$ROUNDS"); do
-    for who in "${WHO[@]}"; do
-      "run_$who" "$r"
-      if [ -s "$OUT/$who-$r.json" ]; then
-        printf '%-10s ' "$who-$r"
-        jq -r "$ifields" "$OUT/$who-$r.json" | awk -F'\t' '{printf "%12s %11s %9s %9s %7s %12s %12s\n",$1,$2,$3,$4,$5,$6,$7}'
-      else
-        echo "$who-$r failed: see $OUT/$who-$r.log"
-      fi
-    done
+    run_round "$r" "$ifields" '%12s %11s %9s %9s %7s %12s %12s'
   done
-  median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
   echo "medians over $ROUNDS rounds (results in $OUT):"
   for who in "${WHO[@]}"; do
     k=$(cat "$OUT"/$who-*.json 2>/dev/null | jq -r '.results.rss_per_conn_kib // empty' | median)
@@ -114,15 +121,7 @@ fields='[.results.deliveries_per_sec, (.results.deliveries_per_server_cpu_s // "
 # srv_s/M, gen_s/M: CPU-seconds of the server and of this generator per million deliveries.
 printf '%-10s %10s %12s %7s %7s %7s %7s %9s %9s %9s %9s %6s %6s %7s %7s %5s %9s\n' run deliv/s per_cpu_s send_s lost evicted dropped p50_ms p99_ms p999_ms max_ms srv_c gen_c srv_s/M gen_s/M load rss_kib
 for r in $(seq 1 "$ROUNDS"); do
-  for who in "${WHO[@]}"; do
-    "run_$who" "$r"
-    if [ -s "$OUT/$who-$r.json" ]; then
-      printf '%-10s ' "$who-$r"
-      jq -r "$fields" "$OUT/$who-$r.json" | awk -F'\t' '{printf "%10s %12s %7s %7s %7s %7s %9s %9s %9s %9s %6s %6s %7s %7s %5s %9s\n",$1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16}'
-    else
-      echo "$who-$r failed: see $OUT/$who-$r.log"
-    fi
-  done
+  run_round "$r" "$fields" '%10s %12s %7s %7s %7s %7s %9s %9s %9s %9s %6s %6s %7s %7s %5s %9s'
   for peer in "${WHO[@]:1}"; do
     if [ -s "$OUT/hubbub-$r.json" ] && [ -s "$OUT/$peer-$r.json" ]; then
       jq -rn --slurpfile a "$OUT/hubbub-$r.json" --slurpfile b "$OUT/$peer-$r.json" \
@@ -132,7 +131,6 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) print "n/a"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 echo "medians over $ROUNDS rounds (results in $OUT):"
 for who in "${WHO[@]}"; do
   d=$(cat "$OUT"/$who-*.json 2>/dev/null | jq -r '.results.deliveries_per_sec' | median)
