@@ -114,9 +114,12 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
         let run = net::run_id();
         let mut ws = net::join(&t.ep, false, &t.ws_path(&room), Some(&alice), rb).await?;
         let mk = marker.clone();
-        let m = phase(&mut ws, PhaseCfg::closed_loop(args, run, 0, 1, None), &mut 0, &move |_| {
-            mk.clone()
-        })
+        let m = phase(
+            &mut ws,
+            PhaseCfg::closed_loop(args, run, 0, 1, None),
+            &mut 0,
+            &move |_| mk.clone(),
+        )
         .await;
         if m.saved != 1 {
             bail!("marker not saved");
