@@ -216,33 +216,53 @@ async fn join_single(
     close_tx: &watch::Sender<Option<CloseCode>>,
 ) -> Vec<Frame> {
     let user = &req.identity.username;
-    if let Err(e) = ctx.store.remember_member(room, user) {
-        tracing::error!(error = %e, "could not record room membership");
+    let link = session_link(req, room, (id, id), false, out_tx, close_tx);
+    match enter(ctx, link).await {
+        Some(joined) => {
+            let since = req.since.as_deref();
+            let (history, resumed) = first_page(ctx, user, room, since, joined, false).await;
+            let welcome = welcome(ctx, req, Some(room), id, resumed);
+            vec![welcome, history]
+        }
+        None => {
+            close_tx.send_replace(Some(CloseCode::GoingAway));
+            Vec::new()
+        }
     }
-    let link = SessionLink {
+}
+
+/// The hub's view of session `ids.0` of connection `ids.1` in `room`
+/// (`held`: a subscription, whose frames wait for `HubHandle::release`).
+fn session_link(
+    req: &JoinRequest,
+    room: &RoomName,
+    (id, conn): (Uuid, Uuid),
+    held: bool,
+    out_tx: &mpsc::Sender<Vec<Frame>>,
+    close_tx: &watch::Sender<Option<CloseCode>>,
+) -> SessionLink {
+    SessionLink {
         id,
-        conn: id,
-        user: user.clone(),
+        conn,
+        user: req.identity.username.clone(),
         client: req.client.clone(),
         room: room.clone(),
         family: req.identity.family,
         away: req.away,
         out_tx: out_tx.clone(),
         close_tx: close_tx.clone(),
-        held: false,
-    };
-    match ctx.hub.join(link).await {
-        Ok(joined) => {
-            let since = req.since.as_deref();
-            let (history, resumed) = first_page(ctx, user, room, since, joined, false).await;
-            let welcome = welcome(ctx, req, Some(room), id, resumed);
-            vec![welcome, history]
-        }
-        Err(_) => {
-            close_tx.send_replace(Some(CloseCode::GoingAway));
-            Vec::new()
-        }
+        held,
     }
+}
+
+/// Records the room among the user's rooms (a private message may then
+/// reach them) and joins the hub: a single-room join and a subscription
+/// alike. `None`: the hub is gone (shutdown).
+async fn enter(ctx: &SessionCtx, link: SessionLink) -> Option<Joined> {
+    if let Err(e) = ctx.store.remember_member(&link.room, &link.user) {
+        tracing::error!(error = %e, room = %link.room, "could not record room membership");
+    }
+    ctx.hub.join(link).await.ok()
 }
 
 /// The `welcome` frame; `room` is `None` on a multi-room connection.

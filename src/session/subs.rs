@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use super::reader::{Reader, error_frame, fail};
-use super::{JoinRequest, SessionCtx, first_page};
-use crate::hub::{HubHandle, SessionLink};
+use super::{JoinRequest, SessionCtx, enter, first_page, session_link};
+use crate::hub::HubHandle;
 use crate::metrics::Out;
 use crate::protocol::frames::{ClientFrame, encode};
 use crate::protocol::{ClientMsg, CloseCode, ErrorCode, Frame, RoomName, ServerMsg};
@@ -122,24 +122,17 @@ impl Subs {
             return c.error(ErrorCode::TooManyRooms, &m, None);
         }
         let user = &c.req.identity.username;
-        if let Err(e) = c.ctx.store.remember_member(&room, user) {
-            tracing::error!(error = %e, room = %room, "could not record room membership");
-        }
         let session = Uuid::new_v4();
-        let link = SessionLink {
-            id: session,
-            conn: self.conn,
-            user: user.clone(),
-            client: c.req.client.clone(),
-            room: room.clone(),
-            family: c.req.identity.family,
-            away: c.req.away,
-            out_tx: c.out_tx.clone(),
-            close_tx: self.close_tx.clone(),
-            held: true,
-        };
+        let link = session_link(
+            c.req,
+            &room,
+            (session, self.conn),
+            true,
+            c.out_tx,
+            &self.close_tx,
+        );
         // The hub is gone only during shutdown; the connection is about to close.
-        let Ok(joined) = c.ctx.hub.join(link).await else {
+        let Some(joined) = enter(c.ctx, link).await else {
             return;
         };
         self.rooms.insert(room.clone(), session);
