@@ -20,6 +20,7 @@ mod chat;
 mod cluster;
 mod cluster_faults;
 mod cluster_live;
+mod cluster_multi;
 mod cluster_presence;
 mod cluster_route;
 mod cluster_snapshot;
