@@ -291,3 +291,32 @@ async fn the_upgrade_checks_multi() {
     }
     s.stop().await;
 }
+
+/// Subscribes are frames like any other: a flood of them is rate limited
+/// before parsing (one `rate_limited` for the stretch), only the burst gets
+/// in, and the connection stays usable once the limit allows again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_flood_is_rate_limited_like_other_frames() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = TestServer::start_with(&["--msgs-per-sec", "1", "--burst", "2"]).await;
+    let alice = s.user(&name("alice")).await;
+    let (mut a, _) = multi(&s, &alice, None).await;
+    for i in 0..10 {
+        let f = json!({"type": "subscribe", "room": format!("flood{i}")}).to_string();
+        a.ws.feed(Message::text(f)).await.unwrap();
+    }
+    a.ws.flush().await.unwrap();
+    let frames = drain(&mut a, std::time::Duration::from_secs(3)).await;
+    let errors = of_type(&frames, "error");
+    assert_eq!(errors.len(), 1, "errors: {errors:?}");
+    assert_eq!(errors[0]["code"], "rate_limited", "{}", errors[0]);
+    let retry = errors[0]["retry_after_ms"]
+        .as_u64()
+        .expect("retry_after_ms");
+    assert_eq!(of_type(&frames, "subscribed").len(), 2, "{frames:?}");
+    // After the limited stretch the same connection subscribes again.
+    tokio::time::sleep(std::time::Duration::from_millis(retry + 1100)).await;
+    subscribe(&mut a, "after", None).await;
+    s.stop().await;
+}
