@@ -1,7 +1,15 @@
 // hubbub web client, the entry module: no build step, no framework.
 // Layout: util/state (data), protocol (server frames -> state, no DOM),
 // conn (the socket), api/auth (HTTP and the token schedule), render (DOM),
-// composer (the message box); this file wires them to the page.
+// composer (the message box), rooms/roomlist (the room list, badges, read
+// positions); this file wires them to the page.
+//
+// One socket for all the user's rooms (`/ws?multi=1`): after each welcome
+// every known room is subscribed (the shown one first) with its own `since`.
+// Each room keeps its own state and message buffer (rooms.js roomState);
+// `S` is the shown room's (a proxy), so switching rooms swaps the buffer
+// shown and never touches the socket. Frames of a room that is not shown
+// go through the same handlers with a `ui` that draws nothing.
 //
 // Counters for tests and for curious people, on <body>: data-client (this
 // tab's client id), data-welcomes (sockets welcomed), data-refreshes (access
@@ -12,9 +20,13 @@ import { createAuth } from './auth.js';
 import { Connection } from './conn.js';
 import { NodeList } from './nodes.js';
 import * as P from './protocol.js';
-import { createState, resetRoom } from './state.js';
+import { createState } from './state.js';
 import {
-  $, el, createView, setConnState, setNode, announce, scrollToBottom, updateTitle, isAtBottom,
+  roomState, countsAfter, readMovesForward, countIncoming, subscriptionOrder, totalUnread, MAX_ROOMS,
+} from './rooms.js';
+import { createRoomList, newestVisibleCursor } from './roomlist.js';
+import {
+  $, createView, setConnState, setNode, announce, scrollToBottom, updateTitle, isAtBottom,
 } from './render.js';
 import { createComposer } from './composer.js';
 import { Notifier } from './notify.js';
@@ -24,7 +36,17 @@ const RECENT_ROOMS = 'hubbub.rooms';
 const OUTBOX = 'hubbub.outbox';
 const MAX_RECENT = 12;
 
-const S = createState();
+const READ_DEBOUNCE_MS = 300;
+
+const G = createState(); // the page's state (and, signed out, an empty room)
+const rooms = new Map(); // room -> its state (rooms.js roomState)
+let roomNames = [];      // the room list's order
+let cur = G;             // the shown room's state
+const S = new Proxy(G, {
+  get: (_, k) => cur[k],
+  set: (_, k, v) => { cur[k] = v; return true; },
+  has: (_, k) => k in cur,
+});
 const ctx = { S, ui: null, timers: realTimers, saveOutbox };
 // Off until the user turns them on (the permission is asked for only in
 // that click); `Notification` is read when used, not captured at load.
@@ -41,12 +63,25 @@ ctx.ui = createView(S, {
   onSeen: (ids) => { if (S.conn) P.ackSeen(ctx, ids); },
   requestOlder,
   pickUser: (u) => { setPmTarget(u); closeSidebar(); $('composer-input').focus(); },
-  onIncoming: (m) => { if (notifier.consider(m, { me: S.me, room: S.room })) count('notifications'); },
+  onIncoming,
+});
+// The `ui` of a room that is not shown: nothing drawn; its new messages
+// still raise its badge, the tab's hidden count and notifications.
+const headless = new Proxy({
+  atBottom: () => true,
+  visible: () => false,
+  incoming(m) {
+    if (document.visibilityState !== 'visible') G.hiddenUnread += 1;
+    onIncoming(m);
+  },
+}, { get: (t, k) => (k in t ? t[k] : () => {}) });
+const roomList = createRoomList({
+  onPick: (r) => { showRoom(r); closeSidebar(); $('composer-input').focus(); },
 });
 const composer = createComposer(ctx);
 const auth = createAuth({
   api: { refresh: api.refresh, me: api.me, clockSkew: () => api.clockSkewMs },
-  onRenew: () => { count('refreshes'); if (S.conn) S.conn.renew(); },
+  onRenew: () => { count('refreshes'); if (G.conn) G.conn.renew(); },
   onSignedOut: (msg) => signedOut(msg),
 });
 const body = document.body;
@@ -58,7 +93,7 @@ const nodes = new NodeList({
   origin: location.origin,
   onMove: (n) => api.setBase(n ? n.url : ''),
   // The list comes after the welcome: the node's name is known only then.
-  onList: () => { if (S.conn && S.conn.state === 'online') showNode(); },
+  onList: () => { if (G.conn && G.conn.state === 'online') showNode(); },
 });
 let welcomedAt = null; // the node of the last welcome: a different one is a move
 function count(name) {
@@ -134,7 +169,8 @@ function showChat(r) {
   $('chat-view').hidden = false;
   $('auth-password').value = '';
   auth.start(r);
-  joinRoom(initialRoom(), { replaceHash: true });
+  showRoom(initialRoom(), { replaceHash: true });
+  loadRooms();
   $('composer-input').focus();
 }
 
@@ -149,8 +185,15 @@ function initialRoom() {
 // ---------- auth ----------
 
 function signedOut(message) {
-  if (S.conn) { S.conn.stop(); S.conn = null; }
+  if (G.conn) { G.conn.stop(); G.conn = null; }
   auth.stop();
+  clearTimeout(readTimer);
+  readTimer = null;
+  cur = G;
+  rooms.clear();
+  roomNames = [];
+  roomList.clear();
+  G.titleCount = 0;
   resetRoomView();
   showAuth(message);
 }
@@ -201,26 +244,141 @@ function recentRooms() {
 function rememberRoom(room) {
   const list = [room, ...recentRooms().filter((r) => r !== room)].slice(0, MAX_RECENT);
   storeSet(localStorage, RECENT_ROOMS, list);
+  // The list keeps its order (a keyboard user's place in it stays); a new room goes on top.
+  if (!roomNames.includes(room)) roomNames = [room, ...roomNames];
   renderRooms();
 }
 
 function renderRooms() {
-  const ul = $('room-list');
-  ul.replaceChildren();
-  for (const r of recentRooms()) {
-    const li = el('li');
-    const b = el('button', 'room-btn', `#${r}`);
-    b.type = 'button';
-    b.dataset.room = r;
-    if (r === S.room) b.setAttribute('aria-current', 'true');
-    b.addEventListener('click', () => { joinRoom(r); closeSidebar(); $('composer-input').focus(); });
-    li.append(b);
-    ul.append(li);
+  roomList.render(roomNames, rooms, cur === G ? null : cur.room);
+  G.titleCount = totalUnread(rooms.values());
+  updateTitle(S);
+}
+
+// A room's frames go out with its name (the socket is multi-room).
+function roomConn(R) {
+  return {
+    send: (f) => { if (G.conn) G.conn.send({ ...f, room: R.room }); },
+    ack: (id, status) => { if (G.conn) G.conn.ack(id, status, R.room); },
+    get open() { return !!G.conn && G.conn.open && R.subscribed; },
+    get limits() { return G.conn ? G.conn.limits : undefined; },
+  };
+}
+
+/** The room's state, created (and subscribed, when the socket is up) on first use. */
+function ensureRoom(room) {
+  let R = rooms.get(room);
+  if (R) return R;
+  R = roomState(G, room);
+  R.conn = roomConn(R);
+  rooms.set(room, R);
+  if (G.conn && G.conn.state === 'online') subscribe(R);
+  return R;
+}
+
+function subscribe(R) {
+  const subscribed = [...rooms.values()].filter((x) => x.subscribing).length;
+  if (subscribed >= maxRooms()) return; // over the server's limit: listed, not live
+  R.subscribed = false;
+  R.subscribing = true;
+  const f = { type: 'subscribe', room: R.room };
+  if (R.lastCursor) f.since = R.lastCursor; // exact resume, per room
+  G.conn.send(f);
+}
+
+function maxRooms() {
+  const l = G.conn && G.conn.limits;
+  return (l && Number(l.max_rooms)) || MAX_ROOMS;
+}
+
+// A new socket: every room again, the shown one first, each with its own `since`.
+function onWelcome(f) {
+  P.onWelcome(ctx, f);
+  for (const R of rooms.values()) {
+    R.subscribed = false;
+    R.subscribing = false;
+    if (R.loadingOlder) R.loadingOlder = false; // asked on the old socket
   }
+  ctx.ui.renderOlder();
+  const order = subscriptionOrder([...roomNames, ...rooms.keys()], cur === G ? null : cur.room, maxRooms());
+  for (const r of order) subscribe(ensureRoom(r));
+}
+
+function onFrame(f) {
+  if (f.type === 'welcome') { count('welcomes'); onWelcome(f); return; }
+  const R = f.room ? rooms.get(f.room) : (cur === G ? null : cur);
+  if (!R) return;
+  if (f.type === 'subscribed') { R.subscribed = true; R.resumed = !!f.resumed; return; }
+  if (f.type === 'unsubscribed') { R.subscribed = false; R.subscribing = false; return; }
+  if (f.type === 'read') { onRead(R, f); return; }
+  P.handleFrame(R === cur ? ctx : { S: R, ui: headless, timers: realTimers, saveOutbox }, f);
+  if (R === cur) scheduleRead();
+}
+
+// ---------- unread counts and read positions ----------
+
+// A new live message from someone else (any room).
+function onIncoming(m) {
+  const R = rooms.get(m.room) || cur;
+  if (notifier.consider(m, { me: G.me, room: R.room })) count('notifications');
+  if (R === G) return;
+  countIncoming(R, m, G.me);
+  if (R !== cur) roomList.rose(R.room, R.counts);
+  renderRooms();
+  if (R === cur) scheduleRead();
+}
+
+// The server moved the read position (this tab or another session of the user).
+function onRead(R, f) {
+  if (f.cursor) R.readCursor = f.cursor;
+  R.counts = { unread: Number(f.unread) || 0, mentions: Number(f.mentions) || 0 };
+  renderRooms();
+}
+
+let readTimer = null;
+function scheduleRead() {
+  if (readTimer) return;
+  readTimer = setTimeout(() => { readTimer = null; markRead(); }, READ_DEBOUNCE_MS);
+}
+
+// The newest message on screen is read: forward only, sent to the server
+// (which tells every session of the user the new counts); counted here too
+// from the buffer, so a server without `read` still clears the badge.
+function markRead() {
+  if (cur === G || !G.me) return;
+  const cursor = newestVisibleCursor();
+  if (!readMovesForward(cur, cursor)) return;
+  cur.readCursor = cursor;
+  if (G.serverReads) cur.conn.send({ type: 'read', cursor });
+  const c = countsAfter(cur, cursor, G.me);
+  if (c) { cur.counts = c; renderRooms(); }
+}
+
+// The room list with counts (GET /api/rooms), or, from an older server (404)
+// or when it fails, the rooms this browser remembers.
+async function loadRooms() {
+  let list = null;
+  try { list = await api.rooms(); } catch { list = null; }
+  if (!G.me) return;
+  G.serverReads = !!list;
+  const names = [];
+  for (const r of list || []) {
+    if (!r || !ROOM_RE.test(r.room)) continue;
+    const R = ensureRoom(r.room);
+    R.counts = { unread: Number(r.unread) || 0, mentions: Number(r.mentions) || 0 };
+    if (r.read_cursor && !R.readCursor) R.readCursor = r.read_cursor;
+    names.push(r.room);
+  }
+  for (const r of recentRooms()) names.push(r);
+  for (const o of G.outbox.values()) if (o.user === G.me && ROOM_RE.test(o.room)) names.push(o.room);
+  const shown = cur === G ? [] : [cur.room];
+  roomNames = [...new Set([...shown, ...roomNames, ...names])];
+  for (const r of roomNames) ensureRoom(r);
+  renderRooms();
+  scheduleRead();
 }
 
 function resetRoomView() {
-  resetRoom(S);
   composer.reset();
   ctx.ui.clearMessages();
   $('people-list').replaceChildren();
@@ -230,11 +388,38 @@ function resetRoomView() {
   ctx.ui.renderOlder();
 }
 
-function joinRoom(room, { replaceHash = false } = {}) {
+// Draw the shown room from its buffer.
+function renderShown() {
+  const ui = ctx.ui;
+  ui.clearMessages();
+  ui.renderAll(cur.order.map((id) => cur.msgs.get(id)).filter(Boolean), cur.markerAt);
+  for (const id of cur.order) {
+    const e = cur.msgs.get(id);
+    if (!e || e.own) continue;
+    if (G.ackedSeen.has(id)) ui.seenSent(id);
+    else ui.observeSeen(id);
+  }
+  ui.renderOlder();
+  ui.renderTyping();
+  if (G.conn && G.conn.state === 'online' && cur.subscribed) ui.renderPresence(cur.presence, cur.presence.length);
+  else { $('people-list').replaceChildren(); $('people-count').textContent = ''; }
+  if (!cur.scroll || cur.scroll.bottom) scrollToBottom();
+  else $('scroller').scrollTop = cur.scroll.top;
+  if (isAtBottom() && document.visibilityState === 'visible') ui.clearUnread();
+  ui.syncJump();
+}
+
+/** Show `room`: instant, from its buffer; the socket stays. */
+function showRoom(room, { replaceHash = false } = {}) {
   if (!ROOM_RE.test(room)) return;
-  if (S.conn) { S.conn.stop(); S.conn = null; }
-  resetRoomView();
-  S.room = room;
+  const R = ensureRoom(room);
+  if (cur !== R) {
+    if (cur !== G) cur.scroll = { top: $('scroller').scrollTop, bottom: isAtBottom() };
+    composer.reset();
+    setPmTarget(null);
+    cur = R;
+    renderShown();
+  }
   sessionStorage.setItem('hubbub.room', room);
   const hash = `#${room}`;
   if (location.hash !== hash) {
@@ -242,23 +427,32 @@ function joinRoom(room, { replaceHash = false } = {}) {
     else history.pushState(null, '', hash);
   }
   $('room-title').textContent = `#${room}`;
-  updateTitle(S);
   renderNotifyButtons();
-  setPmTarget(null);
   rememberRoom(room);
-  S.conn = new Connection({
-    room,
-    clientId: S.clientId,
-    since: () => S.lastCursor,
-    onFrame: (f) => { if (f.type === 'welcome') count('welcomes'); P.handleFrame(ctx, f); },
+  if (!G.conn) connect();
+  scheduleRead();
+}
+
+function connect() {
+  G.conn = new Connection({
+    multi: true,
+    clientId: G.clientId,
+    since: () => (cur === G ? null : cur.lastCursor),
+    probeRoom: () => (cur !== G && cur.subscribed ? cur.room : null),
+    onFrame,
     onState: onConnState,
-    onTooBig: (frame, bytes) => P.onTooBig(ctx, frame, bytes),
-    onSuspect: (frame, bytes) => P.onSuspect(ctx, frame, bytes),
+    onTooBig: (frame, bytes) => P.onTooBig(ctxOfFrame(frame), frame, bytes),
+    onSuspect: (frame, bytes) => P.onSuspect(ctxOfFrame(frame), frame, bytes),
     refreshAuth: auth.refreshAuth,
     nodes,
     ...watchdogOverride(),
   });
-  S.conn.connect();
+  G.conn.connect();
+}
+
+function ctxOfFrame(frame) {
+  const R = frame && frame.room ? rooms.get(frame.room) : null;
+  return !R || R === cur ? ctx : { S: R, ui: headless, timers: realTimers, saveOutbox };
 }
 
 // `?watchdog=MS` shortens the dead-socket watchdog (tests; default 45 s of
@@ -276,7 +470,7 @@ function onConnState(state, info) {
   if (state === 'online') showNode();
   if (state !== 'online' && state !== 'connecting') {
     // Typing and presence can't be kept fresh while away.
-    S.typers.clear();
+    for (const R of rooms.values()) { R.typers.clear(); R.subscribed = false; R.subscribing = false; }
     ctx.ui.renderTyping();
     $('people-list').replaceChildren();
     $('people-count').textContent = '(unknown while disconnected)';
@@ -357,6 +551,7 @@ function onVisibility() {
       : `${n} new messages arrived while this tab was in the background`);
   }
   ctx.ui.flushSeen();
+  scheduleRead();
 }
 
 // ---------- wiring ----------
@@ -386,7 +581,7 @@ function onJoinSubmit(ev) {
   err.hidden = true;
   input.removeAttribute('aria-invalid');
   input.value = '';
-  joinRoom(room);
+  showRoom(room);
   closeSidebar();
   $('composer-input').focus();
 }
@@ -399,7 +594,7 @@ function bind() {
   $('composer-input').addEventListener('input', composer.onInput);
   $('pm-cancel').addEventListener('click', () => { setPmTarget(null); $('composer-input').focus(); });
   $('join-form').addEventListener('submit', onJoinSubmit);
-  $('reconnect-btn').addEventListener('click', () => { if (S.conn) S.conn.reconnectNow(); });
+  $('reconnect-btn').addEventListener('click', () => { if (G.conn) G.conn.reconnectNow(); });
   $('jump-btn').addEventListener('click', () => {
     if (S.newerTrimmed) {
       P.reloadLatest(ctx);
@@ -414,6 +609,7 @@ function bind() {
     if (s.scrollTop < 80) requestOlder();
     if (isAtBottom() && document.visibilityState === 'visible') ctx.ui.clearUnread();
     ctx.ui.syncJump();
+    scheduleRead();
   }, { passive: true });
   $('notify-btn').addEventListener('click', onNotifyClick);
   $('mute-btn').addEventListener('click', onMuteClick);
@@ -429,9 +625,10 @@ function bind() {
     if (S.pmTarget) { setPmTarget(null); $('composer-input').focus(); }
   });
   document.addEventListener('visibilitychange', onVisibility);
+  window.addEventListener('focus', scheduleRead);
   window.addEventListener('hashchange', () => {
     const h = decodeURIComponent(location.hash.replace(/^#/, '')).toLowerCase();
-    if (S.me && ROOM_RE.test(h) && h !== S.room) joinRoom(h, { replaceHash: true });
+    if (S.me && ROOM_RE.test(h) && h !== S.room) showRoom(h, { replaceHash: true });
   });
   setInterval(ctx.ui.renderTyping, 1000); // others' typing expires
   setInterval(ctx.ui.relayout, 60_000); // "Today" becomes "Yesterday" at midnight
