@@ -127,6 +127,15 @@ export function mine(page, text, statuses = ['saved', 'delivered', 'seen']) {
   return page.locator(sel).filter({ has: page.locator('.body', { hasText: new RegExp(`^${escapeRe(text)}$`) }) });
 }
 
+/** Makes the page believe it is hidden (or visible again) and tells it. */
+export async function setHidden(page, hidden) {
+  await page.evaluate((h) => {
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (h ? 'hidden' : 'visible') });
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => h });
+    document.dispatchEvent(new Event('visibilitychange'));
+  }, hidden);
+}
+
 /** A counter the client keeps on <body> (welcomes, refreshes, tokenCloses). */
 export async function counter(page, name) {
   return Number(await page.evaluate((n) => document.body.dataset[n] || 0, name));
