@@ -349,7 +349,7 @@ function markRead() {
   const cursor = newestVisibleCursor();
   if (!readMovesForward(cur, cursor)) return;
   cur.readCursor = cursor;
-  if (G.serverReads) cur.conn.send({ type: 'read', cursor });
+  if (G.serverReads && cur.subscribing) cur.conn.send({ type: 'read', cursor });
   const c = countsAfter(cur, cursor, G.me);
   if (c) { cur.counts = c; renderRooms(); }
 }
@@ -366,7 +366,9 @@ async function loadRooms() {
     if (!r || !ROOM_RE.test(r.room)) continue;
     const R = ensureRoom(r.room);
     R.counts = { unread: Number(r.unread) || 0, mentions: Number(r.mentions) || 0 };
-    if (r.read_cursor && !R.readCursor) R.readCursor = r.read_cursor;
+    // The server's position (a local one may have moved before the list came,
+    // without a `read` frame: the next check sends it).
+    R.readCursor = r.read_cursor || null;
     names.push(r.room);
   }
   for (const r of recentRooms()) names.push(r);
