@@ -8,7 +8,7 @@ import {
 } from '../../web/js/rooms.js';
 import { createState } from '../../web/js/state.js';
 import { Connection } from '../../web/js/conn.js';
-import { FakeClock, fakeSockets, fakeEnv } from './fakes.mjs';
+import { FakeClock, fakeSockets, fakeEnv, settle } from './fakes.mjs';
 
 function withMessages(R, list) {
   for (const [id, sender, cursor, content = 'x'] of list) {
@@ -156,5 +156,25 @@ test('the watchdog\'s probe on a multi-room socket names the shown room', async 
   await t.clock.advance(1500);
   const probe = t.all[0].sent.find((f) => f.req === 'probe');
   assert.deepEqual(probe, { type: 'history', limit: 1, req: 'probe', after: 'c-9', room: 'shown' });
+  t.conn.stop();
+});
+
+test('per-room receipts still queued when a multi-room socket closes go out on the next one, with their room', async () => {
+  const t = multi();
+  t.conn.connect();
+  // A tight bucket, so the batched acks wait in the queue behind a chat frame.
+  t.all[0].welcome({ limits: { max_frame: 8192, msgs_per_sec: 1, burst: 3 } });
+  t.conn.send({ type: 'chat', room: 'a', id: 'm1', content: 'hi' });
+  t.conn.ack('x1', 'delivered', 'a');
+  t.conn.ack('y1', 'delivered', 'b');
+  await t.clock.advance(300);
+  assert.ok(t.conn.queue.some((f) => f.type === 'ack'));
+  t.all[0].serverClose(1006);
+  await settle();
+  await t.clock.advance(40_000);
+  t.all[1].welcome();
+  await t.clock.advance(1000);
+  const acks = t.all[1].sent.filter((f) => f.type === 'ack');
+  assert.deepEqual(acks.map((f) => [f.room, f.ids]).sort(), [['a', ['x1']], ['b', ['y1']]]);
   t.conn.stop();
 });

@@ -17,37 +17,32 @@
 
 import * as api from './api.js';
 import { createAuth } from './auth.js';
-import { Connection } from './conn.js';
 import { NodeList } from './nodes.js';
 import * as P from './protocol.js';
 import { createState } from './state.js';
-import {
-  roomState, countsAfter, readMovesForward, countIncoming, subscriptionOrder, totalUnread, MAX_ROOMS,
-} from './rooms.js';
-import { createRoomList, newestVisibleCursor } from './roomlist.js';
+import { createRooms } from './roomsctl.js';
 import {
   $, createView, setConnState, setNode, announce, scrollToBottom, updateTitle, isAtBottom,
 } from './render.js';
 import { createComposer } from './composer.js';
 import { Notifier } from './notify.js';
-import { ROOM_RE, USER_RE, CLIENT_RE, uuid, storeGet, storeSet, realTimers } from './util.js';
+import { ROOM_RE, USER_RE, CLIENT_RE, uuid, storeGet, storeSet } from './util.js';
 
-const RECENT_ROOMS = 'hubbub.rooms';
 const OUTBOX = 'hubbub.outbox';
-const MAX_RECENT = 12;
-
-const READ_DEBOUNCE_MS = 300;
 
 const G = createState(); // the page's state (and, signed out, an empty room)
-const rooms = new Map(); // room -> its state (rooms.js roomState)
-let roomNames = [];      // the room list's order
-let cur = G;             // the shown room's state
-const S = new Proxy(G, {
-  get: (_, k) => cur[k],
-  set: (_, k, v) => { cur[k] = v; return true; },
-  has: (_, k) => k in cur,
+// The rooms on the one socket; `S` is the shown room's state (roomsctl.js).
+const rooms = createRooms(G, {
+  saveOutbox,
+  count,
+  notify: (m, room) => { if (notifier.consider(m, { me: G.me, room })) count('notifications'); },
+  leaveRoom: () => { composer.reset(); setPmTarget(null); },
+  roomShown: () => renderNotifyButtons(),
+  onPick: (r) => { rooms.showRoom(r); closeSidebar(); $('composer-input').focus(); },
+  onConnState,
+  connOptions: () => ({ refreshAuth: auth.refreshAuth, nodes, ...watchdogOverride() }),
 });
-const ctx = { S, ui: null, timers: realTimers, saveOutbox };
+const { S, ctx } = rooms;
 // Off until the user turns them on (the permission is asked for only in
 // that click); `Notification` is read when used, not captured at load.
 const notifier = new Notifier({
@@ -63,20 +58,7 @@ ctx.ui = createView(S, {
   onSeen: (ids) => { if (S.conn) P.ackSeen(ctx, ids); },
   requestOlder,
   pickUser: (u) => { setPmTarget(u); closeSidebar(); $('composer-input').focus(); },
-  onIncoming,
-});
-// The `ui` of a room that is not shown: nothing drawn; its new messages
-// still raise its badge, the tab's hidden count and notifications.
-const headless = new Proxy({
-  atBottom: () => true,
-  visible: () => false,
-  incoming(m) {
-    if (document.visibilityState !== 'visible') G.hiddenUnread += 1;
-    onIncoming(m);
-  },
-}, { get: (t, k) => (k in t ? t[k] : () => {}) });
-const roomList = createRoomList({
-  onPick: (r) => { showRoom(r); closeSidebar(); $('composer-input').focus(); },
+  onIncoming: (m) => rooms.onIncoming(m),
 });
 const composer = createComposer(ctx);
 const auth = createAuth({
@@ -169,8 +151,8 @@ function showChat(r) {
   $('chat-view').hidden = false;
   $('auth-password').value = '';
   auth.start(r);
-  showRoom(initialRoom(), { replaceHash: true });
-  loadRooms();
+  rooms.showRoom(initialRoom(), { replaceHash: true });
+  rooms.loadRooms();
   $('composer-input').focus();
 }
 
@@ -185,15 +167,8 @@ function initialRoom() {
 // ---------- auth ----------
 
 function signedOut(message) {
-  if (G.conn) { G.conn.stop(); G.conn = null; }
+  rooms.reset();
   auth.stop();
-  clearTimeout(readTimer);
-  readTimer = null;
-  cur = G;
-  rooms.clear();
-  roomNames = [];
-  roomList.clear();
-  G.titleCount = 0;
   resetRoomView();
   showAuth(message);
 }
@@ -237,149 +212,6 @@ async function onLogout() {
 
 // ---------- rooms ----------
 
-function recentRooms() {
-  return storeGet(localStorage, RECENT_ROOMS, []).filter((r) => ROOM_RE.test(r));
-}
-
-function rememberRoom(room) {
-  const list = [room, ...recentRooms().filter((r) => r !== room)].slice(0, MAX_RECENT);
-  storeSet(localStorage, RECENT_ROOMS, list);
-  // The list keeps its order (a keyboard user's place in it stays); a new room goes on top.
-  if (!roomNames.includes(room)) roomNames = [room, ...roomNames];
-  renderRooms();
-}
-
-function renderRooms() {
-  roomList.render(roomNames, rooms, cur === G ? null : cur.room);
-  G.titleCount = totalUnread(rooms.values());
-  updateTitle(S);
-}
-
-// A room's frames go out with its name (the socket is multi-room).
-function roomConn(R) {
-  return {
-    send: (f) => { if (G.conn) G.conn.send({ ...f, room: R.room }); },
-    ack: (id, status) => { if (G.conn) G.conn.ack(id, status, R.room); },
-    get open() { return !!G.conn && G.conn.open && R.subscribed; },
-    get limits() { return G.conn ? G.conn.limits : undefined; },
-  };
-}
-
-/** The room's state, created (and subscribed, when the socket is up) on first use. */
-function ensureRoom(room) {
-  let R = rooms.get(room);
-  if (R) return R;
-  R = roomState(G, room);
-  R.conn = roomConn(R);
-  rooms.set(room, R);
-  if (G.conn && G.conn.state === 'online') subscribe(R);
-  return R;
-}
-
-function subscribe(R) {
-  const subscribed = [...rooms.values()].filter((x) => x.subscribing).length;
-  if (subscribed >= maxRooms()) return; // over the server's limit: listed, not live
-  R.subscribed = false;
-  R.subscribing = true;
-  const f = { type: 'subscribe', room: R.room };
-  if (R.lastCursor) f.since = R.lastCursor; // exact resume, per room
-  G.conn.send(f);
-}
-
-function maxRooms() {
-  const l = G.conn && G.conn.limits;
-  return (l && Number(l.max_rooms)) || MAX_ROOMS;
-}
-
-// A new socket: every room again, the shown one first, each with its own `since`.
-function onWelcome(f) {
-  P.onWelcome(ctx, f);
-  for (const R of rooms.values()) {
-    R.subscribed = false;
-    R.subscribing = false;
-    if (R.loadingOlder) R.loadingOlder = false; // asked on the old socket
-  }
-  ctx.ui.renderOlder();
-  const order = subscriptionOrder([...roomNames, ...rooms.keys()], cur === G ? null : cur.room, maxRooms());
-  for (const r of order) subscribe(ensureRoom(r));
-}
-
-function onFrame(f) {
-  if (f.type === 'welcome') { count('welcomes'); onWelcome(f); return; }
-  const R = f.room ? rooms.get(f.room) : (cur === G ? null : cur);
-  if (!R) return;
-  if (f.type === 'subscribed') { R.subscribed = true; R.resumed = !!f.resumed; return; }
-  if (f.type === 'unsubscribed') { R.subscribed = false; R.subscribing = false; return; }
-  if (f.type === 'read') { onRead(R, f); return; }
-  P.handleFrame(R === cur ? ctx : { S: R, ui: headless, timers: realTimers, saveOutbox }, f);
-  if (R === cur) scheduleRead();
-}
-
-// ---------- unread counts and read positions ----------
-
-// A new live message from someone else (any room).
-function onIncoming(m) {
-  const R = rooms.get(m.room) || cur;
-  if (notifier.consider(m, { me: G.me, room: R.room })) count('notifications');
-  if (R === G) return;
-  countIncoming(R, m, G.me);
-  if (R !== cur) roomList.rose(R.room, R.counts);
-  renderRooms();
-  if (R === cur) scheduleRead();
-}
-
-// The server moved the read position (this tab or another session of the user).
-function onRead(R, f) {
-  if (f.cursor) R.readCursor = f.cursor;
-  R.counts = { unread: Number(f.unread) || 0, mentions: Number(f.mentions) || 0 };
-  renderRooms();
-}
-
-let readTimer = null;
-function scheduleRead() {
-  if (readTimer) return;
-  readTimer = setTimeout(() => { readTimer = null; markRead(); }, READ_DEBOUNCE_MS);
-}
-
-// The newest message on screen is read: forward only, sent to the server
-// (which tells every session of the user the new counts); counted here too
-// from the buffer, so a server without `read` still clears the badge.
-function markRead() {
-  if (cur === G || !G.me) return;
-  const cursor = newestVisibleCursor();
-  if (!readMovesForward(cur, cursor)) return;
-  cur.readCursor = cursor;
-  if (G.serverReads && cur.subscribing) cur.conn.send({ type: 'read', cursor });
-  const c = countsAfter(cur, cursor, G.me);
-  if (c) { cur.counts = c; renderRooms(); }
-}
-
-// The room list with counts (GET /api/rooms), or, from an older server (404)
-// or when it fails, the rooms this browser remembers.
-async function loadRooms() {
-  let list = null;
-  try { list = await api.rooms(); } catch { list = null; }
-  if (!G.me) return;
-  G.serverReads = !!list;
-  const names = [];
-  for (const r of list || []) {
-    if (!r || !ROOM_RE.test(r.room)) continue;
-    const R = ensureRoom(r.room);
-    R.counts = { unread: Number(r.unread) || 0, mentions: Number(r.mentions) || 0 };
-    // The server's position (a local one may have moved before the list came,
-    // without a `read` frame: the next check sends it).
-    R.readCursor = r.read_cursor || null;
-    names.push(r.room);
-  }
-  for (const r of recentRooms()) names.push(r);
-  for (const o of G.outbox.values()) if (o.user === G.me && ROOM_RE.test(o.room)) names.push(o.room);
-  const shown = cur === G ? [] : [cur.room];
-  roomNames = [...new Set([...shown, ...roomNames, ...names])];
-  for (const r of roomNames) ensureRoom(r);
-  renderRooms();
-  scheduleRead();
-}
-
 function resetRoomView() {
   composer.reset();
   ctx.ui.clearMessages();
@@ -388,73 +220,6 @@ function resetRoomView() {
   $('jump-btn').hidden = true;
   ctx.ui.renderTyping();
   ctx.ui.renderOlder();
-}
-
-// Draw the shown room from its buffer.
-function renderShown() {
-  const ui = ctx.ui;
-  ui.clearMessages();
-  ui.renderAll(cur.order.map((id) => cur.msgs.get(id)).filter(Boolean), cur.markerAt);
-  for (const id of cur.order) {
-    const e = cur.msgs.get(id);
-    if (!e || e.own) continue;
-    if (G.ackedSeen.has(id)) ui.seenSent(id);
-    else ui.observeSeen(id);
-  }
-  ui.renderOlder();
-  ui.renderTyping();
-  if (G.conn && G.conn.state === 'online' && cur.subscribed) ui.renderPresence(cur.presence, cur.presence.length);
-  else { $('people-list').replaceChildren(); $('people-count').textContent = ''; }
-  if (!cur.scroll || cur.scroll.bottom) scrollToBottom();
-  else $('scroller').scrollTop = cur.scroll.top;
-  if (isAtBottom() && document.visibilityState === 'visible') ui.clearUnread();
-  ui.syncJump();
-}
-
-/** Show `room`: instant, from its buffer; the socket stays. */
-function showRoom(room, { replaceHash = false } = {}) {
-  if (!ROOM_RE.test(room)) return;
-  const R = ensureRoom(room);
-  if (cur !== R) {
-    if (cur !== G) cur.scroll = { top: $('scroller').scrollTop, bottom: isAtBottom() };
-    composer.reset();
-    setPmTarget(null);
-    cur = R;
-    renderShown();
-  }
-  sessionStorage.setItem('hubbub.room', room);
-  const hash = `#${room}`;
-  if (location.hash !== hash) {
-    if (replaceHash) history.replaceState(null, '', hash);
-    else history.pushState(null, '', hash);
-  }
-  $('room-title').textContent = `#${room}`;
-  renderNotifyButtons();
-  rememberRoom(room);
-  if (!G.conn) connect();
-  scheduleRead();
-}
-
-function connect() {
-  G.conn = new Connection({
-    multi: true,
-    clientId: G.clientId,
-    since: () => (cur === G ? null : cur.lastCursor),
-    probeRoom: () => (cur !== G && cur.subscribed ? cur.room : null),
-    onFrame,
-    onState: onConnState,
-    onTooBig: (frame, bytes) => P.onTooBig(ctxOfFrame(frame), frame, bytes),
-    onSuspect: (frame, bytes) => P.onSuspect(ctxOfFrame(frame), frame, bytes),
-    refreshAuth: auth.refreshAuth,
-    nodes,
-    ...watchdogOverride(),
-  });
-  G.conn.connect();
-}
-
-function ctxOfFrame(frame) {
-  const R = frame && frame.room ? rooms.get(frame.room) : null;
-  return !R || R === cur ? ctx : { S: R, ui: headless, timers: realTimers, saveOutbox };
 }
 
 // `?watchdog=MS` shortens the dead-socket watchdog (tests; default 45 s of
@@ -472,7 +237,7 @@ function onConnState(state, info) {
   if (state === 'online') showNode();
   if (state !== 'online' && state !== 'connecting') {
     // Typing and presence can't be kept fresh while away.
-    for (const R of rooms.values()) { R.typers.clear(); R.subscribed = false; R.subscribing = false; }
+    rooms.disconnected();
     ctx.ui.renderTyping();
     $('people-list').replaceChildren();
     $('people-count').textContent = '(unknown while disconnected)';
@@ -553,7 +318,7 @@ function onVisibility() {
       : `${n} new messages arrived while this tab was in the background`);
   }
   ctx.ui.flushSeen();
-  scheduleRead();
+  rooms.scheduleRead();
 }
 
 // ---------- wiring ----------
@@ -583,7 +348,7 @@ function onJoinSubmit(ev) {
   err.hidden = true;
   input.removeAttribute('aria-invalid');
   input.value = '';
-  showRoom(room);
+  rooms.showRoom(room);
   closeSidebar();
   $('composer-input').focus();
 }
@@ -611,7 +376,7 @@ function bind() {
     if (s.scrollTop < 80) requestOlder();
     if (isAtBottom() && document.visibilityState === 'visible') ctx.ui.clearUnread();
     ctx.ui.syncJump();
-    scheduleRead();
+    rooms.scheduleRead();
   }, { passive: true });
   $('notify-btn').addEventListener('click', onNotifyClick);
   $('mute-btn').addEventListener('click', onMuteClick);
@@ -627,10 +392,10 @@ function bind() {
     if (S.pmTarget) { setPmTarget(null); $('composer-input').focus(); }
   });
   document.addEventListener('visibilitychange', onVisibility);
-  window.addEventListener('focus', scheduleRead);
+  window.addEventListener('focus', () => rooms.scheduleRead());
   window.addEventListener('hashchange', () => {
     const h = decodeURIComponent(location.hash.replace(/^#/, '')).toLowerCase();
-    if (S.me && ROOM_RE.test(h) && h !== S.room) showRoom(h, { replaceHash: true });
+    if (S.me && ROOM_RE.test(h) && h !== S.room) rooms.showRoom(h, { replaceHash: true });
   });
   setInterval(ctx.ui.renderTyping, 1000); // others' typing expires
   setInterval(ctx.ui.relayout, 60_000); // "Today" becomes "Yesterday" at midnight
@@ -656,7 +421,7 @@ async function boot() {
   initClientId();
   loadOutbox();
   bind();
-  renderRooms();
+  rooms.renderRooms();
   setConnState('idle');
   await findSession(checkDuplicateTab());
 }
