@@ -8,7 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   BASE_URL, launch, person, uniqueName, uniqueRoom, signup, send, messages, waitFor, shot, people,
-  roomHeading, joinRoom, counter, setHidden, online,
+  roomHeading, joinRoom, counter, setHidden, online, ownServer, log, personButton, mine,
 } from './helpers.mjs';
 
 let browser;
@@ -17,7 +17,7 @@ after(async () => { await browser?.close(); });
 
 /** The room list's button for `room`, by its whole accessible name ("#r, 2 unread, 1 mention"). */
 const roomButton = (page, name) => page.getByRole('navigation', { name: 'Rooms and people' })
-  .getByRole('button', { name, exact: true });
+  .getByRole('button', typeof name === 'string' ? { name, exact: true } : { name });
 
 // Counts the page's WebSocket objects and their opens, and records the
 // notifications it makes (and still makes them).
@@ -130,4 +130,47 @@ test('rooms on one socket: badges and mentions rise live, switching does not rec
   assert.equal(new URL(urls[0]).searchParams.get('multi'), '1');
   assert.equal(await counter(pa, 'welcomes'), 1, 'never reconnected');
   for (const p of [alice, bob]) assert.deepEqual(p.problems, []);
+});
+
+const needsBin = { skip: process.env.HUBBUB_BIN ? false : 'needs HUBBUB_BIN (run.sh sets it)' };
+
+test('over the rooms-per-connection limit: the shown room is live, the one shown longest ago gives way, and resumes exactly when shown again', needsBin, async (t) => {
+  const base = await ownServer(t, ['--max-rooms-per-connection', '2']);
+  const [roomA, roomB, roomC] = ['la', 'lb', 'lc'].map((p) => uniqueRoom(p));
+  const open = async (prefix) => {
+    const ctx = await browser.newContext({ viewport: { width: 1100, height: 720 } });
+    t.after(() => ctx.close().catch(() => {}));
+    const page = await ctx.newPage();
+    await page.goto(`${base}/#${roomA}`);
+    const name = uniqueName(prefix);
+    await signup(page, name);
+    await roomHeading(page, roomA).waitFor();
+    return { page, name };
+  };
+  const alice = await open('alice');
+  const bob = await open('bob');
+  const pa = alice.page;
+  // Alice in three rooms, two allowed: joining C (shown) takes the place of
+  // A (shown longest ago); the server's refusal is handled, not shown.
+  await joinRoom(pa, roomB);
+  await joinRoom(pa, roomC);
+  await joinRoom(bob.page, roomC);
+  await personButton(pa, bob.name).waitFor();
+  await send(bob.page, 'live in c');
+  await messages(pa, 'live in c').waitFor();
+  // Bob talks in A while Alice's socket is not subscribed to it.
+  const nav = bob.page.getByRole('navigation', { name: 'Rooms and people' });
+  await nav.getByRole('button', { name: new RegExp(`^#${roomA}`) }).click();
+  await roomHeading(bob.page, roomA).waitFor();
+  await send(bob.page, 'said in a meanwhile');
+  await mine(bob.page, 'said in a meanwhile').waitFor();
+  // Shown again, A resumes from its cursor: the message is there, once.
+  await roomButton(pa, new RegExp(`^#${roomA}`)).click();
+  await roomHeading(pa, roomA).waitFor();
+  await messages(pa, 'said in a meanwhile').waitFor();
+  assert.equal(await messages(pa, 'said in a meanwhile').count(), 1);
+  await send(bob.page, 'live in a');
+  await messages(pa, 'live in a').waitFor();
+  assert.equal(await log(pa).filter({ hasText: 'rooms per connection' }).count(), 0, 'no error shown');
+  assert.equal(await counter(pa, 'welcomes'), 1, 'one socket throughout');
 });

@@ -29,6 +29,7 @@ export function createRooms(G, deps) {
   const rooms = new Map(); // room -> its state (rooms.js roomState)
   let roomNames = [];      // the room list's order
   let cur = G;             // the shown room's state
+  const pendingSubs = [];  // rooms subscribed for, not yet answered, in order
   const S = new Proxy(G, {
     get: (_, k) => cur[k],
     set: (_, k, v) => { cur[k] = v; return true; },
@@ -87,11 +88,26 @@ export function createRooms(G, deps) {
     return R;
   }
 
+  // Over the rooms-per-connection limit a room is listed but not live
+  // (`overLimit`), except the shown one: the room shown longest ago gives
+  // its subscription up for it (and resumes with `since` when shown again).
   function subscribe(R) {
-    const subscribed = [...rooms.values()].filter((x) => x.subscribing).length;
-    if (subscribed >= maxRooms()) return; // over the server's limit: listed, not live
+    if (R.subscribing) return;
+    const live = [...rooms.values()].filter((x) => x.subscribing);
+    if (live.length >= maxRooms()) {
+      R.overLimit = true;
+      if (R !== cur) return;
+      const old = live.filter((x) => x !== cur).sort((a, b) => (a.shownAt || 0) - (b.shownAt || 0))[0];
+      if (!old) return;
+      old.subscribing = false;
+      old.subscribed = false;
+      old.overLimit = true;
+      G.conn.send({ type: 'unsubscribe', room: old.room });
+    }
+    R.overLimit = false;
     R.subscribed = false;
     R.subscribing = true;
+    pendingSubs.push(R.room);
     const f = { type: 'subscribe', room: R.room };
     if (R.lastCursor) f.since = R.lastCursor; // exact resume, per room
     G.conn.send(f);
@@ -99,27 +115,46 @@ export function createRooms(G, deps) {
 
   function maxRooms() {
     const l = G.conn && G.conn.limits;
-    return (l && Number(l.max_rooms)) || MAX_ROOMS;
+    return G.roomLimit || (l && Number(l.max_rooms)) || MAX_ROOMS;
+  }
+
+  // The server's limit is lower than ours: it answers the subscribes in
+  // order and this error names no room, so it is the oldest unanswered one's.
+  function onTooManyRooms(f) {
+    const R = rooms.get(pendingSubs.shift());
+    G.roomLimit = [...rooms.values()].filter((x) => x.subscribed).length || 1;
+    if (!R) return;
+    R.subscribing = false;
+    R.overLimit = true;
+    if (R === cur) subscribe(R); // again, in place of the room shown longest ago
   }
 
   // A new socket: every room again, the shown one first, each with its own `since`.
   function onWelcome(f) {
     P.onWelcome(ctx, f);
+    pendingSubs.length = 0;
     for (const R of rooms.values()) {
       R.subscribed = false;
       R.subscribing = false;
       if (R.loadingOlder) R.loadingOlder = false; // asked on the old socket
     }
     ctx.ui.renderOlder();
-    const order = subscriptionOrder([...roomNames, ...rooms.keys()], cur === G ? null : cur.room, maxRooms());
+    // Beyond the limit they are marked (subscribe): not live until shown.
+    const order = subscriptionOrder([...roomNames, ...rooms.keys()], cur === G ? null : cur.room, Infinity);
     for (const r of order) subscribe(ensureRoom(r));
   }
 
   function onFrame(f) {
     if (f.type === 'welcome') { deps.count('welcomes'); onWelcome(f); return; }
+    if (f.type === 'error' && f.code === 'too_many_rooms') { onTooManyRooms(f); return; }
     const R = f.room ? rooms.get(f.room) : (cur === G ? null : cur);
     if (!R) return;
-    if (f.type === 'subscribed') { R.subscribed = true; R.resumed = !!f.resumed; return; }
+    if (f.type === 'subscribed') {
+      R.subscribed = true;
+      R.resumed = !!f.resumed;
+      if (pendingSubs.includes(R.room)) pendingSubs.splice(pendingSubs.indexOf(R.room), 1);
+      return;
+    }
     if (f.type === 'unsubscribed') { R.subscribed = false; R.subscribing = false; return; }
     if (f.type === 'read') { onRead(R, f); return; }
     P.handleFrame(R === cur ? ctx : { S: R, ui: headless, timers: realTimers, saveOutbox }, f);
@@ -222,6 +257,8 @@ export function createRooms(G, deps) {
       cur = R;
       renderShown();
     }
+    R.shownAt = Date.now();
+    if (R.overLimit && G.conn && G.conn.state === 'online') subscribe(R);
     sessionStorage.setItem('hubbub.room', room);
     const hash = `#${room}`;
     if (location.hash !== hash) {
@@ -265,10 +302,13 @@ export function createRooms(G, deps) {
     roomNames = [];
     roomList.clear();
     G.titleCount = 0;
+    G.roomLimit = 0;
+    pendingSubs.length = 0;
   }
 
   /** The socket is gone: no subscription holds, typing can't be kept fresh. */
   function disconnected() {
+    pendingSubs.length = 0;
     for (const R of rooms.values()) { R.typers.clear(); R.subscribed = false; R.subscribing = false; }
   }
 
