@@ -18,7 +18,7 @@ import { ROOM_RE, storeGet, storeSet, realTimers } from './util.js';
 
 const RECENT_ROOMS = 'hubbub.rooms';
 const MAX_RECENT = 12;
-const READ_DEBOUNCE_MS = 300;
+const READ_DEBOUNCE_MS = 500; // a `read` at most this often (they count against the frame rate)
 
 /**
  * @param {object} G  the page's state (state.js; signed out, an empty room)
