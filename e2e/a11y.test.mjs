@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   AXE_PATH, launch, person, uniqueName, uniqueRoom, signup, joinRoom, send, messages, mine, shot, online,
-  people, personButton, messageBox, log,
+  people, personButton, messageBox, log, roomHeading,
 } from './helpers.mjs';
 
 let browser;
@@ -98,8 +98,20 @@ test('keyboard only: sign up, join, send, newline, private and Escape', async (t
 });
 
 test('a busy chat: no serious or critical axe violations, light and dark', async (t) => {
-  const [a, b] = await people(t, browser, uniqueRoom('a11y'), ['alice', 'bob']);
+  const room = uniqueRoom('a11y');
+  const [a, b] = await people(t, browser, room, ['alice', 'bob']);
   const pa = a.page; const pb = b.page;
+  // A second room of Alice's with a badge and a mention marker in the room list.
+  const other = uniqueRoom('a11y-other');
+  const roomBtn = (p, name) => p.getByRole('navigation', { name: 'Rooms and people' }).getByRole('button', { name, exact: true });
+  await joinRoom(pa, other);
+  await roomBtn(pa, `#${room}`).click();
+  await roomHeading(pa, room).waitFor();
+  await joinRoom(pb, other);
+  await send(pb, `@${a.name} over here`);
+  await roomBtn(pa, `#${other}, 1 unread, 1 mention`).waitFor();
+  await roomBtn(pb, `#${room}`).click();
+  await roomHeading(pb, room).waitFor();
   await send(pb, 'hello from bob');
   // A run of one sender, a link and a mention of Alice: scanned too, with the
   // notification toggles and the day separator.

@@ -8,7 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   BASE_URL, launch, person, uniqueName, uniqueRoom, signup, send, messages, waitFor, shot, people,
-  personButton, roomHeading, burst, counter,
+  personButton, roomHeading, burst, counter, setHidden,
 } from './helpers.mjs';
 import { dayLabel } from '../web/js/format.js';
 
@@ -20,15 +20,6 @@ const logOf = (page) => page.getByRole('log', { name: 'Messages' });
 
 /** The text of every day separator (a heading in the log), top to bottom. */
 const dayHeadings = (page) => logOf(page).getByRole('heading', { level: 3 }).allTextContents();
-
-/** Makes the page believe it is hidden (or visible again) and tells it. */
-async function setHidden(page, hidden) {
-  await page.evaluate((h) => {
-    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (h ? 'hidden' : 'visible') });
-    Object.defineProperty(document, 'hidden', { configurable: true, get: () => h });
-    document.dispatchEvent(new Event('visibilitychange'));
-  }, hidden);
-}
 
 test('a sender\'s run shows the name once; "Today" above today\'s messages; the full time on hover and focus', async (t) => {
   const [a, b] = await people(t, browser, uniqueRoom('group'), ['alice', 'bob']);

@@ -5,7 +5,10 @@
 // Chromium treat the page as public and block ws://127.0.0.1 with
 // ERR_BLOCKED_BY_LOCAL_NETWORK_ACCESS_CHECKS.)
 import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
@@ -127,6 +130,15 @@ export function mine(page, text, statuses = ['saved', 'delivered', 'seen']) {
   return page.locator(sel).filter({ has: page.locator('.body', { hasText: new RegExp(`^${escapeRe(text)}$`) }) });
 }
 
+/** Makes the page believe it is hidden (or visible again) and tells it. */
+export async function setHidden(page, hidden) {
+  await page.evaluate((h) => {
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (h ? 'hidden' : 'visible') });
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => h });
+    document.dispatchEvent(new Event('visibilitychange'));
+  }, hidden);
+}
+
 /** A counter the client keeps on <body> (welcomes, refreshes, tokenCloses). */
 export async function counter(page, name) {
   return Number(await page.evaluate((n) => document.body.dataset[n] || 0, name));
@@ -211,4 +223,35 @@ export async function recordTicks(page) {
       subtree: true, childList: true, attributes: true, attributeOldValue: true, attributeFilter: ['data-status'],
     });
   });
+}
+
+const WEB_DIR = path.resolve(here, '..', 'web');
+
+/**
+ * A hubbub of its own, plain HTTP, with `args` (and HUBBUB_E2E_ARGS: the limit
+ * and TLS flags run.sh found in this build); listens on port 0 and reports
+ * the address it bound, serving this checkout's web/. Stopped when the test ends.
+ */
+export async function ownServer(t, args) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'hubbub-e2e-'));
+  const extra = (process.env.HUBBUB_E2E_ARGS || '').split(' ').filter(Boolean);
+  const srv = spawn(process.env.HUBBUB_BIN, ['--listen', '127.0.0.1:0', '--data-dir', dir, '--web-dir', WEB_DIR, ...extra, ...args],
+    { stdio: ['ignore', 'pipe', 'ignore'] });
+  const exited = new Promise((r) => srv.once('exit', r));
+  t.after(async () => {
+    srv.kill();
+    await exited;
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const lines = readline.createInterface({ input: srv.stdout });
+  const base = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no "listening on" line from hubbub')), 15000);
+    lines.on('line', (l) => {
+      const m = /listening on (http:\/\/\S+)/.exec(l);
+      if (m) { clearTimeout(timer); resolve(m[1]); }
+    });
+    srv.once('exit', (code) => reject(new Error(`hubbub exited: ${code}`)));
+  });
+  await waitFor(async () => (await fetch(`${base}/healthz`)).ok, { what: 'own server' });
+  return base;
 }

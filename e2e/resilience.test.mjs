@@ -4,14 +4,9 @@
 // people and room (and the token tests their own server).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import readline from 'node:readline';
 import {
   BASE_URL, launch, person, uniqueName, uniqueRoom, signup, login, send, messages, mine, waitFor, shot, online,
-  people, connState, counter, roomHeading, log,
+  people, connState, counter, roomHeading, log, ownServer,
 } from './helpers.mjs';
 
 let browser;
@@ -214,35 +209,6 @@ test('a frame the server closes on (1009, or its close frame lost) fails; it is 
   const outbox = await pa.evaluate(() => sessionStorage.getItem('hubbub.outbox'));
   assert.ok(!outbox.includes('字字字'), 'not in the outbox');
 });
-
-/**
- * A hubbub of its own, plain HTTP, with `args` (and HUBBUB_E2E_ARGS: the limit
- * and TLS flags run.sh found in this build); listens on port 0 and reports
- * the address it bound. Stopped when the test ends.
- */
-async function ownServer(t, args) {
-  const dir = mkdtempSync(path.join(tmpdir(), 'hubbub-e2e-'));
-  const extra = (process.env.HUBBUB_E2E_ARGS || '').split(' ').filter(Boolean);
-  const srv = spawn(process.env.HUBBUB_BIN, ['--listen', '127.0.0.1:0', '--data-dir', dir, ...extra, ...args],
-    { stdio: ['ignore', 'pipe', 'ignore'] });
-  const exited = new Promise((r) => srv.once('exit', r));
-  t.after(async () => {
-    srv.kill();
-    await exited;
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const lines = readline.createInterface({ input: srv.stdout });
-  const base = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('no "listening on" line from hubbub')), 15000);
-    lines.on('line', (l) => {
-      const m = /listening on (http:\/\/\S+)/.exec(l);
-      if (m) { clearTimeout(timer); resolve(m[1]); }
-    });
-    srv.once('exit', (code) => reject(new Error(`hubbub exited: ${code}`)));
-  });
-  await waitFor(async () => (await fetch(`${base}/healthz`)).ok, { what: 'own server' });
-  return base;
-}
 
 const needsBin = { skip: process.env.HUBBUB_BIN ? false : 'needs HUBBUB_BIN (run.sh sets it)' };
 

@@ -73,6 +73,21 @@ export const login = (username, password) => call('POST', '/api/auth/login', { u
 export const logout = () => call('POST', '/api/auth/logout');
 export const me = () => call('GET', '/api/me');
 
+/**
+ * The user's rooms with their counts ([{room, last_cursor, read_cursor,
+ * unread, mentions}], newest activity first), or null when this server has
+ * no room list (404: an older server; the page falls back to the rooms it knows).
+ */
+export async function rooms() {
+  try {
+    const r = await call('GET', '/api/rooms');
+    return r && Array.isArray(r.rooms) ? r.rooms : [];
+  } catch (e) {
+    if (e.status === 404) return null;
+    throw e;
+  }
+}
+
 /** The cluster's serving nodes ([{node, url}]), or null on a single node (404). */
 export async function clusterNodes() {
   try {

@@ -1,7 +1,15 @@
 // hubbub web client, the entry module: no build step, no framework.
 // Layout: util/state (data), protocol (server frames -> state, no DOM),
 // conn (the socket), api/auth (HTTP and the token schedule), render (DOM),
-// composer (the message box); this file wires them to the page.
+// composer (the message box), rooms/roomlist (the room list, badges, read
+// positions); this file wires them to the page.
+//
+// One socket for all the user's rooms (`/ws?multi=1`): after each welcome
+// every known room is subscribed (the shown one first) with its own `since`.
+// Each room keeps its own state and message buffer (rooms.js roomState);
+// `S` is the shown room's (a proxy), so switching rooms swaps the buffer
+// shown and never touches the socket. Frames of a room that is not shown
+// go through the same handlers with a `ui` that draws nothing.
 //
 // Counters for tests and for curious people, on <body>: data-client (this
 // tab's client id), data-welcomes (sockets welcomed), data-refreshes (access
@@ -9,23 +17,32 @@
 
 import * as api from './api.js';
 import { createAuth } from './auth.js';
-import { Connection } from './conn.js';
 import { NodeList } from './nodes.js';
 import * as P from './protocol.js';
-import { createState, resetRoom } from './state.js';
+import { createState } from './state.js';
+import { createRooms } from './roomsctl.js';
 import {
-  $, el, createView, setConnState, setNode, announce, scrollToBottom, updateTitle, isAtBottom,
+  $, createView, setConnState, setNode, announce, scrollToBottom, updateTitle, isAtBottom,
 } from './render.js';
 import { createComposer } from './composer.js';
 import { Notifier } from './notify.js';
-import { ROOM_RE, USER_RE, CLIENT_RE, uuid, storeGet, storeSet, realTimers } from './util.js';
+import { ROOM_RE, USER_RE, CLIENT_RE, uuid, storeGet, storeSet } from './util.js';
 
-const RECENT_ROOMS = 'hubbub.rooms';
 const OUTBOX = 'hubbub.outbox';
-const MAX_RECENT = 12;
 
-const S = createState();
-const ctx = { S, ui: null, timers: realTimers, saveOutbox };
+const G = createState(); // the page's state (and, signed out, an empty room)
+// The rooms on the one socket; `S` is the shown room's state (roomsctl.js).
+const rooms = createRooms(G, {
+  saveOutbox,
+  count,
+  notify: (m, room) => { if (notifier.consider(m, { me: G.me, room })) count('notifications'); },
+  leaveRoom: () => { composer.reset(); setPmTarget(null); },
+  roomShown: () => renderNotifyButtons(),
+  onPick: (r) => { rooms.showRoom(r); closeSidebar(); $('composer-input').focus(); },
+  onConnState,
+  connOptions: () => ({ refreshAuth: auth.refreshAuth, nodes, ...watchdogOverride() }),
+});
+const { S, ctx } = rooms;
 // Off until the user turns them on (the permission is asked for only in
 // that click); `Notification` is read when used, not captured at load.
 const notifier = new Notifier({
@@ -41,12 +58,12 @@ ctx.ui = createView(S, {
   onSeen: (ids) => { if (S.conn) P.ackSeen(ctx, ids); },
   requestOlder,
   pickUser: (u) => { setPmTarget(u); closeSidebar(); $('composer-input').focus(); },
-  onIncoming: (m) => { if (notifier.consider(m, { me: S.me, room: S.room })) count('notifications'); },
+  onIncoming: (m) => rooms.onIncoming(m),
 });
 const composer = createComposer(ctx);
 const auth = createAuth({
   api: { refresh: api.refresh, me: api.me, clockSkew: () => api.clockSkewMs },
-  onRenew: () => { count('refreshes'); if (S.conn) S.conn.renew(); },
+  onRenew: () => { count('refreshes'); if (G.conn) G.conn.renew(); },
   onSignedOut: (msg) => signedOut(msg),
 });
 const body = document.body;
@@ -58,7 +75,7 @@ const nodes = new NodeList({
   origin: location.origin,
   onMove: (n) => api.setBase(n ? n.url : ''),
   // The list comes after the welcome: the node's name is known only then.
-  onList: () => { if (S.conn && S.conn.state === 'online') showNode(); },
+  onList: () => { if (G.conn && G.conn.state === 'online') showNode(); },
 });
 let welcomedAt = null; // the node of the last welcome: a different one is a move
 function count(name) {
@@ -134,7 +151,8 @@ function showChat(r) {
   $('chat-view').hidden = false;
   $('auth-password').value = '';
   auth.start(r);
-  joinRoom(initialRoom(), { replaceHash: true });
+  rooms.showRoom(initialRoom(), { replaceHash: true });
+  rooms.loadRooms();
   $('composer-input').focus();
 }
 
@@ -149,7 +167,7 @@ function initialRoom() {
 // ---------- auth ----------
 
 function signedOut(message) {
-  if (S.conn) { S.conn.stop(); S.conn = null; }
+  rooms.reset();
   auth.stop();
   resetRoomView();
   showAuth(message);
@@ -194,33 +212,7 @@ async function onLogout() {
 
 // ---------- rooms ----------
 
-function recentRooms() {
-  return storeGet(localStorage, RECENT_ROOMS, []).filter((r) => ROOM_RE.test(r));
-}
-
-function rememberRoom(room) {
-  const list = [room, ...recentRooms().filter((r) => r !== room)].slice(0, MAX_RECENT);
-  storeSet(localStorage, RECENT_ROOMS, list);
-  renderRooms();
-}
-
-function renderRooms() {
-  const ul = $('room-list');
-  ul.replaceChildren();
-  for (const r of recentRooms()) {
-    const li = el('li');
-    const b = el('button', 'room-btn', `#${r}`);
-    b.type = 'button';
-    b.dataset.room = r;
-    if (r === S.room) b.setAttribute('aria-current', 'true');
-    b.addEventListener('click', () => { joinRoom(r); closeSidebar(); $('composer-input').focus(); });
-    li.append(b);
-    ul.append(li);
-  }
-}
-
 function resetRoomView() {
-  resetRoom(S);
   composer.reset();
   ctx.ui.clearMessages();
   $('people-list').replaceChildren();
@@ -228,37 +220,6 @@ function resetRoomView() {
   $('jump-btn').hidden = true;
   ctx.ui.renderTyping();
   ctx.ui.renderOlder();
-}
-
-function joinRoom(room, { replaceHash = false } = {}) {
-  if (!ROOM_RE.test(room)) return;
-  if (S.conn) { S.conn.stop(); S.conn = null; }
-  resetRoomView();
-  S.room = room;
-  sessionStorage.setItem('hubbub.room', room);
-  const hash = `#${room}`;
-  if (location.hash !== hash) {
-    if (replaceHash) history.replaceState(null, '', hash);
-    else history.pushState(null, '', hash);
-  }
-  $('room-title').textContent = `#${room}`;
-  updateTitle(S);
-  renderNotifyButtons();
-  setPmTarget(null);
-  rememberRoom(room);
-  S.conn = new Connection({
-    room,
-    clientId: S.clientId,
-    since: () => S.lastCursor,
-    onFrame: (f) => { if (f.type === 'welcome') count('welcomes'); P.handleFrame(ctx, f); },
-    onState: onConnState,
-    onTooBig: (frame, bytes) => P.onTooBig(ctx, frame, bytes),
-    onSuspect: (frame, bytes) => P.onSuspect(ctx, frame, bytes),
-    refreshAuth: auth.refreshAuth,
-    nodes,
-    ...watchdogOverride(),
-  });
-  S.conn.connect();
 }
 
 // `?watchdog=MS` shortens the dead-socket watchdog (tests; default 45 s of
@@ -276,7 +237,7 @@ function onConnState(state, info) {
   if (state === 'online') showNode();
   if (state !== 'online' && state !== 'connecting') {
     // Typing and presence can't be kept fresh while away.
-    S.typers.clear();
+    rooms.disconnected();
     ctx.ui.renderTyping();
     $('people-list').replaceChildren();
     $('people-count').textContent = '(unknown while disconnected)';
@@ -357,6 +318,7 @@ function onVisibility() {
       : `${n} new messages arrived while this tab was in the background`);
   }
   ctx.ui.flushSeen();
+  rooms.scheduleRead();
 }
 
 // ---------- wiring ----------
@@ -386,7 +348,7 @@ function onJoinSubmit(ev) {
   err.hidden = true;
   input.removeAttribute('aria-invalid');
   input.value = '';
-  joinRoom(room);
+  rooms.showRoom(room);
   closeSidebar();
   $('composer-input').focus();
 }
@@ -399,7 +361,7 @@ function bind() {
   $('composer-input').addEventListener('input', composer.onInput);
   $('pm-cancel').addEventListener('click', () => { setPmTarget(null); $('composer-input').focus(); });
   $('join-form').addEventListener('submit', onJoinSubmit);
-  $('reconnect-btn').addEventListener('click', () => { if (S.conn) S.conn.reconnectNow(); });
+  $('reconnect-btn').addEventListener('click', () => { if (G.conn) G.conn.reconnectNow(); });
   $('jump-btn').addEventListener('click', () => {
     if (S.newerTrimmed) {
       P.reloadLatest(ctx);
@@ -414,6 +376,7 @@ function bind() {
     if (s.scrollTop < 80) requestOlder();
     if (isAtBottom() && document.visibilityState === 'visible') ctx.ui.clearUnread();
     ctx.ui.syncJump();
+    rooms.scheduleRead();
   }, { passive: true });
   $('notify-btn').addEventListener('click', onNotifyClick);
   $('mute-btn').addEventListener('click', onMuteClick);
@@ -429,9 +392,10 @@ function bind() {
     if (S.pmTarget) { setPmTarget(null); $('composer-input').focus(); }
   });
   document.addEventListener('visibilitychange', onVisibility);
+  window.addEventListener('focus', () => rooms.scheduleRead());
   window.addEventListener('hashchange', () => {
     const h = decodeURIComponent(location.hash.replace(/^#/, '')).toLowerCase();
-    if (S.me && ROOM_RE.test(h) && h !== S.room) joinRoom(h, { replaceHash: true });
+    if (S.me && ROOM_RE.test(h) && h !== S.room) rooms.showRoom(h, { replaceHash: true });
   });
   setInterval(ctx.ui.renderTyping, 1000); // others' typing expires
   setInterval(ctx.ui.relayout, 60_000); // "Today" becomes "Yesterday" at midnight
@@ -457,7 +421,7 @@ async function boot() {
   initClientId();
   loadOutbox();
   bind();
-  renderRooms();
+  rooms.renderRooms();
   setConnState('idle');
   await findSession(checkDuplicateTab());
 }

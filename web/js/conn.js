@@ -1,4 +1,6 @@
-// One WebSocket for the current room: connecting, reconnecting with
+// One WebSocket, for one room (`room`) or for all the user's rooms (`multi`:
+// `/ws?multi=1`, the page subscribes to its rooms after each welcome and
+// names the room in every frame; receipts are batched per room): connecting, reconnecting with
 // exponential backoff and jitter, a watchdog for dead sockets, a client-side
 // token bucket that keeps us under the server's per-connection frame limit,
 // batched receipts (`ack` with `ids`), and the frame-size limit in bytes.
@@ -49,7 +51,9 @@ function browserEnv() {
 export class Connection {
   /**
    * @param {object} o
-   * @param {string} o.room
+   * @param {string} [o.room]   the room of a single-room socket
+   * @param {boolean} [o.multi] a multi-room socket (`multi=1`; no room, no `since`)
+   * @param {() => (string|null)} [o.probeRoom]  multi: the room the watchdog's probe asks
    * @param {string} o.clientId
    * @param {() => (string|null)} o.since      last cursor seen in this room
    * @param {(f: object) => void} o.onFrame    every server frame
@@ -112,8 +116,10 @@ export class Connection {
   /** The socket's URL: `routed` (a route answer's) as given, else the node in use's. */
   url(routed = null) {
     // batch=1: the server may join queued frames into one, a line each (see onmessage).
-    const q = new URLSearchParams({ room: this.room, client: this.clientId, batch: '1' });
-    const since = this.since();
+    const q = this.multi
+      ? new URLSearchParams({ multi: '1', client: this.clientId, batch: '1' })
+      : new URLSearchParams({ room: this.room, client: this.clientId, batch: '1' });
+    const since = this.multi ? null : this.since();
     if (since) q.set('since', since);
     if (routed) {
       const u = new URL(routed);
@@ -330,6 +336,10 @@ export class Connection {
       const since = this.since();
       const f = { type: 'history', limit: 1, req: 'probe' };
       if (since) f.after = since;
+      if (this.multi) {
+        f.room = this.probeRoom ? this.probeRoom() : null;
+        if (!f.room) return; // nothing subscribed yet: nothing to ask
+      }
       this.sendNow(f);
     }
   }
@@ -341,7 +351,7 @@ export class Connection {
   requeue() {
     for (const f of this.queue) {
       if (f.type !== 'ack' || !this.acks[f.status]) continue;
-      for (const id of f.ids || [f.id]) this.acks[f.status].add(id);
+      for (const id of f.ids || [f.id]) this.acks[f.status].add(f.room ? `${f.room}\n${id}` : id);
     }
     this.queue = [];
   }
@@ -445,8 +455,9 @@ export class Connection {
 
   // ---- receipts, batched ----
 
-  ack(id, status) {
-    this.acks[status].add(id);
+  // `room` on a multi-room socket: kept as "room\nid" (neither has a newline).
+  ack(id, status, room) {
+    this.acks[status].add(room ? `${room}\n${id}` : id);
     this.scheduleAckFlush();
   }
 
@@ -463,9 +474,19 @@ export class Connection {
       const set = this.acks[status];
       while (set.size) {
         if (this.queue.length > 4) { this.scheduleAckFlush(); return; }
-        const ids = [...set].slice(0, MAX_ACK_IDS);
-        ids.forEach((id) => set.delete(id));
-        this.send({ type: 'ack', ids, status });
+        // One frame per room: the first key's room, up to MAX_ACK_IDS of its ids.
+        const first = set.values().next().value;
+        const nl = first.indexOf('\n');
+        const room = nl < 0 ? null : first.slice(0, nl);
+        const keys = [];
+        for (const k of set) {
+          const r = k.indexOf('\n') < 0 ? null : k.slice(0, k.indexOf('\n'));
+          if (r === room) keys.push(k);
+          if (keys.length === MAX_ACK_IDS) break;
+        }
+        keys.forEach((k) => set.delete(k));
+        const ids = room === null ? keys : keys.map((k) => k.slice(room.length + 1));
+        this.send(room === null ? { type: 'ack', ids, status } : { type: 'ack', room, ids, status });
       }
     }
   }

@@ -109,6 +109,7 @@ export function clearView(ctx) {
   S.moreOlder = false;
   S.newerTrimmed = false;
   S.marker = false;
+  S.markerAt = null;
   S.unread = 0;
   S.joinedOnce = false;
   ctx.ui.clearMessages();
@@ -163,7 +164,7 @@ export function onMessage(ctx, m, { live, fromHistory = false }) {
     entry = newEntry(ctx, m);
     const unseen = live && !own && (!wasBottom || !ui.visible());
     const marker = unseen && !S.marker;
-    if (marker) S.marker = true;
+    if (marker) { S.marker = true; S.markerAt = m.id; } // where a room shown again puts it
     S.order.push(m.id);
     ui.appendMessage(entry, { marker });
     if (live && !own) {
@@ -208,6 +209,7 @@ function trimNewest(ctx) {
   for (const id of S.order.splice(S.order.length - over, over)) dropEntry(ctx, id);
   S.newerTrimmed = true;
   S.marker = false;
+  S.markerAt = null;
   ctx.ui.showUnread(S.unread, true);
 }
 
@@ -440,7 +442,7 @@ export function sendOutbox(ctx, o) {
   const { S } = ctx;
   S.outbox.set(o.id, o);
   ctx.saveOutbox();
-  if (S.marker) { S.marker = false; ctx.ui.clearMarker(); }
+  if (S.marker) { S.marker = false; S.markerAt = null; ctx.ui.clearMarker(); }
   addPending(ctx, o);
   ctx.ui.scrollToBottom();
   S.conn.send(o.frame);

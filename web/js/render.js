@@ -46,10 +46,11 @@ export function announce(text) {
   while (a.childElementCount > 3) a.firstElementChild.remove();
 }
 
-/** The tab title: the count of messages that came while the tab was hidden. */
+/** The tab title: the unread total of all the user's rooms ("99+" from 100). */
 export function updateTitle(S) {
   const base = S.room ? `#${S.room} · hubbub` : 'hubbub';
-  document.title = S.hiddenUnread ? `(${S.hiddenUnread}) ${base}` : base;
+  const n = S.titleCount || 0;
+  document.title = n ? `(${n >= 100 ? '99+' : n}) ${base}` : base;
 }
 
 /**
@@ -311,6 +312,22 @@ export function createView(S, hooks) {
         list.append(marker);
       }
       list.append(build(entry));
+      relayout();
+      rovingTime();
+    },
+    // A room shown again: its buffer at once (one layout pass), the
+    // "New messages" marker above `markerAt`.
+    renderAll(entries, markerAt) {
+      const frag = document.createDocumentFragment();
+      for (const e of entries) {
+        if (e.id === markerAt) {
+          marker = el('li', 'new-marker');
+          marker.append(el('span', null, 'New messages'));
+          frag.append(marker);
+        }
+        frag.append(build(e));
+      }
+      $('messages').append(frag);
       relayout();
       rovingTime();
     },

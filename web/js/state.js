@@ -36,10 +36,14 @@ export function createState(caps = {}) {
     unread: 0,              // new messages below the view (the "jump" button)
     hiddenUnread: 0,        // new messages while the tab was hidden (the tab title)
     marker: false,          // the "New messages" marker is shown
+    markerAt: null,         // the id of the first message under it
     joinedOnce: false,
     resumed: false,         // the last welcome honoured our `since`
     caughtUp: 0,
     welcomes: 0,
+    clientForced: false,
+    serverReads: false,
+    titleCount: 0,          // the unread total of all rooms (the tab title)     // the server has GET /api/rooms and `read` frames
   };
 }
 
@@ -57,6 +61,7 @@ export function resetRoom(S) {
   S.visibleUnseen.clear();
   S.unread = 0;
   S.marker = false;
+  S.markerAt = null;
   S.joinedOnce = false;
   S.resumed = false;
 }
