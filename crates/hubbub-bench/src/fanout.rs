@@ -29,17 +29,17 @@ struct Group {
 }
 
 #[derive(Default)]
-struct MemberStats {
-    hist: Hist,
+pub(crate) struct MemberStats {
+    pub(crate) hist: Hist,
     /// Messages received from each sender of the member's group.
-    per_sender: Vec<u64>,
-    delivered: u64,
-    last_ns: u64,
+    pub(crate) per_sender: Vec<u64>,
+    pub(crate) delivered: u64,
+    pub(crate) last_ns: u64,
     /// Ended before the stop signal, with this close code (None: no code).
-    ended: Option<Option<u16>>,
-    rate_limited: u64,
-    unavailable: u64,
-    other_errors: u64,
+    pub(crate) ended: Option<Option<u16>>,
+    pub(crate) rate_limited: u64,
+    pub(crate) unavailable: u64,
+    pub(crate) other_errors: u64,
 }
 
 impl MemberStats {
@@ -208,9 +208,51 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    // Send: every sender reports its count when done (or when its connection ends).
-    let measure_start = now_ns();
-    let cpu = net::CpuMeter::start(t.pid);
+    let m = measure(go, &mut report_rx, total_senders, duration, &live, t.pid).await;
+    stop.cancel();
+    let mut stats: Vec<(usize, MemberStats)> = Vec::new();
+    while let Some(r) = readers.join_next().await {
+        stats.push(r?);
+    }
+    Ok(summarize(
+        args,
+        &groups,
+        &members,
+        stats,
+        Totals {
+            rate,
+            sent: m.sent,
+            send_s: m.send_s,
+            measure_start: m.start_ns,
+            connect_s,
+            login_s,
+            accounts: accounts.len(),
+            cpu: m.cpu,
+        },
+    ))
+}
+
+/// What the sending stretch measured.
+pub(crate) struct Measured {
+    pub(crate) sent: u64,
+    pub(crate) send_s: f64,
+    pub(crate) start_ns: u64,
+    pub(crate) cpu: serde_json::Value,
+}
+
+/// Starts the senders (`go`), waits for each to report its count (or for
+/// its connection to end), then drains until nothing arrives for a second
+/// (at most 15 s). The server's CPU is metered over send and drain.
+pub(crate) async fn measure(
+    go: CancellationToken,
+    report_rx: &mut tokio::sync::mpsc::UnboundedReceiver<u64>,
+    total_senders: usize,
+    duration: Duration,
+    live: &AtomicU64,
+    pid: Option<u32>,
+) -> Measured {
+    let start_ns = now_ns();
+    let cpu = net::CpuMeter::start(pid);
     go.cancel();
     let (mut sent, mut reports) = (0u64, 0usize);
     let deadline = tokio::time::Instant::now() + duration + Duration::from_secs(30);
@@ -223,9 +265,7 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
             _ => break,
         }
     }
-    let send_s = (now_ns() - measure_start) as f64 / 1e9;
-
-    // Drain: until nothing arrives for a second (at most 15 s).
+    let send_s = (now_ns() - start_ns) as f64 / 1e9;
     let drain_start = Instant::now();
     let mut last = live.load(Ordering::Relaxed);
     let mut quiet = Instant::now();
@@ -239,39 +279,27 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
             quiet = Instant::now();
         }
     }
-    let cpu = cpu.json();
-    stop.cancel();
-    let mut stats: Vec<(usize, MemberStats)> = Vec::new();
-    while let Some(r) = readers.join_next().await {
-        stats.push(r?);
+    Measured {
+        sent,
+        send_s,
+        start_ns,
+        cpu: cpu.json(),
     }
-    Ok(summarize(
-        args,
-        &groups,
-        &members,
-        stats,
-        Totals {
-            rate,
-            sent,
-            send_s,
-            measure_start,
-            connect_s,
-            login_s,
-            accounts: accounts.len(),
-            cpu,
-        },
-    ))
 }
 
-struct MemberCtx {
-    idx: usize,
-    raw: bool,
-    senders: usize,
-    stop: CancellationToken,
-    live: Arc<AtomicU64>,
+pub(crate) struct MemberCtx {
+    pub(crate) idx: usize,
+    pub(crate) raw: bool,
+    pub(crate) senders: usize,
+    pub(crate) stop: CancellationToken,
+    pub(crate) live: Arc<AtomicU64>,
 }
 
-async fn run_member(mut ws: Ws, c: MemberCtx, plan: Option<SendCfg>) -> (usize, MemberStats) {
+pub(crate) async fn run_member(
+    mut ws: Ws,
+    c: MemberCtx,
+    plan: Option<SendCfg>,
+) -> (usize, MemberStats) {
     let MemberCtx {
         idx,
         raw,
