@@ -134,14 +134,14 @@ impl Outbox {
                 }
                 None => {
                     let conn = link.conn;
-                    self.to_conn(conn, [frame.clone()]);
+                    self.add_to_conn(conn, [frame.clone()]);
                 }
             }
         }
     }
 
     /// Appends frames to a connection's item of this turn.
-    fn to_conn(&mut self, conn: Uuid, frames: impl IntoIterator<Item = Frame>) {
+    fn add_to_conn(&mut self, conn: Uuid, frames: impl IntoIterator<Item = Frame>) {
         if let Some(c) = self.conns.get_mut(&conn) {
             if c.frames.is_empty() {
                 self.dirty.push(conn);
@@ -156,7 +156,7 @@ impl Outbox {
         if let Some(link) = self.links.get_mut(&id) {
             let gathered = link.held.take().unwrap_or_default();
             let conn = link.conn;
-            self.to_conn(conn, first.into_iter().chain(gathered));
+            self.add_to_conn(conn, first.into_iter().chain(gathered));
         }
     }
 
@@ -166,7 +166,7 @@ impl Outbox {
     pub(super) fn last(&mut self, id: Uuid, frame: Frame) {
         if let Some(link) = self.links.get(&id) {
             let conn = link.conn;
-            self.to_conn(conn, [frame]);
+            self.add_to_conn(conn, [frame]);
         }
     }
 
