@@ -19,9 +19,9 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::{MemberCtx, MemberStats, measure, run_member};
+use crate::fanout::{MemberCtx, MemberStats, run_member};
 use crate::net::{self, Target, Ws};
-use crate::sender::SendCfg;
+use crate::sender::{Measured, SendCfg, measure};
 use crate::stats::{Hist, round3};
 use crate::{Args, Outcome};
 
@@ -190,7 +190,7 @@ fn summarize(
     roles: &[Role],
     stats: Vec<(usize, MemberStats)>,
     mut results: serde_json::Value,
-    m: crate::fanout::Measured,
+    m: Measured,
 ) -> Outcome {
     let pool = roles
         .iter()
