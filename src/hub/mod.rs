@@ -266,12 +266,10 @@ impl Shell {
             }
             HubCmd::Release { session, first } => self.outbox.release(session, first),
             HubCmd::Unsubscribe { session, last } => {
-                let queue = self.outbox.queue_of(session);
+                // Before the removal, with the connection's other frames of
+                // this turn: nothing of the room can follow it then.
+                self.outbox.last(session, last);
                 self.event(Event::Leave { session }, now);
-                // Full: the connection is being evicted anyway (4002).
-                if let Some(q) = queue {
-                    let _ = q.try_send(vec![last]);
-                }
             }
             HubCmd::Post { session, msg } => self.post(session, msg, now),
             HubCmd::Event(ev) => self.event(ev, now),

@@ -26,9 +26,10 @@ pub struct SessionLink {
     /// Cluster mode: served here although this node is not its home (the
     /// loop shield, or placed with `from=`): never moved when homes move.
     pub away: bool,
-    /// Bounded (the session queue), one item per hub turn: every frame the
-    /// session gets in one turn travels together, so a burst counts once.
-    /// Full → the session is evicted with 4002.
+    /// Bounded (the session queue), one item per hub turn per connection:
+    /// every frame the connection gets in one turn, in any of its rooms,
+    /// travels together, so a burst counts once. Full → the connection is
+    /// evicted with 4002. A subscription's copy is the connection's queue.
     pub out_tx: mpsc::Sender<Vec<Frame>>,
     /// Set once to close the session with a code; the writer sends the Close frame.
     pub close_tx: watch::Sender<Option<CloseCode>>,
@@ -43,12 +44,24 @@ pub struct SessionLink {
 /// by a reader that keeps up.
 const HELD_MAX: usize = 4096;
 
+/// One subscription (or the one session of a single-room connection).
 struct Link {
+    conn: Uuid,
+    /// `Some` while held: its frames since its join, waiting for `release`.
+    held: Option<Vec<Frame>>,
+}
+
+/// One WebSocket connection: its queue and its frames for this turn.
+struct Conn {
+    /// Bounded (the session queue), one item per hub turn per connection.
     out_tx: mpsc::Sender<Vec<Frame>>,
     close_tx: watch::Sender<Option<CloseCode>>,
-    /// Frames for this session in this turn (or, while held, since its join).
+    /// This turn's frames of every released session of the connection, in
+    /// push order (so each session's own order is kept).
     frames: Vec<Frame>,
-    held: bool,
+    /// Its sessions (subscriptions). A few per connection (at most
+    /// `--max-rooms-per-connection`), so a list beats a set.
+    sessions: Vec<Uuid>,
 }
 
 /// What became of a session's queue when the turn's frames went out.
@@ -63,12 +76,16 @@ pub(super) enum Refusal {
 #[derive(Default)]
 pub(super) struct Outbox {
     links: HashMap<Uuid, Link>,
-    /// Sessions with frames this turn, each once.
+    conns: HashMap<Uuid, Conn>,
+    /// Connections with frames this turn, each once.
     dirty: Vec<Uuid>,
+    /// Held sessions past `HELD_MAX`, each once.
+    overfull: Vec<Uuid>,
 }
 
 impl Outbox {
-    /// Keeps the session's channels; the rest of the link is the core's `Join`.
+    /// Keeps the session's channels (once per connection: its subscriptions
+    /// share them); the rest of the link is the core's `Join`.
     pub(super) fn attach(&mut self, link: SessionLink) -> Event {
         let SessionLink {
             id,
@@ -82,15 +99,15 @@ impl Outbox {
             close_tx,
             held,
         } = link;
-        self.links.insert(
-            id,
-            Link {
-                out_tx,
-                close_tx,
-                frames: Vec::new(),
-                held,
-            },
-        );
+        let c = self.conns.entry(conn).or_insert_with(|| Conn {
+            out_tx,
+            close_tx,
+            frames: Vec::new(),
+            sessions: Vec::new(),
+        });
+        c.sessions.push(id);
+        let held = held.then(Vec::new);
+        self.links.insert(id, Link { conn, held });
         Event::Join {
             session: id,
             conn,
@@ -105,67 +122,111 @@ impl Outbox {
     /// Adds one shared frame to each session's frames for this turn.
     pub(super) fn push(&mut self, to: &[Uuid], frame: &Frame) {
         for id in to {
-            if let Some(link) = self.links.get_mut(id) {
-                if link.frames.is_empty() {
-                    self.dirty.push(*id);
+            let Some(link) = self.links.get_mut(id) else {
+                continue;
+            };
+            match &mut link.held {
+                Some(gathered) => {
+                    gathered.push(frame.clone());
+                    if gathered.len() == HELD_MAX + 1 {
+                        self.overfull.push(*id);
+                    }
                 }
-                link.frames.push(frame.clone());
+                None => {
+                    let conn = link.conn;
+                    self.add_to_conn(conn, [frame.clone()]);
+                }
             }
+        }
+    }
+
+    /// Appends frames to a connection's item of this turn.
+    fn add_to_conn(&mut self, conn: Uuid, frames: impl IntoIterator<Item = Frame>) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if c.frames.is_empty() {
+                self.dirty.push(conn);
+            }
+            c.frames.extend(frames);
         }
     }
 
     /// Ends a subscription's hold: `first` (its `subscribed` and `history`)
     /// goes out ahead of what gathered meanwhile, at the end of this turn.
-    pub(super) fn release(&mut self, id: Uuid, mut first: Vec<Frame>) {
+    pub(super) fn release(&mut self, id: Uuid, first: Vec<Frame>) {
         if let Some(link) = self.links.get_mut(&id) {
-            link.held = false;
-            first.append(&mut link.frames);
-            link.frames = first;
-            self.dirty.push(id);
+            let gathered = link.held.take().unwrap_or_default();
+            let conn = link.conn;
+            self.add_to_conn(conn, first.into_iter().chain(gathered));
         }
     }
 
-    /// The session's queue, for a last frame after it is removed (`unsubscribed`).
-    pub(super) fn queue_of(&self, id: Uuid) -> Option<mpsc::Sender<Vec<Frame>>> {
-        self.links.get(&id).map(|l| l.out_tx.clone())
+    /// A session's last frame (`unsubscribed`), queued on its connection
+    /// with this turn's other frames. Call it before the session's removal:
+    /// nothing of its room can follow it then.
+    pub(super) fn last(&mut self, id: Uuid, frame: Frame) {
+        if let Some(link) = self.links.get(&id) {
+            let conn = link.conn;
+            self.add_to_conn(conn, [frame]);
+        }
     }
 
-    /// Forgets a session (its unsent frames with it), closing it with `close`.
+    /// Forgets a session (its held frames with it), closing its connection
+    /// with `close`. A closed connection's unsent frames go too; otherwise
+    /// they still go out this turn (an `unsubscribed` after the last room).
     pub(super) fn remove(&mut self, id: Uuid, close: Option<CloseCode>) {
-        if let Some(link) = self.links.remove(&id)
-            && let Some(code) = close
-        {
-            link.close_tx.send_replace(Some(code));
+        let Some(link) = self.links.remove(&id) else {
+            return;
+        };
+        let Some(c) = self.conns.get_mut(&link.conn) else {
+            return;
+        };
+        c.sessions.retain(|s| *s != id);
+        if let Some(code) = close {
+            c.close_tx.send_replace(Some(code));
+            c.frames.clear();
+        }
+        if c.sessions.is_empty() && c.frames.is_empty() {
+            self.conns.remove(&link.conn);
         }
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.dirty.is_empty()
+        self.dirty.is_empty() && self.overfull.is_empty()
     }
 
-    /// Ends a turn: each session's frames go to its queue as one item, never
-    /// waiting. Returns the sessions whose queue refused them; the caller
-    /// feeds those back to the core and flushes again.
+    /// Ends a turn: each connection's frames go to its queue as ONE item,
+    /// however many of its rooms were busy, never waiting. Returns the
+    /// sessions whose queue refused them (one per connection when full: its
+    /// eviction takes the whole connection; all of them when closed); the
+    /// caller feeds those back to the core and flushes again.
     pub(super) fn flush(&mut self) -> Vec<(Uuid, Refusal)> {
-        let mut refused = Vec::new();
-        for id in self.dirty.drain(..) {
-            let Some(link) = self.links.get_mut(&id) else {
+        let mut refused: Vec<(Uuid, Refusal)> = self
+            .overfull
+            .drain(..)
+            .filter(|id| self.links.contains_key(id))
+            .map(|id| (id, Refusal::Full))
+            .collect();
+        for conn in self.dirty.drain(..) {
+            let Some(c) = self.conns.get_mut(&conn) else {
                 continue;
             };
-            if link.frames.is_empty() {
+            if c.frames.is_empty() {
                 continue;
             }
-            if link.held {
-                // Kept for `release`, which marks it dirty again.
-                if link.frames.len() > HELD_MAX {
-                    refused.push((id, Refusal::Full));
-                }
+            let sent = c.out_tx.try_send(std::mem::take(&mut c.frames));
+            if c.sessions.is_empty() {
+                // Its last session left this turn; nobody is left to refuse.
+                self.conns.remove(&conn);
                 continue;
             }
-            match link.out_tx.try_send(std::mem::take(&mut link.frames)) {
+            match sent {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => refused.push((id, Refusal::Full)),
-                Err(mpsc::error::TrySendError::Closed(_)) => refused.push((id, Refusal::Closed)),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    refused.push((c.sessions[0], Refusal::Full));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    refused.extend(c.sessions.iter().map(|s| (*s, Refusal::Closed)));
+                }
             }
         }
         refused

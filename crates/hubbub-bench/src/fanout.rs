@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::net::{self, Target, Ws};
-use crate::sender::{SendCfg, Sending, stamp};
+use crate::sender::{SendCfg, Sending, measure, stamp};
 use crate::stats::{Hist, now_ns, round3};
 use crate::{Args, Outcome, Scenario};
 
@@ -29,17 +29,17 @@ struct Group {
 }
 
 #[derive(Default)]
-struct MemberStats {
-    hist: Hist,
+pub(crate) struct MemberStats {
+    pub(crate) hist: Hist,
     /// Messages received from each sender of the member's group.
-    per_sender: Vec<u64>,
-    delivered: u64,
-    last_ns: u64,
+    pub(crate) per_sender: Vec<u64>,
+    pub(crate) delivered: u64,
+    pub(crate) last_ns: u64,
     /// Ended before the stop signal, with this close code (None: no code).
-    ended: Option<Option<u16>>,
-    rate_limited: u64,
-    unavailable: u64,
-    other_errors: u64,
+    pub(crate) ended: Option<Option<u16>>,
+    pub(crate) rate_limited: u64,
+    pub(crate) unavailable: u64,
+    pub(crate) other_errors: u64,
 }
 
 impl MemberStats {
@@ -208,38 +208,7 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    // Send: every sender reports its count when done (or when its connection ends).
-    let measure_start = now_ns();
-    let cpu = net::CpuMeter::start(t.pid);
-    go.cancel();
-    let (mut sent, mut reports) = (0u64, 0usize);
-    let deadline = tokio::time::Instant::now() + duration + Duration::from_secs(30);
-    while reports < total_senders {
-        match tokio::time::timeout_at(deadline, report_rx.recv()).await {
-            Ok(Some(n)) => {
-                sent += n;
-                reports += 1;
-            }
-            _ => break,
-        }
-    }
-    let send_s = (now_ns() - measure_start) as f64 / 1e9;
-
-    // Drain: until nothing arrives for a second (at most 15 s).
-    let drain_start = Instant::now();
-    let mut last = live.load(Ordering::Relaxed);
-    let mut quiet = Instant::now();
-    while drain_start.elapsed() < Duration::from_secs(15)
-        && quiet.elapsed() < Duration::from_secs(1)
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = live.load(Ordering::Relaxed);
-        if now != last {
-            last = now;
-            quiet = Instant::now();
-        }
-    }
-    let cpu = cpu.json();
+    let m = measure(go, &mut report_rx, total_senders, duration, &live, t.pid).await;
     stop.cancel();
     let mut stats: Vec<(usize, MemberStats)> = Vec::new();
     while let Some(r) = readers.join_next().await {
@@ -252,26 +221,30 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
         stats,
         Totals {
             rate,
-            sent,
-            send_s,
-            measure_start,
+            sent: m.sent,
+            send_s: m.send_s,
+            measure_start: m.start_ns,
             connect_s,
             login_s,
             accounts: accounts.len(),
-            cpu,
+            cpu: m.cpu,
         },
     ))
 }
 
-struct MemberCtx {
-    idx: usize,
-    raw: bool,
-    senders: usize,
-    stop: CancellationToken,
-    live: Arc<AtomicU64>,
+pub(crate) struct MemberCtx {
+    pub(crate) idx: usize,
+    pub(crate) raw: bool,
+    pub(crate) senders: usize,
+    pub(crate) stop: CancellationToken,
+    pub(crate) live: Arc<AtomicU64>,
 }
 
-async fn run_member(mut ws: Ws, c: MemberCtx, plan: Option<SendCfg>) -> (usize, MemberStats) {
+pub(crate) async fn run_member(
+    mut ws: Ws,
+    c: MemberCtx,
+    plan: Option<SendCfg>,
+) -> (usize, MemberStats) {
     let MemberCtx {
         idx,
         raw,

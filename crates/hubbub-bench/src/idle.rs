@@ -1,6 +1,8 @@
 //! `idle`: open N connections, keep them reading (so join chatter never
 //! fills a session queue), and report the server's VmRSS per connection and
 //! the connect rate (upgrade with a ready token + welcome + history, per second).
+//! With `--rooms-per-conn K` each is one `multi=1` connection subscribed to K
+//! rooms of `--rooms` (a connect then includes the K subscribes and histories).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,8 +40,12 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let rss_before = t.pid.and_then(net::rss_kib);
+    let shape = match args.rooms_per_conn {
+        Some(k) => format!("multi=1, each in {k} of {} rooms", args.rooms.max(k)),
+        None => format!("{room_size} per room"),
+    };
     eprintln!(
-        "{} accounts in {login_s:.1}s; opening {n} connections ({room_size} per room), server RSS before {:?} KiB",
+        "{} accounts in {login_s:.1}s; opening {n} connections ({shape}), server RSS before {:?} KiB",
         accounts.len(),
         rss_before
     );
@@ -62,6 +68,8 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
         "failed": failed,
         "first_error": first_err,
         "room_size": room_size,
+        "rooms_per_conn": args.rooms_per_conn,
+        "room_pool": args.rooms_per_conn.map(|k| args.rooms.max(k)),
         "accounts": accounts.len(),
         "login_s": round3(login_s),
         "logins_per_sec": if login_s > 0.0 { round3(accounts.len() as f64 / login_s) } else { 0.0 },
@@ -98,9 +106,17 @@ async fn open(
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut connects = JoinSet::new();
     let start = Instant::now();
+    let name = |r: usize| format!("idle{:x}-{r}", run & 0xff_ffff);
     for i in range {
-        let room = format!("idle{:x}-{}", run & 0xff_ffff, i / room_size);
-        let path = t.ws_path(&room);
+        let path = t.ws_path(&name(i / room_size));
+        // --rooms-per-conn K: one multi=1 connection in K rooms of the pool.
+        let multi: Option<Vec<String>> = args.rooms_per_conn.map(|k| {
+            let pool = args.rooms.max(k);
+            crate::multi::rooms_of(i, k, pool)
+                .into_iter()
+                .map(name)
+                .collect()
+        });
         let account = accounts.get(i / spu).cloned();
         let (ep, raw, rb, sem, stop) = (
             t.ep.clone(),
@@ -112,7 +128,12 @@ async fn open(
         connects.spawn(async move {
             let permit = sem.acquire_owned().await?;
             let t0 = Instant::now();
-            let ws = net::join(&ep, raw, &path, account.as_ref(), rb).await?;
+            let ws = match &multi {
+                Some(rooms) => {
+                    crate::multi::join_multi(&ep, "", account.as_ref(), rb, rooms).await?
+                }
+                None => net::join(&ep, raw, &path, account.as_ref(), rb).await?,
+            };
             let took = t0.elapsed();
             drop(permit);
             // Keep reading (and answering pings) until the end; discard everything.

@@ -14,6 +14,7 @@ mod fuzz;
 mod hidden;
 mod history;
 mod idle;
+mod multi;
 mod net;
 mod sender;
 mod stats;
@@ -47,6 +48,9 @@ pub enum Scenario {
     Cluster,
     /// Fill one room to M messages in steps: server RSS and data-dir size per step.
     Fill,
+    /// N users, each ONE multi-room connection in K of R rooms, a sender per
+    /// room at a total rate R: deliveries/s, loss, evictions, latency, CPU.
+    MultiRooms,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -105,9 +109,14 @@ pub struct Args {
     /// Content bytes per message.
     #[arg(long, short = 'b', default_value_t = 100)]
     pub size: usize,
-    /// Rooms (rooms scenario).
+    /// Rooms (rooms scenario; the pool of multi-rooms and idle --rooms-per-conn).
     #[arg(long, default_value_t = 100)]
     pub rooms: usize,
+    /// Multi-room connections (`multi=1`) subscribed to K rooms each out of
+    /// `--rooms` (idle: off = one single-room connection per room slot;
+    /// multi-rooms default 10).
+    #[arg(long)]
+    pub rooms_per_conn: Option<usize>,
     /// Members per room (rooms scenario default 10, idle default 100).
     #[arg(long)]
     pub room_size: Option<usize>,
@@ -238,6 +247,7 @@ async fn run(args: Args, nofile: u64) -> anyhow::Result<()> {
         Scenario::HistoryHidden => hidden::run(&args, &target).await,
         Scenario::Fuzz => fuzz::run(&args, &target).await,
         Scenario::Fill => fill::run(&args, &target).await,
+        Scenario::MultiRooms => multi::run(&args, &target).await,
         Scenario::Cluster => Err(anyhow::anyhow!("cluster runs start their own nodes")),
     };
     let server_rss_kib = target.pid.and_then(net::rss_kib);
@@ -260,7 +270,7 @@ fn finish(
         // fanout and rooms receivers ask hubbub for batch=1 unless --no-batch.
         "batch": !args.raw
             && !args.no_batch
-            && matches!(args.scenario, Scenario::Fanout | Scenario::Rooms),
+            && matches!(args.scenario, Scenario::Fanout | Scenario::Rooms | Scenario::MultiRooms),
         "spawned": args.spawn,
         "label": args.label,
         "nofile_limit": nofile,

@@ -1,5 +1,6 @@
 //! A fan-out sender's pacing and frames, and the stamp receivers read back.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
@@ -9,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::net::Ws;
+use crate::net::{self, Ws};
 use crate::stats::{now_ns, padded};
 
 /// The `t=<ns> s=<sender>` stamp at the start of the content. In a chat
@@ -124,6 +125,61 @@ impl Sending {
             self.seq += 1;
         }
         ws.flush().await
+    }
+}
+
+/// What the sending stretch measured.
+pub(crate) struct Measured {
+    pub(crate) sent: u64,
+    pub(crate) send_s: f64,
+    pub(crate) start_ns: u64,
+    pub(crate) cpu: serde_json::Value,
+}
+
+/// Starts the senders (`go`), waits for each to report its count (or for
+/// its connection to end), then drains until nothing arrives for a second
+/// (at most 15 s). The server's CPU is metered over send and drain.
+pub(crate) async fn measure(
+    go: CancellationToken,
+    report_rx: &mut tokio::sync::mpsc::UnboundedReceiver<u64>,
+    total_senders: usize,
+    duration: Duration,
+    live: &AtomicU64,
+    pid: Option<u32>,
+) -> Measured {
+    let start_ns = now_ns();
+    let cpu = net::CpuMeter::start(pid);
+    go.cancel();
+    let (mut sent, mut reports) = (0u64, 0usize);
+    let deadline = tokio::time::Instant::now() + duration + Duration::from_secs(30);
+    while reports < total_senders {
+        match tokio::time::timeout_at(deadline, report_rx.recv()).await {
+            Ok(Some(n)) => {
+                sent += n;
+                reports += 1;
+            }
+            _ => break,
+        }
+    }
+    let send_s = (now_ns() - start_ns) as f64 / 1e9;
+    let drain_start = Instant::now();
+    let mut last = live.load(Ordering::Relaxed);
+    let mut quiet = Instant::now();
+    while drain_start.elapsed() < Duration::from_secs(15)
+        && quiet.elapsed() < Duration::from_secs(1)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = live.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            quiet = Instant::now();
+        }
+    }
+    Measured {
+        sent,
+        send_s,
+        start_ns,
+        cpu: cpu.json(),
     }
 }
 
