@@ -64,6 +64,7 @@ fn post(room: &str, n: u64, to: Option<&str>) -> StorageCmd {
             action: false,
             ts_ms: n,
             cursor: Cursor { ms: n, seq: 0 },
+            mentions: Vec::new(),
         }),
         Instant::now(),
     )

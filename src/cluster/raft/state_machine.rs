@@ -161,6 +161,7 @@ impl StateMachine {
                             action: p.action,
                             ts_ms: cursor.ms,
                             cursor,
+                            mentions: Vec::new(),
                         }),
                         at,
                     ));

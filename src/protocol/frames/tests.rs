@@ -142,6 +142,7 @@ fn a_frame_clone_shares_its_bytes() {
         action: false,
         ts_ms: 0,
         cursor: Cursor::ZERO,
+        mentions: Vec::new(),
     });
     let g = f.clone();
     assert_eq!(f.as_str().as_ptr(), g.as_str().as_ptr());
@@ -173,6 +174,7 @@ fn no_frame_kind_ever_holds_a_raw_newline() {
         action: true,
         ts_ms: 0,
         cursor: Cursor::ZERO,
+        mentions: Vec::new(),
     };
     let msgs = vec![(std::sync::Arc::new(m.clone()), Some(Status::Seen))];
     let id = m.id;
