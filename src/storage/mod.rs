@@ -32,6 +32,8 @@ mod ids;
 mod queue;
 mod raft_log;
 mod reads;
+#[cfg(test)]
+mod reads_tests;
 mod replicated;
 mod snapshot;
 #[cfg(test)]

@@ -131,7 +131,12 @@ impl Store {
     /// Moves `user`'s read position in `room` to `cursor` if that is forward;
     /// returns whether it moved. Atomic (compare-and-swap), so two sessions
     /// moving it at once cannot move it back. Not flushed here.
-    pub fn move_read(&self, user: &Username, room: &RoomName, cursor: Cursor) -> Result<bool> {
+    pub(super) fn move_read(
+        &self,
+        user: &Username,
+        room: &RoomName,
+        cursor: Cursor,
+    ) -> Result<bool> {
         let mut moved = false;
         self.inner
             .user_rooms
@@ -148,7 +153,7 @@ impl Store {
     }
 
     /// `user`'s state in one room: positions and counts.
-    pub fn room_read(&self, user: &Username, room: &RoomName) -> Result<RoomRead> {
+    pub(super) fn room_read(&self, user: &Username, room: &RoomName) -> Result<RoomRead> {
         let read = self
             .inner
             .user_rooms
@@ -159,7 +164,7 @@ impl Store {
 
     /// Every room in `user`'s list with its state: newest activity first,
     /// rooms without messages last, then by name.
-    pub fn rooms_of(&self, user: &Username) -> Result<Vec<RoomRead>> {
+    pub(super) fn rooms_of(&self, user: &Username) -> Result<Vec<RoomRead>> {
         let mut prefix = user.as_str().as_bytes().to_vec();
         prefix.push(0);
         let mut out = Vec::new();
