@@ -33,11 +33,13 @@ const NOT_IN_PROTOCOL: [&str; 6] = [
 
 /// The storage functions `session` and `http` may call, by receiver name
 /// (`…store.f(` on a `Store`, `…storage.f(` on a `StorageHandle`).
-const STORE_FNS: [&str; 4] = [
+const STORE_FNS: [&str; 6] = [
     "fetch_history",
     "classify_id",
     "remember_member",
     "was_member",
+    "mark_read",
+    "room_list",
 ];
 const STORAGE_FNS: [&str; 3] = ["ack", "health", "depth"];
 

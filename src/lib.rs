@@ -62,7 +62,8 @@
 //! - `session` and `http` reach storage only through these functions:
 //!   `Store::fetch_history` (the one history read: join, the `history` frame,
 //!   HTTP), `Store::classify_id` (the message-id rule), `Store::remember_member`,
-//!   `Store::was_member`, `StorageHandle::ack`, `StorageHandle::health`,
+//!   `Store::was_member`, `Store::mark_read` and `Store::room_list` (read
+//!   positions and the room list), `StorageHandle::ack`, `StorageHandle::health`,
 //!   `StorageHandle::depth`.
 //!
 //! The protocol client (`hubbub-client`) and the load generator

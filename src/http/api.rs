@@ -251,6 +251,45 @@ pub async fn history(
     }
 }
 
+/// One room of `GET /api/rooms`.
+#[derive(Serialize)]
+struct RoomEntry {
+    room: String,
+    last_cursor: Option<String>,
+    read_cursor: Option<String>,
+    unread: usize,
+    mentions: usize,
+}
+
+/// `GET /api/rooms`: the rooms the caller joined, newest activity first,
+/// with their read positions and unread and mention counts (capped at
+/// `COUNT_CAP`: 100 means "100 or more").
+pub async fn rooms(state: AppState, headers: HeaderMap) -> Response {
+    let who = match identify(&state, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if state.sessions.storage.health().state() == StorageState::Failed {
+        return reply::error(ErrorCode::Unavailable, "storage failed; retry later");
+    }
+    match state.store.room_list(who.username).await {
+        Ok(list) => {
+            let rooms: Vec<RoomEntry> = list
+                .into_iter()
+                .map(|r| RoomEntry {
+                    room: r.room.to_string(),
+                    last_cursor: r.last_cursor.map(|c| c.to_string()),
+                    read_cursor: r.read_cursor.map(|c| c.to_string()),
+                    unread: r.unread,
+                    mentions: r.mentions,
+                })
+                .collect();
+            reply::json(StatusCode::OK, &serde_json::json!({ "rooms": rooms }))
+        }
+        Err(e) => reply::internal(&e),
+    }
+}
+
 /// `/api/admin/*` needs `Authorization: Bearer <--admin-token>`; without a
 /// configured token the routes do not exist (404).
 pub(super) fn admin_ok(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {

@@ -158,6 +158,11 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(s())
         .and(headers())
         .then(api::history);
+    let rooms = warp::path!("api" / "rooms")
+        .and(get())
+        .and(s())
+        .and(headers())
+        .then(api::rooms);
     // Only GET: a HEAD cannot upgrade.
     let ws = warp::path!("ws")
         .and(warp::get())
@@ -233,6 +238,8 @@ fn inner_routes(state: AppState) -> BoxedFilter<(Response,)> {
         .or(me)
         .unify()
         .or(history)
+        .unify()
+        .or(rooms)
         .unify()
         .or(ws)
         .unify()

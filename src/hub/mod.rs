@@ -168,6 +168,18 @@ impl HubHandle {
         self.send(HubCmd::Event(Event::Peers(p))).await
     }
 
+    /// One frame to every connection of `user` on this node, once per
+    /// connection (a user's sessions are all on their home node).
+    pub async fn to_user(
+        &self,
+        user: Username,
+        frame: Frame,
+        kind: crate::metrics::Out,
+    ) -> Result<(), InternalError> {
+        self.send(HubCmd::Event(Event::ToUser { user, frame, kind }))
+            .await
+    }
+
     /// The room's presence, to this session only.
     pub async fn who(&self, session: Uuid) -> Result<(), InternalError> {
         self.send(HubCmd::Event(Event::Who { session })).await

@@ -44,6 +44,8 @@ label_enum! {
         Typing => "typing",
         Presence => "presence",
         System => "system",
+        /// A read position moved (to every connection of the user).
+        Read => "read",
         Error => "error",
     }
 }
@@ -59,6 +61,8 @@ label_enum! {
         /// Multi-room connections: join and leave a room.
         Subscribe => "subscribe",
         Unsubscribe => "unsubscribe",
+        /// A read position moving forward.
+        Read => "read",
         /// Text that does not parse as a client frame.
         Invalid => "invalid",
         /// A binary message (closed with 1003).

@@ -99,9 +99,52 @@ pub struct StoredMsg {
     pub action: bool,
     pub ts_ms: u64,
     pub cursor: Cursor,
+    /// Room members this chat message mentions (`@name`), checked at the
+    /// edge; empty for a private message. The last field: a record stored
+    /// before it existed ends after `cursor`, and storage decodes it as
+    /// [`StoredMsgV1`].
+    pub mentions: Vec<Username>,
+}
+
+/// A message as stored before mentions: how records written by earlier
+/// versions decode (bincode has no field names, so a record ends where its
+/// fields end).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredMsgV1 {
+    pub id: Uuid,
+    pub kind: MsgKind,
+    pub room: RoomName,
+    pub sender: Username,
+    pub target: Option<Username>,
+    pub content: String,
+    pub action: bool,
+    pub ts_ms: u64,
+    pub cursor: Cursor,
+}
+
+impl From<StoredMsgV1> for StoredMsg {
+    fn from(m: StoredMsgV1) -> Self {
+        StoredMsg {
+            id: m.id,
+            kind: m.kind,
+            room: m.room,
+            sender: m.sender,
+            target: m.target,
+            content: m.content,
+            action: m.action,
+            ts_ms: m.ts_ms,
+            cursor: m.cursor,
+            mentions: Vec::new(),
+        }
+    }
 }
 
 impl StoredMsg {
+    /// Whether this message mentions `user`.
+    pub fn mentions(&self, user: &Username) -> bool {
+        self.mentions.iter().any(|m| m == user)
+    }
+
     /// Privacy rule shared by live delivery and every history query.
     pub fn visible_to(&self, user: &Username) -> bool {
         match self.kind {

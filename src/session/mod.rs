@@ -6,6 +6,7 @@
 
 pub mod commands;
 mod linger;
+pub mod mentions;
 mod reader;
 mod subs;
 mod writer;

@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use uuid::Uuid;
 
 use super::commands::{self, Command};
+use super::mentions;
 use super::subs::Subs;
 use super::{JoinRequest, SessionCtx};
 use crate::hub::NewMsg;
@@ -21,7 +22,8 @@ use crate::protocol::frames::{
     encode_saved, encode_unavailable, parse_client_frame,
 };
 use crate::protocol::{
-    ClientMsg, CloseCode, Frame, FrameError, MsgKind, PageDir, RoomName, ServerMsg, time::now_ms,
+    ClientMsg, CloseCode, Cursor, Frame, FrameError, MsgKind, PageDir, RoomName, ServerMsg,
+    Username, time::now_ms,
 };
 use crate::storage::{HistoryQuery, IdUse, Refused, StorageState, Want};
 
@@ -136,6 +138,7 @@ where
                         ClientMsg::History { .. } => In::History,
                         ClientMsg::Subscribe { .. } => In::Subscribe,
                         ClientMsg::Unsubscribe { .. } => In::Unsubscribe,
+                        ClientMsg::Read { .. } => In::Read,
                     },
                 );
                 // Boxed: a command's state (history read, storage lookups,
@@ -259,6 +262,7 @@ impl Reader<'_> {
                 }
             }
             ClientMsg::History { dir, limit, req } => self.history(dir, limit, req).await,
+            ClientMsg::Read { cursor } => self.read(cursor).await,
             // A multi-room connection's `subs` takes these before they get here.
             ClientMsg::Subscribe { .. } | ClientMsg::Unsubscribe { .. } => self.error(
                 ErrorCode::BadRequest,
@@ -336,6 +340,10 @@ impl Reader<'_> {
             Some(t) => self.ctx.store.was_member(room, t).unwrap_or(false),
             None => false,
         };
+        let mentions = match kind {
+            MsgKind::Chat => self.mentions(&content),
+            MsgKind::Private => Vec::new(),
+        };
         let msg = NewMsg {
             id,
             kind,
@@ -343,9 +351,51 @@ impl Reader<'_> {
             content,
             action,
             target_known,
+            mentions,
         };
         // The hub is gone only during shutdown; the session is about to close.
         let _ = self.ctx.hub.post(self.session, msg).await;
+    }
+
+    /// The room members `content` mentions, the sender left out: one member
+    /// lookup per candidate (at most `MAX_MENTIONS`). A failed lookup makes
+    /// that name plain text: a mention is not worth refusing a message over.
+    fn mentions(&self, content: &str) -> Vec<Username> {
+        let me = &self.req.identity.username;
+        mentions::candidates(content)
+            .into_iter()
+            .filter(|u| u != me && self.ctx.store.was_member(self.room, u).unwrap_or(false))
+            .collect()
+    }
+
+    /// A `read` frame: the position moves forward only; a move reaches every
+    /// connection of the user as a `read` frame with the counts after it.
+    async fn read(&self, cursor: Cursor) {
+        let user = self.req.identity.username.clone();
+        let ctx = self.ctx;
+        match ctx
+            .store
+            .mark_read(user.clone(), self.room.clone(), cursor)
+            .await
+        {
+            // At or before the current position: ignored, like a receipt that does not move.
+            Ok(None) => {}
+            Ok(Some(r)) => {
+                let f = encode(&ServerMsg::Read {
+                    room: r.room.as_str(),
+                    cursor: cursor.to_string(),
+                    unread: r.unread,
+                    mentions: r.mentions,
+                });
+                // The hub is gone only during shutdown; the session is about to close.
+                let _ = ctx.hub.to_user(user, f, Out::Read).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "read position update failed");
+                let f = encode_unavailable("storage error; retry", None, READ_RETRY_MS);
+                self.fail(ErrorCode::Unavailable, f);
+            }
+        }
     }
 
     async fn history(&self, dir: PageDir, limit: usize, req: Option<String>) {

@@ -11,7 +11,7 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use super::{Record, Result, Store, log_key};
+use super::{Result, Store, log_key};
 use crate::metrics::Metrics;
 use crate::protocol::{Cursor, PageDir, RoomName, Status, StoredMsg, Username};
 
@@ -222,7 +222,7 @@ impl Store {
                 let Some(v) = self.inner.log.get(&key)? else {
                     continue;
                 };
-                let Some(m) = self.decode_or_skip::<StoredMsg>(Record::Message, &key, &v) else {
+                let Some(m) = self.decode_msg_or_skip(&key, &v) else {
                     continue;
                 };
                 if visible(&m) {
@@ -254,7 +254,7 @@ impl Store {
 /// Merges two cursor streams sorted in the page's direction into one, without
 /// duplicates (a message is either public or private, so a cursor in both
 /// would be an index fault, not two messages).
-fn merge_cursors(
+pub(super) fn merge_cursors(
     a: impl Iterator<Item = Result<Cursor>>,
     b: impl Iterator<Item = Result<Cursor>>,
     backward: bool,
@@ -305,6 +305,7 @@ mod resume_tests {
                 action: false,
                 ts_ms: 7,
                 cursor: Cursor { ms: 7, seq },
+                mentions: Vec::new(),
             }),
             Instant::now(),
         )

@@ -10,6 +10,11 @@
 //! - `msgid_status`: message id → highest status any recipient reached (u8).
 //! - `msgid_username_status`: message id ++ username → that recipient's status (u8).
 //! - `roomname_username_unit`: room `\0` username → () for every user who ever joined the room.
+//! - `username_roomname_cursor`: username `\0` room → the user's read position (16 bytes, or
+//!   empty: nothing read) for every room they joined: the room list of `GET /api/rooms` (see
+//!   `reads.rs`). Node-local in cluster mode (not in the log's snapshots).
+//! - In `roomname_cursor_msg`, apart from the log and view ranges, the mention index: `0x02`
+//!   room `\0` username `\0` cursor → () per user a chat message mentions (see `views.rs`).
 //! - `username_user`, `tokenhash_refresh`, `familyid_revoked` (value: revocation time, ms,
 //!   big-endian u64): accounts (see `accounts.rs`).
 //! - `raftindex_entry`, `raftmeta_value`: the replicated log's entries and vote, cluster mode
@@ -26,6 +31,9 @@ mod history;
 mod ids;
 mod queue;
 mod raft_log;
+mod reads;
+#[cfg(test)]
+mod reads_tests;
 mod replicated;
 mod snapshot;
 #[cfg(test)]
@@ -51,11 +59,13 @@ pub use queue::{
     StorageHandle,
 };
 pub use raft_log::{RaftLog, RaftMeta};
+pub use reads::{COUNT_CAP, RoomRead};
 pub use snapshot::Exported;
 pub use writer::{StorageTask, StorageWriterConfig};
 
 use crate::error::{InternalError, StorageFault, StorageFaultKind};
-use crate::protocol::{Cursor, MsgKind, RoomName, Status, Username};
+use crate::protocol::message::StoredMsgV1;
+use crate::protocol::{Cursor, MsgKind, RoomName, Status, StoredMsg, Username};
 
 pub type Result<T> = std::result::Result<T, InternalError>;
 
@@ -107,6 +117,8 @@ struct Inner {
     msgid_status: sled::Tree,
     msgid_username_status: sled::Tree,
     room_members: sled::Tree,
+    /// user `\0` room → read position (see `reads.rs`).
+    user_rooms: sled::Tree,
     users: sled::Tree,
     refresh: sled::Tree,
     families: sled::Tree,
@@ -156,6 +168,13 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T> {
     Ok(bincode::serde::decode_from_slice(b, BINCODE.with_limit::<{ 1 << 20 }>())?.0)
 }
 
+/// A log record: the current layout, or one written before `mentions`
+/// (bincode stores no field names: such a record simply ends after `cursor`,
+/// so the current layout runs out of bytes on it and the old one fits).
+fn decode_msg(b: &[u8]) -> Result<StoredMsg> {
+    decode::<StoredMsg>(b).or_else(|e| decode::<StoredMsgV1>(b).map(StoredMsg::from).map_err(|_| e))
+}
+
 /// The counter fails to build only for an invalid name or label, and these
 /// are constants, and every `Store::open` (the storage unit tests open several) builds it.
 #[allow(clippy::panic)]
@@ -200,6 +219,7 @@ const MSGID_MSGREF: &str = "msgid_msgref";
 const MSGID_STATUS: &str = "msgid_status";
 const MSGID_USERNAME_STATUS: &str = "msgid_username_status";
 const ROOM_MEMBERS: &str = "roomname_username_unit";
+const USER_ROOMS: &str = "username_roomname_cursor";
 const USERS: &str = "username_user";
 const REFRESH: &str = "tokenhash_refresh";
 const FAMILIES: &str = "familyid_revoked";
@@ -228,6 +248,7 @@ impl Store {
             msgid_status: db.open_tree(MSGID_STATUS)?,
             msgid_username_status: db.open_tree(MSGID_USERNAME_STATUS)?,
             room_members: db.open_tree(ROOM_MEMBERS)?,
+            user_rooms: db.open_tree(USER_ROOMS)?,
             users: db.open_tree(USERS)?,
             refresh: db.open_tree(REFRESH)?,
             families: db.open_tree(FAMILIES)?,
@@ -250,6 +271,7 @@ impl Store {
             inner: Arc::new(inner),
         };
         store.catch_up_views()?;
+        store.catch_up_room_lists()?;
         Ok(store)
     }
 
@@ -261,7 +283,16 @@ impl Store {
     /// Decodes one record, or counts and skips it: one bad record must not
     /// fail every read of its room (or of the user list).
     fn decode_or_skip<T: DeserializeOwned>(&self, what: Record, key: &[u8], b: &[u8]) -> Option<T> {
-        match decode(b) {
+        self.or_skip(what, key, decode(b))
+    }
+
+    /// [`decode_or_skip`](Self::decode_or_skip) for a log record, old layout or new.
+    fn decode_msg_or_skip(&self, key: &[u8], b: &[u8]) -> Option<StoredMsg> {
+        self.or_skip(Record::Message, key, decode_msg(b))
+    }
+
+    fn or_skip<T>(&self, what: Record, key: &[u8], decoded: Result<T>) -> Option<T> {
+        match decoded {
             Ok(v) => Some(v),
             Err(e) => {
                 self.inner
@@ -354,13 +385,14 @@ impl Store {
             .transpose()
     }
 
-    /// Records that `user` joined `room` (a private message may then reach them).
+    /// Records that `user` joined `room` (a private message may then reach
+    /// them, a mention counts, the room is in their room list).
     /// Not flushed here: the next group commit carries it.
     pub fn remember_member(&self, room: &RoomName, user: &Username) -> Result<()> {
         self.inner
             .room_members
             .insert(member_key(room, user), &[])?;
-        Ok(())
+        self.list_room(user, room)
     }
 
     pub fn was_member(&self, room: &RoomName, user: &Username) -> Result<bool> {

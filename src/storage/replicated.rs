@@ -66,6 +66,7 @@ mod tests {
                 action: false,
                 ts_ms: 7,
                 cursor,
+                mentions: Vec::new(),
             }),
             Instant::now(),
         )

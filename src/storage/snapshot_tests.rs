@@ -38,6 +38,8 @@ fn dump(store: &Store) -> Dump {
 /// What travels: everything but the log's entries and its own meta values.
 fn replicated(mut d: Dump) -> Dump {
     d.remove("raftindex_entry");
+    // Read positions are node-local (the home node's), like the log.
+    d.remove(crate::storage::USER_ROOMS);
     if let Some(meta) = d.get_mut("raftmeta_value") {
         meta.retain(|(k, _)| k == RaftMeta::StateMachine.key());
     }
@@ -64,6 +66,7 @@ fn post(room: &str, n: u64, to: Option<&str>) -> StorageCmd {
             action: false,
             ts_ms: n,
             cursor: Cursor { ms: n, seq: 0 },
+            mentions: Vec::new(),
         }),
         Instant::now(),
     )
@@ -156,6 +159,7 @@ async fn every_replicated_tree_round_trips_and_the_log_stays_its_own() {
     // The target has other state of its own: all of it is replaced.
     let dst = filled(&d.path().join("b"), &["other"], 5).await;
     let own_log = dump(&dst)["raftindex_entry"].clone();
+    let own_reads = dump(&dst).get(crate::storage::USER_ROOMS).cloned();
     let header = dst.import_replicated(&file).unwrap();
     assert_eq!(header, b"header");
 
@@ -175,6 +179,11 @@ async fn every_replicated_tree_round_trips_and_the_log_stays_its_own() {
     assert_eq!(replicated(dump(&dst)), want);
     let after = dump(&dst);
     assert_eq!(after["raftindex_entry"], own_log, "the log is not replaced");
+    assert_eq!(
+        after.get(crate::storage::USER_ROOMS).cloned(),
+        own_reads,
+        "nor read positions"
+    );
     let vote = dst.raft_log().unwrap().meta(RaftMeta::Vote).unwrap();
     assert_eq!(vote.as_deref(), Some(&b"vote"[..]), "the vote stays");
 

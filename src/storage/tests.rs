@@ -31,6 +31,7 @@ fn msg(room: &RoomName, n: u64, from: &str, to: Option<&str>) -> StoredMsg {
         action: false,
         ts_ms: n,
         cursor: Cursor { ms: n, seq: 0 },
+        mentions: Vec::new(),
     }
 }
 

@@ -18,8 +18,8 @@
 
 use std::ops::Bound;
 
-use super::{Record, Result, Store, log_key};
-use crate::protocol::{Cursor, MsgKind, RoomName, StoredMsg};
+use super::{Result, Store, log_key};
+use crate::protocol::{Cursor, MsgKind, RoomName, StoredMsg, Username};
 
 /// The first byte of every view key. Room names start with a lowercase letter
 /// or digit, so the view keys are one range of the log tree apart from every
@@ -29,6 +29,53 @@ const VIEW_SPACE: u8 = 0x01;
 /// Index keys written per batch while catching up: bounds the memory of a
 /// one-time index build over a large log.
 const CATCH_UP_BATCH: usize = 10_000;
+
+/// The first byte of every mention key: `0x02` room `\0` user `\0` cursor →
+/// (), one per user a chat message mentions (`StoredMsg::mentions`). Apart
+/// from the view keys and every room's log range, like them; written in the
+/// same batch as the message. Records from before mentions have none, and
+/// need none.
+const MENTION_SPACE: u8 = 0x02;
+
+fn mention_key(room: &RoomName, user: &Username, cursor: Option<Cursor>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(room.as_str().len() + user.as_str().len() + 19);
+    k.push(MENTION_SPACE);
+    k.extend_from_slice(room.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(user.as_str().as_bytes());
+    k.push(0);
+    if let Some(c) = cursor {
+        k.extend_from_slice(&c.to_key());
+    }
+    k
+}
+
+/// The cursors of `room`'s messages that mention `user`, after `after`, oldest first.
+pub(super) fn mention_cursors<'a>(
+    store: &'a Store,
+    room: &RoomName,
+    user: &Username,
+    after: Bound<Cursor>,
+) -> impl Iterator<Item = Result<Cursor>> + 'a {
+    let lo = match after {
+        Bound::Excluded(c) => Bound::Excluded(mention_key(room, user, Some(c))),
+        Bound::Included(c) => Bound::Included(mention_key(room, user, Some(c))),
+        Bound::Unbounded => Bound::Included(mention_key(room, user, None)),
+    };
+    let hi = Bound::Included(mention_key(room, user, Some(Cursor::MAX)));
+    store
+        .inner
+        .log
+        .range::<Vec<u8>, _>((lo, hi))
+        .filter_map(|kv| match kv {
+            Ok((k, _)) => k
+                .len()
+                .checked_sub(16)
+                .and_then(|at| Cursor::from_key(&k[at..]))
+                .map(Ok),
+            Err(e) => Some(Err(e.into())),
+        })
+}
 
 fn view_prefix(room: &RoomName, viewer: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(room.as_str().len() + viewer.len() + 19);
@@ -48,10 +95,16 @@ fn view_key(room: &RoomName, viewer: &str, cursor: Cursor) -> Vec<u8> {
 
 /// The view keys of one message: one for a chat message, one per distinct
 /// party (sender, target) for a private one. The first is the one
-/// `catch_up_views` checks.
+/// `catch_up_views` checks. A chat message's mention keys follow.
 pub(super) fn view_keys(m: &StoredMsg) -> Vec<Vec<u8>> {
     match m.kind {
-        MsgKind::Chat => vec![view_key(&m.room, "", m.cursor)],
+        MsgKind::Chat => std::iter::once(view_key(&m.room, "", m.cursor))
+            .chain(
+                m.mentions
+                    .iter()
+                    .map(|u| mention_key(&m.room, u, Some(m.cursor))),
+            )
+            .collect(),
         MsgKind::Private => {
             let mut keys = vec![view_key(&m.room, m.sender.as_str(), m.cursor)];
             if let Some(t) = m.target.as_ref().filter(|t| **t != m.sender) {
@@ -121,7 +174,7 @@ impl Store {
                 .range::<Vec<u8>, _>((from, Bound::Included(log_key(room, Cursor::MAX))));
             for kv in range {
                 let (k, v) = kv?;
-                let Some(m) = self.decode_or_skip::<StoredMsg>(Record::Message, &k, &v) else {
+                let Some(m) = self.decode_msg_or_skip(&k, &v) else {
                     continue;
                 };
                 for key in view_keys(&m) {
@@ -158,7 +211,7 @@ impl Store {
         for kv in range.rev() {
             let (k, v) = kv?;
             // Not counted here: the forward pass counts and logs bad records.
-            let Ok(m) = super::decode::<StoredMsg>(&v) else {
+            let Ok(m) = super::decode_msg(&v) else {
                 continue;
             };
             if let Some(first) = view_keys(&m).first()

@@ -66,6 +66,7 @@ fn append(cursor: &mut Cursor) -> (Uuid, StorageCmd) {
         action: false,
         ts_ms: cursor.ms,
         cursor: *cursor,
+        mentions: Vec::new(),
     };
     (id, StorageCmd::Append(Arc::new(m), Instant::now()))
 }

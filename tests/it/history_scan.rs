@@ -28,6 +28,7 @@ fn stored(room: &str, n: u64, from: &str, to: Option<&str>, content: String) -> 
         action: false,
         ts_ms: now_ms(),
         cursor: Cursor { ms: n, seq: 0 },
+        mentions: Vec::new(),
     }
 }
 

@@ -51,3 +51,4 @@ mod security_small;
 mod security_tls;
 mod sessions;
 mod storage_full;
+mod unread;

@@ -167,6 +167,9 @@ fn valid_msg() -> impl Strategy<Value = ClientMsg> {
             .prop_map(|(ids, status)| ClientMsg::Ack { ids, status }),
         (page_dir(), 1..=MAX_PAGE, prop::option::of("[ -~]{0,20}"))
             .prop_map(|(dir, limit, req)| ClientMsg::History { dir, limit, req }),
+        any::<(u64, u64)>().prop_map(|(ms, seq)| ClientMsg::Read {
+            cursor: Cursor { ms, seq }
+        }),
     ]
 }
 
@@ -197,6 +200,7 @@ fn to_json(m: &ClientMsg) -> Value {
             json!({"type":"subscribe","room":room.as_str(),"since":since})
         }
         ClientMsg::Unsubscribe { room } => json!({"type":"unsubscribe","room":room.as_str()}),
+        ClientMsg::Read { cursor } => json!({"type":"read","cursor":cursor.to_string()}),
     }
 }
 

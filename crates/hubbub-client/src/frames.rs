@@ -45,6 +45,9 @@ enum Wire<'a> {
     Unsubscribe {
         room: &'a str,
     },
+    Read {
+        cursor: String,
+    },
 }
 
 impl<'a> From<&'a ClientMsg> for Wire<'a> {
@@ -84,6 +87,9 @@ impl<'a> From<&'a ClientMsg> for Wire<'a> {
             },
             ClientMsg::Unsubscribe { room } => Wire::Unsubscribe {
                 room: room.as_str(),
+            },
+            ClientMsg::Read { cursor } => Wire::Read {
+                cursor: cursor.to_string(),
             },
         }
     }
@@ -149,6 +155,10 @@ mod tests {
             },
             ClientMsg::Unsubscribe {
                 room: RoomName::parse("r2").unwrap(),
+            },
+            ClientMsg::Read { cursor: c },
+            ClientMsg::Read {
+                cursor: Cursor::ZERO,
             },
             ClientMsg::Ack {
                 ids: vec![id, Uuid::new_v4()],

@@ -263,6 +263,21 @@ impl WsClient {
         self.send(&ClientMsg::Unsubscribe { room }).await
     }
 
+    /// Moves the read position in `room` forward to `cursor` (a cursor
+    /// string as the server sent it). The server answers every connection
+    /// of the user with a `read` frame, or says nothing when it did not move.
+    /// `room`: `None` on a single-room connection (its room), required on a
+    /// multi-room one.
+    pub async fn read(&mut self, room: Option<&str>, cursor: &str) -> anyhow::Result<()> {
+        let cursor = hubbub::protocol::Cursor::parse(cursor)
+            .with_context(|| format!("invalid cursor {cursor:?}"))?;
+        let msg = ClientMsg::Read { cursor };
+        match room {
+            Some(room) => self.send_in(&msg, room).await,
+            None => self.send(&msg).await,
+        }
+    }
+
     /// Multi-room connections: sends `msg` naming `room`.
     pub async fn send_in(&mut self, msg: &ClientMsg, room: &str) -> anyhow::Result<()> {
         self.send_text(frames::encode_in(msg, room)).await

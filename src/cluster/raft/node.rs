@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::LogStore;
 use super::network::{ForwardError, Network, Shared, forward};
 use super::state_machine::{SmDeps, StateMachine};
-use super::types::{NodeId, NodeInfo, Post, Request, TypeConfig, Write, node_id};
+use super::types::{NodeId, NodeInfo, Request, TypeConfig, Write, node_id};
 use crate::cluster::gossip::{self, NodeState, View};
 use crate::cluster::link::Links;
 use crate::metrics::ClusterMetrics;
@@ -635,15 +635,7 @@ impl Batch {
                     room: m.room.clone(),
                     sender: m.sender.clone(),
                 });
-                Write::Post(Post {
-                    id: m.id,
-                    kind: m.kind,
-                    room: m.room.clone(),
-                    sender: m.sender.clone(),
-                    target: m.target.clone(),
-                    content: m.content.clone(),
-                    action: m.action,
-                })
+                Write::of_msg(&m)
             }
             StorageCmd::Ack(a) => Write::Ack {
                 by: a.by,

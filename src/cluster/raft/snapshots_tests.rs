@@ -30,6 +30,7 @@ fn store_with(path: &Path, room: &str, n: u64, index: u64) -> (Store, Applied) {
                     action: false,
                     ts_ms: k,
                     cursor: Cursor { ms: k, seq: 0 },
+                    mentions: Vec::new(),
                 }),
                 Instant::now(),
             )
@@ -149,6 +150,7 @@ async fn an_install_is_whole_after_a_crash_at_any_step() {
                 action: false,
                 ts_ms: 1,
                 cursor: Cursor { ms: 1, seq: 0 },
+                mentions: Vec::new(),
             }),
             Instant::now(),
         )])

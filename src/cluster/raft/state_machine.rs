@@ -47,7 +47,7 @@ use super::snapshots::{Header, Snapshots};
 use super::types::{NodeId, NodeInfo, Request, TypeConfig, Write, decode, encode};
 use crate::error::InternalError;
 use crate::metrics::ClusterMetrics;
-use crate::protocol::{Cursor, StoredMsg};
+use crate::protocol::Cursor;
 use crate::storage::{
     AccountOp, AccountOutcome, AckCmd, RaftLog, RaftMeta, Spent, StorageCmd, StorageEvent, Store,
 };
@@ -149,21 +149,13 @@ impl StateMachine {
                 }
                 Write::Post(p) => {
                     self.applied.head = self.applied.head.next(req.ts_ms);
-                    let cursor = self.applied.head;
-                    cmds.push(StorageCmd::Append(
-                        Arc::new(StoredMsg {
-                            id: p.id,
-                            kind: p.kind,
-                            room: p.room,
-                            sender: p.sender,
-                            target: p.target,
-                            content: p.content,
-                            action: p.action,
-                            ts_ms: cursor.ms,
-                            cursor,
-                        }),
-                        at,
-                    ));
+                    let m = p.stored(Vec::new(), self.applied.head);
+                    cmds.push(StorageCmd::Append(Arc::new(m), at));
+                }
+                Write::Mentioned { post, mentions } => {
+                    self.applied.head = self.applied.head.next(req.ts_ms);
+                    let m = post.stored(mentions, self.applied.head);
+                    cmds.push(StorageCmd::Append(Arc::new(m), at));
                 }
                 Write::Ack { by, ids, status } => {
                     cmds.push(StorageCmd::Ack(AckCmd { by, ids, status }))

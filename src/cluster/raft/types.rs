@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::protocol::{MsgKind, RoomName, Status, Username};
+use crate::protocol::{Cursor, MsgKind, RoomName, Status, StoredMsg, Username};
 use crate::storage::AccountOp;
 
 openraft::declare_raft_types!(
@@ -71,6 +71,54 @@ pub enum Write {
         op_id: Uuid,
         op: AccountOp,
     },
+    /// A chat message with mentions. A variant of its own, added last, so
+    /// that entries written before it (variants are numbered in order) and
+    /// a `Post` without mentions stay as they were.
+    Mentioned {
+        post: Post,
+        mentions: Vec<Username>,
+    },
+}
+
+impl Write {
+    /// The write that proposes `m` (its cursor and time come from the log).
+    pub fn of_msg(m: &StoredMsg) -> Write {
+        let post = Post {
+            id: m.id,
+            kind: m.kind,
+            room: m.room.clone(),
+            sender: m.sender.clone(),
+            target: m.target.clone(),
+            content: m.content.clone(),
+            action: m.action,
+        };
+        if m.mentions.is_empty() {
+            Write::Post(post)
+        } else {
+            Write::Mentioned {
+                post,
+                mentions: m.mentions.clone(),
+            }
+        }
+    }
+}
+
+impl Post {
+    /// The message as stored, at the cursor the log gave it.
+    pub fn stored(self, mentions: Vec<Username>, cursor: Cursor) -> StoredMsg {
+        StoredMsg {
+            id: self.id,
+            kind: self.kind,
+            room: self.room,
+            sender: self.sender,
+            target: self.target,
+            content: self.content,
+            action: self.action,
+            ts_ms: cursor.ms,
+            cursor,
+            mentions,
+        }
+    }
 }
 
 /// A chat or private message as proposed: the cursor and time come from the log.
@@ -103,6 +151,38 @@ pub fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, bincode::er
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mentions_travel_in_the_log_and_old_entries_still_decode() {
+        let (bob, room) = (
+            Username::parse("bob").unwrap(),
+            RoomName::parse("lobby").unwrap(),
+        );
+        let c = Cursor { ms: 9, seq: 1 };
+        let mut m = Write::Post(Post {
+            id: Uuid::nil(),
+            kind: MsgKind::Chat,
+            room,
+            sender: Username::parse("ann").unwrap(),
+            target: None,
+            content: "hi @bob".into(),
+            action: false,
+        });
+        // An entry as the versions before mentions wrote it: variant 0, a Post.
+        let old = encode(&m).unwrap();
+        assert_eq!(old[0], 0);
+        let Ok(Write::Post(p)) = decode::<Write>(&old) else {
+            panic!("an old entry no longer decodes")
+        };
+        let mut stored = p.stored(vec![bob.clone()], c);
+        m = Write::of_msg(&stored);
+        let Ok(Write::Mentioned { post, mentions }) = decode::<Write>(&encode(&m).unwrap()) else {
+            panic!("mentions lost on the way")
+        };
+        assert_eq!(post.stored(mentions, c), stored);
+        stored.mentions.clear();
+        assert!(matches!(Write::of_msg(&stored), Write::Post(_)));
+    }
 
     #[test]
     fn node_ids_are_stable_and_distinct() {

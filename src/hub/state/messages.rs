@@ -104,6 +104,12 @@ impl HubState {
             action: msg.action,
             ts_ms: if self.replicated { now_ms } else { cursor.ms },
             cursor,
+            // A private message carries none (the session sends none either).
+            mentions: if msg.kind == MsgKind::Chat {
+                msg.mentions
+            } else {
+                Vec::new()
+            },
         });
         self.known.insert(
             msg.id,

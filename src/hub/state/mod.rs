@@ -56,6 +56,8 @@ pub struct NewMsg {
     pub action: bool,
     /// The session found the target in the room's on-disk member list.
     pub target_known: bool,
+    /// Room members the content mentions (chat only; the session checked them).
+    pub mentions: Vec<Username>,
 }
 
 /// What a joining session needs to build its `welcome` and `history`.
@@ -123,6 +125,13 @@ pub enum Event {
     /// What the storage writer reports: messages durable or failed, receipts
     /// that moved forward.
     Storage(StorageEvent),
+    /// One frame to every connection of `user` here, once per connection
+    /// (a multi-room connection gets it once, not once per subscription).
+    ToUser {
+        user: Username,
+        frame: Frame,
+        kind: Out,
+    },
     /// Timers: due presence frames and held-back typing states.
     Tick,
     /// Closes every session with this code.
@@ -338,6 +347,10 @@ impl HubState {
                 by,
                 status,
             }) => self.receipt(id, &room, &sender, &by, status, &mut fx),
+            Event::ToUser { user, frame, kind } => {
+                let to = self.one_per_connection(&user);
+                fx.deliver(to, frame, kind)
+            }
             Event::Tick => fx.next_timer = self.flush_timers(now.at, &mut fx),
             Event::Shutdown(code) => self.close_all(code, &mut fx),
         }
@@ -368,6 +381,21 @@ impl HubState {
             .and_then(|r| r.members.get(user))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// One session of each of `user`'s connections here, oldest first.
+    fn one_per_connection(&self, user: &Username) -> Vec<Uuid> {
+        let mut conns = Vec::new();
+        let mut to = Vec::new();
+        for id in self.by_user.get(user).into_iter().flatten() {
+            if let Some(s) = self.sessions.get(id)
+                && !conns.contains(&s.conn)
+            {
+                conns.push(s.conn);
+                to.push(*id);
+            }
+        }
+        to
     }
 
     /// Every session in `room`.

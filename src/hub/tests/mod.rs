@@ -165,6 +165,7 @@ impl Fixture {
             content: content.into(),
             action: false,
             target_known: false,
+            mentions: Vec::new(),
         };
         let storage = self.admission();
         let fx = self.apply(Event::Post {

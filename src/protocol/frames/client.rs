@@ -57,6 +57,10 @@ pub enum ClientMsg {
     Unsubscribe {
         room: RoomName,
     },
+    /// Moves the user's read position in the room forward to `cursor`.
+    Read {
+        cursor: Cursor,
+    },
 }
 
 /// A parsed frame and the `room` it named, as sent. Only a multi-room
@@ -104,6 +108,7 @@ struct RawFrame {
     /// Any JSON: a single-room connection ignores it whatever it is.
     room: Option<serde_json::Value>,
     since: Option<String>,
+    cursor: Option<String>,
 }
 
 /// Second chance after a failed parse: find the `id` to echo in the error.
@@ -223,6 +228,14 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
             since: raw.since.clone(),
         }),
         Some("unsubscribe") => Ok(ClientMsg::Unsubscribe { room: room()? }),
+        Some("read") => {
+            let c = raw
+                .cursor
+                .as_deref()
+                .ok_or_else(|| bad("missing field `cursor`"))?;
+            let cursor = Cursor::parse(c).ok_or_else(|| bad("invalid cursor"))?;
+            Ok(ClientMsg::Read { cursor })
+        }
         Some(other) => Err(bad(&format!("unknown type {:?}", truncate(other, 32)))),
         None => Err(bad("missing field `type`")),
     }?;

@@ -32,6 +32,9 @@ pub struct WireMsg<'a> {
     cursor: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<&'static str>,
+    /// Absent when empty.
+    #[serde(skip_serializing_if = "<[Username]>::is_empty")]
+    mentions: &'a [Username],
 }
 
 impl<'a> WireMsg<'a> {
@@ -48,6 +51,7 @@ impl<'a> WireMsg<'a> {
             ts: format_ts(m.ts_ms),
             cursor: m.cursor.to_string(),
             status: status.map(Status::as_str),
+            mentions: &m.mentions,
         }
     }
 }
@@ -131,6 +135,13 @@ pub enum ServerMsg<'a> {
     System {
         room: &'a str,
         content: &'a str,
+    },
+    /// The user's read position in `room` moved (to every connection of theirs).
+    Read {
+        room: &'a str,
+        cursor: String,
+        unread: usize,
+        mentions: usize,
     },
     Error {
         code: ErrorCode,

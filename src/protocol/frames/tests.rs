@@ -142,6 +142,7 @@ fn a_frame_clone_shares_its_bytes() {
         action: false,
         ts_ms: 0,
         cursor: Cursor::ZERO,
+        mentions: Vec::new(),
     });
     let g = f.clone();
     assert_eq!(f.as_str().as_ptr(), g.as_str().as_ptr());
@@ -173,6 +174,7 @@ fn no_frame_kind_ever_holds_a_raw_newline() {
         action: true,
         ts_ms: 0,
         cursor: Cursor::ZERO,
+        mentions: Vec::new(),
     };
     let msgs = vec![(std::sync::Arc::new(m.clone()), Some(Status::Seen))];
     let id = m.id;
@@ -261,4 +263,53 @@ fn subscribe_frames_parse_and_keep_room() {
     // A single-room client's `room` of any type is still no error.
     let f = parse_client_frame(r#"{"type":"typing","active":true,"room":5}"#).unwrap();
     assert_eq!(f.room, Some(serde_json::json!(5)));
+}
+
+#[test]
+fn read_frames_parse_and_reject_a_bad_cursor() {
+    let c = Cursor { ms: 7, seq: 2 };
+    assert_eq!(
+        parse_client(&format!(r#"{{"type":"read","room":"b","cursor":"{c}"}}"#)),
+        Ok(ClientMsg::Read { cursor: c })
+    );
+    for bad in [
+        r#"{"type":"read"}"#,
+        r#"{"type":"read","cursor":"zz"}"#,
+        r#"{"type":"read","cursor":7}"#,
+        r#"{"type":"read","cursor":"0000000000000000000000000000000A"}"#,
+    ] {
+        assert_eq!(err(bad).code, ErrorCode::BadRequest, "{bad}");
+    }
+}
+
+#[test]
+fn mentions_show_on_the_wire_only_when_there_are_some() {
+    let mut m = StoredMsg {
+        id: Uuid::parse_str(ID).unwrap(),
+        kind: crate::protocol::MsgKind::Chat,
+        room: crate::protocol::RoomName::parse("r").unwrap(),
+        sender: Username::parse("ann").unwrap(),
+        target: None,
+        content: "hi @bob".into(),
+        action: false,
+        ts_ms: 0,
+        cursor: Cursor::ZERO,
+        mentions: Vec::new(),
+    };
+    let v: serde_json::Value = serde_json::from_str(encode_message(&m).as_str()).unwrap();
+    assert!(v.get("mentions").is_none(), "{v}");
+    m.mentions = vec![Username::parse("bob").unwrap()];
+    let v: serde_json::Value = serde_json::from_str(encode_message(&m).as_str()).unwrap();
+    assert_eq!(v["mentions"], serde_json::json!(["bob"]));
+    let f = encode(&ServerMsg::Read {
+        room: "r",
+        cursor: Cursor::ZERO.to_string(),
+        unread: 3,
+        mentions: 1,
+    });
+    let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"type":"read","room":"r","cursor":"0".repeat(32),"unread":3,"mentions":1})
+    );
 }
