@@ -140,6 +140,7 @@ impl Wired {
             content: content.into(),
             action: false,
             target_known: false,
+            mentions: Vec::new(),
         };
         self.apply(Event::Post {
             session,
