@@ -5,6 +5,15 @@ use hubbub::config::{Cli, Command};
 use hubbub::server::{EXIT_STORAGE_FAILED, StorageFailed};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc serves every Rust allocation (feature `jemalloc`, default on):
+/// less CPU per stored message than glibc malloc, whose arena and
+/// consolidation work showed high in the storage writer's profile
+/// (docs/BENCHMARKS.md, "durable"). `--malloc-arenas` then only tunes what
+/// C code allocates with glibc.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit status: 0 after a signal, `EXIT_STORAGE_FAILED` (75) when storage
 /// failed, 1 for any other error (printed like `anyhow` does).
 fn main() -> ExitCode {
