@@ -5,11 +5,12 @@ use hubbub::config::{Cli, Command};
 use hubbub::server::{EXIT_STORAGE_FAILED, StorageFailed};
 use tracing_subscriber::EnvFilter;
 
-/// jemalloc serves every Rust allocation (feature `jemalloc`, default on):
-/// less CPU per stored message than glibc malloc, whose arena and
-/// consolidation work showed high in the storage writer's profile
-/// (docs/BENCHMARKS.md, "durable"). `--malloc-arenas` then only tunes what
-/// C code allocates with glibc.
+/// With the opt-in feature `jemalloc`, jemalloc serves every Rust allocation:
+/// about a quarter less CPU per stored message than glibc malloc (whose
+/// arena and consolidation work shows high in the storage writer's profile),
+/// but 20–35 % more RSS after a durable run, so it is not the default
+/// (docs/BENCHMARKS.md, "durable"). `--malloc-arenas` then only tunes what C
+/// code allocates with glibc.
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
