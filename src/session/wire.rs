@@ -7,8 +7,8 @@
 //! capacity for the connection's life. A join that replays 50 messages of
 //! history pinned ~12 KiB per connection that way, a 32 KiB `batch=1` frame
 //! 32 KiB (docs/BENCHMARKS.md); tungstenite 0.29 has no way to give it back.
-//! Written here, a batch's headers and slices live only while it is written,
-//! and a frame sent to a thousand sessions is not copied a thousand times.
+//! Written here, a batch's bytes live only while it is written, and a large
+//! frame sent to many sessions (a `history`, a joined batch) is not copied.
 //!
 //! tungstenite still writes two things of its own while reading: the pong
 //! to a client's ping and the reply to a client's Close. Its write side
@@ -230,21 +230,29 @@ pub enum Sent {
     Closed,
 }
 
-/// A piece of the bytes going out: a frame header, or shared bytes (a
-/// payload, or frames tungstenite wrote).
+/// A piece of the bytes going out: headers and small payloads copied
+/// together, or a large payload's shared bytes.
 enum Chunk {
-    Head([u8; 10], u8),
-    Bytes(Bytes),
+    Copied(Vec<u8>),
+    Shared(Bytes),
 }
 
 impl Chunk {
     fn as_slice(&self) -> &[u8] {
         match self {
-            Chunk::Head(h, n) => &h[..usize::from(*n)],
-            Chunk::Bytes(b) => b,
+            Chunk::Copied(v) => v,
+            Chunk::Shared(b) => b,
         }
     }
 }
+
+/// Payloads up to this size are copied beside their headers: a `writev`
+/// slice per small chat frame cost more server CPU (fan-out without
+/// `batch=1`) than the copy; larger ones (a `history`, a joined batch) go
+/// as they are.
+const COPY_MAX: usize = 1024;
+/// What one copied chunk holds at most before a new one starts.
+const COPIED_CHUNK: usize = 16 * 1024;
 
 /// The writing half, owned by the writer task.
 ///
@@ -308,7 +316,7 @@ impl<S: AsyncRead + AsyncWrite> Writing<S> {
     fn take_replies(&mut self) {
         let (bytes, close) = self.oob.take();
         if !bytes.is_empty() {
-            self.out.push(Chunk::Bytes(bytes.into()));
+            self.out.push(Chunk::Copied(bytes));
         }
         self.closed |= close;
     }
@@ -316,9 +324,30 @@ impl<S: AsyncRead + AsyncWrite> Writing<S> {
     fn push(&mut self, opcode: u8, payloads: impl IntoIterator<Item = Bytes>) {
         for p in payloads {
             let (h, n) = header(opcode, p.len());
-            self.out.push(Chunk::Head(h, n));
-            if !p.is_empty() {
-                self.out.push(Chunk::Bytes(p));
+            self.copy(&h[..usize::from(n)]);
+            if p.len() <= COPY_MAX {
+                self.copy(&p);
+            } else {
+                self.out.push(Chunk::Shared(p));
+            }
+        }
+    }
+
+    /// Appends to the last copied chunk, or starts one. Never to a chunk
+    /// already written (a flush cut short leaves `at` past every chunk).
+    fn copy(&mut self, b: &[u8]) {
+        if b.is_empty() {
+            return;
+        }
+        let unwritten = self.out.len() > self.at;
+        match self.out.last_mut() {
+            Some(Chunk::Copied(v)) if unwritten && v.len() + b.len() <= COPIED_CHUNK => {
+                v.extend_from_slice(b)
+            }
+            _ => {
+                let mut v = Vec::with_capacity(b.len().max(COPY_MAX));
+                v.extend_from_slice(b);
+                self.out.push(Chunk::Copied(v));
             }
         }
     }
