@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::Reply;
 
@@ -23,17 +21,6 @@ use crate::cluster::ClusterView;
 use crate::metrics::Upgrade;
 use crate::protocol::{ClientId, CloseCode, ErrorCode, RoomName};
 use crate::session::{self, JoinRequest, SessionCtx};
-
-/// tungstenite's read buffer per connection, kept for the socket's life.
-/// On a bare warp hub this measured 5.6 KiB idle per connection at 1 KiB,
-/// 8.7 KiB at 4 KiB, 137 KiB with the 128 KiB default; in hubbub 512 B saves
-/// 0.55 KiB per idle connection over 1 KiB with the same fan-out throughput
-/// and CPU (docs/BENCHMARKS.md). Chat frames are small; a larger one takes a
-/// few more reads (the buffer grows for it and is reused).
-const READ_BUFFER: usize = 512;
-/// tungstenite writes to the socket once its out-buffer passes this; the
-/// buffer keeps its capacity, so this bounds what a busy connection pins.
-const WRITE_BUFFER: usize = 32 * 1024;
 
 /// Cluster mode: how long a join waits for this node to catch up. A resume
 /// (`since`) that could not wait it out is closed with 1001 before
@@ -210,14 +197,14 @@ fn serve_upgraded(
     session::run(opening, ctx, req, slot)
 }
 
-/// The upgraded socket as a WebSocket with our buffer sizes and limits,
-/// or `None` when the upgrade failed or the socket was refused (and closed).
+/// The upgraded socket (the session frames it: `session::wire`), or `None`
+/// when the upgrade failed or the socket was refused (and closed).
 async fn open(
     on_upgrade: OnUpgrade,
     ctx: SessionCtx,
     cluster: Option<ClusterView>,
     resume: bool,
-) -> Option<WebSocketStream<TokioIo<Upgraded>>> {
+) -> Option<TokioIo<Upgraded>> {
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
         Err(e) => {
@@ -225,14 +212,7 @@ async fn open(
             return None;
         }
     };
-    let max = ctx.cfg.max_frame;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let io = TokioIo::new(upgraded);
     // Cluster mode: a node that is behind first applies what the leader
     // has committed, so `since` from any node is honoured.
     if let Some(c) = &cluster
@@ -240,10 +220,10 @@ async fn open(
         && resume
     {
         tracing::info!("a resume on a node that is not caught up: closed (1001)");
-        session::refuse(ws, &ctx, CloseCode::GoingAway).await;
+        session::refuse(io, &ctx, CloseCode::GoingAway).await;
         return None;
     }
-    Some(ws)
+    Some(io)
 }
 
 /// `Sec-WebSocket-Accept` for a valid RFC 6455 upgrade request, else `None`.

@@ -12,11 +12,10 @@
 
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinError;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
+
+use super::wire::{Reading, Writing};
 
 /// How long a closed session may keep its socket open waiting for the
 /// client's end. A browser answers within a round trip; one that never does
@@ -38,17 +37,15 @@ pub const LINGER_QUIET: Duration = Duration::from_millis(500);
 /// Once the Close frame is out (or its grace is over): reunites the halves
 /// the writer task (`sink`, as it returned it) and the reader held, lingers
 /// on the socket, and drops it.
-pub async fn let_go<S>(
-    sink: Result<SplitSink<WebSocketStream<S>, Message>, JoinError>,
-    stream: SplitStream<WebSocketStream<S>>,
-) where
+pub async fn let_go<S>(sink: Result<Writing<S>, JoinError>, stream: Reading<S>)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match sink.map(|sink| sink.reunite(stream)) {
-        Ok(Ok(mut ws)) => linger(ws.get_mut()).await,
-        // Not the halves of one stream: cannot happen (one `split` made
+    match sink.map(|sink| super::wire::unsplit(stream, sink)) {
+        Ok(Some(mut io)) => linger(&mut io).await,
+        // Not the halves of one socket: cannot happen (one `split` made
         // them), and then there is just nothing to linger on.
-        Ok(Err(_)) => {}
+        Ok(None) => {}
         Err(e) => tracing::error!(error = %e, "session writer failed"),
     }
 }

@@ -9,6 +9,7 @@ mod linger;
 pub mod mentions;
 mod reader;
 mod subs;
+mod wire;
 mod writer;
 
 use std::future::Future;
@@ -16,10 +17,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -81,18 +80,18 @@ pub struct JoinRequest {
 /// Closes an upgraded socket that is not joined after all (cluster mode: a
 /// resume this node could not catch up for), with `code` and before any
 /// frame, counted like a session's close.
-pub async fn refuse<S>(mut ws: WebSocketStream<S>, ctx: &SessionCtx, code: CloseCode)
+pub async fn refuse<S>(mut io: S, ctx: &SessionCtx, code: CloseCode)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncWrite + Unpin,
 {
     ctx.metrics.closed(Some(code)).inc();
-    writer::send_close(&mut ws, code).await;
+    let _ = tokio::time::timeout(writer::CLOSE_GRACE, wire::write_close(&mut io, code)).await;
 }
 
 /// How a session gets its socket: the upgrade (and in cluster mode the
 /// catch-up), boxed so that none of its state stays in the session's task;
 /// `None`: no session (the upgrade failed, or the socket was refused and closed).
-pub type Opening<S> = Pin<Box<dyn Future<Output = Option<WebSocketStream<S>>> + Send>>;
+pub type Opening<S> = Pin<Box<dyn Future<Output = Option<S>> + Send>>;
 
 /// Runs a session to its end. Errors stay here: they are logged, never propagated.
 /// Every line it logs carries the session's span (session id, user, room).
@@ -141,11 +140,12 @@ where
     G: Send + 'static,
 {
     let _keep = keep;
-    let Some(ws) = opening.await else {
+    let Some(io) = opening.await else {
         return;
     };
     let _counted = Counted::new(&ctx.metrics.connections);
-    let (sink, mut stream) = ws.split();
+    // tungstenite reads; the writer task writes our frames itself (`wire`).
+    let (mut stream, sink) = wire::split(io, ctx.cfg.max_frame).await;
     // One item per hub turn (a batch of frames), `--session-queue` of them.
     // Full → the hub evicts this session (close 4002) instead of waiting:
     // one slow reader never slows the room. The close itself goes through

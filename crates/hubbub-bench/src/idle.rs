@@ -3,6 +3,8 @@
 //! the connect rate (upgrade with a ready token + welcome + history, per second).
 //! With `--rooms-per-conn K` each is one `multi=1` connection subscribed to K
 //! rooms of `--rooms` (a connect then includes the K subscribes and histories).
+//! With `--history N` every room first gets N messages, so each join replays
+//! them: what a burst (the `history` frame) leaves pinned per connection.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::durable::{PhaseCfg, phase};
 use crate::net::{self, Target};
 use crate::stats::{Hist, round3};
 use crate::{Args, Outcome};
@@ -26,8 +29,18 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
     let spu = net::sessions_per_user(args, t);
     let run = net::run_id();
     let warmup = args.warmup.unwrap_or(n / 5);
-    let (accounts, login_s) =
-        net::accounts(t, (n + warmup).div_ceil(spu), args.concurrency).await?;
+    let (mut accounts, login_s) =
+        net::accounts(t, (n + warmup).div_ceil(spu) + 1, args.concurrency).await?;
+    // The last account only fills the rooms: its session is gone before the idle ones open.
+    let filler = accounts.pop();
+    if args.history_fill > 0 {
+        let rooms = (n + warmup).div_ceil(room_size);
+        let secs = prefill(args, t, filler, run, rooms).await?;
+        eprintln!(
+            "history: {} messages in each of {rooms} rooms in {secs:.1}s",
+            args.history_fill
+        );
+    }
     let stop = CancellationToken::new();
     // Warm-up connections first, so memory the allocator kept from the log-ins
     // (argon2) and from first-time growth does not hide the per-connection cost.
@@ -70,6 +83,7 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
         "room_size": room_size,
         "rooms_per_conn": args.rooms_per_conn,
         "room_pool": args.rooms_per_conn.map(|k| args.rooms.max(k)),
+        "history": args.history_fill,
         "accounts": accounts.len(),
         "login_s": round3(login_s),
         "logins_per_sec": if login_s > 0.0 { round3(accounts.len() as f64 / login_s) } else { 0.0 },
@@ -82,13 +96,53 @@ pub async fn run(args: &Args, t: &Target) -> anyhow::Result<Outcome> {
     });
     let summary = format!(
         "idle: {ok}/{n} connected ({failed} failed, after {warmup} warm-up) in {connect_s:.1}s = {rate:.0} connects/s \
-         (upgrade+welcome+history, {} in flight)\nconnect latency {}\n\
+         (upgrade+welcome+history of {}, {} in flight)\nconnect latency {}\n\
          server RSS {rss_before:?} -> {rss_after:?} KiB = {} KiB per connection",
+        args.history_fill,
         args.concurrency,
         hist.short(),
         per_conn.map_or("n/a (no --server-pid)".to_string(), |p| format!("{p:.2}")),
     );
     Ok((results, summary))
+}
+
+/// The room of idle connection `i`.
+fn room_of(run: u64, i: usize, room_size: usize) -> String {
+    format!("idle{:x}-{}", run & 0xff_ffff, i / room_size)
+}
+
+/// Puts `--history` messages (closed loop, `--size` bytes) into each of the
+/// first `rooms` rooms through one sender, room after room; returns seconds.
+async fn prefill(
+    args: &Args,
+    t: &Target,
+    account: Option<hubbub_client::Account>,
+    run: u64,
+    rooms: usize,
+) -> anyhow::Result<f64> {
+    let room_size = args.room_size.unwrap_or(100).max(1);
+    let start = Instant::now();
+    let mut seq = 0u64;
+    for r in 0..rooms {
+        let path = t.ws_path(&room_of(run, r * room_size, room_size));
+        let mut ws = net::join(&t.ep, t.raw, &path, account.as_ref(), args.read_buffer).await?;
+        let want = args.history_fill as u64;
+        let c = PhaseCfg::closed_loop(args, run, 0, want, None);
+        let make = |q: u64| {
+            format!(
+                "idle history {r}-{q} {}",
+                "x".repeat(args.size.saturating_sub(24))
+            )
+        };
+        let st = phase(&mut ws, c, &mut seq, &make).await;
+        anyhow::ensure!(
+            st.saved >= want,
+            "history pre-fill of room {r}: {} of {want} saved",
+            st.saved
+        );
+        let _ = ws.close(None).await;
+    }
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// Opens connections `range` (room = index / room size) and keeps each one
@@ -106,7 +160,7 @@ async fn open(
     let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut connects = JoinSet::new();
     let start = Instant::now();
-    let name = |r: usize| format!("idle{:x}-{r}", run & 0xff_ffff);
+    let name = |r: usize| room_of(run, r * room_size, room_size);
     for i in range {
         let path = t.ws_path(&name(i / room_size));
         // --rooms-per-conn K: one multi=1 connection in K rooms of the pool.

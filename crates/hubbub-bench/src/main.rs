@@ -120,6 +120,10 @@ pub struct Args {
     /// Members per room (rooms scenario default 10, idle default 100).
     #[arg(long)]
     pub room_size: Option<usize>,
+    /// idle: messages of history put in each room (one sender) before the
+    /// idle connections join it, so that every join replays them (default 0).
+    #[arg(long = "history", default_value_t = 0)]
+    pub history_fill: usize,
     /// WebSocket sessions per account (the server allows 8 by default; --spawn raises it).
     #[arg(long)]
     pub sessions_per_user: Option<usize>,
