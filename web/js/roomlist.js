@@ -40,7 +40,10 @@ export function createRoomList({ onPick }) {
     const badge = el('span', 'room-badge');
     at.setAttribute('aria-hidden', 'true');
     badge.setAttribute('aria-hidden', 'true'); // the button's name says it in words
-    b.append(name, at, badge);
+    // The space keeps the visible text's words apart ("#general 3", not
+    // "#general3"), so it stays part of the button's name (axe's
+    // label-content-name-mismatch).
+    b.append(name, ' ', at, badge);
     b.addEventListener('click', () => onPick(r));
     li.append(b);
     buttons.set(r, { b, badge, at });
