@@ -202,8 +202,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
     // Cluster mode: other nodes' users per room, for the hub's presence.
     let (peers_tx, peers_rx) = mpsc::channel(PEERS_QUEUE);
-    // Cluster mode: appends and acks go to the replicated log instead of the
-    // writer (which still watches the disk), and come back applied.
+    // Cluster mode: appends, acks, read positions and first joins go to the
+    // replicated log instead of the writer (which still watches the disk), and come back applied.
     let (storage, cluster) = match cluster_flags(&cfg, &url)? {
         None => (storage, None),
         Some(ccfg) => {

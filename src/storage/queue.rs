@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::health::{StorageHealth, StorageState};
+use super::reads::RoomRead;
 use crate::protocol::frames::encode_unavailable;
 use crate::protocol::{Cursor, Frame, RoomName, Status, StoredMsg, Username};
 
@@ -28,6 +29,19 @@ pub enum StorageCmd {
     /// the message's own `Append` was queued before it was broadcast, so FIFO
     /// order guarantees it is applied before any ack for it.
     Ack(AckCmd),
+    /// Cluster mode only: a `read` frame's move of a read position, applied
+    /// forward only on every node (single-node sessions call
+    /// `Store::mark_read` directly).
+    Read(ReadCmd),
+    /// Cluster mode only: a user's first join of a room, recorded on every
+    /// node (single-node sessions call `Store::remember_member` directly).
+    Member { room: RoomName, user: Username },
+}
+
+pub struct ReadCmd {
+    pub user: Username,
+    pub room: RoomName,
+    pub cursor: Cursor,
 }
 
 pub struct AckCmd {
@@ -85,6 +99,13 @@ pub enum StorageEvent {
         by: Username,
         status: Status,
     },
+    /// Cluster mode: a read position moved (an applied `Read`); the counts
+    /// are the room's after the move. Shown to the user's connections on
+    /// this node as a `read` frame.
+    ReadMoved {
+        user: Username,
+        read: RoomRead,
+    },
 }
 
 /// Why a command was not queued: the caller refuses the message with
@@ -130,6 +151,8 @@ pub struct StorageHandle {
     /// and does not broadcast it: what is broadcast is always on its way to disk.
     pub(super) tx: mpsc::Sender<StorageCmd>,
     pub(super) health: Arc<StorageHealth>,
+    /// Cluster mode: `tx` is the replicated log's proposer (see `replicated`).
+    pub(super) replicated: bool,
 }
 
 impl StorageHandle {
@@ -154,6 +177,32 @@ impl StorageHandle {
         self.try_send(StorageCmd::Ack(AckCmd { by, ids, status }))
     }
 
+    /// Whether this handle proposes to the replicated log (cluster mode):
+    /// read positions and room membership then go through it too.
+    pub fn is_replicated(&self) -> bool {
+        self.replicated
+    }
+
+    /// Cluster mode: proposes moving `user`'s read position in `room` to
+    /// `cursor` (applied forward only on every node), unless refused.
+    pub fn propose_read(
+        &self,
+        user: Username,
+        room: RoomName,
+        cursor: Cursor,
+    ) -> std::result::Result<(), Refused> {
+        self.try_send(StorageCmd::Read(ReadCmd { user, room, cursor }))
+    }
+
+    /// Cluster mode: proposes recording that `user` joined `room` on every node.
+    pub fn propose_member(
+        &self,
+        room: RoomName,
+        user: Username,
+    ) -> std::result::Result<(), Refused> {
+        self.try_send(StorageCmd::Member { room, user })
+    }
+
     /// Reserves a slot for one message append, with the checks of `try_send`:
     /// refused while storage is full or failed, or when the queue is full.
     /// The hub asks before it decides on a message, so that its pure core can
@@ -170,7 +219,6 @@ impl StorageHandle {
             .map_err(|_| Refused::Busy)
     }
 
-    /// Queued commands not yet taken by the writer.
     /// Cluster mode: a handle with this one's health checks whose commands
     /// (appends, acks) go to the returned queue — the replicated log's
     /// proposer — instead of the writer. `queue` is its capacity; full →
@@ -180,10 +228,12 @@ impl StorageHandle {
         let handle = StorageHandle {
             tx,
             health: self.health.clone(),
+            replicated: true,
         };
         (handle, rx)
     }
 
+    /// Queued commands not yet taken by the writer.
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }

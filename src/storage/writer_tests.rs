@@ -79,7 +79,8 @@ fn note(ev: StorageEvent, durable: &mut HashSet<Uuid>, failed: &mut HashSet<Uuid
         StorageEvent::Receipt { .. } => {}
         StorageEvent::Committed(_)
         | StorageEvent::Revoked { .. }
-        | StorageEvent::Installed { .. } => {
+        | StorageEvent::Installed { .. }
+        | StorageEvent::ReadMoved { .. } => {
             panic!("the writer never reports the log's commits")
         }
     }
@@ -149,6 +150,7 @@ fn an_append_reservation_is_refused_like_try_send_and_freed_when_unused() {
     let handle = StorageHandle {
         tx,
         health: super::StorageHealth::new(),
+        replicated: false,
     };
     let first = handle.try_reserve_append().unwrap();
     assert_eq!(handle.try_reserve_append().err(), Some(Refused::Busy));
