@@ -262,6 +262,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             max_rooms: cfg.max_rooms_per_connection,
             ping_interval: cfg.ping_interval(),
             idle_timeout: cfg.idle_timeout(),
+            replicated: cluster.is_some(),
         }),
         node: cfg.node_id.clone().into(),
         shutdown: sessions_stop.clone(),

@@ -48,6 +48,11 @@ pub struct SessionConfig {
     pub max_rooms: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    /// Cluster mode: read positions and first joins are proposed to the
+    /// replicated log (`StorageHandle::propose_read`, `propose_member`).
+    /// Here, not in `StorageHandle`: every session's task holds its
+    /// context by value, and this costs it no bytes.
+    pub replicated: bool,
 }
 
 /// What every session shares.
@@ -272,7 +277,7 @@ async fn enter(ctx: &SessionCtx, link: SessionLink) -> Option<Joined> {
 /// local lookup and no proposal. A proposal that is refused or not
 /// committed records nothing, and the next join proposes again.
 fn remember(ctx: &SessionCtx, room: &RoomName, user: &Username) {
-    if !ctx.storage.is_replicated() {
+    if !ctx.cfg.replicated {
         if let Err(e) = ctx.store.remember_member(room, user) {
             tracing::error!(error = %e, %room, "could not record room membership");
         }

@@ -376,7 +376,7 @@ impl Reader<'_> {
     async fn read(&self, cursor: Cursor) {
         let user = self.req.identity.username.clone();
         let ctx = self.ctx;
-        if ctx.storage.is_replicated() {
+        if ctx.cfg.replicated {
             if let Err(refused) = ctx.storage.propose_read(user, self.room.clone(), cursor) {
                 self.fail(ErrorCode::Unavailable, refused.frame(None));
             }

@@ -151,8 +151,6 @@ pub struct StorageHandle {
     /// and does not broadcast it: what is broadcast is always on its way to disk.
     pub(super) tx: mpsc::Sender<StorageCmd>,
     pub(super) health: Arc<StorageHealth>,
-    /// Cluster mode: `tx` is the replicated log's proposer (see `replicated`).
-    pub(super) replicated: bool,
 }
 
 impl StorageHandle {
@@ -177,14 +175,9 @@ impl StorageHandle {
         self.try_send(StorageCmd::Ack(AckCmd { by, ids, status }))
     }
 
-    /// Whether this handle proposes to the replicated log (cluster mode):
-    /// read positions and room membership then go through it too.
-    pub fn is_replicated(&self) -> bool {
-        self.replicated
-    }
-
-    /// Cluster mode: proposes moving `user`'s read position in `room` to
-    /// `cursor` (applied forward only on every node), unless refused.
+    /// Cluster mode (the handle `replicated` returns): proposes moving
+    /// `user`'s read position in `room` to `cursor` (applied forward only on
+    /// every node), unless refused.
     pub fn propose_read(
         &self,
         user: Username,
@@ -194,7 +187,8 @@ impl StorageHandle {
         self.try_send(StorageCmd::Read(ReadCmd { user, room, cursor }))
     }
 
-    /// Cluster mode: proposes recording that `user` joined `room` on every node.
+    /// Cluster mode (the same handle): proposes recording that `user` joined
+    /// `room` on every node.
     pub fn propose_member(
         &self,
         room: RoomName,
@@ -228,7 +222,6 @@ impl StorageHandle {
         let handle = StorageHandle {
             tx,
             health: self.health.clone(),
-            replicated: true,
         };
         (handle, rx)
     }

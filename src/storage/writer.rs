@@ -98,12 +98,7 @@ impl StorageHandle {
         // Before the first message: a node started on a full disk is not ready.
         writer.check_space();
         let task = tokio::spawn(run(writer, rx, cancel.clone()));
-        let handle = StorageHandle {
-            tx,
-            health,
-            replicated: false,
-        };
-        (handle, StorageTask { cancel, task })
+        (StorageHandle { tx, health }, StorageTask { cancel, task })
     }
 }
 

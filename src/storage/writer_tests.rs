@@ -150,7 +150,6 @@ fn an_append_reservation_is_refused_like_try_send_and_freed_when_unused() {
     let handle = StorageHandle {
         tx,
         health: super::StorageHealth::new(),
-        replicated: false,
     };
     let first = handle.try_reserve_append().unwrap();
     assert_eq!(handle.try_reserve_append().err(), Some(Refused::Busy));
