@@ -41,7 +41,7 @@ const STORE_FNS: [&str; 6] = [
     "mark_read",
     "room_list",
 ];
-const STORAGE_FNS: [&str; 3] = ["ack", "health", "depth"];
+const STORAGE_FNS: [&str; 5] = ["ack", "health", "depth", "propose_read", "propose_member"];
 
 fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

@@ -64,7 +64,8 @@
 //!   HTTP), `Store::classify_id` (the message-id rule), `Store::remember_member`,
 //!   `Store::was_member`, `Store::mark_read` and `Store::room_list` (read
 //!   positions and the room list), `StorageHandle::ack`, `StorageHandle::health`,
-//!   `StorageHandle::depth`.
+//!   `StorageHandle::depth`, and in cluster mode `StorageHandle::propose_read`
+//!   and `StorageHandle::propose_member`.
 //!
 //! The protocol client (`hubbub-client`) and the load generator
 //! (`hubbub-bench`) are crates of their own in the workspace (crates/).

@@ -202,8 +202,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
     let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
     // Cluster mode: other nodes' users per room, for the hub's presence.
     let (peers_tx, peers_rx) = mpsc::channel(PEERS_QUEUE);
-    // Cluster mode: appends and acks go to the replicated log instead of the
-    // writer (which still watches the disk), and come back applied.
+    // Cluster mode: appends, acks, read positions and first joins go to the
+    // replicated log instead of the writer (which still watches the disk), and come back applied.
     let (storage, cluster) = match cluster_flags(&cfg, &url)? {
         None => (storage, None),
         Some(ccfg) => {
@@ -262,6 +262,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Running> {
             max_rooms: cfg.max_rooms_per_connection,
             ping_interval: cfg.ping_interval(),
             idle_timeout: cfg.idle_timeout(),
+            replicated: cluster.is_some(),
         }),
         node: cfg.node_id.clone().into(),
         shutdown: sessions_stop.clone(),

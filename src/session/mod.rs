@@ -48,6 +48,11 @@ pub struct SessionConfig {
     pub max_rooms: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    /// Cluster mode: read positions and first joins are proposed to the
+    /// replicated log (`StorageHandle::propose_read`, `propose_member`).
+    /// Here, not in `StorageHandle`: every session's task holds its
+    /// context by value, and this costs it no bytes.
+    pub replicated: bool,
 }
 
 /// What every session shares.
@@ -260,10 +265,32 @@ fn session_link(
 /// reach them) and joins the hub: a single-room join and a subscription
 /// alike. `None`: the hub is gone (shutdown).
 async fn enter(ctx: &SessionCtx, link: SessionLink) -> Option<Joined> {
-    if let Err(e) = ctx.store.remember_member(&link.room, &link.user) {
-        tracing::error!(error = %e, room = %link.room, "could not record room membership");
-    }
+    remember(ctx, &link.room, &link.user);
     ctx.hub.join(link).await.ok()
+}
+
+/// Records that `user` joined `room`. Cluster mode: the replicated log is
+/// the only writer of the member records, so that every node has the same
+/// ones (mentions, privates, receipts and the room list agree everywhere):
+/// a first join (this node's records do not have it) is proposed, and
+/// recorded on every node when applied, a few ms later; a rejoin costs one
+/// local lookup and no proposal. A proposal that is refused or not
+/// committed records nothing, and the next join proposes again.
+fn remember(ctx: &SessionCtx, room: &RoomName, user: &Username) {
+    if !ctx.cfg.replicated {
+        if let Err(e) = ctx.store.remember_member(room, user) {
+            tracing::error!(error = %e, %room, "could not record room membership");
+        }
+        return;
+    }
+    // A failed lookup proposes: recording a member twice is harmless.
+    if ctx.store.was_member(room, user).unwrap_or(false) {
+        return;
+    }
+    if let Err(refused) = ctx.storage.propose_member(room.clone(), user.clone()) {
+        tracing::warn!(%room, reason = refused.message(),
+            "room membership not proposed; the next join proposes again");
+    }
 }
 
 /// The `welcome` frame; `room` is `None` on a multi-room connection.

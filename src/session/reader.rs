@@ -370,9 +370,18 @@ impl Reader<'_> {
 
     /// A `read` frame: the position moves forward only; a move reaches every
     /// connection of the user as a `read` frame with the counts after it.
+    /// Cluster mode: proposed to the replicated log like an ack; every node
+    /// applies it, and the hub of the node with the user's connections sends
+    /// the frame once it is applied there (`StorageEvent::ReadMoved`).
     async fn read(&self, cursor: Cursor) {
         let user = self.req.identity.username.clone();
         let ctx = self.ctx;
+        if ctx.cfg.replicated {
+            if let Err(refused) = ctx.storage.propose_read(user, self.room.clone(), cursor) {
+                self.fail(ErrorCode::Unavailable, refused.frame(None));
+            }
+            return;
+        }
         match ctx
             .store
             .mark_read(user.clone(), self.room.clone(), cursor)

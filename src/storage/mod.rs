@@ -12,7 +12,7 @@
 //! - `roomname_username_unit`: room `\0` username → () for every user who ever joined the room.
 //! - `username_roomname_cursor`: username `\0` room → the user's read position (16 bytes, or
 //!   empty: nothing read) for every room they joined: the room list of `GET /api/rooms` (see
-//!   `reads.rs`). Node-local in cluster mode (not in the log's snapshots).
+//!   `reads.rs`). In cluster mode written from the log, like the member records.
 //! - In `roomname_cursor_msg`, apart from the log and view ranges, the mention index: `0x02`
 //!   room `\0` username `\0` cursor → () per user a chat message mentions (see `views.rs`).
 //! - `username_user`, `tokenhash_refresh`, `familyid_revoked` (value: revocation time, ms,
@@ -55,7 +55,7 @@ pub use health::{StorageHealth, StorageState, free_bytes};
 pub use history::{Fetched, HistoryQuery, Page, Want};
 pub use ids::IdUse;
 pub use queue::{
-    AckCmd, AppendPermit, CommittedMsg, DurableMsg, Refused, StorageCmd, StorageEvent,
+    AckCmd, AppendPermit, CommittedMsg, DurableMsg, ReadCmd, Refused, StorageCmd, StorageEvent,
     StorageHandle,
 };
 pub use raft_log::{RaftLog, RaftMeta};

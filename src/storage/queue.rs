@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::health::{StorageHealth, StorageState};
+use super::reads::RoomRead;
 use crate::protocol::frames::encode_unavailable;
 use crate::protocol::{Cursor, Frame, RoomName, Status, StoredMsg, Username};
 
@@ -28,6 +29,19 @@ pub enum StorageCmd {
     /// the message's own `Append` was queued before it was broadcast, so FIFO
     /// order guarantees it is applied before any ack for it.
     Ack(AckCmd),
+    /// Cluster mode only: a `read` frame's move of a read position, applied
+    /// forward only on every node (single-node sessions call
+    /// `Store::mark_read` directly).
+    Read(ReadCmd),
+    /// Cluster mode only: a user's first join of a room, recorded on every
+    /// node (single-node sessions call `Store::remember_member` directly).
+    Member { room: RoomName, user: Username },
+}
+
+pub struct ReadCmd {
+    pub user: Username,
+    pub room: RoomName,
+    pub cursor: Cursor,
 }
 
 pub struct AckCmd {
@@ -84,6 +98,13 @@ pub enum StorageEvent {
         sender: Username,
         by: Username,
         status: Status,
+    },
+    /// Cluster mode: a read position moved (an applied `Read`); the counts
+    /// are the room's after the move. Shown to the user's connections on
+    /// this node as a `read` frame.
+    ReadMoved {
+        user: Username,
+        read: RoomRead,
     },
 }
 
@@ -154,6 +175,28 @@ impl StorageHandle {
         self.try_send(StorageCmd::Ack(AckCmd { by, ids, status }))
     }
 
+    /// Cluster mode (the handle `replicated` returns): proposes moving
+    /// `user`'s read position in `room` to `cursor` (applied forward only on
+    /// every node), unless refused.
+    pub fn propose_read(
+        &self,
+        user: Username,
+        room: RoomName,
+        cursor: Cursor,
+    ) -> std::result::Result<(), Refused> {
+        self.try_send(StorageCmd::Read(ReadCmd { user, room, cursor }))
+    }
+
+    /// Cluster mode (the same handle): proposes recording that `user` joined
+    /// `room` on every node.
+    pub fn propose_member(
+        &self,
+        room: RoomName,
+        user: Username,
+    ) -> std::result::Result<(), Refused> {
+        self.try_send(StorageCmd::Member { room, user })
+    }
+
     /// Reserves a slot for one message append, with the checks of `try_send`:
     /// refused while storage is full or failed, or when the queue is full.
     /// The hub asks before it decides on a message, so that its pure core can
@@ -170,7 +213,6 @@ impl StorageHandle {
             .map_err(|_| Refused::Busy)
     }
 
-    /// Queued commands not yet taken by the writer.
     /// Cluster mode: a handle with this one's health checks whose commands
     /// (appends, acks) go to the returned queue — the replicated log's
     /// proposer — instead of the writer. `queue` is its capacity; full →
@@ -184,6 +226,7 @@ impl StorageHandle {
         (handle, rx)
     }
 
+    /// Queued commands not yet taken by the writer.
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }

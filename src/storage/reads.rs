@@ -4,8 +4,9 @@
 //! Tree `username_roomname_cursor`: user `\0` room → the read cursor (16
 //! bytes, big-endian) or nothing (joined, nothing read yet). Written by
 //! `remember_member` (a join adds the room without touching a position) and
-//! `move_read` (forward only). Node-local: in a cluster a user is served by
-//! their home node (see ARCHITECTURE.md).
+//! `move_read` (forward only). In cluster mode both come from the replicated
+//! log (`ReadCmd`, `StorageCmd::Member`), applied on every node, and the
+//! tree travels in the log's snapshots.
 //!
 //! Counts are computed when asked, from the indexes the log already has:
 //! unread from the room's public view range merged with the user's own
@@ -17,6 +18,7 @@
 use std::ops::Bound;
 
 use super::history::merge_cursors;
+use super::queue::{ReadCmd, StorageEvent};
 use super::views::mention_cursors;
 use super::{Result, Store, log_key};
 use crate::protocol::{Cursor, RoomName, Username};
@@ -79,6 +81,21 @@ impl Store {
             self.flush().await?;
         }
         Ok(moved)
+    }
+
+    /// A `read` from the replicated log (cluster mode), on every node: the
+    /// position moves forward only; when it moved, the event carries the
+    /// room's counts at the new position, for the user's connections on
+    /// this node. Not flushed: the log is durable before it is applied.
+    pub(super) fn apply_read(&self, r: &ReadCmd) -> Result<Option<StorageEvent>> {
+        if !self.move_read(&r.user, &r.room, r.cursor)? {
+            return Ok(None);
+        }
+        let read = self.room_read_at(&r.user, &r.room, Some(r.cursor))?;
+        Ok(Some(StorageEvent::ReadMoved {
+            user: r.user.clone(),
+            read,
+        }))
     }
 
     /// `GET /api/rooms`: `user`'s room list with positions and counts, off

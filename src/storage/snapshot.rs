@@ -44,7 +44,7 @@ const END: u8 = 0;
 
 /// The replicated trees, by their id in a snapshot file (never reused: a
 /// file names trees by these numbers).
-const TREES: [(u8, &str); 10] = [
+const TREES: [(u8, &str); 11] = [
     (1, super::ROOMS),
     (2, super::ROOM_LOG),
     (3, super::MSGID_MSGREF),
@@ -55,6 +55,8 @@ const TREES: [(u8, &str); 10] = [
     (8, super::REFRESH),
     (9, super::FAMILIES),
     (10, super::account_ops::SPEND_OPS),
+    // 11 is `STATE`. Read positions come from the log too (`ReadCmd`).
+    (12, super::USER_ROOMS),
 ];
 /// The state machine's record in `raftmeta_value` (one key, `RaftMeta::StateMachine`).
 const STATE: u8 = 11;
@@ -285,6 +287,10 @@ impl Store {
             t.apply_batch(batch.1)?;
         }
         self.reload_rooms()?;
+        // A snapshot from a version whose read positions were node-local has
+        // none: the room lists are rebuilt from its member records (what
+        // opening such a data directory does).
+        self.catch_up_room_lists()?;
         self.inner.db.flush()?;
         Ok(header)
     }

@@ -38,8 +38,6 @@ fn dump(store: &Store) -> Dump {
 /// What travels: everything but the log's entries and its own meta values.
 fn replicated(mut d: Dump) -> Dump {
     d.remove("raftindex_entry");
-    // Read positions are node-local (the home node's), like the log.
-    d.remove(crate::storage::USER_ROOMS);
     if let Some(meta) = d.get_mut("raftmeta_value") {
         meta.retain(|(k, _)| k == RaftMeta::StateMachine.key());
     }
@@ -81,9 +79,14 @@ async fn filled(path: &Path, rooms: &[&str], n: u64) -> Store {
             let to = (k % 3 == 0).then_some("bob");
             cmds.push(post(room, (i as u64) * 1000 + k + 1, to));
         }
-        store
-            .remember_member(&RoomName::parse(room).unwrap(), &user("bob"))
-            .unwrap();
+        let r = RoomName::parse(room).unwrap();
+        store.remember_member(&r, &user("bob")).unwrap();
+        // A read position: replicated like the log's messages (`ReadCmd`).
+        let read = Cursor {
+            ms: (i as u64) * 1000 + 1,
+            seq: 0,
+        };
+        assert!(store.move_read(&user("bob"), &r, read).unwrap());
     }
     let ids: Vec<Uuid> = cmds
         .iter()
@@ -149,6 +152,7 @@ fn export(store: &Store, path: &Path) -> Exported {
 
 #[tokio::test]
 async fn every_replicated_tree_round_trips_and_the_log_stays_its_own() {
+    // Read positions (`username_roomname_cursor`) included: they come from the log.
     let d = tempfile::tempdir().unwrap();
     let src = filled(&d.path().join("a"), &["lobby", "dev"], 40).await;
     let file = d.path().join("s.snap");
@@ -159,7 +163,6 @@ async fn every_replicated_tree_round_trips_and_the_log_stays_its_own() {
     // The target has other state of its own: all of it is replaced.
     let dst = filled(&d.path().join("b"), &["other"], 5).await;
     let own_log = dump(&dst)["raftindex_entry"].clone();
-    let own_reads = dump(&dst).get(crate::storage::USER_ROOMS).cloned();
     let header = dst.import_replicated(&file).unwrap();
     assert_eq!(header, b"header");
 
@@ -179,13 +182,22 @@ async fn every_replicated_tree_round_trips_and_the_log_stays_its_own() {
     assert_eq!(replicated(dump(&dst)), want);
     let after = dump(&dst);
     assert_eq!(after["raftindex_entry"], own_log, "the log is not replaced");
-    assert_eq!(
-        after.get(crate::storage::USER_ROOMS).cloned(),
-        own_reads,
-        "nor read positions"
-    );
     let vote = dst.raft_log().unwrap().meta(RaftMeta::Vote).unwrap();
     assert_eq!(vote.as_deref(), Some(&b"vote"[..]), "the vote stays");
+
+    // Read positions travel (they come from the log), the target's own are replaced.
+    let lobby = RoomName::parse("lobby").unwrap();
+    let read = dst.room_read(&user("bob"), &lobby).unwrap().read_cursor;
+    assert_eq!(
+        read,
+        Some(Cursor { ms: 1, seq: 0 }),
+        "bob's position in lobby"
+    );
+    let other = RoomName::parse("other").unwrap();
+    assert_eq!(
+        dst.room_read(&user("bob"), &other).unwrap().read_cursor,
+        None
+    );
 
     // In-memory caches follow: the rooms of the snapshot, not the old ones.
     assert!(dst.room_known(&RoomName::parse("lobby").unwrap()));

@@ -319,7 +319,7 @@ fn failed_msgs(cmds: impl Iterator<Item = StorageCmd>) -> Vec<DurableMsg> {
             room: m.room.clone(),
             sender: m.sender.clone(),
         }),
-        StorageCmd::Ack(_) => None,
+        StorageCmd::Ack(_) | StorageCmd::Read(_) | StorageCmd::Member { .. } => None,
     })
     .collect()
 }
@@ -390,13 +390,22 @@ impl Store {
             self.inner
                 .msgid_msgref
                 .apply_batch(std::mem::take(&mut index))?;
-            while let Some(StorageCmd::Ack(a)) = cmds.get(i) {
-                i += 1;
-                for id in &a.ids {
-                    if let Some(ev) = self.apply_ack(id, &a.by, a.status)? {
-                        receipts.push(ev);
+            // What follows until the next append, in order: a member record
+            // before an ack or a read in the same batch is seen by them.
+            while let Some(c) = cmds.get(i) {
+                match c {
+                    StorageCmd::Append(..) => break,
+                    StorageCmd::Ack(a) => {
+                        for id in &a.ids {
+                            if let Some(ev) = self.apply_ack(id, &a.by, a.status)? {
+                                receipts.push(ev);
+                            }
+                        }
                     }
+                    StorageCmd::Read(r) => receipts.extend(self.apply_read(r)?),
+                    StorageCmd::Member { room, user } => self.remember_member(room, user)?,
                 }
+                i += 1;
             }
         }
         let mut events = Vec::with_capacity(1 + receipts.len());

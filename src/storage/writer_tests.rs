@@ -79,7 +79,8 @@ fn note(ev: StorageEvent, durable: &mut HashSet<Uuid>, failed: &mut HashSet<Uuid
         StorageEvent::Receipt { .. } => {}
         StorageEvent::Committed(_)
         | StorageEvent::Revoked { .. }
-        | StorageEvent::Installed { .. } => {
+        | StorageEvent::Installed { .. }
+        | StorageEvent::ReadMoved { .. } => {
             panic!("the writer never reports the log's commits")
         }
     }

@@ -22,6 +22,7 @@ mod cluster_faults;
 mod cluster_live;
 mod cluster_multi;
 mod cluster_presence;
+mod cluster_reads;
 mod cluster_route;
 mod cluster_snapshot;
 mod commands;

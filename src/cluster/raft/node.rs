@@ -180,8 +180,8 @@ impl LogNode {
         self.tasks.push(tokio::spawn(task));
     }
 
-    /// Turns what arrives on `rx` (the hub's appends, the sessions' acks)
-    /// into entries, one at a time, each proposed at the leader.
+    /// Turns what arrives on `rx` (the hub's appends, the sessions' acks,
+    /// read positions and first joins) into entries, one at a time, each proposed at the leader.
     pub fn spawn_proposer(&mut self, inputs: ProposerInputs) {
         let p = Proposer {
             raft: self.raft.clone(),
@@ -202,7 +202,7 @@ impl LogNode {
 
 /// What the proposer reads from and reports to.
 pub struct ProposerInputs {
-    /// The hub's appends and the sessions' acks.
+    /// The hub's appends and the sessions' acks, reads and first joins.
     pub writes: mpsc::Receiver<StorageCmd>,
     /// Auth's account changes.
     pub accounts: mpsc::Receiver<AccountProposal>,
@@ -642,6 +642,12 @@ impl Batch {
                 ids: a.ids,
                 status: a.status,
             },
+            StorageCmd::Read(r) => Write::Read {
+                user: r.user,
+                room: r.room,
+                cursor: r.cursor,
+            },
+            StorageCmd::Member { room, user } => Write::Member { room, user },
         };
         self.writes.push(w);
     }

@@ -49,7 +49,8 @@ use crate::error::InternalError;
 use crate::metrics::ClusterMetrics;
 use crate::protocol::Cursor;
 use crate::storage::{
-    AccountOp, AccountOutcome, AckCmd, RaftLog, RaftMeta, Spent, StorageCmd, StorageEvent, Store,
+    AccountOp, AccountOutcome, AckCmd, RaftLog, RaftMeta, ReadCmd, Spent, StorageCmd, StorageEvent,
+    Store,
 };
 
 type SErr = StorageError<NodeId>;
@@ -126,7 +127,8 @@ impl StateMachine {
         })
     }
 
-    /// The writes of one entry: messages and acks as storage commands
+    /// The writes of one entry: messages, acks, read positions and member
+    /// records as storage commands
     /// (advancing the head), account changes applied at once (their waiting
     /// caller, if on this node, gets the outcome; revocations close sessions).
     fn commands(
@@ -160,6 +162,10 @@ impl StateMachine {
                 Write::Ack { by, ids, status } => {
                     cmds.push(StorageCmd::Ack(AckCmd { by, ids, status }))
                 }
+                Write::Read { user, room, cursor } => {
+                    cmds.push(StorageCmd::Read(ReadCmd { user, room, cursor }))
+                }
+                Write::Member { room, user } => cmds.push(StorageCmd::Member { room, user }),
             }
         }
         Ok(())

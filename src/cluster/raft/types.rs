@@ -1,7 +1,8 @@
 //! What the replicated log carries, and how its nodes are named.
 //!
 //! One entry is a batch of writes from one proposer (a node's hub and
-//! sessions): chat and private messages, ack batches. The leader stamps it
+//! sessions): chat and private messages, ack batches, read positions,
+//! room memberships. The leader stamps it
 //! with its clock when it takes it (`ts_ms`), never less than the stamp
 //! before it, so cursors assigned when the entry is applied depend on the
 //! log alone and are the same on every node.
@@ -77,6 +78,19 @@ pub enum Write {
     Mentioned {
         post: Post,
         mentions: Vec<Username>,
+    },
+    /// A `read` frame: `user`'s read position in `room` moves to `cursor`
+    /// if that is forward. Added after `Mentioned`, for the same reason.
+    Read {
+        user: Username,
+        room: RoomName,
+        cursor: Cursor,
+    },
+    /// `user` joined `room` for the first time (as the proposing node's
+    /// own records saw it); applied idempotently on every node.
+    Member {
+        room: RoomName,
+        user: Username,
     },
 }
 
@@ -182,6 +196,49 @@ mod tests {
         assert_eq!(post.stored(mentions, c), stored);
         stored.mentions.clear();
         assert!(matches!(Write::of_msg(&stored), Write::Post(_)));
+    }
+
+    #[test]
+    fn reads_and_members_travel_in_the_log_and_old_entries_still_decode() {
+        let (bob, room) = (
+            Username::parse("bob").unwrap(),
+            RoomName::parse("lobby").unwrap(),
+        );
+        let ack = Write::Ack {
+            by: bob.clone(),
+            ids: vec![Uuid::nil()],
+            status: Status::Seen,
+        };
+        // Variants keep their numbers: an entry written before these decodes as it was.
+        let old = encode(&ack).unwrap();
+        assert_eq!(old[0], 1);
+        assert!(matches!(decode::<Write>(&old), Ok(Write::Ack { by, .. }) if by == bob));
+        let cursor = Cursor { ms: 9, seq: 2 };
+        let read = encode(&Write::Read {
+            user: bob.clone(),
+            room: room.clone(),
+            cursor,
+        })
+        .unwrap();
+        assert_eq!(read[0], 4, "appended after Mentioned");
+        let Ok(Write::Read {
+            user,
+            room: r,
+            cursor: c,
+        }) = decode::<Write>(&read)
+        else {
+            panic!("a read lost on the way")
+        };
+        assert_eq!((user, &r, c), (bob.clone(), &room, cursor));
+        let member = encode(&Write::Member {
+            room: room.clone(),
+            user: bob.clone(),
+        })
+        .unwrap();
+        assert_eq!(member[0], 5);
+        assert!(
+            matches!(decode::<Write>(&member), Ok(Write::Member { room: r, user }) if r == room && user == bob)
+        );
     }
 
     #[test]

@@ -25,9 +25,12 @@ use uuid::Uuid;
 
 use crate::metrics::{Eviction, Out};
 use crate::protocol::ErrorCode;
+use crate::protocol::frames::encode;
 use crate::protocol::time::now_ms;
-use crate::protocol::{ClientId, CloseCode, Cursor, Frame, MsgKind, RoomName, StoredMsg, Username};
-use crate::storage::{Refused, StorageEvent};
+use crate::protocol::{
+    ClientId, CloseCode, Cursor, Frame, MsgKind, RoomName, ServerMsg, StoredMsg, Username,
+};
+use crate::storage::{Refused, RoomRead, StorageEvent};
 
 /// The time of an event: monotonic for timers, wall-clock ms for message
 /// timestamps and cursors. Taken once per batch by the shell, made up by tests.
@@ -351,6 +354,9 @@ impl HubState {
                 let to = self.one_per_connection(&user);
                 fx.deliver(to, frame, kind)
             }
+            Event::Storage(StorageEvent::ReadMoved { user, read }) => {
+                self.read_moved(&user, &read, &mut fx)
+            }
             Event::Tick => fx.next_timer = self.flush_timers(now.at, &mut fx),
             Event::Shutdown(code) => self.close_all(code, &mut fx),
         }
@@ -381,6 +387,22 @@ impl HubState {
             .and_then(|r| r.members.get(user))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Cluster mode: a read position moved in the log. Every node applies
+    /// it; the one holding the user's connections (their home) shows it.
+    fn read_moved(&self, user: &Username, read: &RoomRead, fx: &mut Effects) {
+        let to = self.one_per_connection(user);
+        let Some(cursor) = read.read_cursor.filter(|_| !to.is_empty()) else {
+            return;
+        };
+        let frame = encode(&ServerMsg::Read {
+            room: read.room.as_str(),
+            cursor: cursor.to_string(),
+            unread: read.unread,
+            mentions: read.mentions,
+        });
+        fx.deliver(to, frame, Out::Read)
     }
 
     /// One session of each of `user`'s connections here, oldest first.

@@ -115,3 +115,52 @@ fn an_installed_snapshot_closes_every_session_and_moves_the_head() {
     assert_eq!(f.last_join.as_ref().unwrap().head, head);
     f.frames(c);
 }
+
+/// A read position applied from the log reaches each of the user's
+/// connections here once (a multi-room one with two rooms too), nobody
+/// else's; a node without the user's connections sends nothing.
+#[test]
+fn an_applied_read_reaches_each_connection_of_its_user_once() {
+    let (mut f, a, b) = replicated(16);
+    let multi = Uuid::new_v4();
+    let m1 = f.subscribe(multi, "bob", "tab", "lobby");
+    let m2 = f.subscribe(multi, "bob", "tab", "dev");
+    f.tick(Duration::ZERO);
+    for s in [a, b, m1, m2] {
+        f.frames(s);
+    }
+    let cursor = Cursor { ms: 5, seq: 1 };
+    let read = crate::storage::RoomRead {
+        room: RoomName::parse("lobby").unwrap(),
+        last_cursor: Some(cursor),
+        read_cursor: Some(cursor),
+        unread: 0,
+        mentions: 0,
+    };
+    let bob = Username::parse("bob").unwrap();
+    f.apply(Event::Storage(StorageEvent::ReadMoved {
+        user: bob,
+        read: read.clone(),
+    }));
+    let got = f.frames(b);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["type"], "read");
+    assert_eq!(got[0]["room"], "lobby");
+    assert_eq!(got[0]["cursor"], cursor.to_string());
+    assert_eq!(
+        (got[0]["unread"].as_u64(), got[0]["mentions"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let on_multi = f.frames(m1).len() + f.frames(m2).len();
+    assert_eq!(on_multi, 1, "once per connection");
+    assert!(f.frames(a).is_empty(), "not alice's");
+    // Someone with no connection here: nothing at all.
+    let carol = Username::parse("carol").unwrap();
+    f.apply(Event::Storage(StorageEvent::ReadMoved {
+        user: carol,
+        read,
+    }));
+    for s in [a, b, m1, m2] {
+        assert!(f.frames(s).is_empty());
+    }
+}
