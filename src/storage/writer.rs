@@ -94,6 +94,7 @@ impl StorageHandle {
             health: health.clone(),
             guard: SpaceGuard::new(cfg.data_dir, cfg.min_free_bytes),
             flush_gate,
+            spare: Vec::with_capacity(MAX_IN_FLIGHT),
         };
         // Before the first message: a node started on a full disk is not ready.
         writer.check_space();
@@ -120,6 +121,9 @@ struct Writer {
     guard: SpaceGuard,
     /// Tests only (`spawn_gated`): each flush waits for a permit.
     flush_gate: Option<Arc<Semaphore>>,
+    /// Emptied batch buffers of finished group commits, reused so a commit
+    /// does not allocate a fresh `MAX_BATCH` buffer (at most `MAX_IN_FLIGHT`).
+    spare: Vec<Vec<StorageCmd>>,
 }
 
 /// What a batch wrote, counted only once its flush succeeded.
@@ -249,7 +253,11 @@ impl Writer {
                     }
                     flush_with_retry(&store).await
                 });
-                let cmds = std::mem::replace(buf, Vec::with_capacity(MAX_BATCH));
+                let next = self
+                    .spare
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(MAX_BATCH));
+                let cmds = std::mem::replace(buf, next);
                 Some(InFlight {
                     cmds,
                     applied,
@@ -281,6 +289,9 @@ impl Writer {
                 m.durable_latency_seconds
                     .observe((flushed - queued_at).as_secs_f64());
             }
+        }
+        if self.spare.len() < MAX_IN_FLIGHT {
+            self.spare.push(std::mem::take(&mut g.cmds));
         }
         for ev in g.applied.events {
             self.report(ev).await;
