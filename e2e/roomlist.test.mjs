@@ -155,11 +155,13 @@ test('leaving a room: unsubscribed, out of the list, another room shown, and a r
   await waitFor(async () => (await counter(pa, 'roomLists')) >= 1, { what: 'the room list loaded' });
   assert.deepEqual(await order(pa), [roomA], 'B stays left after a reload');
 
-  // Joined again: listed, shown, live, and a reload keeps it.
+  // Joined again: listed, shown, live, and a reload (showing A) keeps it.
   await joinRoom(pa, roomB);
   await messages(pa, 'after alice left').waitFor();
   await personButton(bob.page, a.name).waitFor();
+  await show(pa, roomA);
   await pa.reload();
+  await roomHeading(pa, roomA).waitFor();
   await online(pa);
   await waitFor(async () => (await counter(pa, 'roomLists')) >= 1, { what: 'the room list loaded' });
   await roomButton(pa, roomA).waitFor();

@@ -7,6 +7,7 @@ import { mentionsUser } from './format.js';
 
 export const UNREAD_CAP = 100;       // the server's cap: 100 means "100 or more"
 export const MAX_ROOMS = 100;        // the server's default rooms per connection
+export const MAX_LEFT = 200;         // rooms left remembered per user (localStorage)
 
 // The fields every room keeps for itself; the rest (me, the outbox, acked
 // ids, the tab's hidden count…) is the page's and is shared through accessors.
@@ -169,4 +170,3 @@ export function leftAfter(left, room, isLeft) {
   const rest = left.filter((r) => r !== room);
   return isLeft ? [room, ...rest].slice(0, MAX_LEFT) : rest;
 }
-export const MAX_LEFT = 200; // remembered left rooms per user (localStorage)
