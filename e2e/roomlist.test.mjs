@@ -133,13 +133,25 @@ test('leaving a room: unsubscribed, out of the list, another room shown, and a r
   const pa = a.page;
   await personButton(bob.page, a.name).waitFor();
   await roomButton(pa, roomA).waitFor();
+  // A second tab of Alice's, showing B too: it follows (same browser, same user).
+  const pa2 = await pa.context().newPage();
+  await pa2.goto(`${BASE_URL}/#${roomB}`);
+  await roomHeading(pa2, roomB).waitFor();
+  await online(pa2);
+  await roomButton(pa2, roomA).waitFor();
 
   await pa.getByRole('button', { name: `Leave #${roomB}`, exact: true }).click();
   await roomHeading(pa, roomA).waitFor();
   await waitFor(async () => (await roomButton(pa, roomB).count()) === 0, { what: 'B out of the list' });
   await pa.locator('#announcer').getByText(`You left #${roomB}. Now in #${roomA}.`).waitFor({ state: 'attached' });
-  // The socket unsubscribed B (the same socket: one welcome): Bob sees Alice leave.
+  // The other tab left it too, and shows A.
+  await roomHeading(pa2, roomA).waitFor();
+  await waitFor(async () => (await roomButton(pa2, roomB).count()) === 0, { what: 'B out of the other tab\'s list' });
+  await pa2.locator('#announcer').getByText(`You left #${roomB} in another tab. Now in #${roomA}.`).waitFor({ state: 'attached' });
+  // Both sockets unsubscribed B (the same sockets: one welcome each): Bob sees Alice leave.
   await systemLines(bob.page, `${a.name} left`).waitFor();
+  assert.equal(await counter(pa2, 'welcomes'), 1);
+  await pa2.close();
   await waitFor(async () => (await personButton(bob.page, a.name).count()) === 0, { what: 'Alice gone from B\'s people' });
   assert.equal(await counter(pa, 'welcomes'), 1);
   // Bob's news in B raise nothing at Alice's.

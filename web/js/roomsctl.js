@@ -14,7 +14,7 @@ import {
   noteActivity, byActivity, leftAfter,
 } from './rooms.js';
 import { createRoomList, newestVisibleCursor } from './roomlist.js';
-import { $, scrollToBottom, updateTitle, isAtBottom } from './render.js';
+import { $, scrollToBottom, updateTitle, isAtBottom, announce } from './render.js';
 import { ROOM_RE, storeGet, storeSet, realTimers } from './util.js';
 
 const RECENT_ROOMS = 'hubbub.rooms';
@@ -77,6 +77,18 @@ export function createRooms(G, deps) {
     if (!isLeft && !before.includes(room)) return;
     storeSet(localStorage, leftKey(), leftAfter(before, room, isLeft));
   }
+
+  // Another tab of this browser left a room (the same user's list): this tab
+  // leaves it too. (Its own write comes back to no tab: rooms already gone.)
+  window.addEventListener('storage', (e) => {
+    if (!G.me || e.key !== leftKey()) return;
+    for (const r of leftRooms()) {
+      if (!rooms.has(r)) continue;
+      const shown = cur.room === r;
+      const now = leave(r);
+      if (now) announce(`You left #${r} in another tab.${shown ? ` Now in #${now}.` : ''}`);
+    }
+  });
 
   // Newest activity first (as GET /api/rooms); roomlist.js holds the order
   // still while the user is in the list.
