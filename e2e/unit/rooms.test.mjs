@@ -1,14 +1,16 @@
-// web/js/rooms.js (the room list's counts, read positions, subscriptions)
-// and conn.js on a multi-room socket (one URL for all rooms, receipts per room).
+// web/js/rooms.js (the room list's counts, read positions, subscriptions,
+// order by activity, rooms left, system lines per room) and conn.js on a
+// multi-room socket (one URL for all rooms, receipts per room).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   roomState, badgeText, roomLabel, countsAfter, readMovesForward, countIncoming,
-  subscriptionOrder, totalUnread,
+  subscriptionOrder, totalUnread, withSystemLines, noteActivity, byActivity, keepPlaces, leftAfter, MAX_LEFT,
 } from '../../web/js/rooms.js';
+import * as P from '../../web/js/protocol.js';
 import { createState } from '../../web/js/state.js';
 import { Connection } from '../../web/js/conn.js';
-import { FakeClock, fakeSockets, fakeEnv, settle } from './fakes.mjs';
+import { FakeClock, fakeSockets, fakeEnv, settle, recordingUi } from './fakes.mjs';
 
 function withMessages(R, list) {
   for (const [id, sender, cursor, content = 'x'] of list) {
@@ -177,4 +179,116 @@ test('per-room receipts still queued when a multi-room socket closes go out on t
   const acks = t.all[1].sent.filter((f) => f.type === 'ack');
   assert.deepEqual(acks.map((f) => [f.room, f.ids]).sort(), [['a', ['x1']], ['b', ['y1']]]);
   t.conn.stop();
+});
+
+test('a room leaving a multi-room socket: its batched receipts go, the other rooms\' stay', async () => {
+  const t = multi();
+  t.conn.connect();
+  t.all[0].welcome();
+  t.conn.ack('x1', 'delivered', 'a');
+  t.conn.ack('x2', 'seen', 'a');
+  t.conn.ack('y1', 'delivered', 'b');
+  t.conn.forgetRoom('a');
+  await t.clock.advance(300);
+  const acks = t.all[0].sent.filter((f) => f.type === 'ack');
+  assert.deepEqual(acks.map((f) => [f.room, f.status, f.ids]), [['b', 'delivered', ['y1']]]);
+  t.conn.stop();
+});
+
+// ---------- system lines per room ----------
+
+test('system lines go to their room\'s state, after the message that was newest, and are drawn only by its ui', () => {
+  const G = createState();
+  G.me = 'alice';
+  const A = roomState(G, 'a');
+  const B = roomState(G, 'b');
+  const uiA = recordingUi();
+  const uiB = recordingUi();
+  const ctxA = { S: A, ui: uiA, timers: null, saveOutbox: () => {} };
+  const ctxB = { S: B, ui: uiB, timers: null, saveOutbox: () => {} };
+  P.handleFrame(ctxA, { type: 'system', room: 'a', content: 'bob joined' });
+  P.handleFrame(ctxA, { type: 'chat', id: 'm1', room: 'a', sender: 'bob', content: 'hi', ts: '2026-01-01T10:00:00Z', cursor: 'c1' });
+  P.handleFrame(ctxA, { type: 'system', room: 'a', content: 'carol joined' });
+  assert.deepEqual(A.sys, [
+    { text: 'bob joined', kind: 'system', after: null },
+    { text: 'carol joined', kind: 'system', after: 'm1' },
+  ]);
+  assert.deepEqual(B.sys, [], 'not in the other room');
+  assert.deepEqual(G.sys, [], 'not the page\'s');
+  assert.equal(uiA.calls.systemLine.length, 2);
+  assert.equal(uiB.calls.systemLine, undefined);
+  P.handleFrame(ctxB, { type: 'error', code: 'not_subscribed', message: 'nope' });
+  assert.deepEqual(B.sys.map((l) => [l.text, l.kind]), [['nope', 'error']]);
+  // Emptying the view empties them too (a gap restarts the room's view).
+  P.clearView(ctxA);
+  assert.deepEqual(A.sys, []);
+});
+
+test('system lines are capped per room (the oldest go)', () => {
+  const G = createState();
+  const A = roomState(G, 'a');
+  const ctx = { S: A, ui: recordingUi(), timers: null, saveOutbox: () => {} };
+  for (let i = 0; i < P.MAX_SYSTEM_LINES + 5; i += 1) P.systemLine(ctx, `line ${i}`);
+  assert.equal(A.sys.length, P.MAX_SYSTEM_LINES);
+  assert.equal(A.sys[0].text, 'line 5');
+});
+
+test('a room\'s buffer with its system lines: each after its message, the rest on top', () => {
+  const e = (id) => ({ id });
+  const sys = [
+    { text: 'first', after: null },
+    { text: 'after m1', after: 'm1' },
+    { text: 'after m1 too', after: 'm1' },
+    { text: 'after a trimmed one', after: 'gone' },
+    { text: 'after m2', after: 'm2' },
+  ];
+  const out = withSystemLines([e('m1'), e('m2')], sys).map((x) => (x.entry ? x.entry.id : x.line.text));
+  assert.deepEqual(out, ['first', 'after a trimmed one', 'm1', 'after m1', 'after m1 too', 'm2', 'after m2']);
+  assert.deepEqual(withSystemLines([e('m1')]).map((x) => x.entry.id), ['m1']);
+});
+
+// ---------- order by activity ----------
+
+test('a room\'s activity is its newest message\'s time, forward only', () => {
+  const R = roomState(createState(), 'a');
+  assert.equal(noteActivity(R), false, 'no messages');
+  const add = (id, ts) => { R.msgs.set(id, { id, m: { id, ts } }); R.order.push(id); };
+  add('m1', '2026-01-01T10:00:00Z');
+  assert.equal(noteActivity(R), true);
+  assert.equal(R.activity, Date.parse('2026-01-01T10:00:00Z'));
+  assert.equal(noteActivity(R), false, 'unchanged');
+  R.order.unshift('old'); R.msgs.set('old', { id: 'old', m: { ts: '2025-01-01T00:00:00Z' } }); // an older page
+  assert.equal(noteActivity(R), false);
+  add('m2', 'not a date');
+  assert.equal(noteActivity(R), false);
+  add('m2b', '2026-01-01T09:00:00Z'); // newest in the buffer, older than what was seen (paged back)
+  assert.equal(noteActivity(R), false);
+  assert.equal(R.activity, Date.parse('2026-01-01T10:00:00Z'), 'never backwards');
+  add('m3', '2026-01-01T11:00:00Z');
+  assert.equal(noteActivity(R), true);
+  assert.equal(R.activity, Date.parse('2026-01-01T11:00:00Z'));
+});
+
+test('the list\'s order: newest activity first, rooms without any after, in their order', () => {
+  const act = { a: 10, b: 30, c: 20 };
+  assert.deepEqual(byActivity(['a', 'x', 'b', 'y', 'c'], (r) => act[r]), ['b', 'c', 'a', 'x', 'y']);
+  assert.deepEqual(byActivity(['y', 'x'], () => undefined), ['y', 'x']);
+  const tie = { p: 5, q: 5 };
+  assert.deepEqual(byActivity(['q', 'p'], (r) => tie[r]), ['q', 'p'], 'stable');
+});
+
+test('while the user is in the list the rooms keep their places: gone ones drop, new ones at the end', () => {
+  assert.deepEqual(keepPlaces(['a', 'b', 'c'], ['c', 'a', 'b']), ['a', 'b', 'c']);
+  assert.deepEqual(keepPlaces(['a', 'b', 'c'], ['d', 'c', 'a']), ['a', 'c', 'd']);
+  assert.deepEqual(keepPlaces([], ['b', 'a']), ['b', 'a']);
+});
+
+test('rooms left: added once, on top, capped; joined again: removed', () => {
+  assert.deepEqual(leftAfter([], 'a', true), ['a']);
+  assert.deepEqual(leftAfter(['b', 'a'], 'a', true), ['a', 'b']);
+  assert.deepEqual(leftAfter(['b', 'a'], 'a', false), ['b']);
+  assert.deepEqual(leftAfter(['b'], 'a', false), ['b']);
+  const many = Array.from({ length: MAX_LEFT }, (_, i) => `r${i}`);
+  assert.equal(leftAfter(many, 'new', true).length, MAX_LEFT);
+  assert.equal(leftAfter(many, 'new', true)[0], 'new');
 });

@@ -156,12 +156,14 @@ function showChat(r) {
   $('composer-input').focus();
 }
 
+// The room named in the URL, else this tab's last, else the first room
+// this browser remembers that the user did not leave, else general.
 function initialRoom() {
   const h = decodeURIComponent(location.hash.replace(/^#/, '')).toLowerCase();
   if (ROOM_RE.test(h)) return h;
   const s = sessionStorage.getItem('hubbub.room');
   if (s && ROOM_RE.test(s)) return s;
-  return 'general';
+  return rooms.firstRemembered() || 'general';
 }
 
 // ---------- auth ----------
@@ -333,6 +335,15 @@ function onComposerKey(ev) {
   }
 }
 
+// Leave the shown room (roomsctl.js: what leaving means); another is shown.
+function onLeaveClick() {
+  const room = S.room;
+  const now = rooms.leave(room);
+  if (!now) return;
+  announce(`You left #${room}. Now in #${now}.`);
+  $('composer-input').focus();
+}
+
 function onJoinSubmit(ev) {
   ev.preventDefault();
   const input = $('join-input');
@@ -380,6 +391,7 @@ function bind() {
   }, { passive: true });
   $('notify-btn').addEventListener('click', onNotifyClick);
   $('mute-btn').addEventListener('click', onMuteClick);
+  $('leave-btn').addEventListener('click', onLeaveClick);
   $('sidebar-toggle').addEventListener('click', () => {
     const open = !$('sidebar').classList.contains('open');
     $('sidebar').classList.toggle('open', open);

@@ -1,7 +1,7 @@
 // The message box: sending (through protocol.outgoing, which checks the
 // limits) and our own typing indicator.
 
-import { outgoing, sendOutbox } from './protocol.js';
+import { outgoing, sendOutbox, systemLine } from './protocol.js';
 import { uuid } from './util.js';
 import { $ } from './render.js';
 
@@ -24,7 +24,7 @@ export function createComposer(ctx) {
     if (!S.conn) return false;
     const r = outgoing(S, raw, uuid(), new Date().toISOString());
     if (r.error !== undefined) {
-      if (r.error) ctx.ui.systemLine(r.error, 'error');
+      if (r.error) systemLine(ctx, r.error, 'error');
       return false;
     }
     if (r.o) sendOutbox(ctx, r.o);

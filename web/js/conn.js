@@ -461,6 +461,13 @@ export class Connection {
     this.scheduleAckFlush();
   }
 
+  /** A room left (multi-room): its batched receipts would only be refused (`not_subscribed`). */
+  forgetRoom(room) {
+    for (const set of Object.values(this.acks)) {
+      for (const k of [...set]) if (k.startsWith(`${room}\n`)) set.delete(k);
+    }
+  }
+
   scheduleAckFlush() {
     if (this.ackTimer) return;
     if (!this.acks.delivered.size && !this.acks.seen.size) return;

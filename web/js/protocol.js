@@ -8,6 +8,7 @@ import { utf8Bytes } from './util.js';
 
 export const TYPING_EXPIRE_MS = 6000; // others' typing expires without an update
 export const LOCAL_COMMANDS = new Set(['who', 'help', 'ping']); // replies only, nothing stored
+export const MAX_SYSTEM_LINES = 200; // per room: joins, leaves, replies kept for when it is shown again
 export const GAP_TEXT = 'Reconnected after a gap: showing the latest messages. Scroll up for earlier ones.';
 const DEFAULT_LIMITS = { max_frame: 8192, max_content: 4000 };
 
@@ -20,10 +21,24 @@ export function handleFrame(ctx, f) {
     case 'receipt': return onReceipt(ctx, f);
     case 'typing': return onTyping(ctx, f);
     case 'presence': return onPresence(ctx, f);
-    case 'system': return ctx.ui.systemLine(f.content);
+    case 'system': return systemLine(ctx, f.content);
     case 'error': return onError(ctx, f);
     default: return undefined;
   }
+}
+
+/**
+ * A system line (a join, a leave, a reply, an error) in the room it belongs
+ * to: kept in the room's state after the message that was newest when it
+ * came (`S.sys`, capped), so the room shows it whenever it is shown, and
+ * drawn now (a room not shown has a `ui` that draws nothing).
+ */
+export function systemLine(ctx, text, kind = 'system') {
+  const { S } = ctx;
+  if (!text) return;
+  S.sys.push({ text, kind, after: S.order.length ? S.order[S.order.length - 1] : null });
+  if (S.sys.length > MAX_SYSTEM_LINES) S.sys.splice(0, S.sys.length - MAX_SYSTEM_LINES);
+  ctx.ui.systemLine(text, kind);
 }
 
 export function onWelcome(ctx, f) {
@@ -63,7 +78,7 @@ export function onHistory(ctx, f) {
   S.joinedOnce = true;
   const wasBottom = ctx.ui.atBottom();
   S.caughtUp = 0;
-  if (gap) { ctx.ui.systemLine(GAP_TEXT, 'gap'); ctx.ui.announce(GAP_TEXT); }
+  if (gap) { systemLine(ctx, GAP_TEXT, 'gap'); ctx.ui.announce(GAP_TEXT); }
   for (const m of msgs) onMessage(ctx, m, { live: !first, fromHistory: true });
   if (S.caughtUp) {
     ctx.ui.announce(S.caughtUp === 1 ? '1 new message while you were away' : `${S.caughtUp} new messages while you were away`);
@@ -112,6 +127,7 @@ export function clearView(ctx) {
   S.markerAt = null;
   S.unread = 0;
   S.joinedOnce = false;
+  S.sys = [];
   ctx.ui.clearMessages();
   ctx.ui.showUnread(0);
 }
@@ -296,14 +312,14 @@ export function onError(ctx, f) {
     S.msgs.delete(f.id);
     S.order = S.order.filter((id) => id !== f.id);
     ui.removeMessage(f.id);
-    ui.systemLine(f.message || 'Unknown command. Type /help for the list.', 'error');
+    systemLine(ctx, f.message || 'Unknown command. Type /help for the list.', 'error');
     return;
   }
   if (entry) {
     setStatus(ctx, entry, 'failed', f.message || f.code);
     return;
   }
-  ui.systemLine(f.message || f.code, 'error');
+  systemLine(ctx, f.message || f.code, 'error');
 }
 
 /**
@@ -319,7 +335,7 @@ export function onTooBig(ctx, frame, bytes) {
   const max = (S.conn && S.conn.limits && S.conn.limits.max_frame) || DEFAULT_LIMITS.max_frame;
   const why = `too long for the server (${bytes ?? '?'} bytes; at most ${max})`;
   if (entry) setStatus(ctx, entry, 'failed', why);
-  else ctx.ui.systemLine(`A message was not sent: ${why}.`, 'error');
+  else systemLine(ctx, `A message was not sent: ${why}.`, 'error');
 }
 
 export const SUSPECT_STRIKES = 3;
@@ -342,7 +358,7 @@ export function onSuspect(ctx, frame, bytes) {
   const why = `the connection dropped each time it was sent (${bytes ?? '?'} bytes: too long for the server?)`;
   const entry = S.msgs.get(frame.id);
   if (entry) setStatus(ctx, entry, 'failed', why);
-  else ctx.ui.systemLine(`A message was not sent: ${why}.`, 'error');
+  else systemLine(ctx, `A message was not sent: ${why}.`, 'error');
 }
 
 export function onTyping(ctx, f) {

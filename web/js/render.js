@@ -6,6 +6,7 @@ import { typingText } from './protocol.js';
 import {
   continuesGroup, dayKey, dayLabel, fullTime, mentionsUser, tokenize,
 } from './format.js';
+import { withSystemLines } from './rooms.js';
 
 export const $ = (id) => document.getElementById(id);
 export const el = (tag, cls, text) => {
@@ -263,15 +264,19 @@ export function createView(S, hooks) {
     v.tickText.textContent = entry.detail ? `${text}: ${entry.detail}` : text;
   }
 
-  function systemLine(text, kind = 'system') {
-    if (!text) return;
-    const wasBottom = isAtBottom();
+  function systemItem(text, kind) {
     const cls = { error: 'system error', gap: 'system gap' }[kind] || 'system';
     const li = el('li', cls);
     if (kind === 'gap') li.dataset.gap = 'true';
     li.append(el('span', 'visually-hidden', kind === 'error' ? 'Error: ' : 'Notice: '));
     li.append(document.createTextNode(text));
-    $('messages').append(li);
+    return li;
+  }
+
+  function systemLine(text, kind = 'system') {
+    if (!text) return;
+    const wasBottom = isAtBottom();
+    $('messages').append(systemItem(text, kind));
     relayout();
     if (wasBottom) scrollToBottom();
   }
@@ -316,10 +321,11 @@ export function createView(S, hooks) {
       rovingTime();
     },
     // A room shown again: its buffer at once (one layout pass), the
-    // "New messages" marker above `markerAt`.
-    renderAll(entries, markerAt) {
+    // "New messages" marker above `markerAt`, its system lines where they came.
+    renderAll(entries, markerAt, sys = []) {
       const frag = document.createDocumentFragment();
-      for (const e of entries) {
+      for (const { entry: e, line } of withSystemLines(entries, sys)) {
+        if (line) { frag.append(systemItem(line.text, line.kind)); continue; }
         if (e.id === markerAt) {
           marker = el('li', 'new-marker');
           marker.append(el('span', null, 'New messages'));

@@ -4,30 +4,46 @@
 // one on screen (for the read position). DOM only; the counts are rooms.js's.
 
 import { $, el, announce } from './render.js';
-import { badgeText, roomLabel } from './rooms.js';
+import { badgeText, roomLabel, keepPlaces } from './rooms.js';
 
 const ANNOUNCE_AFTER_MS = 2500; // rises in other rooms are said together, at most this often
 
 export function createRoomList({ onPick }) {
-  const buttons = new Map(); // room -> {b, badge, at}
-  let names = [];
+  const buttons = new Map(); // room -> {li, b, badge, at}
+  let names = [];            // the order drawn
+  let last = null;           // the last render's arguments: a held reorder is drawn from them
   const risen = new Map(); // room -> counts, not yet announced
   let announceTimer = null;
 
-  // Rebuilt only when the rooms change (a keyboard user's focus stays on its
-  // room); the counts are painted in place.
+  // The user is in the list: keyboard focus on one of its buttons, or the
+  // pointer over it. Then nothing moves under them (keepPlaces); the order
+  // by activity is drawn once they leave.
+  const ul = $('room-list');
+  const held = () => ul.matches(':hover') || ul.contains(document.activeElement);
+  const flush = () => { if (last && !held()) render(...last); };
+  ul.addEventListener('pointerleave', flush);
+  ul.addEventListener('focusout', () => setTimeout(flush, 0)); // once the focus has landed
+
+  // Items are created once per room and moved, never rebuilt, so the focus
+  // stays on its button; the counts are painted in place.
   function render(list, rooms, current) {
-    const ul = $('room-list');
-    if (list.join('\n') !== names.join('\n')) {
-      const a = document.activeElement;
-      const focused = a && ul.contains(a) ? a.dataset.room : null;
-      ul.replaceChildren();
-      buttons.clear();
-      for (const r of list) ul.append(item(r));
-      names = list.slice();
-      if (focused && buttons.has(focused)) buttons.get(focused).b.focus();
-    }
+    last = [list, rooms, current];
+    const want = held() ? keepPlaces(names, list) : list;
+    if (want.join('\n') !== names.join('\n')) place(want);
     for (const [r, v] of buttons) paint(r, v, rooms.get(r), r === current);
+  }
+
+  function place(want) {
+    const a = document.activeElement;
+    const focused = a && ul.contains(a) ? a : null;
+    const keep = new Set(want);
+    for (const [r, v] of buttons) if (!keep.has(r)) { v.li.remove(); buttons.delete(r); }
+    want.forEach((r, i) => {
+      const li = buttons.has(r) ? buttons.get(r).li : item(r);
+      if (ul.children[i] !== li) ul.insertBefore(li, ul.children[i] || null);
+    });
+    names = want.slice();
+    if (focused && focused.isConnected && document.activeElement !== focused) focused.focus();
   }
 
   function item(r) {
@@ -46,7 +62,7 @@ export function createRoomList({ onPick }) {
     b.append(name, ' ', at, badge);
     b.addEventListener('click', () => onPick(r));
     li.append(b);
-    buttons.set(r, { b, badge, at });
+    buttons.set(r, { li, b, badge, at });
     return li;
   }
 
@@ -85,8 +101,9 @@ export function createRoomList({ onPick }) {
     announceTimer = null;
     risen.clear();
     names = [];
+    last = null;
     buttons.clear();
-    $('room-list').replaceChildren();
+    ul.replaceChildren();
   }
 
   return { render, rose, clear };

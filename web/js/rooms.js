@@ -7,12 +7,13 @@ import { mentionsUser } from './format.js';
 
 export const UNREAD_CAP = 100;       // the server's cap: 100 means "100 or more"
 export const MAX_ROOMS = 100;        // the server's default rooms per connection
+export const MAX_LEFT = 200;         // rooms left remembered per user (localStorage)
 
 // The fields every room keeps for itself; the rest (me, the outbox, acked
 // ids, the tab's hidden count…) is the page's and is shared through accessors.
 export const PER_ROOM_KEYS = [
   'msgs', 'order', 'lastCursor', 'oldestCursor', 'moreOlder', 'loadingOlder', 'olderReq',
-  'newerTrimmed', 'typers', 'presence', 'visibleUnseen', 'unread', 'marker', 'markerAt',
+  'newerTrimmed', 'typers', 'presence', 'visibleUnseen', 'unread', 'marker', 'markerAt', 'sys',
   'joinedOnce', 'resumed', 'caughtUp',
 ];
 
@@ -26,7 +27,7 @@ export function roomState(G, room) {
     room,
     msgs: new Map(), order: [], lastCursor: null, oldestCursor: null, moreOlder: false,
     loadingOlder: false, olderReq: 0, newerTrimmed: false, typers: new Map(), presence: [],
-    visibleUnseen: new Set(), unread: 0, marker: false, markerAt: null, joinedOnce: false,
+    visibleUnseen: new Set(), unread: 0, marker: false, markerAt: null, sys: [], joinedOnce: false,
     resumed: false, caughtUp: 0,
     counts: { unread: 0, mentions: 0 }, // the badge (server counts, kept live)
     readCursor: null,                   // the read position as far as we know
@@ -104,4 +105,68 @@ export function totalUnread(rooms) {
   let n = 0;
   for (const R of rooms) n += R.counts.unread || 0;
   return n;
+}
+
+/**
+ * A room's buffer in display order: its messages with its system lines
+ * (`{text, kind, after}`) each right after the message it followed when it
+ * came; a line that came before any message, or whose message is no longer
+ * in the buffer (trimmed or removed), goes on top. Returns
+ * `[{entry} | {line}]`.
+ */
+export function withSystemLines(entries, sys = []) {
+  const ids = new Set(entries.map((e) => e.id));
+  const after = new Map(); // message id -> its lines
+  const top = [];
+  for (const line of sys) {
+    if (line.after === null || !ids.has(line.after)) { top.push({ line }); continue; }
+    if (!after.has(line.after)) after.set(line.after, []);
+    after.get(line.after).push({ line });
+  }
+  const out = top;
+  for (const entry of entries) {
+    out.push({ entry });
+    for (const l of after.get(entry.id) || []) out.push(l);
+  }
+  return out;
+}
+
+/**
+ * The room's activity: the time of the newest message it has shown (its own
+ * pending ones included, as the server counts the user's own messages).
+ * Only moves forward; true when it moved.
+ */
+export function noteActivity(R) {
+  const last = R.order.length ? R.msgs.get(R.order[R.order.length - 1]) : null;
+  const t = last ? Date.parse(last.m.ts) : NaN;
+  if (!Number.isFinite(t) || t <= (R.activity || 0)) return false;
+  R.activity = t;
+  return true;
+}
+
+/**
+ * The room list's order: newest activity first (as `GET /api/rooms`); rooms
+ * with none yet keep their order after them (stable).
+ */
+export function byActivity(names, activityOf) {
+  const at = new Map(names.map((r, i) => [r, i]));
+  return names.slice().sort((a, b) => ((activityOf(b) || 0) - (activityOf(a) || 0)) || (at.get(a) - at.get(b)));
+}
+
+/**
+ * The order to draw while the user is in the list (focus or pointer on it):
+ * the rooms already there keep their places, rooms that went are dropped,
+ * new ones go at the end; the real order is drawn once they leave it.
+ */
+export function keepPlaces(shown, wanted) {
+  const want = new Set(wanted);
+  const kept = shown.filter((r) => want.has(r));
+  const have = new Set(kept);
+  return [...kept, ...wanted.filter((r) => !have.has(r))];
+}
+
+/** The rooms left in this browser, without `room` (joined again) or with it (left). */
+export function leftAfter(left, room, isLeft) {
+  const rest = left.filter((r) => r !== room);
+  return isLeft ? [room, ...rest].slice(0, MAX_LEFT) : rest;
 }

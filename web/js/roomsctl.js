@@ -11,12 +11,14 @@ import { Connection } from './conn.js';
 import * as P from './protocol.js';
 import {
   roomState, countsAfter, readMovesForward, countIncoming, subscriptionOrder, totalUnread, MAX_ROOMS,
+  noteActivity, byActivity, leftAfter,
 } from './rooms.js';
 import { createRoomList, newestVisibleCursor } from './roomlist.js';
-import { $, scrollToBottom, updateTitle, isAtBottom } from './render.js';
+import { $, scrollToBottom, updateTitle, isAtBottom, announce } from './render.js';
 import { ROOM_RE, storeGet, storeSet, realTimers } from './util.js';
 
 const RECENT_ROOMS = 'hubbub.rooms';
+const LEFT_ROOMS = 'hubbub.left.'; // + user: the rooms they left in this browser
 const MAX_RECENT = 12;
 const READ_DEBOUNCE_MS = 500; // a `read` at most this often (they count against the frame rate)
 
@@ -30,6 +32,7 @@ export function createRooms(G, deps) {
   let roomNames = [];      // the room list's order
   let cur = G;             // the shown room's state
   const pendingSubs = [];  // rooms subscribed for, not yet answered, in order
+  const unsubs = new Map(); // room -> `unsubscribe`s sent on this socket, not yet answered
   const S = new Proxy(G, {
     get: (_, k) => cur[k],
     set: (_, k, v) => { cur[k] = v; return true; },
@@ -56,15 +59,54 @@ export function createRooms(G, deps) {
   function rememberRoom(room) {
     const list = [room, ...recentRooms().filter((r) => r !== room)].slice(0, MAX_RECENT);
     storeSet(localStorage, RECENT_ROOMS, list);
-    // The list keeps its order (a keyboard user's place in it stays); a new room goes on top.
+    // A new room goes on top until its messages say where it belongs.
     if (!roomNames.includes(room)) roomNames = [room, ...roomNames];
     renderRooms();
   }
 
+  // The rooms this user left in this browser: the server keeps every room
+  // ever joined in GET /api/rooms, so a reload would bring them back.
+  const leftKey = () => `${LEFT_ROOMS}${G.me}`;
+  function leftRooms() {
+    if (!G.me) return [];
+    return storeGet(localStorage, leftKey(), []).filter((r) => ROOM_RE.test(r));
+  }
+  function setLeft(room, isLeft) {
+    if (!G.me) return;
+    const before = leftRooms();
+    if (!isLeft && !before.includes(room)) return;
+    storeSet(localStorage, leftKey(), leftAfter(before, room, isLeft));
+  }
+
+  // Another tab of this browser left a room (the same user's list): this tab
+  // leaves it too. (Its own write comes back to no tab: rooms already gone.)
+  window.addEventListener('storage', (e) => {
+    if (!G.me || e.key !== leftKey()) return;
+    for (const r of leftRooms()) {
+      if (!rooms.has(r)) continue;
+      const shown = cur.room === r;
+      const now = leave(r);
+      if (now) announce(`You left #${r} in another tab.${shown ? ` Now in #${now}.` : ''}`);
+    }
+  });
+
+  // Newest activity first (as GET /api/rooms); roomlist.js holds the order
+  // still while the user is in the list.
   function renderRooms() {
+    roomNames = byActivity(roomNames, (r) => rooms.get(r) && rooms.get(r).activity);
     roomList.render(roomNames, rooms, cur === G ? null : cur.room);
     G.titleCount = totalUnread(rooms.values());
     updateTitle(S);
+    renderLeave();
+  }
+
+  // "Leave #room" for the shown room; not for the only room (there would be
+  // nothing to show instead).
+  function renderLeave() {
+    const b = $('leave-btn');
+    const room = cur === G ? null : cur.room;
+    b.hidden = !room || roomNames.filter((r) => r !== room).length === 0;
+    if (room && $('leave-room').textContent !== `#${room}`) $('leave-room').textContent = `#${room}`;
   }
 
   // A room's frames go out with its name (the socket is multi-room).
@@ -102,7 +144,7 @@ export function createRooms(G, deps) {
       old.subscribing = false;
       old.subscribed = false;
       old.overLimit = true;
-      G.conn.send({ type: 'unsubscribe', room: old.room });
+      unsubscribe(old.room);
     }
     R.overLimit = false;
     R.subscribed = false;
@@ -111,6 +153,13 @@ export function createRooms(G, deps) {
     const f = { type: 'subscribe', room: R.room };
     if (R.lastCursor) f.since = R.lastCursor; // exact resume, per room
     G.conn.send(f);
+  }
+
+  // The answer (`unsubscribed`) is only counted off: the room may be
+  // subscribed again (or left) by the time it comes.
+  function unsubscribe(room) {
+    unsubs.set(room, (unsubs.get(room) || 0) + 1);
+    G.conn.send({ type: 'unsubscribe', room });
   }
 
   function maxRooms() {
@@ -133,6 +182,7 @@ export function createRooms(G, deps) {
   function onWelcome(f) {
     P.onWelcome(ctx, f);
     pendingSubs.length = 0;
+    unsubs.clear();
     for (const R of rooms.values()) {
       R.subscribed = false;
       R.subscribing = false;
@@ -147,17 +197,24 @@ export function createRooms(G, deps) {
   function onFrame(f) {
     if (f.type === 'welcome') { deps.count('welcomes'); onWelcome(f); return; }
     if (f.type === 'error' && f.code === 'too_many_rooms') { onTooManyRooms(f); return; }
+    if (f.type === 'unsubscribed') {
+      const n = unsubs.get(f.room) || 0;
+      if (n > 1) unsubs.set(f.room, n - 1); else unsubs.delete(f.room);
+      const R = rooms.get(f.room);
+      if (!n && R) { R.subscribed = false; R.subscribing = false; } // not asked for: the server's word
+      return;
+    }
     const R = f.room ? rooms.get(f.room) : (cur === G ? null : cur);
-    if (!R) return;
+    if (!R) return; // a room left: what was on the way before `unsubscribed`
     if (f.type === 'subscribed') {
       R.subscribed = true;
       R.resumed = !!f.resumed;
       if (pendingSubs.includes(R.room)) pendingSubs.splice(pendingSubs.indexOf(R.room), 1);
       return;
     }
-    if (f.type === 'unsubscribed') { R.subscribed = false; R.subscribing = false; return; }
     if (f.type === 'read') { onRead(R, f); return; }
     P.handleFrame(R === cur ? ctx : { S: R, ui: headless, timers: realTimers, saveOutbox }, f);
+    if (noteActivity(R)) renderRooms();
     if (R === cur) scheduleRead();
   }
 
@@ -207,9 +264,10 @@ export function createRooms(G, deps) {
     try { list = await api.rooms(); } catch { list = null; }
     if (!G.me) return;
     G.serverReads = !!list;
+    const left = new Set(leftRooms());
     const names = [];
     for (const r of list || []) {
-      if (!r || !ROOM_RE.test(r.room)) continue;
+      if (!r || !ROOM_RE.test(r.room) || left.has(r.room)) continue;
       const R = ensureRoom(r.room);
       R.counts = { unread: Number(r.unread) || 0, mentions: Number(r.mentions) || 0 };
       // The server's position (a local one may have moved before the list came,
@@ -217,20 +275,21 @@ export function createRooms(G, deps) {
       R.readCursor = r.read_cursor || null;
       names.push(r.room);
     }
-    for (const r of recentRooms()) names.push(r);
-    for (const o of G.outbox.values()) if (o.user === G.me && ROOM_RE.test(o.room)) names.push(o.room);
+    for (const r of recentRooms()) if (!left.has(r)) names.push(r);
+    for (const o of G.outbox.values()) if (o.user === G.me && ROOM_RE.test(o.room) && !left.has(o.room)) names.push(o.room);
     const shown = cur === G ? [] : [cur.room];
     roomNames = [...new Set([...shown, ...roomNames, ...names])];
     for (const r of roomNames) ensureRoom(r);
     renderRooms();
     scheduleRead();
+    deps.count('roomLists'); // a marker for tests: the list is loaded
   }
 
   // Draw the shown room from its buffer.
   function renderShown() {
     const ui = ctx.ui;
     ui.clearMessages();
-    ui.renderAll(cur.order.map((id) => cur.msgs.get(id)).filter(Boolean), cur.markerAt);
+    ui.renderAll(cur.order.map((id) => cur.msgs.get(id)).filter(Boolean), cur.markerAt, cur.sys);
     for (const id of cur.order) {
       const e = cur.msgs.get(id);
       if (!e || e.own) continue;
@@ -250,6 +309,7 @@ export function createRooms(G, deps) {
   /** Show `room`: instant, from its buffer; the socket stays. */
   function showRoom(room, { replaceHash = false } = {}) {
     if (!ROOM_RE.test(room)) return;
+    setLeft(room, false); // shown again (joined, picked, linked): no longer left
     const R = ensureRoom(room);
     if (cur !== R) {
       if (cur !== G) cur.scroll = { top: $('scroller').scrollTop, bottom: isAtBottom() };
@@ -270,6 +330,32 @@ export function createRooms(G, deps) {
     rememberRoom(room);
     if (!G.conn) connect();
     scheduleRead();
+  }
+
+  /**
+   * Leave `room`: unsubscribed on the socket, out of the list, the recent
+   * rooms and the outbox, remembered as left (per user, in this browser) so
+   * GET /api/rooms does not bring it back; joining it again undoes that.
+   * The shown room gives way to the top of the list. Returns the room shown
+   * now, or null (not a room of the list, or the only one).
+   */
+  function leave(room) {
+    const R = rooms.get(room);
+    const rest = roomNames.filter((r) => r !== room);
+    if (!R || !rest.length) return null;
+    if (R.subscribing && G.conn && G.conn.open) unsubscribe(room);
+    if (G.conn) G.conn.forgetRoom(room); // receipts still batched for it
+    if (pendingSubs.includes(room)) pendingSubs.splice(pendingSubs.indexOf(room), 1);
+    rooms.delete(room);
+    roomNames = rest;
+    setLeft(room, true);
+    storeSet(localStorage, RECENT_ROOMS, recentRooms().filter((r) => r !== room));
+    let dropped = false;
+    for (const o of [...G.outbox.values()]) if (o.room === room) { G.outbox.delete(o.id); dropped = true; }
+    if (dropped) saveOutbox();
+    if (R === cur) showRoom(rest[0], { replaceHash: true }); // renders the list
+    else renderRooms();
+    return cur.room;
   }
 
   function connect() {
@@ -304,17 +390,21 @@ export function createRooms(G, deps) {
     G.titleCount = 0;
     G.roomLimit = 0;
     pendingSubs.length = 0;
+    unsubs.clear();
   }
 
   /** The socket is gone: no subscription holds, typing can't be kept fresh. */
   function disconnected() {
     pendingSubs.length = 0;
+    unsubs.clear();
     for (const R of rooms.values()) { R.typers.clear(); R.subscribed = false; R.subscribing = false; }
   }
 
   return {
     S, ctx, showRoom, loadRooms, onIncoming, scheduleRead, reset, disconnected,
-    renderRooms,
+    renderRooms, leave,
+    /** The first room this browser remembers that the user did not leave (null: none). */
+    firstRemembered: () => recentRooms().find((r) => !leftRooms().includes(r)) || null,
     shown: () => (cur === G ? null : cur.room),
   };
 }

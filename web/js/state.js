@@ -37,13 +37,14 @@ export function createState(caps = {}) {
     hiddenUnread: 0,        // new messages while the tab was hidden (the tab title)
     marker: false,          // the "New messages" marker is shown
     markerAt: null,         // the id of the first message under it
+    sys: [],                // system lines {text, kind, after: the id they follow} (protocol.js)
     joinedOnce: false,
     resumed: false,         // the last welcome honoured our `since`
     caughtUp: 0,
     welcomes: 0,
     clientForced: false,
-    serverReads: false,
-    titleCount: 0,          // the unread total of all rooms (the tab title)     // the server has GET /api/rooms and `read` frames
+    serverReads: false,     // the server has GET /api/rooms and `read` frames
+    titleCount: 0,          // the unread total of all rooms (the tab title)
   };
 }
 
@@ -62,6 +63,7 @@ export function resetRoom(S) {
   S.unread = 0;
   S.marker = false;
   S.markerAt = null;
+  S.sys = [];
   S.joinedOnce = false;
   S.resumed = false;
 }
