@@ -292,6 +292,21 @@ impl TlsStream {
         Poll::Ready(Ok(()))
     }
 
+    /// Writes what the socket takes of `outgoing` now, registering no waker.
+    fn try_flush_out(&mut self) -> io::Result<()> {
+        while let Some(rest) = self.outgoing.get(self.out_at..).filter(|r| !r.is_empty()) {
+            match self.tcp.try_write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.out_at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        self.outgoing = Vec::new();
+        self.out_at = 0;
+        Ok(())
+    }
+
     /// Takes what `plain` holds into `buf`; frees it once all is taken.
     fn take_plain(&mut self, buf: &mut ReadBuf<'_>) -> bool {
         let Some(rest) = self.plain.get(self.plain_at..).filter(|r| !r.is_empty()) else {
@@ -423,11 +438,12 @@ impl AsyncRead for TlsStream {
                     if this.peer_closed {
                         return Poll::Ready(Ok(()));
                     }
-                    // A key update reply or an alert rustls queued while
-                    // reading; if the socket is full it goes with the next write.
-                    if let Poll::Ready(Err(e)) = this.poll_flush_out(cx) {
-                        return Poll::Ready(Err(e));
-                    }
+                    // A key update reply rustls queued while reading. Not
+                    // `poll_write`: that would take the writer's place as the
+                    // task woken when the socket drains (the session polls
+                    // reads and writes from two tasks). If the socket is
+                    // full, it goes with the next write.
+                    this.try_flush_out()?;
                     if this.tcp_eof {
                         // rustls' own reader says the same: EOF without
                         // close_notify may be a truncation attack.
