@@ -4,6 +4,7 @@
 //! connections.
 
 pub mod certs;
+mod records;
 pub mod stream;
 
 use std::net::{IpAddr, SocketAddr};

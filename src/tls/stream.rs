@@ -26,15 +26,11 @@ use rustls::unbuffered::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::records::{RECORD_OVERHEAD, append_with, consume_front, encrypt, invalid};
+
 /// Bytes asked of the socket when no partial record tells how many are
 /// coming. Only held while records are in it.
 const READ_CHUNK: usize = 4 * 1024;
-/// Plaintext accepted per write: four full records. Bounds the ciphertext
-/// held when the peer does not read.
-const MAX_WRITE: usize = 4 * 16 * 1024;
-/// Room for a TLS record's framing and tag (TLS 1.2 AES-GCM: 5 + 8 + 16;
-/// TLS 1.3: 5 + 1 + 16), and for a key update rustls may put in front.
-const RECORD_OVERHEAD: usize = 64;
 /// A TLS record header: type, version, length.
 const RECORD_HEADER: usize = 5;
 
@@ -104,10 +100,6 @@ pub async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Result<Tls
     };
     poll_fn(|cx| s.poll_handshake(cx)).await?;
     Ok(s)
-}
-
-fn invalid(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 impl TlsStream {
@@ -207,8 +199,9 @@ impl TlsStream {
                 }
                 res
             }
+            // Sized exactly: the first call only learns the record's size.
             Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                append_with(outgoing, READ_CHUNK, |out| match e.encode(out) {
+                append_with(outgoing, 0, |out| match e.encode(out) {
                     Ok(n) => Ok(Ok(n)),
                     Err(EncodeError::InsufficientSize(s)) => Ok(Err(s.required_size)),
                     Err(other) => Err(invalid(other.to_string())),
@@ -326,95 +319,6 @@ impl TlsStream {
     #[cfg(test)]
     pub(crate) fn held_capacity(&self) -> usize {
         self.incoming.capacity() + self.plain.capacity() + self.outgoing.capacity()
-    }
-}
-
-/// Encrypts up to `MAX_WRITE` bytes of `bufs` as records appended to `out`.
-/// Several slices are gathered behind the space for their records first
-/// (one allocation), so a `writev` of small frames makes one record, not one
-/// per slice.
-fn encrypt(
-    w: &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
-    bufs: &[IoSlice<'_>],
-    out: &mut Vec<u8>,
-) -> io::Result<usize> {
-    let total = bufs.iter().map(|b| b.len()).sum::<usize>().min(MAX_WRITE);
-    let room = total + RECORD_OVERHEAD * (total / (16 * 1024) + 2);
-    let start = out.len();
-    out.resize(start + room + total, 0);
-    let (cipher, gathered) = out[start..].split_at_mut(room);
-    let mut at = 0;
-    for b in bufs {
-        let n = b.len().min(total - at);
-        gathered[at..at + n].copy_from_slice(&b[..n]);
-        at += n;
-    }
-    let r = w.encrypt(gathered, cipher);
-    match r {
-        Ok(n) => {
-            out.truncate(start + n);
-            Ok(total)
-        }
-        // `room` covers every record's overhead, so this is not expected;
-        // if it happens, retry with the size rustls asks for.
-        Err(EncryptError::InsufficientSize(s)) => {
-            let plain = gathered.to_vec();
-            out.truncate(start);
-            append_with(out, s.required_size, |o| match w.encrypt(&plain, o) {
-                Ok(n) => Ok(Ok(n)),
-                Err(EncryptError::InsufficientSize(s)) => Ok(Err(s.required_size)),
-                Err(other) => Err(invalid(other.to_string())),
-            })?;
-            Ok(total)
-        }
-        Err(other) => {
-            out.truncate(start);
-            Err(invalid(other.to_string()))
-        }
-    }
-}
-
-/// Runs `f` on `guess` new bytes at the end of `out`; if `f` asks for more
-/// (`Ok(Err(size))`), once more on that many. Keeps what `f` wrote.
-fn append_with(
-    out: &mut Vec<u8>,
-    guess: usize,
-    mut f: impl FnMut(&mut [u8]) -> io::Result<Result<usize, usize>>,
-) -> io::Result<()> {
-    let start = out.len();
-    out.resize(start + guess, 0);
-    let mut r = f(&mut out[start..]);
-    if let Ok(Err(need)) = r {
-        out.resize(start + need, 0);
-        r = f(&mut out[start..]);
-    }
-    match r {
-        Ok(Ok(n)) => {
-            out.truncate(start + n);
-            Ok(())
-        }
-        Ok(Err(need)) => {
-            out.truncate(start);
-            Err(invalid(format!(
-                "rustls wants {need} bytes to write a record"
-            )))
-        }
-        Err(e) => {
-            out.truncate(start);
-            Err(e)
-        }
-    }
-}
-
-/// Drops the first `n` bytes of `buf`; frees it when nothing is left.
-fn consume_front(buf: &mut Vec<u8>, n: usize) {
-    if n == 0 {
-        return;
-    }
-    if n >= buf.len() {
-        *buf = Vec::new();
-    } else {
-        buf.drain(..n);
     }
 }
 
