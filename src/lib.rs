@@ -28,7 +28,8 @@
 //!   account tables. May import: `storage`, `protocol`, `error`, `files`,
 //!   `metrics`.
 //! - [`tls`]: the local CA (rcgen, or mkcert's), certificate reload, rustls
-//!   config. May import: `files`, `protocol`.
+//!   config, the listener's TLS stream (rustls' unbuffered API: no record
+//!   buffer held while idle). May import: `files`, `protocol`.
 //! - [`hub`]: one task that owns all room state, used through `HubHandle`'s
 //!   typed methods. A pure core (`HubState::apply(event, now) -> Effects`:
 //!   no tokio, channels, storage handle or metrics) and a shell that carries

@@ -30,6 +30,7 @@ use super::reply;
 use crate::metrics::{Metrics, TimeoutPhase};
 use crate::protocol::ErrorCode;
 use crate::tls::Tls;
+use crate::tls::stream::TlsStream;
 
 /// The client's address, readable in filters with `warp::ext::optional::<PeerAddr>()`:
 /// each connection puts it into every request it serves.
@@ -268,7 +269,7 @@ async fn tls_handshake(
     tls: &Tls,
     deadline: Instant,
     metrics: &Metrics,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> Option<TlsStream> {
     let timed_out = || {
         metrics.http_timeout(TimeoutPhase::Head).inc();
         tracing::debug!("TLS handshake not done within the request timeout");
@@ -289,7 +290,12 @@ async fn tls_handshake(
         Ok(_) => return None,
         Err(_) => return timed_out(),
     }
-    match tokio::time::timeout_at(deadline, tls.acceptor.accept(tcp)).await {
+    match tokio::time::timeout_at(
+        deadline,
+        crate::tls::stream::accept(tcp, tls.config.clone()),
+    )
+    .await
+    {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");

@@ -4,6 +4,8 @@
 //! connections.
 
 pub mod certs;
+mod records;
+pub mod stream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -15,7 +17,6 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
 
 /// Where the server's certificate comes from.
 #[derive(Clone, Debug)]
@@ -32,7 +33,8 @@ pub enum CertSource {
 }
 
 pub struct Tls {
-    pub acceptor: TlsAcceptor,
+    /// The rustls config every handshake uses (`stream::accept`).
+    pub config: Arc<ServerConfig>,
     pub source: CertSource,
     resolver: Arc<SwappableCert>,
     served: Arc<ServedNames>,
@@ -189,7 +191,7 @@ impl Tls {
                 .with_cert_resolver(resolver.clone());
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Tls {
-            acceptor: TlsAcceptor::from(Arc::new(cfg)),
+            config: Arc::new(cfg),
             source,
             resolver,
             served,
