@@ -87,7 +87,7 @@ fn frame(i: usize) -> Frame {
 /// The hub keeps this session's queue full (a fan-out receiver) while the
 /// client pings: the task must still read, so tungstenite answers, and the
 /// pong comes out between the frames.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_is_answered_while_a_stream_of_frames_is_written() {
     let (server, client) = tcp_pair().await;
     let p = spawn_plain(
@@ -141,11 +141,16 @@ async fn a_ping_is_answered_while_a_stream_of_frames_is_written() {
 #[tokio::test]
 async fn a_peer_that_keeps_sending_but_never_reads_is_still_closed() {
     let (server, client) = tcp_pair().await;
-    // 8 MiB of preamble: far more than the socket buffers take.
-    let big: Vec<Frame> = (0..32)
-        .map(|i| Frame::from(format!(r#"{{"i":{i},"pad":"{}"}}"#, "y".repeat(256 * 1024))))
+    // 8 MiB queued by the hub: far more than the socket buffers take.
+    let big: Vec<Vec<Frame>> = (0..32)
+        .map(|i| {
+            vec![Frame::from(format!(
+                r#"{{"i":{i},"pad":"{}"}}"#,
+                "y".repeat(256 * 1024)
+            ))]
+        })
         .collect();
-    let p = spawn_plain(server, big, Duration::from_secs(3600), false, Vec::new()).await;
+    let p = spawn_plain(server, Vec::new(), Duration::from_secs(3600), false, big).await;
     let (_rd, mut wr) = tokio::io::split(client);
     let sender = tokio::spawn(async move {
         // Masked text frames, as a client sends them, until the socket breaks.
