@@ -163,7 +163,7 @@ async fn a_peer_that_keeps_sending_but_never_reads_is_still_closed() {
         let mut sent = 0usize;
         while client.send(Message::Text("{}".into())).await.is_ok() {
             sent += 1;
-            if sent % 64 == 0 {
+            if sent.is_multiple_of(64) {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }

@@ -192,7 +192,7 @@ async fn a_stalled_reader_that_keeps_sending_is_evicted() {
     let body = "x".repeat(3900);
     let mut sent = 0usize;
     while sent < MESSAGES {
-        if sent % 50 == 0 && metric(&s, EVICTED_SLOW).await > before.0 {
+        if sent.is_multiple_of(50) && metric(&s, EVICTED_SLOW).await > before.0 {
             break;
         }
         let frame = chat(&uuid(), &format!("{sent} {body}"));
