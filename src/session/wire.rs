@@ -94,7 +94,7 @@ where
     r.is_pair_of(&writing.io).then(|| r.unsplit(writing.io))
 }
 
-/// Frames tungstenite wrote while reading, for the writer to send.
+/// Frames tungstenite wrote while reading, for the writing half to send.
 #[derive(Default)]
 pub struct Oob {
     state: Mutex<OobState>,
@@ -146,7 +146,7 @@ impl Oob {
 
 /// The reading half as tungstenite sees it: reads from the socket; what
 /// tungstenite writes (whole frames: its out-buffer, all of it, is taken at
-/// once) goes to the writer through [`Oob`].
+/// once) goes to the writing half through [`Oob`].
 pub struct ReadSide<S> {
     io: ReadHalf<S>,
     oob: Arc<Oob>,
@@ -222,7 +222,7 @@ fn holds_close(buf: &[u8]) -> bool {
     false
 }
 
-/// What a write found: the writer goes on, or tungstenite answered the
+/// What a write found: the session goes on, or tungstenite answered the
 /// client's Close, and nothing may follow it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Sent {
@@ -309,7 +309,7 @@ impl<S: AsyncRead + AsyncWrite> Writing<S> {
     }
 
     /// Ready once tungstenite has left frames to send (borrows nothing, so
-    /// the writer may wait on it beside its other wakers).
+    /// the session's task may wait on it beside its other wakers).
     pub fn replies_waiting(&self) -> impl Future<Output = ()> + Send + 'static {
         let oob = self.oob.clone();
         std::future::poll_fn(move |cx| oob.poll_waiting(cx))

@@ -92,7 +92,7 @@ fn wire_len(len: usize) -> usize {
 /// Issue 13 §3: a join's `history` (here ~12 KiB) and a 32 KiB `batch=1`
 /// frame went through tungstenite's out-buffer, which kept its largest
 /// capacity while the connection lived. After the burst, the connection
-/// (writer task, socket halves) must hold no more heap than before it.
+/// (its task, socket halves) must hold no more heap than before it.
 #[test]
 fn a_burst_leaves_no_write_buffer_behind() {
     let rt = tokio::runtime::Builder::new_current_thread()
