@@ -139,6 +139,14 @@ impl End {
     }
 }
 
+/// What a read brought.
+enum Heard {
+    More,
+    End(End),
+    /// The client's Close: tungstenite queued the reply.
+    ClientClose,
+}
+
 /// The connection's state between frames. Owned by the session's future
 /// (once: [`run`] and [`close`] only borrow or consume it), so nothing of
 /// it is stored twice across the async layers.
@@ -168,6 +176,63 @@ impl<'a, T> Conn<'a, T> {
             busy: None,
             want_ping: false,
         }
+    }
+
+    /// The timer fired: the end it brings, if any (a ping falls due, or
+    /// the client was heard since this deadline was set: go on).
+    fn on_timer(&mut self) -> Option<End> {
+        match self.clock.check(Instant::now()) {
+            Due::Expired => Some(End::own(CloseCode::Policy)),
+            Due::Idle => {
+                tracing::debug!("peer silent past the idle timeout");
+                Some(End::own(CloseCode::Normal))
+            }
+            Due::Ping => {
+                self.want_ping = true;
+                None
+            }
+            Due::Nothing => None,
+        }
+    }
+
+    /// What the socket gave: the client's next frame (handed to `on_frame`
+    /// if it is text or binary), its end, or a read error.
+    fn on_read<H>(
+        &mut self,
+        m: Option<Result<Message, tungstenite::Error>>,
+        on_frame: &mut H,
+    ) -> Heard
+    where
+        H: FnMut(Message, T) -> Step<'a, T>,
+    {
+        self.clock.heard_at = Instant::now();
+        let msg = match m {
+            None => return Heard::End(End::quiet(None)),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "read failed");
+                return Heard::End(End::quiet(read_error_close(&e)));
+            }
+            Some(Ok(m)) => m,
+        };
+        match msg {
+            Message::Close(_) => return Heard::ClientClose,
+            // tungstenite answers pings itself (`wire`); pongs only count as heard.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            m => {
+                // `state` is there: reads run only then.
+                if let Some(s) = self.state.take() {
+                    match on_frame(m, s) {
+                        Step::Next(s) => self.state = Some(s),
+                        Step::Close(code, s) => {
+                            self.state = Some(s);
+                            return Heard::End(End::own(code));
+                        }
+                        Step::Run(f) => self.busy = Some(f),
+                    }
+                }
+            }
+        }
+        Heard::More
     }
 
     /// Queues the join's preamble (and, with `batch=1`, what the hub queued
@@ -223,14 +288,8 @@ where
             },
             () = w.shutdown.cancelled() => return End::own(CloseCode::GoingAway),
             () = &mut sleep => {
-                match c.clock.check(Instant::now()) {
-                    Due::Expired => return End::own(CloseCode::Policy),
-                    Due::Idle => {
-                        tracing::debug!("peer silent past the idle timeout");
-                        return End::own(CloseCode::Normal);
-                    }
-                    Due::Ping => c.want_ping = true,
-                    Due::Nothing => {}
+                if let Some(end) = c.on_timer() {
+                    return end;
                 }
                 sleep.as_mut().reset(c.clock.next());
             }
@@ -255,38 +314,14 @@ where
                 // moment the next frame is awaited.
                 c.clock.heard_at = Instant::now();
             }
-            m = ws.next(), if c.state.is_some() => {
-                c.clock.heard_at = Instant::now();
-                let msg = match m {
-                    None => return End::quiet(None),
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "read failed");
-                        return End::quiet(read_error_close(&e));
-                    }
-                    Some(Ok(m)) => m,
-                };
-                match msg {
-                    Message::Close(_) => {
-                        Box::pin(flush_close_reply(ws)).await;
-                        return End::own(CloseCode::Normal);
-                    }
-                    // tungstenite answers pings itself (`wire`); pongs only count as heard.
-                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-                    m => {
-                        // `state` is there: the branch runs only then.
-                        if let Some(s) = c.state.take() {
-                            match on_frame(m, s) {
-                                Step::Next(s) => c.state = Some(s),
-                                Step::Close(code, s) => {
-                                    c.state = Some(s);
-                                    return End::own(code);
-                                }
-                                Step::Run(f) => c.busy = Some(f),
-                            }
-                        }
-                    }
+            m = ws.next(), if c.state.is_some() => match c.on_read(m, &mut on_frame) {
+                Heard::More => {}
+                Heard::End(end) => return end,
+                Heard::ClientClose => {
+                    Box::pin(flush_close_reply(ws)).await;
+                    return End::own(CloseCode::Normal);
                 }
-            }
+            },
             n = w.out_rx.recv_many(&mut batch, MAX_ITEMS), if !writing => {
                 if n == 0 {
                     return End::own(CloseCode::Normal);
