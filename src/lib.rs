@@ -35,8 +35,9 @@
 //!   no tokio, channels, storage handle or metrics) and a shell that carries
 //!   the effects out over bounded queues. May import: `storage`, `protocol`,
 //!   `error`, `metrics`.
-//! - [`session`]: one WebSocket connection: reader (rate limit, size, parse,
-//!   commands) and writer (batched writes, pings, close). May import: `hub`,
+//! - [`session`]: one WebSocket connection on one task (`conn`): reading
+//!   (rate limit, size, parse, commands) and writing (batched writes, pings,
+//!   close) in one `select!`. May import: `hub`,
 //!   `storage`, `auth`, `protocol`, `metrics`.
 //! - [`cluster`]: only with `--cluster-listen`: gossip membership
 //!   (chitchat behind an authenticating transport), authenticated node links,

@@ -13,7 +13,6 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::task::JoinError;
 
 use super::wire::{Reading, Writing};
 
@@ -35,18 +34,16 @@ pub const LINGER_BYTES: usize = 1 << 20;
 pub const LINGER_QUIET: Duration = Duration::from_millis(500);
 
 /// Once the Close frame is out (or its grace is over): reunites the halves
-/// the writer task (`sink`, as it returned it) and the reader held, lingers
-/// on the socket, and drops it.
-pub async fn let_go<S>(sink: Result<Writing<S>, JoinError>, stream: Reading<S>)
+/// the session wrote (`sink`) and read (`stream`), lingers on the socket,
+/// and drops it.
+pub async fn let_go<S>(sink: Writing<S>, stream: Reading<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match sink.map(|sink| super::wire::unsplit(stream, sink)) {
-        Ok(Some(mut io)) => linger(&mut io).await,
-        // Not the halves of one socket: cannot happen (one `split` made
-        // them), and then there is just nothing to linger on.
-        Ok(None) => {}
-        Err(e) => tracing::error!(error = %e, "session writer failed"),
+    // `None`: not the halves of one socket: cannot happen (one `split` made
+    // them), and then there is just nothing to linger on.
+    if let Some(mut io) = super::wire::unsplit(stream, sink) {
+        linger(&mut io).await;
     }
 }
 

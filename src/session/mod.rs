@@ -1,10 +1,12 @@
-//! One WebSocket connection: a reader (this task) and a writer task.
+//! One WebSocket connection, one task (`conn`): it reads, runs commands,
+//! writes the session queue, pings and closes.
 //!
 //! Reader order for every frame, cheapest first: rate limit on the raw frame,
 //! size check, JSON parse, command parse, then a command to the hub (or to the
 //! storage queue for acks). The hub, never the client, supplies sender, room and time.
 
 pub mod commands;
+mod conn;
 mod linger;
 pub mod mentions;
 mod reader;
@@ -29,7 +31,9 @@ use crate::auth::Identity;
 use crate::hub::{HubHandle, Joined, SessionLink};
 use crate::metrics::{HistoryKind, Metrics, Out, SessionState, close_label};
 use crate::protocol::frames::{HistoryPage, Limits, MAX_CONTENT_CHARS, encode, encode_history_in};
-use crate::protocol::{ClientId, CloseCode, Cursor, Frame, RoomName, ServerMsg, Username};
+use crate::protocol::{
+    ClientId, CloseCode, Cursor, Frame, RoomName, ServerMsg, Username, time::now_ms,
+};
 use crate::storage::{HistoryQuery, StorageHandle, Store, Want};
 
 /// Messages a resume (`since`) replays at most; `more: true` beyond.
@@ -149,8 +153,8 @@ where
         return;
     };
     let _counted = Counted::new(&ctx.metrics.connections);
-    // tungstenite reads; the writer task writes our frames itself (`wire`).
-    let (mut stream, sink) = wire::split(io, ctx.cfg.max_frame).await;
+    // tungstenite reads; we write our frames ourselves (`wire`).
+    let (mut stream, mut sink) = wire::split(io, ctx.cfg.max_frame).await;
     // One item per hub turn (a batch of frames), `--session-queue` of them.
     // Full → the hub evicts this session (close 4002) instead of waiting:
     // one slow reader never slows the room. The close itself goes through
@@ -162,7 +166,7 @@ where
     let active = ctx.metrics.session_state(SessionState::Active);
     joining.inc();
 
-    let (preamble, mut route) = match &req.room {
+    let (preamble, route) = match &req.room {
         Some(room) => {
             // Boxed, like every await that runs once per session: a task's
             // future is allocated for its largest state and kept while the
@@ -184,25 +188,35 @@ where
     joining.dec();
     active.inc();
     tracing::debug!("joined");
-    let writer = tokio::spawn(writer::run(
-        sink,
+    let wires = conn::Wires {
         out_rx,
-        close_rx.clone(),
-        preamble,
-        ctx.cfg.ping_interval,
-        req.batch.then(|| writer::Batching::new(&ctx.metrics)),
-    ));
-    let code = reader::run(&mut stream, &ctx, &req, &mut route, &out_tx, close_rx).await;
-    if let Some(code) = code {
-        // Only the first close code counts (the hub may have set one already).
-        close_tx.send_if_modified(|c| c.is_none() && c.replace(code).is_none());
-    }
-    match &route {
-        reader::Route::Single { session, .. } => ctx.hub.leave(*session),
+        close_rx,
+        close_tx: &close_tx,
+        shutdown: &ctx.shutdown,
+    };
+    let timing = conn::Timing {
+        ping_every: ctx.cfg.ping_interval,
+        idle: ctx.cfg.idle_timeout,
+        expires_in: Duration::from_millis(
+            req.identity
+                .exp
+                .saturating_mul(1000)
+                .saturating_sub(now_ms()),
+        ),
+    };
+    let batching = req.batch.then(|| writer::Batching::new(&ctx.metrics));
+    let mut gate = reader::Gate::new(&ctx.cfg);
+    let (ctx, req, out_tx) = (&ctx, &req, &out_tx);
+    let mut conn = conn::Conn::new(wires, &timing, batching, route);
+    conn.start(&mut sink, preamble);
+    let on_frame = |m, route| reader::on_frame(&mut gate, ctx, req, out_tx, m, route);
+    let end = conn::run(&mut stream, &mut sink, &mut conn, on_frame).await;
+    let leave = |route| match route {
+        reader::Route::Single { session, .. } => ctx.hub.leave(session),
         reader::Route::Multi(subs) => subs.leave_all(&ctx.hub),
-    }
-    drop(out_tx);
-    let sink = writer.await;
+    };
+    // Boxed, like every await that runs once per session.
+    Box::pin(conn::close(&mut sink, conn, end, leave)).await;
     active.dec();
     // `None`: the peer went away without a close handshake.
     let code = *close_tx.borrow();

@@ -1,19 +1,19 @@
 //! The reader half of a session: every frame the client sends, cheapest check first.
 
 use std::num::NonZeroU32;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use futures_util::{Stream, StreamExt};
-use governor::clock::{Clock, DefaultClock};
-use governor::{Quota, RateLimiter};
-use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::{self, Message};
+use governor::clock::Clock;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use super::commands::{self, Command};
+use super::conn::Step;
 use super::mentions;
 use super::subs::Subs;
-use super::{JoinRequest, SessionCtx};
+use super::{JoinRequest, SessionConfig, SessionCtx};
 use crate::hub::NewMsg;
 use crate::metrics::{HistoryKind, In, Out};
 use crate::protocol::ErrorCode;
@@ -23,7 +23,7 @@ use crate::protocol::frames::{
 };
 use crate::protocol::{
     ClientMsg, CloseCode, Cursor, Frame, FrameError, MsgKind, PageDir, RoomName, ServerMsg,
-    Username, time::now_ms,
+    Username,
 };
 use crate::storage::{HistoryQuery, IdUse, Refused, StorageState, Want};
 
@@ -48,151 +48,109 @@ pub(super) enum Route {
     Multi(Subs),
 }
 
-/// Reads until the session ends; returns the close code to send, if the reader chose one.
-pub async fn run<R>(
-    stream: &mut R,
-    ctx: &SessionCtx,
-    req: &JoinRequest,
-    route: &mut Route,
-    out_tx: &mpsc::Sender<Vec<Frame>>,
-    mut close_rx: watch::Receiver<Option<CloseCode>>,
-) -> Option<CloseCode>
-where
-    R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
-{
-    let cfg = &ctx.cfg;
-    let quota = Quota::per_second(NonZeroU32::new(cfg.msgs_per_sec).unwrap_or(NonZeroU32::MIN))
-        .allow_burst(NonZeroU32::new(cfg.burst).unwrap_or(NonZeroU32::MIN));
-    let limiter = RateLimiter::direct(quota);
-    let clock = DefaultClock::default();
-    // While limited, one error frame per limited stretch, not one per dropped frame.
-    let mut quiet_until: Option<Instant> = None;
-    let expires_in = Duration::from_millis((req.identity.exp * 1000).saturating_sub(now_ms()));
-    let expiry = tokio::time::sleep(expires_in);
-    tokio::pin!(expiry);
+/// The first checks on every client frame: the rate limit, one error
+/// frame per limited stretch, the size.
+pub(super) struct Gate {
+    limiter: DefaultDirectRateLimiter,
+    /// While limited, one error frame per limited stretch, not one per dropped frame.
+    quiet_until: Option<Instant>,
+}
 
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = close_rx.changed() => return None,
-            _ = ctx.shutdown.cancelled() => return Some(CloseCode::GoingAway),
-            _ = &mut expiry => return Some(CloseCode::Policy),
-            n = tokio::time::timeout(cfg.idle_timeout, stream.next()) => n,
-        };
-        let msg = match next {
-            Err(_) => {
-                tracing::debug!("peer silent past the idle timeout");
-                return Some(CloseCode::Normal);
-            }
-            Ok(None) => return None,
-            Ok(Some(Err(e))) => {
-                tracing::debug!(error = %e, "read failed");
-                return read_error_close(&e);
-            }
-            Ok(Some(Ok(m))) => m,
-        };
-        let text = match msg {
-            Message::Text(t) => t,
-            Message::Binary(_) => {
-                count_in(ctx, In::Binary);
-                return Some(CloseCode::Unsupported);
-            }
-            Message::Close(_) => {
-                Box::pin(flush_close_reply(stream)).await;
-                return Some(CloseCode::Normal);
-            }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-        };
-        if let Err(not_until) = limiter.check() {
-            ctx.metrics.rate_limited.inc();
-            let now = Instant::now();
-            if quiet_until.is_none_or(|q| now >= q) {
-                let wait = not_until.wait_time_from(clock.now());
-                quiet_until = Some(now + wait);
-                fail(
-                    ctx,
-                    out_tx,
-                    ErrorCode::RateLimited,
-                    encode_retry(
-                        ErrorCode::RateLimited,
-                        "slow down",
-                        None,
-                        wait.as_millis().max(1) as u64,
-                    ),
-                );
-            }
-            continue;
-        }
-        if text.len() > cfg.max_frame {
-            return Some(CloseCode::TooBig);
-        }
-        match parse_client_frame(text.as_str()) {
-            Ok(f) => {
-                count_in(
-                    ctx,
-                    match &f.msg {
-                        ClientMsg::Chat { .. } => In::Chat,
-                        ClientMsg::Private { .. } => In::Private,
-                        ClientMsg::Typing { .. } => In::Typing,
-                        ClientMsg::Ack { .. } => In::Ack,
-                        ClientMsg::History { .. } => In::History,
-                        ClientMsg::Subscribe { .. } => In::Subscribe,
-                        ClientMsg::Unsubscribe { .. } => In::Unsubscribe,
-                        ClientMsg::Read { .. } => In::Read,
-                    },
-                );
-                // Boxed: a command's state (history read, storage lookups,
-                // hub calls, a subscription's join) is kilobytes, and inline
-                // it would be part of every idle session's task for good. One
-                // allocation per frame read costs less than its JSON parse.
-                match route {
-                    // A `room` the client sent is ignored here, as ever.
-                    Route::Single { room, session } => {
-                        let me = Reader {
-                            ctx,
-                            req,
-                            room,
-                            session: *session,
-                            out_tx,
-                            multi: false,
-                        };
-                        Box::pin(me.handle(f.msg)).await
-                    }
-                    Route::Multi(subs) => Box::pin(subs.handle(f, ctx, req, out_tx)).await,
-                }
-            }
-            Err(e) => {
-                count_in(ctx, In::Invalid);
-                fail(ctx, out_tx, e.code, encode_error(&e));
-            }
+impl Gate {
+    pub(super) fn new(cfg: &SessionConfig) -> Self {
+        let quota = Quota::per_second(NonZeroU32::new(cfg.msgs_per_sec).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(cfg.burst).unwrap_or(NonZeroU32::MIN));
+        Gate {
+            limiter: RateLimiter::direct(quota),
+            quiet_until: None,
         }
     }
 }
 
-/// How long the reply to a client's Close may take to go out.
-const CLOSE_REPLY_GRACE: Duration = Duration::from_secs(1);
-
-/// tungstenite queued the reply to the client's Close; one more read writes
-/// it (and then ends the stream). Without this the reply went out only with
-/// the writer's next write, and a writer that was sending at that instant
-/// failed ("send after closing") and dropped it: found by the live fuzz.
-async fn flush_close_reply<R>(stream: &mut R)
-where
-    R: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
-{
-    let _ = tokio::time::timeout(CLOSE_REPLY_GRACE, stream.next()).await;
+/// One text or binary frame the client sent, cheapest check first: rate
+/// limit, size, JSON and command parse; then its command, to run (boxed:
+/// a command's state, a history read, storage lookups, hub calls, a
+/// subscription's join, is kilobytes, and inline it would be part of every
+/// idle session's task for good; one allocation per frame read costs less
+/// than its JSON parse). The command gets the route and gives it back.
+pub(super) fn on_frame<'a>(
+    gate: &mut Gate,
+    ctx: &'a SessionCtx,
+    req: &'a JoinRequest,
+    out_tx: &'a mpsc::Sender<Vec<Frame>>,
+    msg: Message,
+    route: Route,
+) -> Step<'a, Route> {
+    let text = match msg {
+        Message::Text(t) => t,
+        _ => {
+            count_in(ctx, In::Binary);
+            return Step::Close(CloseCode::Unsupported, route);
+        }
+    };
+    if let Err(not_until) = gate.limiter.check() {
+        ctx.metrics.rate_limited.inc();
+        let now = Instant::now();
+        if gate.quiet_until.is_none_or(|q| now >= q) {
+            let wait = not_until.wait_time_from(gate.limiter.clock().now());
+            gate.quiet_until = Some(now + wait);
+            fail(
+                ctx,
+                out_tx,
+                ErrorCode::RateLimited,
+                encode_retry(
+                    ErrorCode::RateLimited,
+                    "slow down",
+                    None,
+                    wait.as_millis().max(1) as u64,
+                ),
+            );
+        }
+        return Step::Next(route);
+    }
+    if text.len() > ctx.cfg.max_frame {
+        return Step::Close(CloseCode::TooBig, route);
+    }
+    let f = match parse_client_frame(text.as_str()) {
+        Ok(f) => f,
+        Err(e) => {
+            count_in(ctx, In::Invalid);
+            fail(ctx, out_tx, e.code, encode_error(&e));
+            return Step::Next(route);
+        }
+    };
+    count_in(ctx, in_kind(&f.msg));
+    Step::Run(match route {
+        // A `room` the client sent is ignored here, as ever.
+        Route::Single { room, session } => Box::pin(async move {
+            let me = Reader {
+                ctx,
+                req,
+                room: &room,
+                session,
+                out_tx,
+                multi: false,
+            };
+            me.handle(f.msg).await;
+            Route::Single { room, session }
+        }),
+        Route::Multi(mut subs) => Box::pin(async move {
+            subs.handle(f, ctx, req, out_tx).await;
+            Route::Multi(subs)
+        }),
+    })
 }
 
-/// The close code for a failed read: the client broke the rules (RFC 6455
-/// §7.4.1 names the code), or `None` when the peer is simply gone.
-fn read_error_close(e: &tungstenite::Error) -> Option<CloseCode> {
-    use tungstenite::error::ProtocolError as P;
-    match e {
-        tungstenite::Error::Capacity(_) => Some(CloseCode::TooBig),
-        tungstenite::Error::Utf8(_) => Some(CloseCode::InvalidData),
-        tungstenite::Error::Protocol(P::ResetWithoutClosingHandshake) => None,
-        tungstenite::Error::Protocol(_) => Some(CloseCode::ProtocolError),
-        _ => None,
+fn in_kind(m: &ClientMsg) -> In {
+    match m {
+        ClientMsg::Chat { .. } => In::Chat,
+        ClientMsg::Private { .. } => In::Private,
+        ClientMsg::Typing { .. } => In::Typing,
+        ClientMsg::Ack { .. } => In::Ack,
+        ClientMsg::History { .. } => In::History,
+        ClientMsg::Subscribe { .. } => In::Subscribe,
+        ClientMsg::Unsubscribe { .. } => In::Unsubscribe,
+        ClientMsg::Read { .. } => In::Read,
     }
 }
 
@@ -432,43 +390,6 @@ impl Reader<'_> {
                 let f = encode_unavailable("storage error; retry", None, READ_RETRY_MS);
                 self.fail(ErrorCode::Unavailable, f);
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use futures_util::SinkExt;
-    use tokio_tungstenite::WebSocketStream;
-    use tokio_tungstenite::tungstenite::protocol::{
-        CloseFrame, Role, frame::coding::CloseCode as Code,
-    };
-
-    use super::*;
-
-    /// The writer's send fails right after the client's Close was read (the
-    /// race the live fuzz hit once in ~420 client closes); the reply must still go out.
-    #[tokio::test]
-    async fn close_reply_survives_a_failed_writer() {
-        let (a, b) = tokio::io::duplex(4096);
-        let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
-        let mut client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
-        let bye = CloseFrame {
-            code: Code::from(4000),
-            reason: "bye".into(),
-        };
-        client.send(Message::Close(Some(bye))).await.unwrap();
-        let (mut sink, mut stream) = server.split();
-        assert!(matches!(stream.next().await, Some(Ok(Message::Close(_)))));
-        // The writer, sending at that instant, fails and gives up.
-        assert!(sink.send(Message::Text("late".into())).await.is_err());
-        drop(sink);
-        flush_close_reply(&mut stream).await;
-        drop(stream);
-        let reply = tokio::time::timeout(Duration::from_secs(5), client.next()).await;
-        match reply {
-            Ok(Some(Ok(Message::Close(Some(f))))) => assert_eq!(u16::from(f.code), 4000),
-            other => panic!("no close reply: {other:?}"),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! A session's socket, split: tungstenite reads (and parses) the client's
-//! frames; the writer task encodes the server's frames itself and writes
-//! them straight from the shared `Frame` bytes.
+//! frames; the session's task (`conn`) encodes the server's frames itself
+//! and writes them straight from the shared `Frame` bytes.
 //!
 //! Why not tungstenite for writing too: it copies every frame into one
 //! out-buffer (`Vec`), drains it after the write and keeps its largest
@@ -12,15 +12,15 @@
 //!
 //! tungstenite still writes two things of its own while reading: the pong
 //! to a client's ping and the reply to a client's Close. Its write side
-//! ([`ReadSide`]) hands those bytes (whole frames) to the writer through a
-//! small shared buffer ([`Oob`]), which the writer sends between its own
-//! frames; after a Close reply the writer sends nothing more.
+//! ([`ReadSide`]) hands those bytes (whole frames) to the writing half through a
+//! small shared buffer ([`Oob`]), sent between our own frames; after a
+//! Close reply nothing more goes out.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -94,7 +94,7 @@ where
     r.is_pair_of(&writing.io).then(|| r.unsplit(writing.io))
 }
 
-/// Frames tungstenite wrote while reading, for the writer to send.
+/// Frames tungstenite wrote while reading, for the writing half to send.
 #[derive(Default)]
 pub struct Oob {
     state: Mutex<OobState>,
@@ -146,7 +146,7 @@ impl Oob {
 
 /// The reading half as tungstenite sees it: reads from the socket; what
 /// tungstenite writes (whole frames: its out-buffer, all of it, is taken at
-/// once) goes to the writer through [`Oob`].
+/// once) goes to the writing half through [`Oob`].
 pub struct ReadSide<S> {
     io: ReadHalf<S>,
     oob: Arc<Oob>,
@@ -222,7 +222,7 @@ fn holds_close(buf: &[u8]) -> bool {
     false
 }
 
-/// What a write found: the writer goes on, or tungstenite answered the
+/// What a write found: the session goes on, or tungstenite answered the
 /// client's Close, and nothing may follow it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Sent {
@@ -254,7 +254,7 @@ const COPY_MAX: usize = 1024;
 /// What one copied chunk holds at most before a new one starts.
 const COPIED_CHUNK: usize = 16 * 1024;
 
-/// The writing half, owned by the writer task.
+/// The writing half, owned by the session's task.
 ///
 /// A write that is dropped half-way (the session closed while the peer did
 /// not read) keeps the rest in `out`, so the next write (the Close frame)
@@ -271,31 +271,6 @@ pub struct Writing<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite> Writing<S> {
-    /// Text frames, one per payload, after whatever tungstenite left for us;
-    /// one flush. After a Close reply from tungstenite, only that goes.
-    pub async fn text(&mut self, payloads: impl IntoIterator<Item = Bytes>) -> io::Result<Sent> {
-        self.take_replies();
-        if !self.closed {
-            self.push(TEXT, payloads);
-        }
-        self.write_out().await
-    }
-
-    /// A ping (no payload): the client's pong shows it still reads.
-    pub async fn ping(&mut self) -> io::Result<Sent> {
-        self.take_replies();
-        if !self.closed {
-            self.push(PING, [Bytes::new()]);
-        }
-        self.write_out().await
-    }
-
-    /// Sends what tungstenite wrote (pongs, a Close reply), if anything.
-    pub async fn replies(&mut self) -> io::Result<Sent> {
-        self.take_replies();
-        self.write_out().await
-    }
-
     /// Our Close frame, unless tungstenite already answered the client's.
     pub async fn close(&mut self, code: CloseCode) -> io::Result<()> {
         self.take_replies();
@@ -306,8 +281,35 @@ impl<S: AsyncRead + AsyncWrite> Writing<S> {
         self.write_out().await.map(drop)
     }
 
+    /// Queues text frames (after what tungstenite left for us) for
+    /// [`Writing::poll_send`]; nothing after a Close reply from tungstenite.
+    pub fn queue_text(&mut self, payloads: impl IntoIterator<Item = Bytes>) {
+        self.take_replies();
+        if !self.closed {
+            self.push(TEXT, payloads);
+        }
+    }
+
+    /// Queues a ping, like [`Writing::queue_text`].
+    pub fn queue_ping(&mut self) {
+        self.take_replies();
+        if !self.closed {
+            self.push(PING, [Bytes::new()]);
+        }
+    }
+
+    /// Queues what tungstenite wrote (pongs, a Close reply), if anything.
+    pub fn queue_replies(&mut self) {
+        self.take_replies();
+    }
+
+    /// Bytes are queued and not yet written and flushed.
+    pub fn unsent(&self) -> bool {
+        !self.out.is_empty()
+    }
+
     /// Ready once tungstenite has left frames to send (borrows nothing, so
-    /// the writer may wait on it beside its other wakers).
+    /// the session's task may wait on it beside its other wakers).
     pub fn replies_waiting(&self) -> impl Future<Output = ()> + Send + 'static {
         let oob = self.oob.clone();
         std::future::poll_fn(move |cx| oob.poll_waiting(cx))
@@ -353,26 +355,33 @@ impl<S: AsyncRead + AsyncWrite> Writing<S> {
     }
 
     /// Writes `out` (from where a dropped write left it) and flushes.
-    async fn write_out(&mut self) -> io::Result<Sent> {
+    pub(super) async fn write_out(&mut self) -> io::Result<Sent> {
+        std::future::poll_fn(|cx| self.poll_send(cx)).await
+    }
+
+    /// Writes what is queued (from where the last poll left it) and
+    /// flushes. Cancel-safe: progress is kept here, so the session's task
+    /// may stop polling it (to read, or to close) and come back later.
+    pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Sent>> {
         if !self.out.is_empty() {
             while self.at < self.out.len() {
-                let n = std::future::poll_fn(|cx| self.poll_write_some(cx)).await?;
+                let n = ready!(self.poll_write_some(cx))?;
                 if n == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 self.advance(n);
             }
             // TLS: the records rustls still holds go out here.
-            self.io.flush().await?;
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
             // Freed, not kept: what a burst needed is not pinned for the connection's life.
             self.out = Vec::new();
             (self.at, self.skip) = (0, 0);
         }
-        Ok(if self.closed {
+        Poll::Ready(Ok(if self.closed {
             Sent::Closed
         } else {
             Sent::Open
-        })
+        }))
     }
 
     /// One `writev` (or, where the socket has none, one write of a copy) of

@@ -9,7 +9,6 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as Code;
@@ -17,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::*;
 use crate::protocol::Frame;
-use crate::session::writer;
+use crate::session::conn::tests::spawn_plain;
 
 /// Counts the heap bytes each thread holds (allocated minus freed there),
 /// so that a test on a current-thread runtime sees its own connection's
@@ -93,7 +92,7 @@ fn wire_len(len: usize) -> usize {
 /// Issue 13 §3: a join's `history` (here ~12 KiB) and a 32 KiB `batch=1`
 /// frame went through tungstenite's out-buffer, which kept its largest
 /// capacity while the connection lived. After the burst, the connection
-/// (writer task, socket halves) must hold no more heap than before it.
+/// (its task, socket halves) must hold no more heap than before it.
 #[test]
 fn a_burst_leaves_no_write_buffer_behind() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -102,17 +101,15 @@ fn a_burst_leaves_no_write_buffer_behind() {
         .unwrap();
     rt.block_on(async {
         let (server, mut client) = tcp_pair().await;
-        let (reading, writing) = split(server, 1 << 20).await;
-        let (out_tx, out_rx) = mpsc::channel::<Vec<Frame>>(8);
-        let (close_tx, close_rx) = watch::channel(None);
-        let task = tokio::spawn(writer::run(
-            writing,
-            out_rx,
-            close_rx,
+        let p = spawn_plain(
+            server,
             vec![frame(10)],
             Duration::from_secs(3600),
-            None,
-        ));
+            false,
+            Vec::new(),
+        )
+        .await;
+        let (out_tx, close_tx, task) = (p.out_tx, p.close_tx, p.task);
         let mut buf = vec![0u8; 64 * 1024];
         read_n(&mut client, &mut buf, wire_len(frame(10).len())).await;
         let before = live();
@@ -132,7 +129,6 @@ fn a_burst_leaves_no_write_buffer_behind() {
         );
         close_tx.send_replace(Some(CloseCode::Normal));
         let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
-        drop(reading);
     });
 }
 
@@ -146,8 +142,10 @@ async fn a_tungstenite_client_reads_what_we_write() {
     let sizes = [0, 1, 125, 126, 65_535, 65_536, 200_000];
     let payloads: Vec<Bytes> = sizes.iter().map(|&n| Bytes::from("z".repeat(n))).collect();
     let send = async {
-        assert_eq!(writing.text(payloads.clone()).await.unwrap(), Sent::Open);
-        assert_eq!(writing.ping().await.unwrap(), Sent::Open);
+        writing.queue_text(payloads.clone());
+        assert_eq!(writing.write_out().await.unwrap(), Sent::Open);
+        writing.queue_ping();
+        assert_eq!(writing.write_out().await.unwrap(), Sent::Open);
         writing.close(CloseCode::Evicted).await.unwrap();
     };
     let recv = async {
@@ -179,44 +177,22 @@ async fn a_tungstenite_client_reads_what_we_write() {
     }
 }
 
-/// The session as it runs: tungstenite reads, the writer task writes.
-async fn session_pair() -> (
-    Reading<TcpStream>,
-    WebSocketStream<TcpStream>,
-    mpsc::Sender<Vec<Frame>>,
-    watch::Sender<Option<CloseCode>>,
-    tokio::task::JoinHandle<Writing<TcpStream>>,
-) {
-    let (server, client) = tcp_pair().await;
-    let (reading, writing) = split(server, 1 << 20).await;
-    let (out_tx, out_rx) = mpsc::channel::<Vec<Frame>>(8);
-    let (close_tx, close_rx) = watch::channel(None);
-    let task = tokio::spawn(writer::run(
-        writing,
-        out_rx,
-        close_rx,
-        Vec::new(),
-        Duration::from_secs(3600),
-        None,
-    ));
-    let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
-    (reading, client, out_tx, close_tx, task)
-}
-
-/// tungstenite answers a client's ping while reading; the writer sends the
-/// pong, between our own frames.
+/// tungstenite answers a client's ping while the session's task reads; the
+/// pong goes out between our own frames.
 #[tokio::test]
 async fn a_clients_ping_is_answered() {
-    let (mut reading, mut client, out_tx, _close, _task) = session_pair().await;
+    let (server, client) = tcp_pair().await;
+    let p = spawn_plain(
+        server,
+        Vec::new(),
+        Duration::from_secs(3600),
+        false,
+        Vec::new(),
+    )
+    .await;
+    let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
     client.send(Message::Ping("p1".into())).await.unwrap();
-    let server_reads = tokio::spawn(async move {
-        while let Some(Ok(m)) = reading.next().await {
-            if let Message::Ping(p) = m {
-                assert_eq!(&p[..], b"p1");
-            }
-        }
-    });
-    out_tx.send(vec![frame(3)]).await.unwrap();
+    p.out_tx.send(vec![frame(3)]).await.unwrap();
     let mut pong = false;
     let mut text = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -232,36 +208,37 @@ async fn a_clients_ping_is_answered() {
             m => panic!("unexpected {m:?}"),
         }
     }
-    server_reads.abort();
+    p.close_tx.send_replace(Some(CloseCode::Normal));
+    let _ = tokio::time::timeout(Duration::from_secs(20), p.task).await;
 }
 
 /// A client's Close: tungstenite's reply is the one Close frame the client
-/// gets (with the client's code), and nothing the writer had queued after
-/// it goes out.
+/// gets (with the client's code); the session ends there and sends nothing
+/// after it, not even its own Close.
 #[tokio::test]
 async fn a_clients_close_gets_one_reply_and_nothing_after_it() {
-    let (mut reading, mut client, out_tx, close_tx, task) = session_pair().await;
+    let (server, client) = tcp_pair().await;
+    let p = spawn_plain(
+        server,
+        Vec::new(),
+        Duration::from_secs(3600),
+        false,
+        Vec::new(),
+    )
+    .await;
+    let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
     let bye = CloseFrame {
         code: Code::from(4000),
         reason: "bye".into(),
     };
     client.send(Message::Close(Some(bye))).await.unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(20), reading.next())
-        .await
-        .unwrap();
-    assert!(matches!(m, Some(Ok(Message::Close(_)))), "{m:?}");
-    // As the reader does (`flush_close_reply`): one more read writes the reply.
-    let end = tokio::time::timeout(Duration::from_secs(20), reading.next())
-        .await
-        .unwrap();
-    assert!(end.is_none(), "{end:?}");
-    // The hub still had something for this session; then the session closes.
-    let _ = out_tx.send(vec![frame(3)]).await;
-    close_tx.send_replace(Some(CloseCode::Normal));
-    let writing = tokio::time::timeout(Duration::from_secs(20), task)
+    let (reading, writing, _) = tokio::time::timeout(Duration::from_secs(20), p.task)
         .await
         .unwrap()
         .unwrap();
+    // The hub still had something for this session: it goes nowhere.
+    let _ = p.out_tx.send(vec![frame(3)]).await;
+    assert_eq!(*p.close_tx.borrow(), Some(CloseCode::Normal));
     let io = unsplit(reading, writing).expect("one socket's halves");
     drop(io);
     // Raw bytes, to the server's EOF: a client's WebSocket would stop at the Close.

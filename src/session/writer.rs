@@ -1,8 +1,6 @@
-//! The writer task of a session: sends the join preamble, then drains the
-//! session queue in batches (feed every queued frame, one flush), pings, and
-//! sends the Close frame when the session is closed; it also sends the pongs
-//! and Close reply tungstenite writes while reading (`wire`). It hands its
-//! half of the socket back for the lingering close (`linger`).
+//! What a session writes, and how: its queue's items as text frames (one
+//! `writev` and one flush per drain), and the Close frame. The session's
+//! one task (`conn`) decides when; `wire` encodes and writes.
 //!
 //! With `batch=1` ([`Batching`]) the frames of one drain are also joined by
 //! `\n` into as few text frames as [`BATCH_BUDGET`] allows: the client pays
@@ -13,17 +11,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
 
 use prometheus::IntCounter;
 
-use super::wire::{Sent, Writing};
+use super::wire::Writing;
 use crate::metrics::Metrics;
 use crate::protocol::{CloseCode, Frame};
 
 /// Queue items (hub turns) taken per flush at most: one `writev` of their
 /// headers and shared payloads (no copy), whose slices are freed after it.
-const MAX_ITEMS: usize = 16;
+pub(super) const MAX_ITEMS: usize = 16;
 /// How long a Close frame may take to go out before the socket is just dropped.
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// `batch=1`: bytes of JSON joined into one text frame at most (a single
@@ -49,86 +46,6 @@ impl Batching {
     }
 }
 
-pub async fn run<S>(
-    mut out: Writing<S>,
-    mut out_rx: mpsc::Receiver<Vec<Frame>>,
-    mut close_rx: watch::Receiver<Option<CloseCode>>,
-    preamble: Vec<Frame>,
-    ping_every: Duration,
-    joining: Option<Batching>,
-) -> Writing<S>
-where
-    S: AsyncRead + AsyncWrite,
-{
-    let mut batch: Vec<Vec<Frame>> = vec![preamble];
-    if joining.is_some() {
-        // What the hub queued while the preamble was read (presence) joins it.
-        while batch.len() < MAX_ITEMS
-            && let Ok(item) = out_rx.try_recv()
-        {
-            batch.push(item);
-        }
-    }
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    // Every write below: `Sent::Closed` means tungstenite answered the
-    // client's Close (the reader ends the session); nothing may follow it.
-    let close = loop {
-        if !batch.is_empty() {
-            // A peer that does not read blocks this flush; eviction must still win.
-            tokio::select! {
-                r = write_all(&mut out, &mut batch, joining.as_ref()) => match r {
-                    Err(_) => return out,
-                    Ok(Sent::Closed) => break Some(CloseCode::Normal),
-                    Ok(Sent::Open) => {}
-                },
-                _ = close_rx.changed() => break None,
-            }
-        }
-        if let Some(code) = *close_rx.borrow_and_update() {
-            break Some(code);
-        }
-        tokio::select! {
-            biased;
-            r = close_rx.changed() => {
-                match (r, *close_rx.borrow_and_update()) {
-                    (Ok(()), Some(code)) => break Some(code),
-                    (Ok(()), None) => continue,
-                    (Err(_), _) => break Some(CloseCode::Normal),
-                }
-            }
-            n = out_rx.recv_many(&mut batch, MAX_ITEMS) => if n == 0 { break Some(CloseCode::Normal) },
-            // A pong (or the Close reply) tungstenite wrote while reading.
-            () = out.replies_waiting() => {
-                tokio::select! {
-                    r = out.replies() => match r {
-                        Err(_) => return out,
-                        Ok(Sent::Closed) => break Some(CloseCode::Normal),
-                        Ok(Sent::Open) => {}
-                    },
-                    _ = close_rx.changed() => break None,
-                }
-            }
-            _ = ping.tick() => {
-                // Like a batch, a ping blocks on a peer that does not read;
-                // eviction, idle and shutdown must still end the session.
-                tokio::select! {
-                    r = out.ping() => match r {
-                        Err(_) => return out,
-                        Ok(Sent::Closed) => break Some(CloseCode::Normal),
-                        Ok(Sent::Open) => {}
-                    },
-                    _ = close_rx.changed() => break None,
-                }
-            }
-        }
-    };
-    // `None`: closed while a write was stuck; what it did not write goes
-    // first, then the Close frame, within the grace (or not at all).
-    let code = close.or(*close_rx.borrow()).unwrap_or(CloseCode::Normal);
-    send_close(&mut out, code).await;
-    out
-}
-
 /// Sends `code`'s Close frame (unless tungstenite already answered the
 /// client's), within [`CLOSE_GRACE`] (a peer that does not read cannot hold the task).
 pub(super) async fn send_close<S>(out: &mut Writing<S>, code: CloseCode)
@@ -138,23 +55,20 @@ where
     let _ = tokio::time::timeout(CLOSE_GRACE, out.close(code)).await;
 }
 
-async fn write_all<S>(
-    out: &mut Writing<S>,
-    batch: &mut Vec<Vec<Frame>>,
-    joining: Option<&Batching>,
-) -> std::io::Result<Sent>
+/// Queues the frames of `items` (hub turns, in order) on `out` as text
+/// frames: one per frame, or with `batch=1` joined within [`BATCH_BUDGET`].
+/// Takes `items` whole: its capacity is not kept between turns.
+pub(super) fn queue<S>(out: &mut Writing<S>, items: Vec<Vec<Frame>>, joining: Option<&Batching>)
 where
     S: AsyncRead + AsyncWrite,
 {
     let Some(counts) = joining else {
-        return out
-            .text(batch.drain(..).flatten().map(Frame::into_bytes))
-            .await;
+        return out.queue_text(items.into_iter().flatten().map(Frame::into_bytes));
     };
     let mut payloads = Vec::new();
     let mut group: Vec<Frame> = Vec::new();
     let mut size = 0;
-    for f in batch.drain(..).flatten() {
+    for f in items.into_iter().flatten() {
         if !group.is_empty() && size + 1 + f.len() > BATCH_BUDGET {
             payloads.push(join(&mut group, counts));
             size = 0;
@@ -165,7 +79,7 @@ where
     if !group.is_empty() {
         payloads.push(join(&mut group, counts));
     }
-    out.text(payloads).await
+    out.queue_text(payloads);
 }
 
 /// One text frame of `group`'s frames, one JSON object per line (our JSON
@@ -199,26 +113,24 @@ mod tests {
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
-    use super::super::wire;
+    use super::super::conn::tests::spawn_plain;
     use super::*;
+    use crate::protocol::CloseCode;
 
     #[tokio::test]
     async fn a_ping_stuck_on_a_peer_that_does_not_read_yields_to_close() {
         // A one-byte pipe the peer never reads: the first ping's second byte
         // (and everything after it) waits forever.
         let (a, _b) = tokio::io::duplex(1);
-        let (_reading, writing) = wire::split(a, 1 << 20).await;
-        let (_out_tx, out_rx) = mpsc::channel(4);
-        let (close_tx, close_rx) = watch::channel(None);
         let ping = Duration::from_millis(20);
-        let writer = tokio::spawn(run(writing, out_rx, close_rx, Vec::new(), ping, None));
-        // Bounded wait for the writer to be in its ping (a few intervals).
+        let p = spawn_plain(a, Vec::new(), ping, false, Vec::new()).await;
+        // Bounded wait for the task to be in its ping (a few intervals).
         tokio::time::sleep(ping * 5).await;
-        close_tx.send_replace(Some(CloseCode::Evicted));
+        p.close_tx.send_replace(Some(CloseCode::Evicted));
         // Generous bound: the Close frame gets CLOSE_GRACE (1 s), then the task ends.
-        tokio::time::timeout(Duration::from_secs(20), writer)
+        tokio::time::timeout(Duration::from_secs(20), p.task)
             .await
-            .expect("the writer stayed stuck in its ping after the session closed")
+            .expect("the session stayed stuck in its ping after it was closed")
             .unwrap();
     }
 
@@ -226,28 +138,14 @@ mod tests {
         Frame::from(format!(r#"{{"i":{i},"pad":"{}"}}"#, "x".repeat(pad)))
     }
 
-    /// Runs a writer over `items` queued before it starts, closes it, and
+    /// Runs a connection over `items` queued before it starts, closes it, and
     /// returns the messages a client read (the Close frame last).
     async fn sent(items: Vec<Vec<Frame>>, batching: bool) -> Vec<Message> {
         let (a, b) = tokio::io::duplex(1 << 16);
-        let (_reading, writing) = wire::split(a, 1 << 20).await;
-        let (out_tx, out_rx) = mpsc::channel(items.len().max(1));
-        for it in items {
-            out_tx.try_send(it).unwrap();
-        }
-        drop(out_tx);
-        let (_close_tx, close_rx) = watch::channel(None);
-        let m = Metrics::new();
         let preamble = vec![frame(0, 0)];
-        let bt = batching.then(|| Batching::new(&m));
-        let writer = tokio::spawn(run(
-            writing,
-            out_rx,
-            close_rx,
-            preamble,
-            Duration::from_secs(60),
-            bt,
-        ));
+        let p = spawn_plain(a, preamble, Duration::from_secs(60), batching, items).await;
+        // No more items: the session ends (1000) once it has sent them.
+        drop(p.out_tx);
         let mut client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
         let mut got = Vec::new();
         while let Some(Ok(m)) = client.next().await {
@@ -257,10 +155,9 @@ mod tests {
                 break;
             }
         }
-        writer.await.unwrap();
+        p.task.await.unwrap();
         got
     }
-
     fn lines(msgs: &[Message]) -> (usize, Vec<usize>) {
         let mut texts = 0;
         let mut seq = Vec::new();

@@ -344,8 +344,8 @@ impl AsyncRead for TlsStream {
                     }
                     // A key update reply rustls queued while reading. Not
                     // `poll_write`: that would take the writer's place as the
-                    // task woken when the socket drains (the session polls
-                    // reads and writes from two tasks). If the socket is
+                    // task woken when the socket drains, should reads and
+                    // writes be polled from two tasks. If the socket is
                     // full, it goes with the next write.
                     this.try_flush_out()?;
                     if this.tcp_eof {

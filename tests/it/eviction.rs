@@ -175,3 +175,35 @@ async fn a_stalled_reader_is_evicted_and_nobody_else_suffers() {
 // enough, evicting that reader is the designed outcome (the hub never waits),
 // however diligently the reader reads. What protects readers from a flooding
 // sender is the per-connection rate limit, tested in errors.rs.
+
+/// A client that stops reading but keeps sending (its own chats and their
+/// receipts come back to it): its session's one task keeps reading its
+/// frames while its write is stuck, and must still notice the eviction
+/// (queue full) and close (4002) instead of holding the room or its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_that_keeps_sending_is_evicted() {
+    let (s, _staller, mut stalled, w, f) = flood_room("32").await;
+    // Only the staller is in the room: nobody else to read or be evicted.
+    drop((w, f));
+    let before = (
+        metric(&s, EVICTED_SLOW).await,
+        metric(&s, CLOSED_4002).await,
+    );
+    let body = "x".repeat(3900);
+    let mut sent = 0usize;
+    while sent < MESSAGES {
+        if sent.is_multiple_of(50) && metric(&s, EVICTED_SLOW).await > before.0 {
+            break;
+        }
+        let frame = chat(&uuid(), &format!("{sent} {body}"));
+        match tokio::time::timeout(T, stalled.send_json(&frame)).await {
+            Ok(Ok(())) => sent += 1,
+            // The server closed (and then dropped) the socket, or stopped reading.
+            _ => break,
+        }
+    }
+    eprintln!("the staller sent {sent} messages");
+    stalled_end(&mut stalled).await;
+    one_eviction_counted(&s, before).await;
+    s.stop().await;
+}
