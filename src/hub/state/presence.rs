@@ -82,6 +82,7 @@ impl HubState {
     pub(super) fn flush_timers(&mut self, now: Instant, fx: &mut Effects) -> Option<Instant> {
         let mut due = Vec::new();
         let mut typing_due = Vec::new();
+        let mut joiners = Vec::new();
         let mut next: Option<Instant> = None;
         for (name, room) in &mut self.rooms {
             let first_due = typing_due.len();
@@ -101,8 +102,13 @@ impl HubState {
                 room.typing_sent.insert(user.clone(), now);
             }
             if !room.presence_dirty {
+                if !room.presence_joiners.is_empty() {
+                    joiners.push((name.clone(), std::mem::take(&mut room.presence_joiners)));
+                }
                 continue;
             }
+            // The broadcast to everyone covers them.
+            room.presence_joiners.clear();
             let at = room.presence_sent.map_or(now, |t| t + PRESENCE_INTERVAL);
             if at <= now {
                 room.presence_dirty = false;
@@ -115,6 +121,14 @@ impl HubState {
         for name in due {
             let frame = self.presence_frame(&name);
             fx.deliver(self.everyone_in(&name), frame, Out::Presence);
+        }
+        for (name, ids) in joiners {
+            // Still there (not replaced or capped away since).
+            let to: Vec<Uuid> = ids
+                .into_iter()
+                .filter(|id| self.sessions.get(id).is_some_and(|s| s.room == name))
+                .collect();
+            fx.deliver(to, self.presence_frame(&name), Out::Presence);
         }
         for (room, user, active) in typing_due {
             self.typing_to_others(&room, &user, active, fx);
@@ -189,12 +203,43 @@ impl HubState {
         all
     }
 
-    fn presence_frame(&self, room: &RoomName) -> Frame {
-        let all = self.everyone_named(room);
+    /// Whether `user` is in `room`'s presence list now (here or on another node).
+    pub(super) fn listed(&self, room: &RoomName, user: &Username) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.members.contains_key(user))
+            || self
+                .peers
+                .get(room)
+                .is_some_and(|by_node| by_node.values().any(|users| users.contains(user)))
+    }
+
+    pub(super) fn presence_frame(&self, room: &RoomName) -> Frame {
+        let Some(by_node) = self.peers.get(room) else {
+            // Only users here: the members' keys are the sorted list already,
+            // so no set of copied names is built for every frame.
+            let members = self.rooms.get(room).map(|r| &r.members);
+            let users: Vec<&str> = members
+                .into_iter()
+                .flat_map(|m| m.keys())
+                .take(PRESENCE_MAX_USERS)
+                .map(Username::as_str)
+                .collect();
+            let count = members.map_or(0, |m| m.len());
+            return encode(&ServerMsg::Presence {
+                room: room.as_str(),
+                users,
+                count,
+            });
+        };
+        let mut all: BTreeSet<&Username> = by_node.values().flatten().collect();
+        if let Some(r) = self.rooms.get(room) {
+            all.extend(r.members.keys());
+        }
         let users: Vec<&str> = all
             .iter()
             .take(PRESENCE_MAX_USERS)
-            .map(Username::as_str)
+            .map(|u| u.as_str())
             .collect();
         encode(&ServerMsg::Presence {
             room: room.as_str(),

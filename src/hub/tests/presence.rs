@@ -15,10 +15,72 @@ fn join_sends_presence_and_join_lines_to_others_only() {
     assert_eq!(af[0]["content"], "bob joined");
     assert_eq!(af[1]["users"], serde_json::json!(["alice", "bob"]));
     assert_eq!(f.types(b), ["presence"]);
-    // A second session of bob: no join line.
-    let _b2 = f.join("bob", "b2", "lobby");
+    // A second session of bob: no join line, and no presence either (next test).
+    let b2 = f.join("bob", "b2", "lobby");
     f.tick(Duration::from_millis(600));
-    assert_eq!(f.types(a), ["presence"]);
+    assert!(f.types(a).is_empty());
+    assert_eq!(f.types(b2), ["presence"]);
+}
+
+/// A user already listed opening another session (another tab, or another
+/// connection's subscription) leaves the room's list as it was: the others
+/// get nothing (no join line, no presence), the joiner alone gets the list
+/// at the end of the turn, without waiting for the 500 ms window.
+#[test]
+fn a_second_session_of_a_present_user_sends_presence_to_itself_only() {
+    let mut f = Fixture::new(8, 16);
+    let a = f.join("alice", "a", "lobby");
+    let b = f.join("bob", "b", "lobby");
+    f.tick(Duration::ZERO);
+    let (_, _) = (f.frames(a), f.frames(b));
+    // Within the window of the last presence: the joiner's own is not held back.
+    let fx = f.subscribe(Uuid::new_v4(), "bob", "multi", "lobby");
+    assert_eq!(
+        f.tick(Duration::from_millis(10)),
+        None,
+        "nothing left to send"
+    );
+    let got = f.frames(fx);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["type"], "presence");
+    assert_eq!(got[0]["users"], serde_json::json!(["alice", "bob"]));
+    assert_eq!(got[0]["count"], 2);
+    f.tick(Duration::from_millis(600));
+    assert!(f.frames(a).is_empty(), "alice's list did not change");
+    assert!(f.frames(b).is_empty(), "nor bob's first session's");
+    // A new user still makes one presence for everyone, the joiner included.
+    let c = f.join("carol", "c", "lobby");
+    f.tick(Duration::from_millis(600));
+    for s in [a, b, fx, c] {
+        let p: Vec<Value> = f
+            .frames(s)
+            .into_iter()
+            .filter(|v| v["type"] == "presence")
+            .collect();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0]["count"], 3);
+    }
+}
+
+/// A joiner whose room has a presence pending anyway waits for it (one
+/// frame, not two), and one that is gone by the tick gets none.
+#[test]
+fn a_listed_joiner_gets_the_pending_presence_once_or_none_when_gone() {
+    let mut f = Fixture::new(8, 16);
+    let a = f.join("alice", "a", "lobby");
+    f.tick(Duration::ZERO);
+    f.frames(a);
+    let b = f.join("bob", "b", "lobby");
+    let a2 = f.join("alice", "a2", "lobby");
+    f.tick(Duration::from_millis(600));
+    assert_eq!(f.types(a2), ["presence"]);
+    assert_eq!(f.types(b), ["presence"]);
+    assert_eq!(f.types(a), ["system", "presence"]);
+    let a3 = f.join("alice", "a3", "lobby");
+    f.apply(Event::Leave { session: a3.0 });
+    f.tick(Duration::from_millis(600));
+    assert!(f.frames(a3).is_empty());
+    assert!(f.frames(a).is_empty() && f.frames(b).is_empty());
 }
 
 #[test]
