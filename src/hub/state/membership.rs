@@ -37,13 +37,11 @@ impl HubState {
         let r = self.rooms.entry(room.clone()).or_default();
         let was_present = r.members.contains_key(&user);
         r.members.entry(user.clone()).or_default().push(id);
-        if listed && !r.presence_dirty {
-            // Nobody else's list changed: only the joiner gets one, at the
-            // next tick (the end of this turn), uncoalesced like `/who`'s.
-            r.presence_joiners.push(id);
-        } else {
-            r.presence_dirty = true;
-        }
+        // The joiner gets the list at the next tick (the end of this turn),
+        // uncoalesced like `/who`'s; the others only if it changed, when
+        // the room's presence window allows.
+        r.presence_joiners.push(id);
+        r.presence_dirty |= !listed;
         self.sessions.insert(id, s);
         self.replace(replaced, fx);
         self.cap_connections(&user, fx);

@@ -228,8 +228,9 @@ struct Room {
     members: BTreeMap<Username, Vec<Uuid>>,
     presence_dirty: bool,
     presence_sent: Option<Instant>,
-    /// Sessions that joined while their user was listed already: the list
-    /// did not change for the others, so only they get it (next tick).
+    /// Sessions that joined since the last tick: they get the list at the
+    /// next one (the others get it only if it changed, and when the
+    /// room's window allows: `presence::presence_window`).
     presence_joiners: Vec<Uuid>,
     typing_sent: HashMap<Username, Instant>,
     /// The latest state of a user whose typing frame was held back by the

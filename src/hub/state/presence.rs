@@ -11,12 +11,67 @@ use crate::metrics::Out;
 use crate::protocol::frames::encode;
 use crate::protocol::{Frame, RoomName, ServerMsg, Username};
 
-/// Presence frames per room are coalesced to one per this interval.
+/// Presence frames per room are coalesced to one per this interval (in a
+/// room of up to `PRESENCE_USERS_PER_STEP` users; see [`presence_window`]).
 pub const PRESENCE_INTERVAL: Duration = Duration::from_millis(500);
+/// Users per `PRESENCE_INTERVAL` of a room's presence window.
+const PRESENCE_USERS_PER_STEP: usize = 50;
 /// Typing frames forwarded per user and room: at most one per this interval (2/s).
 pub const TYPING_INTERVAL: Duration = Duration::from_millis(500);
 /// Presence lists at most this many names; `count` has the total.
 const PRESENCE_MAX_USERS: usize = 1000;
+
+/// How long a room's presence frames are coalesced: 500 ms up to 50 users
+/// here, 500 ms more for every 50 started beyond, at most 10 s (from 951:
+/// a frame lists 1000 names at most, so it stops growing there).
+///
+/// Every change of the list sends every user's name to every session, so a
+/// room filling up costs the cube of its size in bytes when each join makes
+/// a frame (a join storm into rooms of 100–200 spent most of the server's
+/// writes and the clients' reads on presence). With the window growing with
+/// the room, a room's presence bytes per second grow with its size, not its
+/// square. Joins and leaves still show at once (`system` lines), and a
+/// joiner gets its own list at once (`presence_joiners`).
+pub(super) fn presence_window(users: usize) -> Duration {
+    let steps = users
+        .div_ceil(PRESENCE_USERS_PER_STEP)
+        .clamp(1, PRESENCE_MAX_USERS / PRESENCE_USERS_PER_STEP);
+    // At most 20 steps: the cast cannot truncate.
+    PRESENCE_INTERVAL * steps as u32
+}
+
+/// What a room's presence needs at a tick.
+enum PresenceDue {
+    Nothing,
+    /// The list changed and its window is over: a frame for everyone.
+    Everyone,
+    /// Only these joiners get the list now (the others' is unchanged, or
+    /// held back until the window ends).
+    Joiners(Vec<Uuid>),
+}
+
+impl super::Room {
+    /// This tick's presence of the room; a held-back broadcast sets `next`.
+    fn presence_due(&mut self, now: Instant, next: &mut Option<Instant>) -> PresenceDue {
+        if self.presence_dirty {
+            let window = presence_window(self.members.len());
+            let at = self.presence_sent.map_or(now, |t| t + window);
+            if at <= now {
+                self.presence_dirty = false;
+                self.presence_sent = Some(now);
+                // The frame for everyone covers the joiners.
+                self.presence_joiners.clear();
+                return PresenceDue::Everyone;
+            }
+            *next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        if self.presence_joiners.is_empty() {
+            PresenceDue::Nothing
+        } else {
+            PresenceDue::Joiners(std::mem::take(&mut self.presence_joiners))
+        }
+    }
+}
 
 impl HubState {
     pub(super) fn typing(&mut self, session: Uuid, active: bool, now: Instant, fx: &mut Effects) {
@@ -101,21 +156,10 @@ impl HubState {
                 room.typing_held.remove(user);
                 room.typing_sent.insert(user.clone(), now);
             }
-            if !room.presence_dirty {
-                if !room.presence_joiners.is_empty() {
-                    joiners.push((name.clone(), std::mem::take(&mut room.presence_joiners)));
-                }
-                continue;
-            }
-            // The broadcast to everyone covers them.
-            room.presence_joiners.clear();
-            let at = room.presence_sent.map_or(now, |t| t + PRESENCE_INTERVAL);
-            if at <= now {
-                room.presence_dirty = false;
-                room.presence_sent = Some(now);
-                due.push(name.clone());
-            } else {
-                next = Some(next.map_or(at, |n| n.min(at)));
+            match room.presence_due(now, &mut next) {
+                PresenceDue::Nothing => {}
+                PresenceDue::Everyone => due.push(name.clone()),
+                PresenceDue::Joiners(ids) => joiners.push((name.clone(), ids)),
             }
         }
         for name in due {
@@ -246,5 +290,21 @@ impl HubState {
             users,
             count: all.len(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_presence_window_grows_by_500_ms_per_50_users_up_to_10_s() {
+        let ms = |users| presence_window(users).as_millis();
+        assert_eq!([ms(0), ms(1), ms(50)], [500, 500, 500]);
+        assert_eq!(
+            [ms(51), ms(100), ms(101), ms(200)],
+            [1000, 1000, 1500, 2000]
+        );
+        assert_eq!([ms(951), ms(1000), ms(100_000)], [10_000, 10_000, 10_000]);
     }
 }

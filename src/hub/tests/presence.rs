@@ -147,3 +147,35 @@ fn a_held_back_typing_stop_is_sent_when_the_interval_ends() {
     f.tick(Duration::from_millis(500));
     assert!(f.frames(b).is_empty(), "sent once");
 }
+
+/// A room of more than 50 users coalesces its presence over a longer window
+/// (1 s at 51–100 users): a join storm into a big room sends the whole list
+/// to everyone less often. A new joiner still gets its list at once, and
+/// the others their `system` join line.
+#[test]
+fn a_big_room_coalesces_presence_longer_and_joiners_get_theirs_at_once() {
+    let mut f = Fixture::new(8, 16);
+    let a = f.join("alice", "a", "big");
+    for i in 0..59 {
+        f.join(&format!("user{i}"), "x", "big");
+    }
+    f.tick(Duration::from_millis(600));
+    f.frames(a);
+    let late = f.join("latecomer", "l", "big");
+    // 61 users: a 1 s window from the last frame, sent 10 ms ago.
+    let next = f.tick(Duration::from_millis(10));
+    assert_eq!(next, Some(f.now.at + Duration::from_millis(990)));
+    let mine = f.frames(late);
+    assert_eq!(mine.len(), 1, "the joiner's own list at once");
+    assert_eq!(mine[0]["count"], 61);
+    let a_got = f.frames(a);
+    assert_eq!(a_got.len(), 1, "{a_got:?}");
+    assert_eq!(a_got[0]["content"], "latecomer joined");
+    // 600 ms after the last frame: a 50-user room's window would be over.
+    f.tick(Duration::from_millis(590));
+    assert!(f.frames(a).is_empty(), "held back: the window is 1 s");
+    f.tick(Duration::from_millis(400));
+    let p = f.frames(a);
+    assert_eq!((p.len(), &p[0]["count"]), (1, &serde_json::json!(61)));
+    assert_eq!(f.types(late), ["presence"], "everyone's, the joiner's too");
+}
