@@ -41,7 +41,9 @@ impl HubState {
         // uncoalesced like `/who`'s; the others only if it changed, when
         // the room's presence window allows.
         r.presence_joiners.push(id);
-        r.presence_dirty |= !listed;
+        if !listed {
+            r.list_changed();
+        }
         self.sessions.insert(id, s);
         self.replace(replaced, fx);
         self.cap_connections(&user, fx);
@@ -203,7 +205,7 @@ impl HubState {
             let Some(room) = self.rooms.get_mut(&s.room) else {
                 return;
             };
-            room.presence_dirty = true;
+            room.list_changed();
             self.system_to_others(&s.room, &s.user, &format!("{} left", s.user), fx);
         }
     }

@@ -232,6 +232,10 @@ struct Room {
     /// next one (the others get it only if it changed, and when the
     /// room's window allows: `presence::presence_window`).
     presence_joiners: Vec<Uuid>,
+    /// Joiners that got the current list on their own since the last frame
+    /// for everyone: that frame skips them (it would repeat it), unless the
+    /// list changed again since (`Room::list_changed`).
+    presence_served: Vec<Uuid>,
     typing_sent: HashMap<Username, Instant>,
     /// The latest state of a user whose typing frame was held back by the
     /// 2/s limit: sent when the interval ends, so a quick stop is not lost.

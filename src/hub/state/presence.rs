@@ -43,14 +43,22 @@ pub(super) fn presence_window(users: usize) -> Duration {
 /// What a room's presence needs at a tick.
 enum PresenceDue {
     Nothing,
-    /// The list changed and its window is over: a frame for everyone.
-    Everyone,
+    /// The list changed and its window is over: a frame for everyone but
+    /// these (joiners that got this very list on their own already).
+    Everyone(Vec<Uuid>),
     /// Only these joiners get the list now (the others' is unchanged, or
     /// held back until the window ends).
     Joiners(Vec<Uuid>),
 }
 
 impl super::Room {
+    /// Its list of users changed: a frame for everyone is due (when the
+    /// window allows), and nobody has the new list yet.
+    pub(super) fn list_changed(&mut self) {
+        self.presence_dirty = true;
+        self.presence_served.clear();
+    }
+
     /// This tick's presence of the room; a held-back broadcast sets `next`.
     fn presence_due(&mut self, now: Instant, next: &mut Option<Instant>) -> PresenceDue {
         if self.presence_dirty {
@@ -61,15 +69,19 @@ impl super::Room {
                 self.presence_sent = Some(now);
                 // The frame for everyone covers the joiners.
                 self.presence_joiners.clear();
-                return PresenceDue::Everyone;
+                return PresenceDue::Everyone(std::mem::take(&mut self.presence_served));
             }
             *next = Some(next.map_or(at, |n| n.min(at)));
         }
         if self.presence_joiners.is_empty() {
-            PresenceDue::Nothing
-        } else {
-            PresenceDue::Joiners(std::mem::take(&mut self.presence_joiners))
+            return PresenceDue::Nothing;
         }
+        let joiners = std::mem::take(&mut self.presence_joiners);
+        if self.presence_dirty {
+            // They get the changed list now; the held-back frame skips them.
+            self.presence_served.extend(&joiners);
+        }
+        PresenceDue::Joiners(joiners)
     }
 }
 
@@ -158,13 +170,17 @@ impl HubState {
             }
             match room.presence_due(now, &mut next) {
                 PresenceDue::Nothing => {}
-                PresenceDue::Everyone => due.push(name.clone()),
+                PresenceDue::Everyone(served) => due.push((name.clone(), served)),
                 PresenceDue::Joiners(ids) => joiners.push((name.clone(), ids)),
             }
         }
-        for name in due {
+        for (name, served) in due {
             let frame = self.presence_frame(&name);
-            fx.deliver(self.everyone_in(&name), frame, Out::Presence);
+            let mut to = self.everyone_in(&name);
+            if !served.is_empty() {
+                to.retain(|id| !served.contains(id));
+            }
+            fx.deliver(to, frame, Out::Presence);
         }
         for (name, ids) in joiners {
             // Still there (not replaced or capped away since).
@@ -234,7 +250,7 @@ impl HubState {
         if self.everyone_named(room) != before
             && let Some(r) = self.rooms.get_mut(room)
         {
-            r.presence_dirty = true;
+            r.list_changed();
         }
     }
 

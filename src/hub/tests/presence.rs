@@ -177,5 +177,31 @@ fn a_big_room_coalesces_presence_longer_and_joiners_get_theirs_at_once() {
     f.tick(Duration::from_millis(400));
     let p = f.frames(a);
     assert_eq!((p.len(), &p[0]["count"]), (1, &serde_json::json!(61)));
-    assert_eq!(f.types(late), ["presence"], "everyone's, the joiner's too");
+    assert!(f.frames(late).is_empty(), "it has this very list already");
+    // Two more within the next window: each gets its own at once, and the
+    // frame for everyone skips only the one whose list is still current.
+    let (x, y) = (f.join("xavier", "x", "big"), f.join("yolanda", "y", "big"));
+    f.tick(Duration::ZERO);
+    assert_eq!(presence_counts(&mut f, x), [63]);
+    assert_eq!(presence_counts(&mut f, y), [63]);
+    let z = f.join("zach", "z", "big");
+    f.tick(Duration::ZERO);
+    assert_eq!(presence_counts(&mut f, z), [64]);
+    f.tick(Duration::from_millis(1000));
+    for s in [a, late, x, y] {
+        assert_eq!(presence_counts(&mut f, s), [64]);
+    }
+    assert!(
+        presence_counts(&mut f, z).is_empty(),
+        "z has this list already"
+    );
+}
+
+/// The `count` of each presence frame `s` got.
+fn presence_counts(f: &mut Fixture, s: Sess) -> Vec<u64> {
+    f.frames(s)
+        .iter()
+        .filter(|v| v["type"] == "presence")
+        .map(|v| v["count"].as_u64().unwrap())
+        .collect()
 }
