@@ -320,3 +320,37 @@ async fn a_subscribe_flood_is_rate_limited_like_other_frames() {
     subscribe(&mut a, "after", None).await;
     s.stop().await;
 }
+
+/// A user already in a room subscribing to it again on another connection
+/// (a second device) changes nobody's presence list: the others get neither
+/// a join line nor a presence, the new subscription gets its own presence.
+#[tokio::test]
+async fn a_second_device_subscribing_sends_presence_to_itself_only() {
+    let s = TestServer::start().await;
+    let alice = s.user(&name("alice")).await;
+    let bob = s.user(&name("bob")).await;
+    let mut b = s.join(&bob, "devices").await;
+    let mut a1 = s.join(&alice, "devices").await;
+    let mut both = [alice.username.as_str(), bob.username.as_str()];
+    both.sort();
+    expect_presence(&mut b, &both).await;
+    expect_presence(&mut a1, &both).await;
+    let (mut a2, _) = multi(&s, &alice, Some("second-device")).await;
+    subscribe(&mut a2, "devices", None).await;
+    let p = expect_presence(&mut a2, &both).await;
+    assert_eq!((&p["room"], &p["count"]), (&json!("devices"), &json!(2)));
+    // Over twice the 500 ms presence window: a presence for the others
+    // would have been queued before the marker.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let id = say(&mut a1, "marker").await;
+    for ws in [&mut b, &mut a1] {
+        let frames = until_msg(ws, &id).await;
+        assert!(
+            frames
+                .iter()
+                .all(|f| f["type"] != "presence" && f["type"] != "system"),
+            "{frames:?}"
+        );
+    }
+    s.stop().await;
+}

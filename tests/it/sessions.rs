@@ -128,16 +128,17 @@ async fn every_session_of_a_user_gets_messages() {
     let mut a1 = s.join(&alice, "multi").await;
     let mut a2 = s.join(&alice, "multi").await;
     let mut b = s.join(&bob, "multi").await;
+    // Presence lists a user once however many sessions it has. Read first:
+    // a joiner gets its list right after its history, before later messages.
+    let mut names = [alice.username.as_str(), bob.username.as_str()];
+    names.sort();
+    let p = expect_presence(&mut b, &names).await;
+    assert_eq!(p["count"], 2);
     let id = say(&mut a1, "from tab one").await;
     for ws in [&mut a1, &mut a2, &mut b] {
         let m = expect_msg(ws, &id).await;
         assert_eq!(m["content"], "from tab one");
     }
-    // Presence lists a user once however many sessions it has.
-    let mut names = [alice.username.as_str(), bob.username.as_str()];
-    names.sort();
-    let p = expect_presence(&mut b, &names).await;
-    assert_eq!(p["count"], 2);
     s.stop().await;
 }
 

@@ -11,13 +11,17 @@ use crate::protocol::{ClientId, CloseCode, RoomName, ServerMsg, Username};
 impl HubState {
     pub(super) fn join(&mut self, id: Uuid, mut s: Session, fx: &mut Effects) {
         let (user, room) = (s.user.clone(), s.room.clone());
+        let conns = self.by_user.entry(user.clone()).or_default();
+        // Anti-zombie: the same (user, client id) on another connection replaces it whole.
+        let replaced: Vec<Uuid> = conns
+            .conns()
+            .iter()
+            .filter(|c| c.client == s.client && c.conn != s.conn)
+            .flat_map(|c| c.sessions.iter().copied())
+            .collect();
         // A connection's later subscriptions keep its first one's join time:
         // other nodes order connections, not subscriptions (`remote_kick`).
-        if let Some(first) = self.conn_sessions(&user, s.conn).first() {
-            s.joined_ms = self.sessions[first].joined_ms;
-        }
-        // Anti-zombie: the same (user, client id) on another connection replaces it whole.
-        let replaced = self.user_sessions(&user, |_, o| o.client == s.client && o.conn != s.conn);
+        s.joined_ms = conns.add(id, s.conn, &s.client, s.joined_ms);
         if self.replicated {
             // The same (user, client) on other nodes is replaced too.
             fx.relay.push(Relay::Joined {
@@ -27,32 +31,57 @@ impl HubState {
                 at_ms: s.joined_ms,
             });
         }
+        // Online anywhere before (here or, in a cluster, on another node):
+        // then the room's list does not change and nobody else needs it again.
+        let listed = self.listed(&room, &user);
         let r = self.rooms.entry(room.clone()).or_default();
         let was_present = r.members.contains_key(&user);
         r.members.entry(user.clone()).or_default().push(id);
-        r.presence_dirty = true;
-        self.sessions.insert(id, s);
-        self.by_user.entry(user.clone()).or_default().push(id);
-        self.replace(replaced, fx);
-        // Over the per-user cap (connections, however many rooms each): the oldest go.
-        loop {
-            let conns = self.user_conns(&user);
-            if conns.len() <= self.max_sessions_per_user {
-                break;
-            }
-            fx.counts.push(Count::Eviction(Eviction::TooManySessions));
-            for old in self.conn_sessions(&user, conns[0]) {
-                self.remove_session(old, Some(CloseCode::Replaced), fx);
-            }
+        // The joiner gets the list at the next tick (the end of this turn),
+        // uncoalesced like `/who`'s; the others only if it changed, when
+        // the room's presence window allows.
+        r.presence_joiners.push(id);
+        if !listed {
+            r.list_changed();
         }
-        if !was_present && self.sessions.contains_key(&id) {
+        self.sessions.insert(id, s);
+        self.replace(replaced, fx);
+        self.cap_connections(&user, fx);
+        if !self.sessions.contains_key(&id) {
+            return self.joined_reply(&room, fx);
+        }
+        if !was_present {
             self.local_users_changed(&room, fx);
             self.system_to_others(&room, &user, &format!("{user} joined"), fx);
         }
+        self.joined_reply(&room, fx);
+    }
+
+    fn joined_reply(&self, room: &RoomName, fx: &mut Effects) {
         fx.joined = Some(super::Joined {
             head: self.head,
-            pending: self.pending(&room),
+            pending: self.pending(room),
         });
+    }
+
+    /// Over the per-user cap (connections, however many rooms each): the oldest go.
+    fn cap_connections(&mut self, user: &Username, fx: &mut Effects) {
+        let oldest: Vec<Vec<Uuid>> = match self.by_user.get(user) {
+            Some(u) if u.conns().len() > self.max_sessions_per_user => {
+                let excess = u.conns().len() - self.max_sessions_per_user;
+                u.conns()[..excess]
+                    .iter()
+                    .map(|c| c.sessions.clone())
+                    .collect()
+            }
+            _ => return,
+        };
+        for conn in oldest {
+            fx.counts.push(Count::Eviction(Eviction::TooManySessions));
+            for old in conn {
+                self.remove_session(old, Some(CloseCode::Replaced), fx);
+            }
+        }
     }
 
     pub(super) fn kick(&mut self, user: &Username, family: Option<Uuid>, fx: &mut Effects) {
@@ -75,9 +104,10 @@ impl HubState {
     pub(crate) fn homed_users(&self) -> Vec<Username> {
         self.by_user
             .iter()
-            .filter(|(_, ids)| {
-                ids.iter()
-                    .any(|id| self.sessions.get(id).is_some_and(|s| !s.away))
+            .filter(|(_, conns)| {
+                conns
+                    .sessions()
+                    .any(|id| self.sessions.get(&id).is_some_and(|s| !s.away))
             })
             .map(|(u, _)| u.clone())
             .collect()
@@ -100,33 +130,24 @@ impl HubState {
         self.replace(older, fx);
     }
 
-    /// `user`'s sessions here for which `keep` holds, in join order.
+    /// `user`'s sessions here for which `keep` holds, connection by
+    /// connection (oldest first), each connection's in join order.
     fn user_sessions(&self, user: &Username, keep: impl Fn(Uuid, &Session) -> bool) -> Vec<Uuid> {
-        let Some(ids) = self.by_user.get(user) else {
+        let Some(conns) = self.by_user.get(user) else {
             return Vec::new();
         };
-        ids.iter()
-            .copied()
+        conns
+            .sessions()
             .filter(|id| self.sessions.get(id).is_some_and(|s| keep(*id, s)))
             .collect()
     }
 
-    /// `user`'s connections here, oldest first.
-    fn user_conns(&self, user: &Username) -> Vec<Uuid> {
-        let mut conns: Vec<Uuid> = Vec::new();
-        for id in self.by_user.get(user).into_iter().flatten() {
-            if let Some(s) = self.sessions.get(id)
-                && !conns.contains(&s.conn)
-            {
-                conns.push(s.conn);
-            }
-        }
-        conns
-    }
-
     /// The sessions (subscriptions) of one of `user`'s connections, in join order.
     fn conn_sessions(&self, user: &Username, conn: Uuid) -> Vec<Uuid> {
-        self.user_sessions(user, |_, s| s.conn == conn)
+        self.by_user
+            .get(user)
+            .map(|u| u.sessions_of(conn).to_vec())
+            .unwrap_or_default()
     }
 
     /// Closes `ids` with 4001: replaced by a newer session of their client.
@@ -155,11 +176,10 @@ impl HubState {
             return;
         };
         fx.removed.push(Removed { session: id, close });
-        if let Some(ids) = self.by_user.get_mut(&s.user) {
-            ids.retain(|x| *x != id);
-            if ids.is_empty() {
-                self.by_user.remove(&s.user);
-            }
+        if let Some(conns) = self.by_user.get_mut(&s.user)
+            && conns.remove(id, s.conn)
+        {
+            self.by_user.remove(&s.user);
         }
         let Some(room) = self.rooms.get_mut(&s.room) else {
             return;
@@ -185,7 +205,7 @@ impl HubState {
             let Some(room) = self.rooms.get_mut(&s.room) else {
                 return;
             };
-            room.presence_dirty = true;
+            room.list_changed();
             self.system_to_others(&s.room, &s.user, &format!("{} left", s.user), fx);
         }
     }

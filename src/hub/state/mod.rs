@@ -16,6 +16,7 @@
 mod membership;
 mod messages;
 mod presence;
+mod users;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -227,6 +228,14 @@ struct Room {
     members: BTreeMap<Username, Vec<Uuid>>,
     presence_dirty: bool,
     presence_sent: Option<Instant>,
+    /// Sessions that joined since the last tick: they get the list at the
+    /// next one (the others get it only if it changed, and when the
+    /// room's window allows: `presence::presence_window`).
+    presence_joiners: Vec<Uuid>,
+    /// Joiners that got the current list on their own since the last frame
+    /// for everyone: that frame skips them (it would repeat it), unless the
+    /// list changed again since (`Room::list_changed`).
+    presence_served: Vec<Uuid>,
     typing_sent: HashMap<Username, Instant>,
     /// The latest state of a user whose typing frame was held back by the
     /// 2/s limit: sent when the interval ends, so a quick stop is not lost.
@@ -236,8 +245,8 @@ struct Room {
 pub struct HubState {
     max_sessions_per_user: usize,
     sessions: HashMap<Uuid, Session>,
-    /// Each user's sessions, oldest first.
-    by_user: HashMap<Username, Vec<Uuid>>,
+    /// Each user's connections here and their sessions, oldest first.
+    by_user: HashMap<Username, users::UserConns>,
     rooms: HashMap<RoomName, Room>,
     /// Broadcast but not yet durable, per room, in cursor order.
     pending: HashMap<RoomName, VecDeque<Arc<StoredMsg>>>,
@@ -407,17 +416,15 @@ impl HubState {
 
     /// One session of each of `user`'s connections here, oldest first.
     fn one_per_connection(&self, user: &Username) -> Vec<Uuid> {
-        let mut conns = Vec::new();
-        let mut to = Vec::new();
-        for id in self.by_user.get(user).into_iter().flatten() {
-            if let Some(s) = self.sessions.get(id)
-                && !conns.contains(&s.conn)
-            {
-                conns.push(s.conn);
-                to.push(*id);
-            }
-        }
-        to
+        self.by_user
+            .get(user)
+            .map(|u| {
+                u.conns()
+                    .iter()
+                    .filter_map(|c| c.sessions.first().copied())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Every session in `room`.

@@ -11,12 +11,79 @@ use crate::metrics::Out;
 use crate::protocol::frames::encode;
 use crate::protocol::{Frame, RoomName, ServerMsg, Username};
 
-/// Presence frames per room are coalesced to one per this interval.
+/// Presence frames per room are coalesced to one per this interval (in a
+/// room of up to `PRESENCE_USERS_PER_STEP` users; see [`presence_window`]).
 pub const PRESENCE_INTERVAL: Duration = Duration::from_millis(500);
+/// Users per `PRESENCE_INTERVAL` of a room's presence window.
+const PRESENCE_USERS_PER_STEP: usize = 50;
 /// Typing frames forwarded per user and room: at most one per this interval (2/s).
 pub const TYPING_INTERVAL: Duration = Duration::from_millis(500);
 /// Presence lists at most this many names; `count` has the total.
 const PRESENCE_MAX_USERS: usize = 1000;
+
+/// How long a room's presence frames are coalesced: 500 ms up to 50 users
+/// here, 500 ms more for every 50 started beyond, at most 10 s (from 951:
+/// a frame lists 1000 names at most, so it stops growing there).
+///
+/// Every change of the list sends every user's name to every session, so a
+/// room filling up costs the cube of its size in bytes when each join makes
+/// a frame (a join storm into rooms of 100–200 spent most of the server's
+/// writes and the clients' reads on presence). With the window growing with
+/// the room, a room's presence bytes per second grow with its size, not its
+/// square. Joins and leaves still show at once (`system` lines), and a
+/// joiner gets its own list at once (`presence_joiners`).
+pub(super) fn presence_window(users: usize) -> Duration {
+    let steps = users
+        .div_ceil(PRESENCE_USERS_PER_STEP)
+        .clamp(1, PRESENCE_MAX_USERS / PRESENCE_USERS_PER_STEP);
+    // At most 20 steps: the cast cannot truncate.
+    PRESENCE_INTERVAL * steps as u32
+}
+
+/// What a room's presence needs at a tick.
+enum PresenceDue {
+    Nothing,
+    /// The list changed and its window is over: a frame for everyone but
+    /// these (joiners that got this very list on their own already).
+    Everyone(Vec<Uuid>),
+    /// Only these joiners get the list now (the others' is unchanged, or
+    /// held back until the window ends).
+    Joiners(Vec<Uuid>),
+}
+
+impl super::Room {
+    /// Its list of users changed: a frame for everyone is due (when the
+    /// window allows), and nobody has the new list yet.
+    pub(super) fn list_changed(&mut self) {
+        self.presence_dirty = true;
+        self.presence_served.clear();
+    }
+
+    /// This tick's presence of the room; a held-back broadcast sets `next`.
+    fn presence_due(&mut self, now: Instant, next: &mut Option<Instant>) -> PresenceDue {
+        if self.presence_dirty {
+            let window = presence_window(self.members.len());
+            let at = self.presence_sent.map_or(now, |t| t + window);
+            if at <= now {
+                self.presence_dirty = false;
+                self.presence_sent = Some(now);
+                // The frame for everyone covers the joiners.
+                self.presence_joiners.clear();
+                return PresenceDue::Everyone(std::mem::take(&mut self.presence_served));
+            }
+            *next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        if self.presence_joiners.is_empty() {
+            return PresenceDue::Nothing;
+        }
+        let joiners = std::mem::take(&mut self.presence_joiners);
+        if self.presence_dirty {
+            // They get the changed list now; the held-back frame skips them.
+            self.presence_served.extend(&joiners);
+        }
+        PresenceDue::Joiners(joiners)
+    }
+}
 
 impl HubState {
     pub(super) fn typing(&mut self, session: Uuid, active: bool, now: Instant, fx: &mut Effects) {
@@ -82,6 +149,7 @@ impl HubState {
     pub(super) fn flush_timers(&mut self, now: Instant, fx: &mut Effects) -> Option<Instant> {
         let mut due = Vec::new();
         let mut typing_due = Vec::new();
+        let mut joiners = Vec::new();
         let mut next: Option<Instant> = None;
         for (name, room) in &mut self.rooms {
             let first_due = typing_due.len();
@@ -100,21 +168,27 @@ impl HubState {
                 room.typing_held.remove(user);
                 room.typing_sent.insert(user.clone(), now);
             }
-            if !room.presence_dirty {
-                continue;
-            }
-            let at = room.presence_sent.map_or(now, |t| t + PRESENCE_INTERVAL);
-            if at <= now {
-                room.presence_dirty = false;
-                room.presence_sent = Some(now);
-                due.push(name.clone());
-            } else {
-                next = Some(next.map_or(at, |n| n.min(at)));
+            match room.presence_due(now, &mut next) {
+                PresenceDue::Nothing => {}
+                PresenceDue::Everyone(served) => due.push((name.clone(), served)),
+                PresenceDue::Joiners(ids) => joiners.push((name.clone(), ids)),
             }
         }
-        for name in due {
+        for (name, served) in due {
             let frame = self.presence_frame(&name);
-            fx.deliver(self.everyone_in(&name), frame, Out::Presence);
+            let mut to = self.everyone_in(&name);
+            if !served.is_empty() {
+                to.retain(|id| !served.contains(id));
+            }
+            fx.deliver(to, frame, Out::Presence);
+        }
+        for (name, ids) in joiners {
+            // Still there (not replaced or capped away since).
+            let to: Vec<Uuid> = ids
+                .into_iter()
+                .filter(|id| self.sessions.get(id).is_some_and(|s| s.room == name))
+                .collect();
+            fx.deliver(to, self.presence_frame(&name), Out::Presence);
         }
         for (room, user, active) in typing_due {
             self.typing_to_others(&room, &user, active, fx);
@@ -176,7 +250,7 @@ impl HubState {
         if self.everyone_named(room) != before
             && let Some(r) = self.rooms.get_mut(room)
         {
-            r.presence_dirty = true;
+            r.list_changed();
         }
     }
 
@@ -189,17 +263,64 @@ impl HubState {
         all
     }
 
-    fn presence_frame(&self, room: &RoomName) -> Frame {
-        let all = self.everyone_named(room);
+    /// Whether `user` is in `room`'s presence list now (here or on another node).
+    pub(super) fn listed(&self, room: &RoomName, user: &Username) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.members.contains_key(user))
+            || self
+                .peers
+                .get(room)
+                .is_some_and(|by_node| by_node.values().any(|users| users.contains(user)))
+    }
+
+    pub(super) fn presence_frame(&self, room: &RoomName) -> Frame {
+        let Some(by_node) = self.peers.get(room) else {
+            // Only users here: the members' keys are the sorted list already,
+            // so no set of copied names is built for every frame.
+            let members = self.rooms.get(room).map(|r| &r.members);
+            let users: Vec<&str> = members
+                .into_iter()
+                .flat_map(|m| m.keys())
+                .take(PRESENCE_MAX_USERS)
+                .map(Username::as_str)
+                .collect();
+            let count = members.map_or(0, |m| m.len());
+            return encode(&ServerMsg::Presence {
+                room: room.as_str(),
+                users,
+                count,
+            });
+        };
+        let mut all: BTreeSet<&Username> = by_node.values().flatten().collect();
+        if let Some(r) = self.rooms.get(room) {
+            all.extend(r.members.keys());
+        }
         let users: Vec<&str> = all
             .iter()
             .take(PRESENCE_MAX_USERS)
-            .map(Username::as_str)
+            .map(|u| u.as_str())
             .collect();
         encode(&ServerMsg::Presence {
             room: room.as_str(),
             users,
             count: all.len(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_presence_window_grows_by_500_ms_per_50_users_up_to_10_s() {
+        let ms = |users| presence_window(users).as_millis();
+        assert_eq!([ms(0), ms(1), ms(50)], [500, 500, 500]);
+        assert_eq!(
+            [ms(51), ms(100), ms(101), ms(200)],
+            [1000, 1000, 1500, 2000]
+        );
+        assert_eq!([ms(951), ms(1000), ms(100_000)], [10_000, 10_000, 10_000]);
     }
 }

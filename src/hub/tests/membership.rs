@@ -188,3 +188,56 @@ fn a_connections_subscriptions_count_replace_and_evict_as_one() {
     );
     assert!(f.closed(new).is_none());
 }
+
+/// A connection's subscriptions are found by connection (not by scanning
+/// the user's every session): leaving some of them, in any order, leaves the
+/// others whole, still one connection that replaces, caps and evicts as one.
+#[test]
+fn leaving_some_subscriptions_keeps_the_rest_of_the_connection_together() {
+    let mut f = Fixture::new(2, 16);
+    let (c1, c2) = (Uuid::new_v4(), Uuid::new_v4());
+    let subs1: Vec<Sess> = (0..5)
+        .map(|i| f.subscribe(c1, "alice", "one", &format!("r{i}")))
+        .collect();
+    let subs2: Vec<Sess> = (0..3)
+        .map(|i| f.subscribe(c2, "alice", "two", &format!("r{i}")))
+        .collect();
+    // The first one (the connection's join time) and one in the middle leave.
+    for s in [subs1[0], subs1[2]] {
+        f.apply(Event::Leave { session: s.0 });
+    }
+    assert_eq!(f.hub.session_count(), 6);
+    // Still one connection: a third connection over the cap of 2 takes
+    // the oldest (c1) whole, its three remaining subscriptions.
+    let third = f.join("alice", "three", "r9");
+    for s in [subs1[1], subs1[3], subs1[4]] {
+        assert_eq!(f.closed(s), Some(CloseCode::Replaced));
+    }
+    assert!(subs2.iter().chain([&third]).all(|s| f.closed(*s).is_none()));
+    // A full queue on c2's last subscription evicts c2's others too.
+    f.apply(Event::Leave {
+        session: subs2[1].0,
+    });
+    f.apply(Event::Evicted {
+        session: subs2[2].0,
+    });
+    assert_eq!(f.closed(subs2[0]), Some(CloseCode::Evicted));
+    assert_eq!(f.hub.session_count(), 1);
+    // Every room's list is right: alice is still in r9 only.
+    let fx = f.apply(Event::Who { session: third.0 });
+    let v: Value = serde_json::from_str(fx.deliveries[0].frame.as_str()).unwrap();
+    assert_eq!(v["users"], serde_json::json!(["alice"]));
+    let alice = Username::parse("alice").unwrap();
+    let to = f
+        .hub
+        .apply(
+            Event::ToUser {
+                user: alice,
+                frame: fx.deliveries[0].frame.clone(),
+                kind: crate::metrics::Out::System,
+            },
+            f.now,
+        )
+        .deliveries;
+    assert_eq!(to[0].to, [third.0], "one connection left");
+}

@@ -146,3 +146,21 @@ fn a_single_node_publishes_nothing() {
     });
     assert!(fx.local_users.is_empty());
 }
+
+/// A user listed by another node joining here changes nobody's list: the
+/// others here get no presence (the joiner does; the local set changed, so
+/// it is published).
+#[test]
+fn joining_here_when_listed_on_another_node_sends_presence_to_the_joiner_only() {
+    let mut f = cluster_fixture();
+    let a = f.join("alice", "a", "lobby");
+    on(&mut f, "n2", &["bob"]);
+    assert_eq!(presences(&mut f, a), [serde_json::json!(["alice", "bob"])]);
+    f.now.at += Duration::from_millis(600);
+    let b = f.join("bob", "b", "lobby");
+    let fx = f.apply(Event::Tick);
+    assert_eq!(fx.deliveries.len(), 1, "{:?}", fx.deliveries);
+    assert_eq!(fx.deliveries[0].to, [b.0]);
+    assert!(presences(&mut f, a).is_empty());
+    assert_eq!(presences(&mut f, b), [serde_json::json!(["alice", "bob"])]);
+}
