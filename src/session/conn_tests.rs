@@ -27,6 +27,15 @@ pub(crate) struct Plain<S> {
     pub task: JoinHandle<(wire::Reading<S>, wire::Writing<S>, usize)>,
 }
 
+/// `spawn_plain` as most tests want it: nothing queued, no batching, and no
+/// ping within a test's time.
+pub(crate) async fn spawn_quiet<S>(io: S) -> Plain<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    spawn_plain(io, Vec::new(), Duration::from_secs(3600), false, Vec::new()).await
+}
+
 pub(crate) async fn spawn_plain<S>(
     io: S,
     preamble: Vec<Frame>,
@@ -90,14 +99,7 @@ fn frame(i: usize) -> Frame {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_is_answered_while_a_stream_of_frames_is_written() {
     let (server, client) = tcp_pair().await;
-    let p = spawn_plain(
-        server,
-        Vec::new(),
-        Duration::from_secs(3600),
-        false,
-        Vec::new(),
-    )
-    .await;
+    let p = spawn_quiet(server).await;
     let out_tx = p.out_tx.clone();
     // Never lets the queue run dry until the test ends (the send fails then).
     let producer = tokio::spawn(async move {

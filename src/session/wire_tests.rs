@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::*;
 use crate::protocol::Frame;
-use crate::session::conn::tests::spawn_plain;
+use crate::session::conn::tests::{spawn_plain, spawn_quiet};
 
 /// Counts the heap bytes each thread holds (allocated minus freed there),
 /// so that a test on a current-thread runtime sees its own connection's
@@ -182,14 +182,7 @@ async fn a_tungstenite_client_reads_what_we_write() {
 #[tokio::test]
 async fn a_clients_ping_is_answered() {
     let (server, client) = tcp_pair().await;
-    let p = spawn_plain(
-        server,
-        Vec::new(),
-        Duration::from_secs(3600),
-        false,
-        Vec::new(),
-    )
-    .await;
+    let p = spawn_quiet(server).await;
     let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
     client.send(Message::Ping("p1".into())).await.unwrap();
     p.out_tx.send(vec![frame(3)]).await.unwrap();
@@ -218,14 +211,7 @@ async fn a_clients_ping_is_answered() {
 #[tokio::test]
 async fn a_clients_close_gets_one_reply_and_nothing_after_it() {
     let (server, client) = tcp_pair().await;
-    let p = spawn_plain(
-        server,
-        Vec::new(),
-        Duration::from_secs(3600),
-        false,
-        Vec::new(),
-    )
-    .await;
+    let p = spawn_quiet(server).await;
     let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
     let bye = CloseFrame {
         code: Code::from(4000),
